@@ -1,0 +1,1 @@
+"""Planner, validator and executor agents: prompts, structured outputs, the offline model."""

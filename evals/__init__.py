@@ -1,0 +1,1 @@
+"""Scenario suites, scorers, runner and reports."""

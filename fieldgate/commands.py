@@ -1,0 +1,116 @@
+"""Device commands and reports: what travels to edge devices and back.
+
+A command id is the idempotency key of one effect: the hash of plan id, wave,
+device and action. A device that sees the same id twice applies it once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+
+from pydantic import Field
+
+from fieldgate.contract import Contract, VersionStr, canonical_json, sha256_hex
+from fieldgate.manifest import Digest, Name
+
+
+class Action(StrEnum):
+    """What a command asks a device to do."""
+
+    install = "install"
+    rollback = "rollback"
+    validate = "validate"
+
+
+def command_id_for(plan_id: str, wave: int, device_id: str, action: Action | str) -> str:
+    """The idempotency key of one effect on one device."""
+    key = {"plan_id": plan_id, "wave": wave, "device_id": device_id, "action": str(action)}
+    return "cmd-" + sha256_hex(canonical_json(key))[:32]
+
+
+class DeviceCommand(Contract):
+    """One change or check addressed to one device."""
+
+    command_id: str = Field(pattern=r"^cmd-[0-9a-f]{32}$")
+    """Idempotency key: hash of plan id, wave, device and action."""
+    plan_id: str
+    """Plan the command belongs to."""
+    plan_hash: str
+    """Hash of the approved plan revision."""
+    wave: int = Field(ge=0)
+    """Wave index, from 0."""
+    device_id: str
+    """Device addressed."""
+    action: Action
+    """install, rollback or validate."""
+    module: Name
+    """Module acted on."""
+    version: VersionStr
+    """Version to install or return to."""
+    digest: Digest
+    """Digest of the artifact to install."""
+    issued_at: datetime
+    """When the control plane issued the command."""
+    deadline: datetime
+    """After this the device must not start the command."""
+    signature: str | None = None
+    """Base64 ed25519 signature of the control plane over the command without this field."""
+
+    def signing_payload(self) -> dict[str, object]:
+        """The fields the control plane signs."""
+        return self.model_dump(mode="json", exclude={"signature"})
+
+
+class ReportStatus(StrEnum):
+    """How a command ended on the device."""
+
+    applied = "applied"
+    failed = "failed"
+    rejected = "rejected"
+    expired = "expired"
+
+
+class Health(Contract):
+    """A device's own view of its health after a command."""
+
+    ok: bool
+    """Whether the device and the module run as they should."""
+    score: float = Field(default=1.0, ge=0, le=1)
+    """Health score from 0 (down) to 1 (fully healthy)."""
+    note: str = ""
+    """Free text from the device. Untrusted: data, never an instruction."""
+
+
+class HybridTimestamp(Contract):
+    """A hybrid logical clock reading: physical milliseconds, a counter, and the node."""
+
+    wall_ms: int = Field(ge=0)
+    """Physical time in milliseconds since the epoch."""
+    counter: int = Field(default=0, ge=0)
+    """Logical counter for events within one millisecond."""
+    node: str
+    """Who produced the reading."""
+
+    def key(self) -> tuple[int, int, str]:
+        """Total order of readings."""
+        return (self.wall_ms, self.counter, self.node)
+
+
+class DeviceReport(Contract):
+    """What a device says after handling a command."""
+
+    command_id: str
+    """The command this report answers."""
+    device_id: str
+    """The reporting device."""
+    status: ReportStatus
+    """applied, failed, rejected or expired."""
+    installed: dict[Name, VersionStr]
+    """Modules installed on the device after the command."""
+    health: Health
+    """Health after the command."""
+    reason: str = ""
+    """Why the command failed or was rejected."""
+    hlc: HybridTimestamp
+    """When the device produced the report."""

@@ -1,0 +1,150 @@
+"""What every contract shares: strict pydantic models, versions, canonical JSON, loading.
+
+Contracts are the boundary types of fieldgate (manifests, inventories, plans,
+commands, approvals, audit events, scenarios). They refuse unknown keys, are
+immutable once built, and load from YAML with errors that name the file, the
+field path and the rule that was broken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from packaging.specifiers import InvalidSpecifier, SpecifierSet
+from packaging.version import InvalidVersion, Version
+from pydantic import BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from fieldgate.errors import InputInvalid
+
+API_VERSION = "fieldgate/v1"
+ApiVersion = Literal["fieldgate/v1"]
+
+
+class Contract(BaseModel):
+    """Base of every contract: unknown keys are errors and instances are immutable."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        populate_by_name=True,
+        use_attribute_docstrings=True,
+    )
+
+
+def _check_version(value: object) -> str:
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise ValueError(
+            f"version must be a string such as '2.4.1', got {value!r} "
+            "(quote it in YAML: 2.10 is read as the number 2.1)"
+        )
+    try:
+        Version(value)
+    except InvalidVersion:
+        raise ValueError(f"{value!r} is not a version (expected e.g. 2.4.1 or 2.0.0-rc1)") from None
+    return value
+
+
+def _check_range(value: object) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"version range must be a string such as '>=3.2,<4', got {value!r}")
+    try:
+        SpecifierSet(value)
+    except InvalidSpecifier:
+        raise ValueError(f"{value!r} is not a version range (expected e.g. '>=3.2,<4')") from None
+    return value
+
+
+VersionStr = Annotated[str, BeforeValidator(_check_version)]
+"""A version as written (e.g. ``2.4.1`` or ``2.0.0-rc1``), compared with ``packaging``."""
+
+VersionRange = Annotated[str, BeforeValidator(_check_range)]
+"""A version range such as ``>=3.2,<4``."""
+
+
+def parse_version(text: str) -> Version:
+    """Parse a version string already validated by a contract."""
+    return Version(text)
+
+
+def version_in_range(version: str, spec: str) -> bool:
+    """Tell whether ``version`` satisfies the range ``spec`` (prereleases only if named)."""
+    return SpecifierSet(spec).contains(Version(version), prereleases=None)
+
+
+def canonical_json(value: Any) -> bytes:
+    """Encode ``value`` as canonical JSON: sorted keys, no spaces, UTF-8."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str
+    ).encode("utf-8")
+
+
+def sha256_hex(data: bytes) -> str:
+    """Return the hex sha256 digest of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def format_loc(loc: tuple[int | str, ...]) -> str:
+    """Render a pydantic error location as ``a.b[2].c``."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out
+
+
+def problems_of(error: ValidationError) -> list[tuple[str, str]]:
+    """Turn a pydantic validation error into ``(field path, rule)`` pairs."""
+    problems = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        message = item["msg"]
+        if item["type"] == "extra_forbidden":
+            message = "unknown key (not part of the fieldgate/v1 contract)"
+        elif message.startswith("Value error, "):
+            message = message.removeprefix("Value error, ")
+        problems.append((format_loc(loc), message))
+    return problems
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def read_yaml(path: str | Path, error: type[InputInvalid] = InputInvalid) -> Any:
+    """Read one YAML document, naming the file and the line on a syntax error."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(source, [(where, f"invalid YAML: {problem}")]) from None
+
+
+def validate_as(
+    model: type[M], data: Any, source: str, error: type[InputInvalid] = InputInvalid
+) -> M:
+    """Validate ``data`` as ``model``; raise ``error`` naming ``source`` and each bad field."""
+    if not isinstance(data, dict):
+        raise error(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise error(source, problems_of(exc)) from None
+
+
+def load_yaml(
+    path: str | Path, model: type[M], error: type[InputInvalid] = InputInvalid
+) -> M:
+    """Load one YAML file as ``model``."""
+    return validate_as(model, read_yaml(path, error), str(path), error)

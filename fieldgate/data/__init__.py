@@ -1,0 +1,1 @@
+"""Sample catalog and fleet shipped with fieldgate."""

@@ -1,0 +1,198 @@
+"""Module manifests: what the factory ships and what a device needs to run it."""
+
+from __future__ import annotations
+
+import hashlib
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from fieldgate.contract import ApiVersion, Contract, VersionRange, VersionStr
+from fieldgate.signing import SigningKey
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
+"""A lower-case identifier: letters, digits and hyphens."""
+
+Digest = Annotated[str, Field(pattern=r"^sha256:[0-9a-f]{64}$")]
+"""An artifact digest: ``sha256:`` and 64 lower-case hex digits."""
+
+
+class SafetyClass(StrEnum):
+    """How much harm a bad version of the module can do in the field."""
+
+    none = "none"
+    low = "low"
+    high = "high"
+    critical = "critical"
+
+
+class Requirement(Contract):
+    """A module that must be installed on the device, in a version range."""
+
+    module: Name
+    """Name of the module required on the device."""
+    range: VersionRange
+    """Versions of it that satisfy the requirement, e.g. ``>=3.2,<4``."""
+
+
+class Interface(Contract):
+    """A named, versioned interface a module provides or consumes."""
+
+    name: str = Field(min_length=1)
+    """Interface name, e.g. ``modbus-tcp`` or ``telemetry``."""
+    version: VersionStr
+    """Interface version."""
+
+
+class Artifact(Contract):
+    """The built artifact of one module version and the factory's signature over it."""
+
+    uri: str = Field(min_length=1)
+    """Where the artifact is fetched from."""
+    digest: Digest
+    """sha256 of the artifact as built in the factory."""
+    size_bytes: int = Field(default=0, ge=0)
+    """Size of the artifact in bytes."""
+    signature: str | None = None
+    """Base64 ed25519 signature over ``{name, version, digest}`` by the factory key."""
+    signer: str | None = None
+    """Key id of the factory key that signed, e.g. ``ed25519:0123abcd…``."""
+
+
+class ModuleManifest(Contract):
+    """One version of a module: identity, artifact, safety class, hardware and dependencies."""
+
+    apiVersion: ApiVersion = "fieldgate/v1"
+    """Contract version."""
+    kind: Literal["Module"] = "Module"
+    """Document kind."""
+    name: Name
+    """Module name, e.g. ``hvac-controller``."""
+    version: VersionStr
+    """Version of this build (semver, prereleases like ``2.0.0-rc1`` allowed)."""
+    description: str = ""
+    """Free text from the factory. Untrusted: shown to people and models as data only."""
+    safety: SafetyClass
+    """Safety class: none, low, high or critical."""
+    device_classes: list[Name] = Field(min_length=1)
+    """Device classes the module runs on."""
+    arch: list[str] = Field(min_length=1)
+    """CPU architectures the artifact is built for."""
+    min_memory_mb: int = Field(default=0, ge=0)
+    """Least device memory needed, in MiB."""
+    requires: list[Requirement] = []
+    """Modules that must be installed on the device, with version ranges."""
+    provides: list[Interface] = []
+    """Interfaces this module provides."""
+    consumes: list[Interface] = []
+    """Interfaces this module consumes."""
+    downgrade_allowed: bool = False
+    """Whether a device running a newer version may be moved to this one."""
+    artifact: Artifact
+    """The artifact and its signature."""
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def signing_payload(self) -> dict[str, str]:
+        """What the factory key signs for this version."""
+        return {"name": self.name, "version": self.version, "digest": self.artifact.digest}
+
+    @field_validator("requires")
+    @classmethod
+    def _unique_requirements(cls, value: list[Requirement]) -> list[Requirement]:
+        names = [r.module for r in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"module {dupes[0]!r} is required more than once")
+        return value
+
+
+def sample_digest(name: str, version: str) -> str:
+    """Digest of the stand-in artifact content used for sample data and scenarios."""
+    return "sha256:" + hashlib.sha256(f"artifact {name}@{version}".encode()).hexdigest()
+
+
+class CatalogEntry(Contract):
+    """The compact manifest form used in scenarios: ``signed`` and ``digest_mismatch`` describe
+    the artifact instead of a real digest and signature."""
+
+    name: Name
+    """Module name."""
+    version: VersionStr
+    """Version."""
+    description: str = ""
+    """Untrusted free text from the factory."""
+    safety: SafetyClass
+    """Safety class."""
+    device_classes: list[Name] = Field(min_length=1)
+    """Device classes the module runs on."""
+    arch: list[str] = Field(min_length=1)
+    """CPU architectures."""
+    min_memory_mb: int = Field(default=0, ge=0)
+    """Least device memory, MiB."""
+    requires: list[Requirement] = []
+    """Required modules and ranges."""
+    provides: list[Interface] = []
+    """Interfaces provided."""
+    consumes: list[Interface] = []
+    """Interfaces consumed."""
+    downgrade_allowed: bool = False
+    """Whether downgrades to this version are allowed."""
+    signed: bool = True
+    """Whether the factory signed the artifact."""
+    digest_mismatch: bool = False
+    """Whether the artifact held by the control plane differs from the signed digest."""
+
+    def to_manifest(self, factory_key: SigningKey) -> tuple[ModuleManifest, str]:
+        """Build the full manifest, signed by ``factory_key`` when ``signed``.
+
+        Returns:
+            The manifest and the digest the artifact store observes for it.
+        """
+        digest = sample_digest(self.name, self.version)
+        fields = self.model_dump(exclude={"signed", "digest_mismatch"})
+        unsigned = ModuleManifest.model_validate(
+            {**fields, "artifact": {"uri": f"sample://{self.name}/{self.version}", "digest": digest}}
+        )
+        artifact = unsigned.artifact
+        if self.signed:
+            artifact = artifact.model_copy(
+                update={
+                    "signature": factory_key.sign(unsigned.signing_payload()),
+                    "signer": factory_key.key_id,
+                }
+            )
+        observed = digest
+        if self.digest_mismatch:
+            observed = "sha256:" + hashlib.sha256(f"tampered {self.name}@{self.version}".encode()).hexdigest()
+        return unsigned.model_copy(update={"artifact": artifact}), observed
+
+
+class CatalogFile(Contract):
+    """A file of module manifests for ``fieldgate catalog import``."""
+
+    apiVersion: ApiVersion = "fieldgate/v1"
+    """Contract version."""
+    kind: Literal["Catalog"] = "Catalog"
+    """Document kind."""
+    signers: dict[str, str] = {}
+    """Factory public keys (base64) by key id that the file's signatures claim; trust is decided
+    by the store, not by this field."""
+    modules: list[ModuleManifest] = Field(min_length=1)
+    """The manifests."""
+
+    @model_validator(mode="after")
+    def _unique_versions(self) -> CatalogFile:
+        seen: set[str] = set()
+        for index, module in enumerate(self.modules):
+            if module.ref in seen:
+                raise ValueError(f"modules[{index}]: {module.ref} is listed twice")
+            seen.add(module.ref)
+        return self
+
+

@@ -1,0 +1,1 @@
+"""Policy engines: the Rego policy pack evaluated in-process or on an OPA server."""

@@ -1,0 +1,1 @@
+"""Stores through SQLModel: catalog, fleet, plans, approvals, audit."""

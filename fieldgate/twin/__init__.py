@@ -1,0 +1,1 @@
+"""Fleet twin: simulated sites and devices on a virtual clock."""

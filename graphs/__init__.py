@@ -1,0 +1,1 @@
+"""The LangGraph rollout graph: state, nodes, checkpointer choice."""

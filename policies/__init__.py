@@ -1,0 +1,1 @@
+"""The default Rego policy pack, shipped as package data."""

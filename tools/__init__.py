@@ -1,0 +1,1 @@
+"""The tools agents call: fleet queries, deploy, pause, rollback, telemetry."""
