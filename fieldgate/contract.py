@@ -72,7 +72,8 @@ def parse_version(text: str) -> Version:
 
 def version_in_range(version: str, spec: str) -> bool:
     """Tell whether ``version`` satisfies the range ``spec`` (prereleases only if named)."""
-    return SpecifierSet(spec).contains(Version(version), prereleases=None)
+    specifiers = SpecifierSet(spec)
+    return specifiers.contains(Version(version), prereleases=bool(specifiers.prereleases))
 
 
 def canonical_json(value: Any) -> bytes:
@@ -102,7 +103,9 @@ def problems_of(error: ValidationError) -> list[tuple[str, str]]:
     """Turn a pydantic validation error into ``(field path, rule)`` pairs."""
     problems = []
     for item in error.errors():
-        loc = tuple(p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        loc = tuple(
+            p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
+        )
         message = item["msg"]
         if item["type"] == "extra_forbidden":
             message = "unknown key (not part of the fieldgate/v1 contract)"
@@ -136,15 +139,15 @@ def validate_as(
 ) -> M:
     """Validate ``data`` as ``model``; raise ``error`` naming ``source`` and each bad field."""
     if not isinstance(data, dict):
-        raise error(source, [("", f"expected a mapping at the top level, got {type(data).__name__}")])
+        raise error(
+            source, [("", f"expected a mapping at the top level, got {type(data).__name__}")]
+        )
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(source, problems_of(exc)) from None
 
 
-def load_yaml(
-    path: str | Path, model: type[M], error: type[InputInvalid] = InputInvalid
-) -> M:
+def load_yaml(path: str | Path, model: type[M], error: type[InputInvalid] = InputInvalid) -> M:
     """Load one YAML file as ``model``."""
     return validate_as(model, read_yaml(path, error), str(path), error)

@@ -17,7 +17,9 @@ class InputInvalid(FieldgateError):
     def __init__(self, source: str, problems: list[tuple[str, str]]) -> None:
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {path}: {rule}" if path else f"{source}: {rule}" for path, rule in problems]
+        lines = [
+            f"{source}: {path}: {rule}" if path else f"{source}: {rule}" for path, rule in problems
+        ]
         super().__init__("\n".join(lines))
 
 

@@ -15,7 +15,9 @@ from fieldgate.contract import ApiVersion, Contract, VersionStr
 from fieldgate.manifest import Name
 
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
-_WINDOW = re.compile(r"^(?P<days>[A-Za-z]{3}(?:-[A-Za-z]{3})?|daily) (?P<start>\d{2}:\d{2})-(?P<end>\d{2}:\d{2})$")
+_WINDOW = re.compile(
+    r"^(?P<days>[A-Za-z]{3}(?:-[A-Za-z]{3})?|daily) (?P<start>\d{2}:\d{2})-(?P<end>\d{2}:\d{2})$"
+)
 
 
 @dataclass(frozen=True)

@@ -157,7 +157,10 @@ class CatalogEntry(Contract):
         digest = sample_digest(self.name, self.version)
         fields = self.model_dump(exclude={"signed", "digest_mismatch"})
         unsigned = ModuleManifest.model_validate(
-            {**fields, "artifact": {"uri": f"sample://{self.name}/{self.version}", "digest": digest}}
+            {
+                **fields,
+                "artifact": {"uri": f"sample://{self.name}/{self.version}", "digest": digest},
+            }
         )
         artifact = unsigned.artifact
         if self.signed:
@@ -169,7 +172,10 @@ class CatalogEntry(Contract):
             )
         observed = digest
         if self.digest_mismatch:
-            observed = "sha256:" + hashlib.sha256(f"tampered {self.name}@{self.version}".encode()).hexdigest()
+            observed = (
+                "sha256:"
+                + hashlib.sha256(f"tampered {self.name}@{self.version}".encode()).hexdigest()
+            )
         return unsigned.model_copy(update={"artifact": artifact}), observed
 
 
@@ -194,5 +200,3 @@ class CatalogFile(Contract):
                 raise ValueError(f"modules[{index}]: {module.ref} is listed twice")
             seen.add(module.ref)
         return self
-
-

@@ -216,9 +216,7 @@ def assign_waves(
             size = wave_size(wave, len(targets)) or 0
             selector = wave.selector or Selector()
             ids = [
-                d.id
-                for d in targets
-                if d.id not in taken and selector.matches(d, sites[d.site])
+                d.id for d in targets if d.id not in taken and selector.matches(d, sites[d.site])
             ][:size]
         taken.update(ids)
         result.append(ids)
