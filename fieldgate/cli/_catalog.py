@@ -1,0 +1,96 @@
+"""``fieldgate catalog``: import, list and show module manifests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from fieldgate.cli._common import current_user, open_store, read_catalog_file
+from fieldgate.cli._output import console, handles_errors
+from fieldgate.contract import parse_version
+
+catalog_app = typer.Typer(help="Module manifests: import, list, show.", no_args_is_help=True)
+
+DbOption = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB).")
+
+
+@catalog_app.command("import")
+@handles_errors
+def import_(
+    files: list[Path] = typer.Argument(..., help="Catalog or manifest YAML files.", exists=False),
+    actor: str = typer.Option(None, "--as", help="Who imports (default: the current user)."),
+    db: str = DbOption,
+) -> None:
+    """Import manifests; each file in one transaction, nothing stored from a bad file."""
+    parsed = [(path, read_catalog_file(path)) for path in files]
+    with open_store(db) as store:
+        for path, manifests in parsed:
+            result = store.catalog.import_manifests(
+                [(m, None) for m in manifests], source=str(path), actor=actor or current_user()
+            )
+            console.print(
+                f"{path}: {len(result.added)} added, {len(result.unchanged)} unchanged",
+                highlight=False,
+            )
+            for ref in result.added:
+                record = store.catalog.record(*ref.split("@", 1))
+                if not record.signature_valid:
+                    console.print(f"  [yellow]warning:[/] {ref}: {record.signature_note}")
+
+
+@catalog_app.command("list")
+@handles_errors
+def list_(db: str = DbOption) -> None:
+    """List modules with their versions, safety class and signature state."""
+    with open_store(db) as store:
+        records = store.catalog.list()
+    table = Table(title=f"catalog: {len(records)} manifests")
+    for column in ("module", "version", "safety", "classes", "signed", "digest"):
+        table.add_column(column)
+    records.sort(key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
+    for record in records:
+        m = record.manifest
+        table.add_row(
+            m.name,
+            m.version,
+            m.safety.value,
+            ", ".join(m.device_classes),
+            "[green]valid[/]" if record.signature_valid else "[red]no[/]",
+            "[green]ok[/]" if record.digest_matches else "[red]mismatch[/]",
+        )
+    console.print(table)
+
+
+@catalog_app.command("show")
+@handles_errors
+def show(
+    name: str = typer.Argument(..., help="Module name."),
+    version: str = typer.Argument(None, help="Version (default: every version)."),
+    db: str = DbOption,
+) -> None:
+    """Show manifests with signature check and provenance."""
+    with open_store(db) as store:
+        versions = [version] if version else store.catalog.versions(name)
+        records = [store.catalog.record(name, v) for v in versions]
+        if not records:
+            store.catalog.record(name, "0")  # raises NotFound naming the module
+    for record in records:
+        m = record.manifest
+        table = Table(title=m.ref, show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        table.add_row("safety", m.safety.value)
+        table.add_row("device classes", ", ".join(m.device_classes))
+        table.add_row("arch", ", ".join(m.arch))
+        table.add_row("min memory", f"{m.min_memory_mb} MiB")
+        table.add_row("requires", ", ".join(f"{r.module} {r.range}" for r in m.requires) or "-")
+        table.add_row("downgrade allowed", "yes" if m.downgrade_allowed else "no")
+        table.add_row("artifact", f"{m.artifact.uri}\n{m.artifact.digest}")
+        table.add_row("signature", record.signature_note)
+        table.add_row("digest check", "ok" if record.digest_matches else record.observed_digest)
+        table.add_row("imported", f"{record.imported_at:%Y-%m-%d %H:%M:%S} UTC by {record.actor}")
+        table.add_row("from", record.source)
+        table.add_row("description (untrusted)", m.description or "-")
+        console.print(table)

@@ -1,0 +1,139 @@
+"""``fieldgate fleet``: import, list, show and seed the fleet inventory."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+import yaml
+from rich.table import Table
+
+from fieldgate.cli._common import current_user, open_store, read_inventory_file
+from fieldgate.cli._output import console, handles_errors
+from fieldgate.errors import NotFound
+from fieldgate.plan import Selector
+from fieldgate.seeding import seed_fleet
+from fieldgate.store import FleetSummary
+
+fleet_app = typer.Typer(help="Sites and devices: import, list, show, seed.", no_args_is_help=True)
+
+DbOption = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB).")
+
+
+def print_summary(summary: FleetSummary) -> None:
+    """Print device counts by region, site, class and installed version."""
+    console.print(
+        f"[bold]fleet:[/] {summary.devices} devices at {summary.sites} sites "
+        f"in {len(summary.by_region)} regions",
+        highlight=False,
+    )
+    table = Table(show_header=True)
+    table.add_column("by region")
+    table.add_column("by class")
+    table.add_column("installed")
+    regions = [f"{k}: {v}" for k, v in sorted(summary.by_region.items())]
+    classes = [f"{k}: {v}" for k, v in sorted(summary.by_class.items())]
+    installed = [
+        f"{module} {version}: {count}"
+        for module, versions in sorted(summary.installed.items())
+        for version, count in sorted(versions.items())
+    ]
+    for row in range(max(len(regions), len(classes), len(installed))):
+        cells = [col[row] if row < len(col) else "" for col in (regions, classes, installed)]
+        table.add_row(*cells)
+    console.print(table)
+
+
+@fleet_app.command("import")
+@handles_errors
+def import_(
+    files: list[Path] = typer.Argument(..., help="Fleet inventory YAML files."),
+    actor: str = typer.Option(None, "--as", help="Who imports (default: the current user)."),
+    db: str = DbOption,
+) -> None:
+    """Import sites and devices; each file in one transaction, nothing stored from a bad file."""
+    parsed = [(path, read_inventory_file(path)) for path in files]
+    with open_store(db) as store:
+        for path, inventory in parsed:
+            result = store.fleet.import_inventory(
+                inventory, source=str(path), actor=actor or current_user()
+            )
+            console.print(
+                f"{path}: {result.sites} sites, {result.devices} devices", highlight=False
+            )
+
+
+@fleet_app.command("list")
+@handles_errors
+def list_(
+    site: list[str] = typer.Option([], "--site", help="Only these sites."),
+    region: list[str] = typer.Option([], "--region", help="Only these regions."),
+    device_class: list[str] = typer.Option([], "--class", help="Only these device classes."),
+    limit: int = typer.Option(50, help="Show at most this many devices (0: all)."),
+    db: str = DbOption,
+) -> None:
+    """List devices with their installed modules; a summary first."""
+    selector = Selector(sites=site, regions=region, classes=device_class)
+    with open_store(db) as store:
+        print_summary(store.fleet.summary())
+        devices = store.fleet.devices(selector)
+    table = Table(title=f"{len(devices)} devices match")
+    for column in ("device", "site", "class", "arch", "memory", "installed"):
+        table.add_column(column)
+    shown = devices if limit == 0 else devices[:limit]
+    for d in shown:
+        installed = ", ".join(f"{m} {v}" for m, v in sorted(d.installed.items()))
+        table.add_row(d.id, d.site, d.device_class, d.arch, f"{d.memory_mb} MiB", installed)
+    console.print(table)
+    if len(shown) < len(devices):
+        console.print(f"… {len(devices) - len(shown)} more (use --limit 0 to see all)")
+
+
+@fleet_app.command("show")
+@handles_errors
+def show(
+    ident: str = typer.Argument(..., metavar="ID", help="A device id or a site id."),
+    db: str = DbOption,
+) -> None:
+    """Show one device, or one site with its devices."""
+    with open_store(db) as store:
+        sites = {s.id: s for s in store.fleet.sites()}
+        if ident in sites:
+            site = sites[ident]
+            devices = store.fleet.devices(Selector(sites=[ident]))
+            console.print(
+                f"[bold]{site.id}[/] {site.kind.value} site in {site.region}, {site.timezone}, "
+                f"maintenance {', '.join(site.maintenance) or 'none'}, "
+                f"labels {site.labels or '-'}, {len(devices)} devices",
+                highlight=False,
+            )
+            return
+        try:
+            device = store.fleet.device(ident)
+        except NotFound:
+            raise NotFound(f"no device or site named {ident!r}") from None
+    console.print_json(data=device.model_dump(mode="json", by_alias=True))
+
+
+@fleet_app.command("seed")
+@handles_errors
+def seed(
+    sites: int = typer.Option(..., "--sites", min=1, help="Number of sites."),
+    devices_per_site: int = typer.Option(..., "--devices-per-site", min=1, help="Devices a site."),
+    seed_value: int = typer.Option(0, "--seed", help="Random seed: the same seed, the same fleet."),
+    out: Path = typer.Option(None, "--out", help="Write the inventory YAML here instead."),
+    db: str = DbOption,
+) -> None:
+    """Generate a synthetic fleet and import it (or write it to a file)."""
+    inventory = seed_fleet(sites, devices_per_site, seed_value)
+    if out is not None:
+        document = inventory.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+        out.write_text(yaml.safe_dump(document, sort_keys=False))
+        console.print(f"wrote {len(inventory.devices)} devices at {sites} sites to {out}")
+        return
+    with open_store(db) as store:
+        result = store.fleet.import_inventory(
+            inventory, source=f"seed:{seed_value}", actor=current_user()
+        )
+        console.print(f"seeded {result.devices} devices at {result.sites} sites")
+        print_summary(store.fleet.summary())

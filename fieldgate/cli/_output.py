@@ -1,0 +1,48 @@
+"""How the CLI talks to people: one console for output, one for errors, one error policy."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from fieldgate.errors import FieldgateError, InputInvalid, NotFound
+
+console = Console(soft_wrap=True)
+"""Standard output."""
+errors = Console(stderr=True, soft_wrap=True)
+"""Standard error."""
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+EXIT_INPUT = 2
+"""Exit code for bad input: a file, an argument or a name that does not exist."""
+EXIT_FAILED = 1
+"""Exit code for everything else that went wrong on purpose (denied, broken chain, …)."""
+
+
+def exit_code_for(error: FieldgateError) -> int:
+    """The process exit code an error maps to."""
+    return EXIT_INPUT if isinstance(error, InputInvalid | NotFound) else EXIT_FAILED
+
+
+def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn fieldgate errors raised by a command into a message on stderr and an exit code."""
+
+    @functools.wraps(command)
+    def run(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except FieldgateError as error:
+            # one problem a line, never wrapped, so that tools and people can grep it
+            prefix = "" if isinstance(error, InputInvalid) else "error: "
+            for line in str(error).splitlines():
+                errors.print(f"[red]{prefix}{escape(line)}[/]", highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_code_for(error)) from None
+
+    return run
