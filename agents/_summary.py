@@ -1,0 +1,261 @@
+"""The planning context: a compact fleet and catalog summary the planner sees instead of devices.
+
+Devices with identical facts (site, class, arch, memory, installed modules) collapse into one
+group with a count, so the context of a homogeneous fleet does not grow with its size. Manifest
+descriptions and device labels are untrusted free text and are left out on purpose.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable
+from datetime import datetime
+
+from packaging.version import Version
+from pydantic import Field
+
+from fieldgate.contract import Contract, parse_version
+from fieldgate.fleet import Device, FleetInventory, Site, SiteKind
+from fieldgate.manifest import CatalogEntry, ModuleManifest, Requirement, SafetyClass
+from fieldgate.plan import Selector
+
+
+class SiteSummary(Contract):
+    """One site as the planner sees it."""
+
+    id: str
+    """Site id, e.g. ``ber-03``."""
+    region: str
+    """Region, e.g. ``eu-central``."""
+    kind: SiteKind
+    """factory or field."""
+    timezone: str
+    """IANA time zone of the maintenance windows."""
+    maintenance: list[str] = []
+    """Weekly maintenance windows in site-local time, e.g. ``Sat 01:00-05:00``."""
+    labels: dict[str, str] = {}
+    """Site labels from the inventory, e.g. ``regulated: "true"``."""
+
+    def as_site(self) -> Site:
+        """The core ``Site`` with these facts, for window arithmetic."""
+        return Site(
+            id=self.id,
+            region=self.region,
+            kind=self.kind,
+            timezone=self.timezone,
+            maintenance=list(self.maintenance),
+            labels=dict(self.labels),
+        )
+
+
+class DeviceGroup(Contract):
+    """Devices at one site that share class, arch, memory and installed modules."""
+
+    site: str
+    """Site id."""
+    device_class: str
+    """Device class, e.g. ``hvac-gw``."""
+    arch: str
+    """CPU architecture."""
+    memory_mb: int
+    """Memory in MiB."""
+    count: int = Field(ge=1)
+    """How many devices have exactly these facts."""
+    installed: dict[str, str] = {}
+    """Installed modules by name, with versions."""
+
+
+class CatalogItem(Contract):
+    """One module version as the planner sees it (no description: that text is untrusted)."""
+
+    name: str
+    """Module name."""
+    version: str
+    """Version."""
+    safety: SafetyClass
+    """Safety class: none, low, high or critical."""
+    device_classes: list[str]
+    """Device classes the module runs on."""
+    arch: list[str]
+    """CPU architectures it is built for."""
+    min_memory_mb: int = 0
+    """Least device memory, MiB."""
+    requires: list[Requirement] = []
+    """Modules that must be installed, with version ranges (the policy gate checks them)."""
+    downgrade_allowed: bool = False
+    """Whether a device running a newer version may be moved to this one."""
+    prerelease: bool = False
+    """Whether the version is a prerelease (e.g. ``2.0.0-rc1``): chosen only when named."""
+
+    @property
+    def parsed_version(self) -> Version:
+        """The version, comparable."""
+        return parse_version(self.version)
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    def fits(self, device_class: str, arch: str, memory_mb: int) -> bool:
+        """Tell whether a device with these facts can run this version."""
+        return (
+            device_class in self.device_classes
+            and arch in self.arch
+            and memory_mb >= self.min_memory_mb
+        )
+
+    def fits_group(self, group: DeviceGroup) -> bool:
+        """Tell whether the devices of ``group`` can run this version."""
+        return self.fits(group.device_class, group.arch, group.memory_mb)
+
+
+class PlanningContext(Contract):
+    """What the planner knows about the fleet and the catalog, summarised."""
+
+    sites: list[SiteSummary]
+    """Every site."""
+    groups: list[DeviceGroup]
+    """Devices grouped by identical facts, with counts."""
+    catalog: list[CatalogItem]
+    """Every module version, ordered by name then version."""
+    now: datetime
+    """The current instant (UTC)."""
+
+    def site(self, site_id: str) -> SiteSummary | None:
+        """The site with this id, if any."""
+        for site in self.sites:
+            if site.id == site_id:
+                return site
+        return None
+
+    @property
+    def module_names(self) -> list[str]:
+        """Names of the modules in the catalog, sorted."""
+        return sorted({item.name for item in self.catalog})
+
+    @property
+    def regions(self) -> list[str]:
+        """Regions that have sites, sorted."""
+        return sorted({site.region for site in self.sites})
+
+    @property
+    def device_classes(self) -> list[str]:
+        """Device classes present in the fleet, sorted."""
+        return sorted({group.device_class for group in self.groups})
+
+    def releases(self, module: str) -> list[CatalogItem]:
+        """Every version of ``module`` in the catalog, oldest first."""
+        return sorted(
+            (item for item in self.catalog if item.name == module),
+            key=lambda item: item.parsed_version,
+        )
+
+    def item(self, module: str, version: str) -> CatalogItem | None:
+        """The catalog entry of ``module`` at ``version`` (compared as versions), if any."""
+        wanted = parse_version(version)
+        for item in self.catalog:
+            if item.name == module and item.parsed_version == wanted:
+                return item
+        return None
+
+    def groups_for(self, selector: Selector) -> list[DeviceGroup]:
+        """Groups whose devices ``selector`` picks by site, region, class and site label.
+
+        Explicit device ids cannot be decided on groups; callers handle them.
+        """
+        regions = {site.id: site.region for site in self.sites}
+        labels = {site.id: site.labels for site in self.sites}
+        picked = []
+        for group in self.groups:
+            if selector.sites and group.site not in selector.sites:
+                continue
+            if selector.regions and regions.get(group.site) not in selector.regions:
+                continue
+            if selector.classes and group.device_class not in selector.classes:
+                continue
+            site_labels = labels.get(group.site, {})
+            if any(site_labels.get(k) != v for k, v in selector.labels.items()):
+                continue
+            picked.append(group)
+        return picked
+
+
+def _group_key(device: Device) -> tuple[str, str, str, int, tuple[tuple[str, str], ...]]:
+    return (
+        device.site,
+        device.device_class,
+        device.arch,
+        device.memory_mb,
+        tuple(sorted(device.installed.items())),
+    )
+
+
+def _catalog_item(manifest: ModuleManifest | CatalogEntry) -> CatalogItem:
+    return CatalogItem(
+        name=manifest.name,
+        version=manifest.version,
+        safety=manifest.safety,
+        device_classes=list(manifest.device_classes),
+        arch=list(manifest.arch),
+        min_memory_mb=manifest.min_memory_mb,
+        requires=list(manifest.requires),
+        downgrade_allowed=manifest.downgrade_allowed,
+        prerelease=parse_version(manifest.version).is_prerelease,
+    )
+
+
+def planning_context(
+    fleet: FleetInventory | Iterable[Device],
+    manifests: Iterable[ModuleManifest | CatalogEntry],
+    now: datetime,
+    *,
+    sites: Iterable[Site] | None = None,
+) -> PlanningContext:
+    """Summarise a fleet and a catalog for the planner.
+
+    Args:
+        fleet: An inventory, or devices (then ``sites`` is required).
+        manifests: Module manifests or scenario catalog entries.
+        now: The current instant (UTC).
+        sites: The sites of ``fleet`` when it is a plain device list.
+    """
+    if isinstance(fleet, FleetInventory):
+        site_list = list(fleet.sites)
+        devices = fleet.all_devices()
+    else:
+        if sites is None:
+            raise ValueError("planning_context: a device list needs its sites (sites=...)")
+        site_list = list(sites)
+        devices = list(fleet)
+    counts = Counter(_group_key(device) for device in devices)
+    groups = [
+        DeviceGroup(
+            site=site_id,
+            device_class=device_class,
+            arch=arch,
+            memory_mb=memory_mb,
+            count=count,
+            installed=dict(installed),
+        )
+        for (site_id, device_class, arch, memory_mb, installed), count in sorted(counts.items())
+    ]
+    catalog = sorted(
+        (_catalog_item(m) for m in manifests), key=lambda item: (item.name, item.parsed_version)
+    )
+    return PlanningContext(
+        sites=[
+            SiteSummary(
+                id=site.id,
+                region=site.region,
+                kind=site.kind,
+                timezone=site.timezone,
+                maintenance=list(site.maintenance),
+                labels=dict(site.labels),
+            )
+            for site in sorted(site_list, key=lambda s: s.id)
+        ],
+        groups=groups,
+        catalog=catalog,
+        now=now,
+    )
