@@ -1,1 +1,38 @@
-"""Stores through SQLModel: catalog, fleet, plans, approvals, audit."""
+"""Stores through SQLModel: catalog, keys, fleet, plans, approvals and the audit log.
+
+One database URL (``FIELDGATE_DB``) holds them all, SQLite or PostgreSQL with the
+same code::
+
+    with Store.open(url) as store:
+        store.audit.append("request", "human", "ana", {"text": "roll out hvac 2.4.1"})
+        assert store.audit.verify().ok
+"""
+
+from fieldgate.store._approvals import ApprovalStore
+from fieldgate.store._audit import AuditLog, NewEvent, VerifyResult
+from fieldgate.store._catalog import CatalogRecord, CatalogStore, ImportResult
+from fieldgate.store._engine import open_engine
+from fieldgate.store._fleet import FleetStore, FleetSummary, InventoryImport
+from fieldgate.store._keys import KeyPurpose, KeyStore, TrustedKey
+from fieldgate.store._plans import PlanRecord, PlanStore
+from fieldgate.store._store import Store
+
+__all__ = [
+    "ApprovalStore",
+    "AuditLog",
+    "CatalogRecord",
+    "CatalogStore",
+    "FleetStore",
+    "FleetSummary",
+    "ImportResult",
+    "InventoryImport",
+    "KeyPurpose",
+    "KeyStore",
+    "NewEvent",
+    "PlanRecord",
+    "PlanStore",
+    "Store",
+    "TrustedKey",
+    "VerifyResult",
+    "open_engine",
+]

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import event
-from sqlalchemy.engine import Engine, make_url
-from sqlmodel import create_engine
+from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlmodel import Session, create_engine
 
 from fieldgate.errors import StoreError
+
+_SQLITE_BEGIN = "fieldgate_sqlite_begin"
+"""Execution option naming the statement that opens a SQLite transaction."""
 
 
 def normalize_url(url: str) -> str:
@@ -20,7 +26,12 @@ def normalize_url(url: str) -> str:
 
 
 def open_engine(url: str) -> Engine:
-    """Create an engine for ``url``; SQLite files get their directory, WAL and foreign keys."""
+    """Create an engine for ``url``; SQLite files get their directory, WAL and foreign keys.
+
+    On SQLite, SQLAlchemy emits ``BEGIN`` itself (the sqlite3 module's own transaction
+    handling is turned off) so that reads are repeatable inside a transaction and
+    :func:`for_writing` can take the write lock up front with ``BEGIN IMMEDIATE``.
+    """
     url = normalize_url(url)
     try:
         parsed = make_url(url)
@@ -34,12 +45,17 @@ def open_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA foreign_keys=ON")
             if database and database != ":memory:":
                 cursor.execute("PRAGMA journal_mode=WAL")
                 cursor.execute("PRAGMA synchronous=NORMAL")
             cursor.close()
+
+        @event.listens_for(engine, "begin")
+        def _sqlite_begin(conn: Connection) -> None:
+            conn.exec_driver_sql(conn.get_execution_options().get(_SQLITE_BEGIN, "BEGIN"))
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -50,6 +66,38 @@ def open_engine(url: str) -> Engine:
     )
 
 
-def is_sqlite(engine: Engine) -> bool:
+def is_sqlite(engine: Engine | Connection) -> bool:
     """Tell whether ``engine`` talks to SQLite."""
     return engine.dialect.name == "sqlite"
+
+
+def for_writing(engine: Engine) -> Engine:
+    """Return ``engine`` set to take SQLite's write lock when a transaction begins.
+
+    Writers that read before they write (the audit head, existing manifests) would
+    otherwise fail with "database is locked" when another writer commits between
+    their read and their write; ``BEGIN IMMEDIATE`` makes them wait their turn.
+    PostgreSQL ignores the option.
+    """
+    return engine.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+
+
+def reason_of(exc: SQLAlchemyError) -> str:
+    """Return the database's own words for ``exc``, without SQLAlchemy's statement dump."""
+    if isinstance(exc, DBAPIError) and exc.orig is not None:
+        return str(exc.orig).strip().splitlines()[0]
+    return str(exc).strip().splitlines()[0]
+
+
+@contextmanager
+def transaction(engine: Engine, what: str) -> Iterator[Session]:
+    """Run one transaction on ``engine``: commit on success, roll back on any error.
+
+    Database errors become :class:`StoreError` naming ``what`` was being done;
+    fieldgate's own errors pass through unchanged (after the rollback).
+    """
+    try:
+        with Session(engine, expire_on_commit=False) as session, session.begin():
+            yield session
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{what} failed: {reason_of(exc)}") from exc

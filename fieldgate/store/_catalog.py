@@ -1,0 +1,269 @@
+"""The module catalog: immutable manifests, where each came from, and what was verified."""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, col, select
+
+from fieldgate.contract import parse_version, sha256_hex
+from fieldgate.errors import ManifestInvalid, NotFound
+from fieldgate.manifest import ModuleManifest
+from fieldgate.signing import verify
+from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._keys import TrustedKeyRow
+from fieldgate.store._table import StoreTable, as_utc, json_text, utc_now, utc_time_field
+
+
+class CatalogImportRow(StoreTable, table=True):
+    """One import that added manifests: who, when, from which file."""
+
+    __tablename__ = "catalog_import"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str
+    actor: str
+    imported_at: datetime = utc_time_field()
+    added: int
+
+
+class ManifestRow(StoreTable, table=True):
+    """One module version: the full manifest and the facts checked when it was imported."""
+
+    __tablename__ = "catalog_manifest"
+
+    name: str = Field(primary_key=True)
+    version: str = Field(primary_key=True)
+    import_id: int = Field(foreign_key="catalog_import.id", index=True)
+    manifest_json: str
+    manifest_hash: str
+    observed_digest: str
+    signature_valid: bool
+    signature_note: str
+
+
+@dataclass(frozen=True)
+class CatalogRecord:
+    """A stored manifest with its provenance and verification facts."""
+
+    manifest: ModuleManifest
+    """The manifest as imported."""
+    import_id: int
+    """The import that added it."""
+    source: str
+    """The file (or other source) it was imported from."""
+    actor: str
+    """Who imported it."""
+    imported_at: datetime
+    """When (UTC)."""
+    observed_digest: str
+    """The digest the artifact store measured at import."""
+    signature_valid: bool
+    """Whether the artifact signature verified with a trusted artifact key at import."""
+    signature_note: str
+    """Why the signature is valid or not, e.g. which key verified it."""
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return self.manifest.ref
+
+    @property
+    def digest_matches(self) -> bool:
+        """Whether the observed artifact is the one the factory declared (and signed)."""
+        return self.observed_digest == self.manifest.artifact.digest
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    """What one catalog import did."""
+
+    import_id: int | None
+    """Id of the import record; None when nothing was new."""
+    added: list[str]
+    """``name@version`` of the manifests added."""
+    unchanged: list[str]
+    """``name@version`` of the manifests already stored exactly as given."""
+
+
+def _manifest_json(manifest: ModuleManifest) -> str:
+    return json_text(manifest.model_dump(mode="json"))
+
+
+def _observed_digest(manifest: ModuleManifest, given: str | None, source: str) -> str:
+    """Return the digest the artifact store sees: a ``file://`` artifact's sha256, else ``given``.
+
+    Without a ``given`` digest for another URI scheme, the declared digest stands.
+    """
+    uri = urlparse(manifest.artifact.uri)
+    if uri.scheme != "file":
+        return given or manifest.artifact.digest
+    path = Path(unquote(uri.path))
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as artifact:
+            while chunk := artifact.read(1 << 20):
+                digest.update(chunk)
+    except OSError as exc:
+        problem = f"cannot read artifact {path}: {exc.strerror or exc}"
+        raise ManifestInvalid(source, [(f"{manifest.ref} artifact.uri", problem)]) from None
+    return "sha256:" + digest.hexdigest()
+
+
+def _check_signature(manifest: ModuleManifest, keys: dict[str, TrustedKeyRow]) -> tuple[bool, str]:
+    artifact = manifest.artifact
+    if not artifact.signature:
+        return False, "unsigned"
+    if not artifact.signer:
+        return False, "signed, but the manifest names no signer key"
+    key = keys.get(artifact.signer)
+    if key is None:
+        return False, f"signer {artifact.signer} is not a trusted artifact key"
+    if not verify(key.public_b64, manifest.signing_payload(), artifact.signature):
+        return False, f"signature does not verify with {key.owner}'s key {key.key_id}"
+    return True, f"signed by {key.owner} ({key.key_id})"
+
+
+def _record(row: ManifestRow, origin: CatalogImportRow) -> CatalogRecord:
+    return CatalogRecord(
+        manifest=ModuleManifest.model_validate_json(row.manifest_json),
+        import_id=origin.id or 0,
+        source=origin.source,
+        actor=origin.actor,
+        imported_at=as_utc(origin.imported_at),
+        observed_digest=row.observed_digest,
+        signature_valid=row.signature_valid,
+        signature_note=row.signature_note,
+    )
+
+
+class CatalogStore:
+    """Module manifests by name and version, immutable once imported."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = for_writing(engine)
+
+    def import_manifests(
+        self,
+        manifests: Sequence[tuple[ModuleManifest, str | None]],
+        source: str,
+        actor: str,
+    ) -> ImportResult:
+        """Add manifests in one transaction; nothing is stored if any of them is refused.
+
+        Args:
+            manifests: Each manifest with the digest the artifact store observed for it
+                (None: the declared digest; ``file://`` artifacts are always hashed here).
+            source: Where the manifests come from, usually the catalog file's path.
+            actor: Who imports them.
+
+        Raises:
+            ManifestInvalid: a manifest differs from the stored one of the same name and
+                version (manifests are immutable), or a ``file://`` artifact is unreadable.
+        """
+        prepared: dict[str, tuple[ModuleManifest, str, str]] = {}
+        for manifest, given in manifests:
+            text = _manifest_json(manifest)
+            earlier = prepared.get(manifest.ref)
+            if earlier is not None and earlier[1] != text:
+                problem = "listed twice with different content"
+                raise ManifestInvalid(source, [(manifest.ref, problem)])
+            prepared[manifest.ref] = (manifest, text, _observed_digest(manifest, given, source))
+
+        added: list[str] = []
+        unchanged: list[str] = []
+        with transaction(self._writer, f"importing manifests from {source}") as session:
+            new: list[tuple[ModuleManifest, str, str]] = []
+            for ref, (manifest, text, observed) in prepared.items():
+                stored = session.get(ManifestRow, (manifest.name, manifest.version))
+                if stored is None:
+                    new.append((manifest, text, observed))
+                elif stored.manifest_hash == sha256_hex(text.encode()):
+                    unchanged.append(ref)
+                else:
+                    problem = (
+                        f"module {manifest.name} version {manifest.version} is already in the "
+                        "catalog with different content; manifests are immutable, so publish "
+                        "a new version"
+                    )
+                    raise ManifestInvalid(source, [(ref, problem)])
+            if not new:
+                return ImportResult(None, [], unchanged)
+            keys = {
+                row.key_id: row
+                for row in session.exec(
+                    select(TrustedKeyRow).where(TrustedKeyRow.purpose == "artifact")
+                )
+            }
+            origin = CatalogImportRow(
+                source=source, actor=actor, imported_at=utc_now(), added=len(new)
+            )
+            session.add(origin)
+            session.flush()
+            assert origin.id is not None
+            for manifest, text, observed in new:
+                valid, note = _check_signature(manifest, keys)
+                session.add(
+                    ManifestRow(
+                        name=manifest.name,
+                        version=manifest.version,
+                        import_id=origin.id,
+                        manifest_json=text,
+                        manifest_hash=sha256_hex(text.encode()),
+                        observed_digest=observed,
+                        signature_valid=valid,
+                        signature_note=note,
+                    )
+                )
+                added.append(manifest.ref)
+            return ImportResult(origin.id, added, unchanged)
+
+    def list(self) -> builtins.list[CatalogRecord]:
+        """List every stored module version, by name and then version order."""
+        query = select(ManifestRow, CatalogImportRow).join(
+            CatalogImportRow, col(ManifestRow.import_id) == CatalogImportRow.id
+        )
+        with transaction(self._engine, "listing the catalog") as session:
+            records = [_record(row, origin) for row, origin in session.exec(query)]
+        return sorted(records, key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
+
+    def versions(self, name: str) -> builtins.list[str]:
+        """List the stored versions of module ``name``, oldest first; raise NotFound if none."""
+        query = select(ManifestRow.version).where(ManifestRow.name == name)
+        with transaction(self._engine, f"reading versions of {name}") as session:
+            versions = builtins.list(session.exec(query))
+        if not versions:
+            raise NotFound(f"module {name!r} is not in the catalog")
+        return sorted(versions, key=parse_version)
+
+    def get(self, name: str, version: str) -> ModuleManifest:
+        """Return the manifest of ``name`` at ``version``; raise NotFound naming it if absent."""
+        return self.record(name, version).manifest
+
+    def record(self, name: str, version: str) -> CatalogRecord:
+        """Return ``name`` at ``version`` with where it came from and what verified at import."""
+        with transaction(self._engine, f"reading {name}@{version}") as session:
+            row = session.get(ManifestRow, (name, version))
+            if row is None:
+                raise NotFound(self._missing(session, name, version))
+            origin = session.get(CatalogImportRow, row.import_id)
+            assert origin is not None, "catalog_manifest.import_id is a foreign key"
+            return _record(row, origin)
+
+    @staticmethod
+    def _missing(session: Session, name: str, version: str) -> str:
+        known = builtins.list(
+            session.exec(select(ManifestRow.version).where(ManifestRow.name == name))
+        )
+        if not known:
+            return f"module {name!r} is not in the catalog"
+        listed = ", ".join(sorted(known, key=parse_version))
+        return f"module {name!r} has no version {version!r} in the catalog (known: {listed})"

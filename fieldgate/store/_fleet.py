@@ -1,0 +1,423 @@
+"""The fleet as rows: sites, devices, labels and installed module versions."""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from packaging.version import InvalidVersion
+from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, Session, col
+
+from fieldgate.contract import Contract, parse_version
+from fieldgate.errors import NotFound, StoreError
+from fieldgate.fleet import Device, FleetInventory, Site
+from fieldgate.manifest import NAME_PATTERN
+from fieldgate.plan import Selector
+from fieldgate.store._engine import for_writing, is_sqlite, transaction
+from fieldgate.store._table import (
+    StoreTable,
+    from_json_text,
+    json_text,
+    table_of,
+    utc_now,
+    utc_time_field,
+)
+
+_CHUNK = 1000
+"""Ids per ``IN (...)`` list, well under SQLite's bound-parameter limit."""
+
+
+class FleetImportRow(StoreTable, table=True):
+    """One inventory import: who, when, from which file, how much."""
+
+    __tablename__ = "fleet_import"
+
+    id: int | None = Field(default=None, primary_key=True)
+    source: str
+    actor: str
+    imported_at: datetime = utc_time_field()
+    sites: int
+    devices: int
+
+
+class SiteRow(StoreTable, table=True):
+    """One site."""
+
+    __tablename__ = "fleet_site"
+
+    id: str = Field(primary_key=True)
+    region: str = Field(index=True)
+    kind: str
+    timezone: str
+    maintenance_json: str
+    connectivity: str
+    import_id: int = Field(foreign_key="fleet_import.id")
+
+
+class SiteLabelRow(StoreTable, table=True):
+    """One label of a site."""
+
+    __tablename__ = "fleet_site_label"
+
+    site_id: str = Field(foreign_key="fleet_site.id", primary_key=True, ondelete="CASCADE")
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class DeviceRow(StoreTable, table=True):
+    """One device."""
+
+    __tablename__ = "fleet_device"
+
+    id: str = Field(primary_key=True)
+    site_id: str = Field(foreign_key="fleet_site.id", index=True)
+    device_class: str = Field(index=True)
+    arch: str
+    memory_mb: int
+    import_id: int = Field(foreign_key="fleet_import.id")
+
+
+class DeviceLabelRow(StoreTable, table=True):
+    """One label of a device."""
+
+    __tablename__ = "fleet_device_label"
+
+    device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
+    key: str = Field(primary_key=True)
+    value: str
+
+
+class InstalledRow(StoreTable, table=True):
+    """One module version installed on one device."""
+
+    __tablename__ = "fleet_installed"
+
+    device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
+    module: str = Field(primary_key=True, index=True)
+    version: str
+
+
+class FleetSummary(Contract):
+    """Device counts that stand in for device lists when agents and policies reason."""
+
+    sites: int
+    """Number of sites."""
+    devices: int
+    """Number of devices."""
+    by_region: dict[str, int]
+    """Devices per region (regions whose sites have no devices count 0)."""
+    by_site: dict[str, int]
+    """Devices per site."""
+    by_class: dict[str, int]
+    """Devices per device class."""
+    installed: dict[str, dict[str, int]]
+    """Devices per installed version, per module."""
+
+
+@dataclass(frozen=True)
+class InventoryImport:
+    """What one inventory import did."""
+
+    import_id: int
+    """Id of the import record."""
+    sites: int
+    """Sites added or updated."""
+    devices: int
+    """Devices added or updated."""
+
+
+def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), _CHUNK):
+        yield items[start : start + _CHUNK]
+
+
+def _upsert(session: Session, model: type[StoreTable], rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``, updating the non-key columns of rows whose key exists."""
+    if not rows:
+        return
+    table = table_of(model)
+    dialect = sqlite if is_sqlite(session.connection()) else postgresql
+    statement = dialect.insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    statement = statement.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: statement.excluded[c.name] for c in table.columns if c.name not in keys},
+    )
+    session.execute(statement, rows)
+
+
+def _selection(selector: Selector) -> Select[str]:
+    """Select the ids of the devices ``selector`` picks, as :meth:`Selector.matches` does."""
+    query = select(col(DeviceRow.id)).join(SiteRow, col(DeviceRow.site_id) == SiteRow.id)
+    if selector.sites:
+        query = query.where(col(DeviceRow.site_id).in_(selector.sites))
+    if selector.regions:
+        query = query.where(col(SiteRow.region).in_(selector.regions))
+    if selector.classes:
+        query = query.where(col(DeviceRow.device_class).in_(selector.classes))
+    if selector.devices:
+        query = query.where(col(DeviceRow.id).in_(selector.devices))
+    for key, value in selector.labels.items():
+        # A device label wins over the site label of the same key.
+        on_device = and_(
+            col(DeviceLabelRow.device_id) == col(DeviceRow.id), col(DeviceLabelRow.key) == key
+        )
+        device_has = exists().where(on_device)
+        device_matches = exists().where(on_device, col(DeviceLabelRow.value) == value)
+        site_matches = exists().where(
+            col(SiteLabelRow.site_id) == col(DeviceRow.site_id),
+            col(SiteLabelRow.key) == key,
+            col(SiteLabelRow.value) == value,
+        )
+        query = query.where(or_(device_matches, and_(~device_has, site_matches)))
+    return query
+
+
+def _load_devices(session: Session, selector: Selector) -> list[Device]:
+    # Plain column tuples, not ORM objects: fleets run to 100,000s of devices.
+    picked = select(_selection(selector).subquery().c.id)
+    labels: dict[str, dict[str, str]] = defaultdict(dict)
+    label = table_of(DeviceLabelRow).c
+    for device_id, key, value in session.execute(
+        select(label.device_id, label.key, label.value).where(label.device_id.in_(picked))
+    ):
+        labels[device_id][key] = value
+    installed: dict[str, dict[str, str]] = defaultdict(dict)
+    item = table_of(InstalledRow).c
+    for device_id, module, version in session.execute(
+        select(item.device_id, item.module, item.version).where(item.device_id.in_(picked))
+    ):
+        installed[device_id][module] = version
+    device = table_of(DeviceRow).c
+    rows = session.execute(
+        select(device.id, device.site_id, device.device_class, device.arch, device.memory_mb)
+        .where(device.id.in_(picked))
+        .order_by(device.id)
+    )
+    return [
+        Device.model_validate(
+            {
+                "id": device_id,
+                "site": site_id,
+                "class": device_class,
+                "arch": arch,
+                "memory_mb": memory_mb,
+                "labels": labels.get(device_id, {}),
+                "installed": installed.get(device_id, {}),
+            }
+        )
+        for device_id, site_id, device_class, arch, memory_mb in rows
+    ]
+
+
+def _counts(session: Session, query: Select[str, int]) -> dict[str, int]:
+    return {str(key): int(count) for key, count in session.execute(query).all()}
+
+
+class FleetStore:
+    """Sites, devices and installed module versions."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = for_writing(engine)
+
+    def import_inventory(
+        self, inventory: FleetInventory, source: str, actor: str
+    ) -> InventoryImport:
+        """Add or update every site and device of ``inventory`` in one transaction.
+
+        Devices already stored take the inventory's site, class, arch, memory, labels
+        and installed modules; stored devices the inventory does not list stay as
+        they are.
+        """
+        devices = inventory.all_devices()
+        device_ids = [d.id for d in devices]
+        site_ids = [s.id for s in inventory.sites]
+        with transaction(self._writer, f"importing the fleet inventory {source}") as session:
+            origin = FleetImportRow(
+                source=source,
+                actor=actor,
+                imported_at=utc_now(),
+                sites=len(site_ids),
+                devices=len(devices),
+            )
+            session.add(origin)
+            session.flush()
+            _upsert(
+                session,
+                SiteRow,
+                [
+                    {
+                        "id": s.id,
+                        "region": s.region,
+                        "kind": s.kind.value,
+                        "timezone": s.timezone,
+                        "maintenance_json": json_text(s.maintenance),
+                        "connectivity": s.connectivity.value,
+                        "import_id": origin.id,
+                    }
+                    for s in inventory.sites
+                ],
+            )
+            for chunk in _chunks(site_ids):
+                session.execute(delete(SiteLabelRow).where(col(SiteLabelRow.site_id).in_(chunk)))
+            site_labels = [
+                {"site_id": s.id, "key": k, "value": v}
+                for s in inventory.sites
+                for k, v in s.labels.items()
+            ]
+            if site_labels:
+                session.execute(insert(SiteLabelRow), site_labels)
+            _upsert(
+                session,
+                DeviceRow,
+                [
+                    {
+                        "id": d.id,
+                        "site_id": d.site,
+                        "device_class": d.device_class,
+                        "arch": d.arch,
+                        "memory_mb": d.memory_mb,
+                        "import_id": origin.id,
+                    }
+                    for d in devices
+                ],
+            )
+            for chunk in _chunks(device_ids):
+                session.execute(
+                    delete(DeviceLabelRow).where(col(DeviceLabelRow.device_id).in_(chunk))
+                )
+                session.execute(delete(InstalledRow).where(col(InstalledRow.device_id).in_(chunk)))
+            device_labels = [
+                {"device_id": d.id, "key": k, "value": v}
+                for d in devices
+                for k, v in d.labels.items()
+            ]
+            if device_labels:
+                session.execute(insert(DeviceLabelRow), device_labels)
+            installed = [
+                {"device_id": d.id, "module": m, "version": v}
+                for d in devices
+                for m, v in d.installed.items()
+            ]
+            if installed:
+                session.execute(insert(InstalledRow), installed)
+            assert origin.id is not None
+            return InventoryImport(origin.id, len(site_ids), len(devices))
+
+    def sites(self) -> list[Site]:
+        """List every site, by id."""
+        with transaction(self._engine, "reading sites") as session:
+            labels: dict[str, dict[str, str]] = defaultdict(dict)
+            for label in session.scalars(select(SiteLabelRow)):
+                labels[label.site_id][label.key] = label.value
+            return [
+                Site(
+                    id=row.id,
+                    region=row.region,
+                    kind=row.kind,
+                    timezone=row.timezone,
+                    maintenance=from_json_text(row.maintenance_json),
+                    connectivity=row.connectivity,
+                    labels=labels.get(row.id, {}),
+                )
+                for row in session.scalars(select(SiteRow).order_by(col(SiteRow.id)))
+            ]
+
+    def devices(self, selector: Selector | None = None) -> list[Device]:
+        """List the devices ``selector`` picks (every device without one), by id."""
+        with transaction(self._engine, "reading devices") as session:
+            return _load_devices(session, selector or Selector())
+
+    def device(self, device_id: str) -> Device:
+        """Return the device with this id; raise NotFound if there is none."""
+        with transaction(self._engine, f"reading device {device_id}") as session:
+            found = _load_devices(session, Selector(devices=[device_id]))
+        if not found:
+            raise NotFound(f"device {device_id!r} is not in the fleet")
+        return found[0]
+
+    def set_installed(self, device_id: str, module: str, version: str | None) -> Device:
+        """Record that ``device_id`` runs ``module`` at ``version`` (None: not installed).
+
+        Returns:
+            The device as now stored.
+        """
+        _check_module_version(module, version)
+        with transaction(self._writer, f"recording {module} on {device_id}") as session:
+            if session.get(DeviceRow, device_id) is None:
+                raise NotFound(f"device {device_id!r} is not in the fleet")
+            if version is None:
+                session.execute(
+                    delete(InstalledRow).where(
+                        col(InstalledRow.device_id) == device_id, col(InstalledRow.module) == module
+                    )
+                )
+            else:
+                _upsert(
+                    session,
+                    InstalledRow,
+                    [{"device_id": device_id, "module": module, "version": version}],
+                )
+            return _load_devices(session, Selector(devices=[device_id]))[0]
+
+    def summary(self) -> FleetSummary:
+        """Count sites and devices by region, site, class and installed version, in SQL."""
+        device_count = func.count(col(DeviceRow.id))
+        on_site = col(DeviceRow.site_id) == col(SiteRow.id)
+        site_id, region = col(SiteRow.id), col(SiteRow.region)
+        device_class = col(DeviceRow.device_class)
+        module, version = col(InstalledRow.module), col(InstalledRow.version)
+        with transaction(self._engine, "summarising the fleet") as session:
+            by_site = _counts(
+                session,
+                select(site_id, device_count).outerjoin(DeviceRow, on_site).group_by(site_id),
+            )
+            by_region = _counts(
+                session,
+                select(region, device_count).outerjoin(DeviceRow, on_site).group_by(region),
+            )
+            by_class = _counts(
+                session,
+                select(device_class, device_count).group_by(device_class),
+            )
+            installed: dict[str, dict[str, int]] = defaultdict(dict)
+            for name, number, count in session.execute(
+                select(module, version, func.count()).group_by(module, version)
+            ):
+                installed[name][number] = count
+        return FleetSummary(
+            sites=len(by_site),
+            devices=sum(by_site.values()),
+            by_region=dict(sorted(by_region.items())),
+            by_site=dict(sorted(by_site.items())),
+            by_class=dict(sorted(by_class.items())),
+            installed={
+                name: dict(sorted(versions.items(), key=lambda kv: parse_version(kv[0])))
+                for name, versions in installed.items()
+            },
+        )
+
+    def to_inventory(self) -> FleetInventory:
+        """Return the stored fleet as an inventory of explicit devices; raise NotFound if empty."""
+        sites = self.sites()
+        if not sites:
+            raise NotFound("the fleet is empty: import an inventory first")
+        return FleetInventory(sites=sites, devices=self.devices())
+
+
+def _check_module_version(module: str, version: str | None) -> None:
+    if not re.match(NAME_PATTERN, module):
+        raise StoreError(f"{module!r} is not a module name (lower-case letters, digits, hyphens)")
+    if version is not None:
+        try:
+            parse_version(version)
+        except InvalidVersion:
+            raise StoreError(f"{version!r} is not a version of {module} (e.g. 2.4.1)") from None

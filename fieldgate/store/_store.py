@@ -1,0 +1,80 @@
+"""One object for the database behind one URL and every store on it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+from sqlalchemy import text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from fieldgate.config import database_url
+from fieldgate.errors import StoreError
+from fieldgate.store._approvals import ApprovalStore
+from fieldgate.store._audit import AuditLog, install_audit_guards
+from fieldgate.store._catalog import CatalogStore
+from fieldgate.store._engine import for_writing, is_sqlite, open_engine, reason_of
+from fieldgate.store._fleet import FleetStore
+from fieldgate.store._keys import KeyStore
+from fieldgate.store._plans import PlanStore
+from fieldgate.store._table import StoreTable
+
+_INIT_LOCK = 0x6669656C64676174  # "fieldgat": serialises concurrent ``init`` on PostgreSQL
+
+
+class Store:
+    """The database behind one URL: catalog, keys, fleet, plans, approvals and audit log."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        """The SQLAlchemy engine every store shares."""
+        self.catalog = CatalogStore(engine)
+        """Module manifests with provenance."""
+        self.keys = KeyStore(engine)
+        """Trusted public keys."""
+        self.fleet = FleetStore(engine)
+        """Sites, devices and installed modules."""
+        self.plans = PlanStore(engine)
+        """Plan revisions."""
+        self.approvals = ApprovalStore(engine)
+        """Signed approvals."""
+        self.audit = AuditLog(engine)
+        """The hash-chained audit log."""
+
+    @classmethod
+    def open(cls, url: str | None = None) -> Store:
+        """Open the database at ``url`` (default ``FIELDGATE_DB``) and create what is missing."""
+        store = cls(open_engine(url or database_url()))
+        try:
+            store.init()
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    def init(self) -> None:
+        """Create the tables, the audit triggers and the audit head if missing (idempotent)."""
+        try:
+            with for_writing(self.engine).begin() as conn:
+                if not is_sqlite(conn):
+                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK})
+                StoreTable.metadata.create_all(conn)
+                install_audit_guards(conn)
+        except SQLAlchemyError as exc:
+            where = self.engine.url.render_as_string(hide_password=True)
+            raise StoreError(f"cannot open the database {where}: {reason_of(exc)}") from exc
+
+    def close(self) -> None:
+        """Release every database connection."""
+        self.engine.dispose()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
