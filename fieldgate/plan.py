@@ -16,7 +16,15 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from fieldgate.contract import ApiVersion, Contract, VersionStr, canonical_json, sha256_hex
+from fieldgate.contract import (
+    ApiVersion,
+    Contract,
+    VersionRange,
+    VersionStr,
+    canonical_json,
+    sha256_hex,
+    version_in_range,
+)
 from fieldgate.fleet import Device, Site
 from fieldgate.manifest import Name
 
@@ -34,9 +42,18 @@ class Selector(Contract):
     """Device or site labels that must all match."""
     devices: list[str] = []
     """Explicit device ids."""
+    arch: list[str] = []
+    """CPU architectures."""
+    min_memory_mb: int | None = Field(default=None, ge=0)
+    """Only devices with at least this much memory, MiB."""
+    installed: dict[Name, VersionRange] = {}
+    """Only devices running a version of each named module in the range, e.g.
+    ``{pump-logic: ">1.8.0"}``."""
+    limit: int | None = Field(default=None, ge=1)
+    """Take at most this many of the matching devices, the first by device id."""
 
     def matches(self, device: Device, site: Site) -> bool:
-        """Tell whether ``device`` at ``site`` is selected."""
+        """Tell whether ``device`` at ``site`` is selected (``limit`` aside)."""
         if self.sites and device.site not in self.sites:
             return False
         if self.regions and site.region not in self.regions:
@@ -45,6 +62,14 @@ class Selector(Contract):
             return False
         if self.devices and device.id not in self.devices:
             return False
+        if self.arch and device.arch not in self.arch:
+            return False
+        if self.min_memory_mb is not None and device.memory_mb < self.min_memory_mb:
+            return False
+        for module, spec in self.installed.items():
+            version = device.installed.get(module)
+            if version is None or not version_in_range(version, spec):
+                return False
         for key, value in self.labels.items():
             if device.labels.get(key, site.labels.get(key)) != value:
                 return False
@@ -182,9 +207,11 @@ class RolloutPlan(Contract):
 def select_devices(
     selector: Selector, devices: Iterable[Device], sites: dict[str, Site]
 ) -> list[Device]:
-    """The devices ``selector`` picks, sorted by id."""
-    picked = [d for d in devices if selector.matches(d, sites[d.site])]
-    return sorted(picked, key=lambda d: d.id)
+    """The devices ``selector`` picks, sorted by id, at most ``selector.limit`` of them."""
+    picked = sorted(
+        (d for d in devices if selector.matches(d, sites[d.site])), key=lambda d: d.id
+    )
+    return picked[: selector.limit] if selector.limit is not None else picked
 
 
 def wave_size(wave: Wave, total_targets: int) -> int | None:

@@ -138,6 +138,9 @@ def test_reimport_updates_devices_and_keeps_unlisted_ones(store: Store) -> None:
         Selector(labels={"ring": "canary", "regulated": "false"}),
         Selector(devices=["nyc-02-pump-ctl-01", "ber-03-cam-01", "unknown"]),
         Selector(regions=["nowhere"]),
+        Selector(arch=["arm64"], min_memory_mb=1024),
+        Selector(installed={"hvac-controller": ">=2.3,<2.4.1"}),
+        Selector(classes=["hvac-gw"], limit=2),
     ],
 )
 def test_sql_selection_matches_selector_semantics(store: Store, selector: Selector) -> None:

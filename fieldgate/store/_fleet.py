@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col
 
-from fieldgate.contract import Contract, parse_version
+from fieldgate.contract import Contract, parse_version, version_in_range
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import NAME_PATTERN
@@ -164,6 +164,10 @@ def _selection(selector: Selector) -> Select[str]:
         query = query.where(col(DeviceRow.device_class).in_(selector.classes))
     if selector.devices:
         query = query.where(col(DeviceRow.id).in_(selector.devices))
+    if selector.arch:
+        query = query.where(col(DeviceRow.arch).in_(selector.arch))
+    if selector.min_memory_mb is not None:
+        query = query.where(col(DeviceRow.memory_mb) >= selector.min_memory_mb)
     for key, value in selector.labels.items():
         # A device label wins over the site label of the same key.
         on_device = and_(
@@ -333,8 +337,20 @@ class FleetStore:
 
     def devices(self, selector: Selector | None = None) -> list[Device]:
         """List the devices ``selector`` picks (every device without one), by id."""
+        selector = selector or Selector()
         with transaction(self._engine, "reading devices") as session:
-            return _load_devices(session, selector or Selector())
+            devices = _load_devices(session, selector)
+        if selector.installed:
+            # Version ranges are not SQL: narrow the loaded devices as Selector.matches does.
+            devices = [
+                d
+                for d in devices
+                if all(
+                    (v := d.installed.get(module)) is not None and version_in_range(v, spec)
+                    for module, spec in selector.installed.items()
+                )
+            ]
+        return devices[: selector.limit] if selector.limit is not None else devices
 
     def device(self, device_id: str) -> Device:
         """Return the device with this id; raise NotFound if there is none."""
