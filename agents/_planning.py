@@ -1,25 +1,28 @@
 """Turn an understood request into a compliant, staged rollout plan and its rationale.
 
-The plan names devices by selector and takes waves by count or percent, so it stays small
-however large the fleet; only a request for "N devices" or a partial rollback needs device ids,
-and those come from a picker the caller passes in (the store answers it in SQL).
+The plan names its targets by selector and takes waves by count or percent, so it stays small
+however large the fleet, and it never needs device ids looked up for it. Whatever narrows the
+targets is said by the selector: a count ("to 5 pump controllers") is its ``limit``, a rollback
+of only the devices that moved is its ``installed`` range, and devices in scope the manifest does
+not fit are left out by ``arch`` and ``min_memory_mb``. So ``select_devices(plan.target, ...)``
+returns exactly the targets, the devices the waves cover and the policy gate checks.
 """
 
 from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
-from fieldgate.agents._understanding import Intent, find_targets
+from fieldgate.agents._understanding import Intent, Targets, select_groups
 from packaging.version import Version
-from pydantic import Field
 
-from fieldgate.contract import Contract, version_in_range
+from fieldgate.contract import version_in_range
 from fieldgate.errors import FieldgateError
-from fieldgate.fleet import Device, Site
 from fieldgate.manifest import SafetyClass
 from fieldgate.plan import (
     AbortCriteria,
@@ -31,7 +34,6 @@ from fieldgate.plan import (
     ScheduleMode,
     Selector,
     Wave,
-    select_devices,
     wave_size,
 )
 
@@ -44,54 +46,6 @@ _CAREFUL = frozenset({SafetyClass.high, SafetyClass.critical})
 
 class PlanningError(FieldgateError):
     """An intent cannot become a plan with what the planner was given."""
-
-
-class TargetQuery(Contract):
-    """Devices a plan must name by id, because a selector alone cannot say which."""
-
-    selector: Selector
-    """Devices in scope."""
-    fits: CatalogItem
-    """Only devices whose class, arch and memory this version fits."""
-    limit: int | None = Field(default=None, ge=1)
-    """Take at most this many, the first by device id."""
-    running_newer_than: str | None = None
-    """Only devices running a version of ``fits.name`` newer than this one."""
-
-
-DevicePicker = Callable[[TargetQuery], list[str]]
-"""Answers a ``TargetQuery`` with device ids in id order."""
-
-
-def fitting_devices(
-    selector: Selector, devices: Iterable[Device], sites: dict[str, Site], item: CatalogItem
-) -> list[Device]:
-    """Devices ``selector`` picks that ``item`` fits, sorted by id: the targets of a plan."""
-    return [
-        d
-        for d in select_devices(selector, devices, sites)
-        if item.fits(d.device_class, d.arch, d.memory_mb)
-    ]
-
-
-def device_picker(devices: Iterable[Device], sites: Iterable[Site]) -> DevicePicker:
-    """A picker over an in-memory device list (the store answers the same query in SQL)."""
-    device_list = list(devices)
-    site_map = {s.id: s for s in sites}
-
-    def pick(query: TargetQuery) -> list[str]:
-        picked = fitting_devices(query.selector, device_list, site_map, query.fits)
-        if query.running_newer_than is not None:
-            floor = Version(query.running_newer_than)
-            picked = [
-                d
-                for d in picked
-                if (v := d.installed.get(query.fits.name)) is not None and Version(v) > floor
-            ]
-        ids = [d.id for d in picked]
-        return ids[: query.limit] if query.limit is not None else ids
-
-    return pick
 
 
 def canary_limit(targets: int) -> int:
@@ -213,92 +167,156 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
+@dataclass(frozen=True)
+class _Targeting:
+    """Which devices a plan is for: its target selector and what that selector picks."""
+
+    selector: Selector
+    """The plan's target: ``select_devices`` with it returns exactly the targets."""
+    picked: Targets
+    """The devices the selector picks before its limit, as groups."""
+    count: int
+    """How many targets, the limit applied."""
+    limited: bool
+    """Whether the limit cut ``picked`` down, so the groups say where targets come from."""
+    notes: list[str]
+    """How the selector was narrowed, for the approver."""
+
+
+def _target(intent: Intent, ctx: PlanningContext, item: CatalogItem) -> _Targeting:
+    """Say with a selector which devices ``item`` goes to: in scope, fitting, moving, limited.
+
+    Raises:
+        PlanningError: No device in scope fits ``item``.
+    """
+    scope = intent.scope
+    classes = [c for c in scope.classes or item.device_classes if c in item.device_classes]
+    if not classes:
+        raise PlanningError(f"no device in scope fits {item.ref}")
+    selector = scope.selector().model_copy(update={"classes": classes})
+    notes: list[str] = []
+
+    # the selector already keeps to the module's classes; arch and memory go in only when some
+    # device in scope lacks them, so plans for fleets the module fits throughout stay as they were
+    unfit = [g for g in select_groups(ctx, selector).groups if not item.fits_group(g)]
+    fit: dict[str, Any] = {}
+    if any(g.arch not in item.arch for g in unfit):
+        fit["arch"] = list(item.arch)
+    if any(g.arch in item.arch for g in unfit if g.memory_mb < item.min_memory_mb):
+        fit["min_memory_mb"] = item.min_memory_mb
+    if fit:
+        selector = selector.model_copy(update=fit)
+        notes.append(_unfit_note(item, unfit, selector))
+    picked = select_groups(ctx, selector)
+    if picked.count == 0:
+        raise PlanningError(f"no device in scope fits {item.ref}")
+
+    if intent.action is PlanIntent.rollback:
+        newer = sum(
+            c
+            for v, c in picked.installed(item.name).items()
+            if v is not None and Version(v) > item.parsed_version
+        )
+        if 0 < newer < picked.count:
+            moving_selector = selector.model_copy(
+                update={"installed": {item.name: f">{item.version}"}}
+            )
+            moving = select_groups(ctx, moving_selector)
+            if sum(g.count for g in moving.groups) == newer:
+                notes.append(
+                    f"Targets narrowed to {_plural(newer, 'device')} running {item.name} newer "
+                    f"than {item.version} (selector: installed {item.name} >{item.version}); the "
+                    f"other {picked.count - newer} in scope are left as they are."
+                )
+                selector, picked = moving_selector, moving
+            else:
+                # prereleases and local builds of newer versions fall outside ">x.y.z"
+                notes.append(
+                    f"Only {newer} of the {picked.count} devices in scope run {item.name} newer "
+                    f"than {item.version}, but some of them run a prerelease or local build that "
+                    f"a version range cannot pick out; the plan targets all {picked.count}, so "
+                    f"the others are brought to, or re-validated on, {item.version}."
+                )
+
+    count = picked.count
+    limited = False
+    if scope.limit is not None:
+        selector = selector.model_copy(update={"limit": scope.limit})
+        if scope.limit < count:
+            notes.append(
+                f"Limited to {scope.limit} of {count} matching devices, as asked (the first by "
+                "device id)."
+            )
+            count, limited = scope.limit, True
+        else:
+            notes.append(f"Asked for {scope.limit} devices; {count} match, so all of them.")
+    return _Targeting(selector, picked, count, limited, notes)
+
+
+def _unfit_note(item: CatalogItem, unfit: Sequence[DeviceGroup], selector: Selector) -> str:
+    reasons = []
+    wrong_arch = [g for g in unfit if g.arch not in item.arch]
+    if wrong_arch:
+        arches = ", ".join(sorted({g.arch for g in wrong_arch}))
+        reasons.append(
+            f"{sum(g.count for g in wrong_arch)} have arch {arches} (built for "
+            f"{', '.join(item.arch)})"
+        )
+    small = [g for g in unfit if g.memory_mb < item.min_memory_mb]
+    if small:
+        reasons.append(
+            f"{sum(g.count for g in small)} have less than {item.min_memory_mb} MiB (smallest "
+            f"{min(g.memory_mb for g in small)} MiB)"
+        )
+    asks = []
+    if selector.arch:
+        asks.append(f"arch {', '.join(selector.arch)}")
+    if selector.min_memory_mb is not None:
+        asks.append(f"at least {selector.min_memory_mb} MiB")
+    total = sum(g.count for g in unfit)
+    return (
+        f"Left out {_plural(total, 'device')} in scope that {item.ref} does not fit: "
+        f"{'; '.join(reasons)}. The target selector asks for {' and '.join(asks)}."
+    )
+
+
 def propose_plan(
-    intent: Intent,
-    ctx: PlanningContext,
-    plan_id: str,
-    requested_by: str,
-    *,
-    pick_devices: DevicePicker | None = None,
+    intent: Intent, ctx: PlanningContext, plan_id: str, requested_by: str
 ) -> RolloutPlan:
     """Propose the compliant plan for ``intent``, with a rationale written for the approver.
+
+    ``select_devices(plan.target, devices, sites)`` returns exactly the targets: the devices in
+    scope the version fits (by class, arch and memory), in a rollback only those running a newer
+    version when some are not, and at most ``intent.scope.limit`` of them, the first by id.
 
     Args:
         intent: What the engineer asked for, from ``understand``.
         ctx: The fleet and catalog summary.
         plan_id: Id of the plan.
         requested_by: Who asked.
-        pick_devices: Resolves device ids when the plan must name them: a count ("to 5 pump
-            controllers") or a rollback of the devices that moved while others did not.
 
     Raises:
-        PlanningError: The version is not in the catalog, nothing fits, or device ids are
-            needed and no picker was given.
+        PlanningError: The version is not in the catalog, or no device in scope fits it.
     """
     item = ctx.item(intent.module, intent.version)
     if item is None:
         raise PlanningError(f"{intent.module}@{intent.version} is not in the catalog")
-    scope = intent.scope
-    classes = (
-        [c for c in scope.classes if c in item.device_classes]
-        if scope.classes
-        else list(item.device_classes)
-    )
-    fitted_scope = scope.model_copy(update={"classes": classes})
-    selector = fitted_scope.selector()
-    found = find_targets(ctx, fitted_scope, [item])
-    n = found.count
-    if n == 0:
-        raise PlanningError(f"no device in scope fits {item.ref}")
-    installed = found.installed(item.name)
+    targeting = _target(intent, ctx, item)
+    picked = targeting.picked
+    n = targeting.count
+    installed = picked.installed(item.name)
     rollback = intent.action is PlanIntent.rollback
     careful = item.safety in _CAREFUL
-    notes: list[str] = []
 
     newer: Counter[str | None] = Counter(
         {v: c for v, c in installed.items() if v is not None and Version(v) > item.parsed_version}
     )
-    narrowed = False
-    if rollback and 0 < sum(newer.values()) < n:
-        if pick_devices is None:
-            notes.append(
-                f"Only {sum(newer.values())} of the {n} devices in scope run a version newer "
-                f"than {item.version}; without device ids the plan targets all {n}, and those "
-                "already on it are re-validated only."
-            )
-        else:
-            ids = pick_devices(
-                TargetQuery(
-                    selector=selector,
-                    fits=item,
-                    limit=scope.limit,
-                    running_newer_than=item.version,
-                )
-            )
-            selector = selector.model_copy(update={"devices": ids})
-            n = len(ids)
-            installed = Counter(newer)
-            narrowed = True
-            notes.append(
-                f"Targets narrowed to the {n} devices that run a version newer than "
-                f"{item.version}; the others already run it."
-            )
-    if scope.limit is not None and not narrowed:
-        if pick_devices is None:
-            raise PlanningError(
-                f"the request asks for {scope.limit} devices; picking them needs a device picker"
-            )
-        ids = pick_devices(TargetQuery(selector=selector, fits=item, limit=scope.limit))
-        selector = selector.model_copy(update={"devices": ids})
-        notes.append(
-            f"Limited to {len(ids)} of {n} matching devices, as asked (the first by device id)."
-        )
-        n = len(ids)
-    if n == 0:
-        raise PlanningError(f"no device in scope fits {item.ref}")
-
+    # devices named by an id that says nothing of their facts might not be moving back
     exempt = (
-        rollback and installed.get(None, 0) == 0 and sum(newer.values()) == sum(installed.values())
+        rollback
+        and not picked.explicit
+        and installed.get(None, 0) == 0
+        and sum(newer.values()) == sum(installed.values())
     )
     one_wave = intent.flags.all_at_once or intent.flags.skip_canary
     waves = rollback_waves(n, careful, exempt) if rollback else rollout_waves(n, careful, one_wave)
@@ -320,23 +338,23 @@ def propose_plan(
         ctx=ctx,
         item=item,
         n=n,
-        found_groups=found.groups,
-        explicit=found.explicit,
-        narrowed=narrowed or scope.limit is not None,
+        found_groups=picked.groups,
+        explicit=picked.explicit,
+        limited=targeting.limited,
         installed=installed,
         waves=waves,
         abort=abort,
         rollback_spec=rollback_spec,
         schedule=schedule,
         exempt=exempt,
-        notes=notes,
+        notes=targeting.notes,
     )
     return RolloutPlan(
         plan_id=plan_id,
         intent=intent.action,
         module=item.name,
         version=item.version,
-        target=selector,
+        target=targeting.selector,
         waves=waves,
         abort=abort,
         rollback=rollback_spec,
@@ -354,7 +372,7 @@ def _rationale(
     n: int,
     found_groups: list[DeviceGroup],
     explicit: list[str],
-    narrowed: bool,
+    limited: bool,
     installed: Counter[str | None],
     waves: list[Wave],
     abort: AbortCriteria,
@@ -378,7 +396,7 @@ def _rationale(
     where = [f"{site} {count} {cls}" for (site, cls), count in sorted(by_place.items())]
     if explicit:
         where.append(f"{len(explicit)} named by id ({', '.join(explicit[:5])})")
-    prefix = "Picked from: " if narrowed else "Where: "
+    prefix = "Picked from: " if limited else "Where: "
     lines.append(prefix + "; ".join(where) + ".")
     running = [
         f"{v} on {c}"
@@ -392,7 +410,7 @@ def _rationale(
         running.append(f"not installed on {fresh}")
     if running:
         lines.append(f"They run {item.name} now: {', '.join(running)}.")
-    lines.extend(_dependency_lines(item, found_groups, narrowed))
+    lines.extend(_dependency_lines(item, found_groups, limited))
 
     sizes = wave_sizes(waves, n)
     steps = ", ".join(f"{w.name} {s}" for w, s in zip(waves, sizes, strict=True))
@@ -484,12 +502,10 @@ def _rationale(
     return "\n".join(lines)
 
 
-def _dependency_lines(
-    item: CatalogItem, groups: Sequence[DeviceGroup], narrowed: bool
-) -> list[str]:
+def _dependency_lines(item: CatalogItem, groups: Sequence[DeviceGroup], limited: bool) -> list[str]:
     """Say, per required module, on how many targets the range is not met (policy reports it)."""
     lines = []
-    among = "devices in scope" if narrowed else "targets"
+    among = "devices in scope" if limited else "targets"
     for requirement in item.requires:
         unmet: Counter[str] = Counter()
         for group in groups:
@@ -542,9 +558,11 @@ def _declined(
 
 
 def count_targets(intent: Intent, ctx: PlanningContext) -> int:
-    """How many devices a plan for ``intent`` targets, from the group counts."""
+    """How many devices a plan for ``intent`` targets, from the group counts (0 if none fit)."""
     item = ctx.item(intent.module, intent.version)
     if item is None:
         return 0
-    total = find_targets(ctx, intent.scope, [item]).count
-    return min(total, intent.scope.limit) if intent.scope.limit is not None else total
+    try:
+        return _target(intent, ctx, item).count
+    except PlanningError:
+        return 0

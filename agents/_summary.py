@@ -14,7 +14,7 @@ from datetime import datetime
 from packaging.version import Version
 from pydantic import Field
 
-from fieldgate.contract import Contract, parse_version
+from fieldgate.contract import Contract, parse_version, version_in_range
 from fieldgate.fleet import Device, FleetInventory, Site, SiteKind
 from fieldgate.manifest import CatalogEntry, ModuleManifest, Requirement, SafetyClass
 from fieldgate.plan import Selector
@@ -160,21 +160,34 @@ class PlanningContext(Contract):
         return None
 
     def groups_for(self, selector: Selector) -> list[DeviceGroup]:
-        """Groups whose devices ``selector`` picks by site, region, class and site label.
+        """Groups whose devices ``selector`` picks, as ``Selector.matches`` decides for a device.
 
-        Explicit device ids cannot be decided on groups; callers handle them.
+        Labels match site labels only (device labels are untrusted and not in the context).
+        Explicit device ids and ``limit`` cannot be decided on groups; callers handle them, e.g.
+        ``min(selector.limit, count)``.
         """
-        regions = {site.id: site.region for site in self.sites}
-        labels = {site.id: site.labels for site in self.sites}
+        sites = {site.id: site for site in self.sites}
         picked = []
         for group in self.groups:
+            site = sites.get(group.site)
+            region = site.region if site is not None else None
+            site_labels = site.labels if site is not None else {}
             if selector.sites and group.site not in selector.sites:
                 continue
-            if selector.regions and regions.get(group.site) not in selector.regions:
+            if selector.regions and region not in selector.regions:
                 continue
             if selector.classes and group.device_class not in selector.classes:
                 continue
-            site_labels = labels.get(group.site, {})
+            if selector.arch and group.arch not in selector.arch:
+                continue
+            if selector.min_memory_mb is not None and group.memory_mb < selector.min_memory_mb:
+                continue
+            if not all(
+                (version := group.installed.get(module)) is not None
+                and version_in_range(version, spec)
+                for module, spec in selector.installed.items()
+            ):
+                continue
             if any(site_labels.get(k) != v for k, v in selector.labels.items()):
                 continue
             picked.append(group)

@@ -54,7 +54,11 @@ class Scope(Contract):
     """Take only this many of the matching devices (``to 5 pump controllers``)."""
 
     def selector(self) -> Selector:
-        """The selector of this scope (without the limit, which needs device ids)."""
+        """The selector of this scope, without the limit.
+
+        The limit counts only devices the module fits, so the planner adds it once the selector
+        also says which devices fit.
+        """
         return Selector(
             sites=list(self.sites),
             regions=list(self.regions),
@@ -622,18 +626,21 @@ def _module_classes(ctx: PlanningContext, module: str) -> set[str]:
 
 
 @dataclass(frozen=True)
-class _Targets:
-    """Devices in scope that a version fits, from groups and explicit ids."""
+class Targets:
+    """Devices, as groups with counts and explicit ids."""
 
     groups: list[DeviceGroup]
+    """Groups of the devices, each with how many of its devices are meant."""
     explicit: list[str]
     """Explicit device ids whose facts are not in any single group (counted as fitting)."""
 
     @property
     def count(self) -> int:
+        """How many devices, explicit ids included."""
         return sum(g.count for g in self.groups) + len(self.explicit)
 
     def installed(self, module: str) -> Counter[str | None]:
+        """How many of the grouped devices run each version of ``module`` (None: not installed)."""
         counts: Counter[str | None] = Counter()
         for group in self.groups:
             counts[group.installed.get(module)] += group.count
@@ -652,25 +659,32 @@ def _device_group(ctx: PlanningContext, device_id: str) -> DeviceGroup | None:
     return None
 
 
-def find_targets(ctx: PlanningContext, scope: Scope, fits: Sequence[CatalogItem]) -> _Targets:
+def select_groups(ctx: PlanningContext, selector: Selector) -> Targets:
+    """Devices ``selector`` picks, as groups with counts (its ``limit`` aside).
+
+    Explicit device ids count one each in their group; ids whose group cannot be told from the
+    id are kept as explicit and counted as picked.
+    """
+    if not selector.devices:
+        return Targets(ctx.groups_for(selector), [])
+    groups: list[DeviceGroup] = []
+    explicit: list[str] = []
+    in_scope = ctx.groups_for(selector.model_copy(update={"devices": []}))
+    for device_id in selector.devices:
+        group = _device_group(ctx, device_id)
+        if group is None:
+            explicit.append(device_id)
+        elif group in in_scope:
+            groups.append(group.model_copy(update={"count": 1}))
+    return Targets(groups, explicit)
+
+
+def find_targets(ctx: PlanningContext, scope: Scope, fits: Sequence[CatalogItem]) -> Targets:
     """Devices in ``scope`` that at least one of ``fits`` can run (counts from groups)."""
-
-    def fitting(group: DeviceGroup) -> bool:
-        return any(item.fits_group(group) for item in fits)
-
-    if scope.devices:
-        groups: list[DeviceGroup] = []
-        explicit: list[str] = []
-        selector = scope.selector().model_copy(update={"devices": []})
-        in_scope = ctx.groups_for(selector)
-        for device_id in scope.devices:
-            group = _device_group(ctx, device_id)
-            if group is None:
-                explicit.append(device_id)
-            elif group in in_scope and fitting(group):
-                groups.append(group.model_copy(update={"count": 1}))
-        return _Targets(groups, explicit)
-    return _Targets([g for g in ctx.groups_for(scope.selector()) if fitting(g)], [])
+    found = select_groups(ctx, scope.selector())
+    return Targets(
+        [g for g in found.groups if any(item.fits_group(g) for item in fits)], found.explicit
+    )
 
 
 class _Resolver:
@@ -746,7 +760,7 @@ class _Resolver:
             )
         same = installed.get(item.version, 0)
         if same:
-            self.notes.append(f"{same} of the targets already run {item.version}")
+            self.notes.append(f"{same} of the devices in scope already run {item.version}")
         return Intent(
             action=action,
             module=module,
@@ -959,7 +973,7 @@ class _Resolver:
         )
 
     def resolve_version(
-        self, module: str, action: PlanIntent, scope: Scope, targets: _Targets
+        self, module: str, action: PlanIntent, scope: Scope, targets: Targets
     ) -> tuple[CatalogItem, str] | Clarification:
         r = self.r
         releases = self.ctx.releases(module)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +21,7 @@ from fieldgate.agents import (
 from fieldgate.contract import load_yaml
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogEntry, CatalogFile
-from fieldgate.plan import PlanIntent
+from fieldgate.plan import PlanIntent, Selector, select_devices
 from fieldgate.scenario import Scenario, load_scenario
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "scenarios"
@@ -145,6 +146,34 @@ def test_context_from_devices_needs_sites() -> None:
         planning_context(fleet.all_devices(), [], NOW)
     ctx = planning_context(fleet.all_devices(), [], NOW, sites=fleet.sites)
     assert sum(g.count for g in ctx.groups) == 6
+
+
+_SELECTOR_PARTS: dict[str, list[dict[str, Any]]] = {
+    "where": [{}, {"sites": ["tpa-04", "osl-01"]}, {"regions": ["us-east"]}],
+    "classes": [{}, {"classes": ["env-sensor", "plc-gw"]}, {"classes": ["pump-ctl"]}],
+    "arch": [{}, {"arch": ["armv7"]}, {"arch": ["arm64", "amd64"]}],
+    "memory": [{}, {"min_memory_mb": 256}, {"min_memory_mb": 1025}],
+    "installed": [
+        {},
+        {"installed": {"pump-logic": ">1.8.0"}},
+        {"installed": {"edge-runtime": ">=3.3,<4"}},
+        {"installed": {"air-quality-model": "==1.1.0", "edge-runtime": "<3.3"}},
+        {"installed": {"edge-runtime": ">=4.0.0-rc1"}},
+    ],
+    "labels": [{}, {"labels": {"regulated": "true"}}],
+}
+
+
+def test_group_counts_match_the_devices_a_selector_picks(sample: PlanningContext) -> None:
+    fleet = load_yaml(DATA / "fleet.yaml", FleetInventory)
+    devices = fleet.all_devices()
+    sites = {site.id: site for site in fleet.sites}
+    for parts in itertools.product(*_SELECTOR_PARTS.values()):
+        selector = Selector.model_validate({k: v for part in parts for k, v in part.items()})
+        count = sum(g.count for g in sample.groups_for(selector))
+        assert count == len(select_devices(selector, devices, sites)), selector
+        limited = selector.model_copy(update={"limit": 7})
+        assert min(7, count) == len(select_devices(limited, devices, sites)), selector
 
 
 # --- the six shared scenarios ---------------------------------------------------------------

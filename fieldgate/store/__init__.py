@@ -15,9 +15,11 @@ from fieldgate.store._engine import open_engine
 from fieldgate.store._fleet import FleetStore, FleetSummary, InventoryImport
 from fieldgate.store._keys import KeyPurpose, KeyStore, TrustedKey
 from fieldgate.store._plans import PlanRecord, PlanStore
+from fieldgate.store._runs import OPEN_STATUSES, Run, RunStore, StopStore
 from fieldgate.store._store import Store
 
 __all__ = [
+    "OPEN_STATUSES",
     "ApprovalStore",
     "AuditLog",
     "CatalogRecord",
@@ -31,6 +33,9 @@ __all__ = [
     "NewEvent",
     "PlanRecord",
     "PlanStore",
+    "Run",
+    "RunStore",
+    "StopStore",
     "Store",
     "TrustedKey",
     "VerifyResult",

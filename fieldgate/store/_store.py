@@ -17,6 +17,7 @@ from fieldgate.store._engine import for_writing, is_sqlite, open_engine, reason_
 from fieldgate.store._fleet import FleetStore
 from fieldgate.store._keys import KeyStore
 from fieldgate.store._plans import PlanStore
+from fieldgate.store._runs import RunStore, StopStore
 from fieldgate.store._table import StoreTable
 
 _INIT_LOCK = 0x6669656C64676174  # "fieldgat": serialises concurrent ``init`` on PostgreSQL
@@ -40,6 +41,10 @@ class Store:
         """Signed approvals."""
         self.audit = AuditLog(engine)
         """The hash-chained audit log."""
+        self.runs = RunStore(engine)
+        """Rollout runs, recorded before they start."""
+        self.stops = StopStore(engine)
+        """Kill switches."""
 
     @classmethod
     def open(cls, url: str | None = None) -> Store:

@@ -1,0 +1,214 @@
+"""Runs and stops: every accepted rollout run is recorded before it starts; kill switches.
+
+A run is one graph thread working on one request. It is written before the graph
+is invoked, so an accepted request is never silently lost: a worker finds every
+run that has not reached an outcome and continues it from its checkpoint.
+"""
+
+from __future__ import annotations
+
+import builtins
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.engine import Engine
+from sqlmodel import Field, col, select
+
+from fieldgate.errors import NotFound
+from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._table import (
+    StoreTable,
+    as_utc,
+    from_json_text,
+    json_text,
+    utc_now,
+    utc_time_field,
+)
+
+OPEN_STATUSES = ("accepted", "planning", "awaiting_approval", "queued", "executing")
+"""Statuses of runs that have not reached an outcome."""
+
+
+class RunRow(StoreTable, table=True):
+    """One rollout run (one graph thread)."""
+
+    __tablename__ = "rollout_run"
+
+    thread_id: str = Field(primary_key=True)
+    plan_id: str = Field(index=True)
+    request: str
+    actor: str
+    status: str = Field(index=True)
+    outcome: str | None = None
+    detail_json: str = "{}"
+    created_at: datetime = utc_time_field()
+    updated_at: datetime = utc_time_field()
+
+
+@dataclass(frozen=True)
+class Run:
+    """A rollout run and where it stands."""
+
+    thread_id: str
+    """Graph thread id."""
+    plan_id: str
+    """Plan the run works on."""
+    request: str
+    """What the engineer asked."""
+    actor: str
+    """Who asked."""
+    status: str
+    """accepted, planning, awaiting_approval, queued, executing or done."""
+    outcome: str | None
+    """How it ended (completed, denied, …) once done."""
+    detail: dict[str, Any]
+    """Extra facts: the scenario, the model, the last reason."""
+    created_at: datetime
+    updated_at: datetime
+
+
+def _run(row: RunRow) -> Run:
+    return Run(
+        row.thread_id,
+        row.plan_id,
+        row.request,
+        row.actor,
+        row.status,
+        row.outcome,
+        from_json_text(row.detail_json),
+        as_utc(row.created_at),
+        as_utc(row.updated_at),
+    )
+
+
+class RunStore:
+    """Rollout runs, recorded before they start."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = for_writing(engine)
+
+    def start(
+        self,
+        thread_id: str,
+        plan_id: str,
+        request: str,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+    ) -> Run:
+        """Record a new run as ``accepted``."""
+        now = utc_now()
+        row = RunRow(
+            thread_id=thread_id,
+            plan_id=plan_id,
+            request=request,
+            actor=actor,
+            status="accepted",
+            detail_json=json_text(detail or {}),
+            created_at=now,
+            updated_at=now,
+        )
+        with transaction(self._writer, f"recording run {thread_id}") as session:
+            session.add(row)
+            session.flush()
+            return _run(row)
+
+    def update(
+        self,
+        thread_id: str,
+        status: str,
+        outcome: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> Run:
+        """Move a run to ``status`` (and ``outcome``); merge ``detail`` into its facts."""
+        with transaction(self._writer, f"updating run {thread_id}") as session:
+            row = session.get(RunRow, thread_id)
+            if row is None:
+                raise NotFound(f"no run with thread id {thread_id!r}")
+            row.status = status
+            if outcome is not None:
+                row.outcome = outcome
+            if detail:
+                row.detail_json = json_text({**from_json_text(row.detail_json), **detail})
+            row.updated_at = utc_now()
+            session.add(row)
+            session.flush()
+            return _run(row)
+
+    def get(self, thread_id: str) -> Run:
+        """The run with this thread id."""
+        with transaction(self._engine, "reading runs") as session:
+            row = session.get(RunRow, thread_id)
+            if row is None:
+                raise NotFound(f"no run with thread id {thread_id!r}")
+            return _run(row)
+
+    def for_plan(self, plan_id: str) -> Run:
+        """The newest run working on ``plan_id``."""
+        with transaction(self._engine, "reading runs") as session:
+            row = session.exec(
+                select(RunRow)
+                .where(col(RunRow.plan_id) == plan_id)
+                .order_by(col(RunRow.created_at).desc())
+            ).first()
+            if row is None:
+                raise NotFound(f"no run for plan {plan_id!r}")
+            return _run(row)
+
+    def list(self, statuses: tuple[str, ...] | None = None) -> builtins.list[Run]:
+        """Runs, oldest first, optionally only those in ``statuses``."""
+        with transaction(self._engine, "reading runs") as session:
+            query = select(RunRow).order_by(col(RunRow.created_at), col(RunRow.thread_id))
+            if statuses:
+                query = query.where(col(RunRow.status).in_(statuses))
+            return [_run(r) for r in session.exec(query)]
+
+
+class StopRow(StoreTable, table=True):
+    """A kill switch: for one plan, or for every plan (``scope`` ``*``)."""
+
+    __tablename__ = "kill_switch"
+
+    scope: str = Field(primary_key=True)
+    engaged: bool
+    by: str
+    reason: str
+    at: datetime = utc_time_field()
+
+
+ALL_PLANS = "*"
+
+
+class StopStore:
+    """Kill switches: engaged ones halt dispatch within one step and refuse device changes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._writer = for_writing(engine)
+
+    def engage(self, plan_id: str | None, by: str, reason: str) -> None:
+        """Pull the switch for ``plan_id`` (every plan when None)."""
+        self._set(plan_id or ALL_PLANS, True, by, reason)
+
+    def release(self, plan_id: str | None, by: str, reason: str = "released") -> None:
+        """Release the switch for ``plan_id`` (the global one when None)."""
+        self._set(plan_id or ALL_PLANS, False, by, reason)
+
+    def _set(self, scope: str, engaged: bool, by: str, reason: str) -> None:
+        with transaction(self._writer, "setting the kill switch") as session:
+            row = session.get(StopRow, scope) or StopRow(
+                scope=scope, engaged=engaged, by=by, reason=reason, at=utc_now()
+            )
+            row.engaged, row.by, row.reason, row.at = engaged, by, reason, utc_now()
+            session.add(row)
+
+    def engaged(self, plan_id: str) -> str | None:
+        """Why dispatch for ``plan_id`` is stopped, or None when it is not."""
+        with transaction(self._engine, "reading kill switches") as session:
+            for scope in (ALL_PLANS, plan_id):
+                row = session.get(StopRow, scope)
+                if row is not None and row.engaged:
+                    target = "every plan" if scope == ALL_PLANS else f"plan {scope}"
+                    return f"kill switch for {target} pulled by {row.by}: {row.reason}"
+        return None
