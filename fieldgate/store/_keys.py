@@ -110,6 +110,16 @@ class KeyStore:
                 raise NotFound(f"key {key_id} is not trusted")
             return row.to_key()
 
+    def for_purpose(self, purpose: KeyPurpose) -> list[TrustedKey]:
+        """Every key trusted for ``purpose``, oldest first."""
+        with transaction(self._engine, "reading trusted keys") as session:
+            rows = session.exec(
+                select(TrustedKeyRow)
+                .where(col(TrustedKeyRow.purpose) == purpose)
+                .order_by(col(TrustedKeyRow.added_at), col(TrustedKeyRow.key_id))
+            )
+            return [row.to_key() for row in rows]
+
     def for_owner(self, owner: str, purpose: KeyPurpose | None = None) -> list[TrustedKey]:
         """List the keys of ``owner`` (for ``purpose`` only, when given), oldest first."""
         query = select(TrustedKeyRow).where(TrustedKeyRow.owner == owner)

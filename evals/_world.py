@@ -1,0 +1,93 @@
+"""A scenario's world: its catalog, fleet, twin, roster and keys in a fresh store."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from langchain_core.language_models import BaseChatModel
+
+from fieldgate.policy import PolicyEngine, PolicyGate
+from fieldgate.runtime import Context, Settings
+from fieldgate.scenario import Scenario
+from fieldgate.signing import SigningKey
+from fieldgate.store import Store
+from fieldgate.transport import TwinTransport
+from fieldgate.twin import FleetTwin
+
+FACTORY = "factory"
+CONTROL_PLANE = "control-plane"
+
+
+@dataclass
+class World:
+    """Everything one scenario run needs, built from the scenario alone."""
+
+    scenario: Scenario
+    seed: int
+    store: Store
+    twin: FleetTwin
+    ctx: Context
+    keys: dict[str, SigningKey] = field(default_factory=dict)
+    """Approver keys by person (every roster member and every scripted approver)."""
+
+    @property
+    def plan_id(self) -> str:
+        """The plan id of this run (deterministic: the same seed gives the same history)."""
+        return f"{self.scenario.id}-s{self.seed}"
+
+    @property
+    def ticket(self) -> str | None:
+        """Untrusted ticket text injected into the request, if any."""
+        texts = [i.text for i in self.scenario.injections if i.field == "request_ticket"]
+        return "\n".join(texts) or None
+
+
+def build_world(
+    scenario: Scenario,
+    db_url: str,
+    seed: int,
+    model: BaseChatModel,
+    engine: PolicyEngine,
+    model_name: str = "offline",
+    settings: Settings | None = None,
+) -> World:
+    """Create the store, catalog, fleet, twin and keys of ``scenario`` for one seeded run."""
+    store = Store.open(db_url)
+    factory = SigningKey.from_seed(FACTORY, f"{scenario.id}:{seed}:factory".encode())
+    store.keys.trust(FACTORY, factory.public_b64, "artifact")
+    descriptions = {
+        i.module: i.text for i in scenario.injections if i.field == "manifest.description"
+    }
+    every_module = [i.text for i in scenario.injections
+                    if i.field == "manifest.description" and i.module is None]
+    manifests = []
+    for entry in scenario.catalog:
+        text = descriptions.get(entry.name) or (every_module[0] if every_module else None)
+        if text is not None:
+            entry = entry.model_copy(update={"description": text})
+        manifest, observed = entry.to_manifest(factory)
+        manifests.append((manifest, observed))
+    store.catalog.import_manifests(manifests, source=f"scenario:{scenario.id}", actor="eval")
+    store.fleet.import_inventory(scenario.fleet, source=f"scenario:{scenario.id}", actor="eval")
+    twin = FleetTwin.from_scenario(store.engine, f"{scenario.id}-s{seed}", scenario, seed)
+    people = set(scenario.roster) | {a.by for a in scenario.approvals} | {scenario.actor}
+    keys = {
+        person: SigningKey.from_seed(person, f"{scenario.id}:{seed}:{person}".encode())
+        for person in sorted(people)
+    }
+    for person, key in keys.items():
+        store.keys.trust(person, key.public_b64, "approver")
+    control = SigningKey.from_seed(CONTROL_PLANE, f"{scenario.id}:{seed}:control".encode())
+    store.keys.trust(CONTROL_PLANE, control.public_b64, "control-plane")
+    ctx = Context(
+        store=store,
+        policy=PolicyGate(engine, store.audit),
+        transport=TwinTransport(twin),
+        model=model,
+        control_key=control,
+        roster={person: list(roles) for person, roles in scenario.roster.items()},
+        freeze=scenario.context.freeze,
+        model_name=model_name,
+        settings=settings or Settings(),
+    )
+    return World(scenario, seed, store, twin, ctx, keys)

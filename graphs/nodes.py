@@ -1,0 +1,752 @@
+"""The rollout graph's nodes. Each returns a partial state update; routers do no I/O."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any, Literal
+
+from fieldgate.agents import planning_context
+from fieldgate.agents._structured import ModelOutputInvalid
+from fieldgate.agents.executor import next_action
+from fieldgate.agents.planner import run_planner
+from fieldgate.agents.validator import DryRun, check_plan, dry_run, run_validator
+from fieldgate.graphs.approval import ApprovalResume, approval_request
+from fieldgate.graphs.state import RolloutState
+from fieldgate.tools import (
+    TOOL_ARGS,
+    Execution,
+    ToolContext,
+    WaveRun,
+    deploy_wave,
+    device_telemetry,
+    fleet_status,
+    rollback,
+    tool_specs,
+)
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+
+from fieldgate.approvals import Approval
+from fieldgate.audit import ActorKind, EventKind
+from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.manifest import ModuleManifest
+from fieldgate.plan import RolloutPlan, assign_waves, select_devices
+from fieldgate.policy import (
+    approvals_input,
+    rollout_input,
+    tool_input,
+    verify_approvals,
+    verify_artifact,
+)
+from fieldgate.runtime import Context
+
+
+def _audit(
+    ctx: Context,
+    state: RolloutState,
+    kind: EventKind,
+    actor_kind: ActorKind,
+    actor: str,
+    payload: dict[str, Any],
+) -> None:
+    ctx.store.audit.append(
+        kind,
+        actor_kind,
+        actor,
+        payload,
+        plan_id=state.get("plan_id"),
+        thread_id=state.get("thread_id"),
+        at=ctx.now(),
+    )
+
+
+def _finish(outcome: str, *reasons: str) -> dict[str, Any]:
+    return {"outcome": outcome, "reasons": list(reasons)}
+
+
+def _plan(state: RolloutState) -> RolloutPlan:
+    return RolloutPlan.model_validate(state["plan"])
+
+
+def _manifest(ctx: Context, module: str, version: str) -> ModuleManifest | None:
+    try:
+        return ctx.store.catalog.get(module, version)
+    except NotFound:
+        return None
+
+
+# --------------------------------------------------------------------------- intake
+
+
+def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Record the request in the audit log and mark the run as planning."""
+    ctx = runtime.context
+    payload: dict[str, Any] = {"text": state["request"], "actor": state["actor"]}
+    if state.get("ticket"):
+        payload["ticket"] = {"untrusted": True, "text": state["ticket"]}
+    _audit(ctx, state, EventKind.request, ActorKind.human, state["actor"], payload)
+    ctx.store.runs.update(state["thread_id"], "planning")
+    return {"revisions": 0, "feedback": []}
+
+
+# --------------------------------------------------------------------------- planner
+
+
+def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Ask the planner model for a plan (or a question); store and audit the revision."""
+    ctx = runtime.context
+    store = ctx.store
+    manifests = [r.manifest for r in store.catalog.list()]
+    summary = planning_context(
+        store.fleet.devices(), manifests, ctx.now(), sites=store.fleet.sites()
+    )
+    previous = _plan(state) if state.get("plan") else None
+    try:
+        call = run_planner(
+            ctx.model,
+            state["request"],
+            summary,
+            feedback=state.get("feedback") or None,
+            ticket=state.get("ticket"),
+            previous=previous,
+            retries=ctx.settings.model_retries,
+        )
+    except ModelOutputInvalid as exc:
+        _audit(ctx, state, EventKind.rationale, ActorKind.agent, "planner", {"error": str(exc)})
+        return _finish("failed", f"the planner model gave no valid plan: {exc}")
+    tokens = {"planner": call.usage.as_dict()}
+    if call.errors:
+        _audit(
+            ctx,
+            state,
+            EventKind.validation,
+            ActorKind.agent,
+            "planner",
+            {"invalid_model_output": call.errors},
+        )
+    decision = call.value
+    if decision.kind == "clarify" or decision.plan is None:
+        question = decision.question or "Please say which module, version and devices you mean."
+        _audit(
+            ctx,
+            state,
+            EventKind.rationale,
+            ActorKind.agent,
+            "planner",
+            {"clarification": question, "candidates": decision.candidates},
+        )
+        return {
+            "clarification": {"question": question, "candidates": decision.candidates},
+            "tokens": tokens,
+            **_finish("needs_clarification", question),
+        }
+    revision = state.get("revisions", 0) + 1
+    try:
+        plan = decision.plan.to_plan(
+            state["plan_id"], state["actor"], revision=revision, parent_hash=state.get("plan_hash")
+        )
+    except (ValueError, FieldgateError) as exc:
+        return {"tokens": tokens, **_finish("failed", f"the planner's plan is invalid: {exc}")}
+    store.plans.add(plan)
+    _audit(
+        ctx,
+        state,
+        EventKind.rationale,
+        ActorKind.agent,
+        "planner",
+        {"revision": revision, "rationale": plan.rationale},
+    )
+    _audit(
+        ctx,
+        state,
+        EventKind.plan,
+        ActorKind.agent,
+        "planner",
+        {
+            "revision": revision,
+            "plan_hash": plan.plan_hash,
+            "plan": plan.model_dump(mode="json"),
+            "tokens": tokens["planner"],
+        },
+    )
+    return {
+        "plan": plan.model_dump(mode="json"),
+        "plan_hash": plan.plan_hash,
+        "revisions": revision,
+        "feedback": [],
+        "approved": False,
+        "tokens": tokens,
+    }
+
+
+def route_after_planner(state: RolloutState) -> Literal["validator", "report"]:
+    """A question or an error ends the run; a plan goes to the validator."""
+    return "report" if state.get("outcome") else "validator"
+
+
+# --------------------------------------------------------------------------- validator
+
+
+def validator(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Check the plan, dry-run it on the twin's model, and have the validator model review it."""
+    ctx = runtime.context
+    plan = _plan(state)
+    manifest = _manifest(ctx, plan.module, plan.version)
+    devices = ctx.store.fleet.devices()
+    sites = {s.id: s for s in ctx.store.fleet.sites()}
+    findings = check_plan(plan, manifest, devices, sites)
+    target_sites = sorted({d.site for d in select_devices(plan.target, devices, sites)})
+    forecast = (
+        dry_run(plan, findings.wave_sizes, [sites[s] for s in target_sites], ctx.now())
+        if findings.wave_sizes
+        else DryRun(targets=0, waves=[], starts_at=None, predicted_minutes=0, blast_radius=0)
+    )
+    try:
+        call = run_validator(
+            ctx.model,
+            plan,
+            findings,
+            forecast,
+            description=manifest.description if manifest else "",
+            retries=ctx.settings.model_retries,
+        )
+    except ModelOutputInvalid as exc:
+        return _finish("failed", f"the validator model gave no valid review: {exc}")
+    review = call.value
+    _audit(
+        ctx,
+        state,
+        EventKind.validation,
+        ActorKind.agent,
+        "validator",
+        {
+            "plan_hash": plan.plan_hash,
+            "findings": findings.model_dump(mode="json"),
+            "verdict": review.verdict,
+            "summary": review.summary,
+            "concerns": review.concerns,
+        },
+    )
+    _audit(
+        ctx,
+        state,
+        EventKind.dry_run,
+        ActorKind.agent,
+        "validator",
+        forecast.model_dump(mode="json"),
+    )
+    update: dict[str, Any] = {
+        "findings": findings.model_dump(mode="json"),
+        "dry_run": forecast.model_dump(mode="json"),
+        "review": review.model_dump(mode="json"),
+        "tokens": {"validator": call.usage.as_dict()},
+    }
+    if review.verdict == "revise":
+        concerns = review.concerns or findings.problems or ["the validator asked for a revision"]
+        if state.get("revisions", 0) >= ctx.settings.max_revisions:
+            update.update(
+                _finish(
+                    "denied",
+                    *[f"validation: {c}" for c in concerns],
+                    f"no valid plan after {state.get('revisions')} revisions",
+                )
+            )
+        else:
+            update["feedback"] = concerns
+    return update
+
+
+def route_after_validator(state: RolloutState) -> Literal["planner", "policy_gate", "report"]:
+    """Concerns go back to the planner; a clean plan goes to policy."""
+    if state.get("outcome"):
+        return "report"
+    return "planner" if state.get("feedback") else "policy_gate"
+
+
+# --------------------------------------------------------------------------- policy gate
+
+
+def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Ask policy whether the plan may run and who must approve it."""
+    ctx = runtime.context
+    store = ctx.store
+    plan = _plan(state)
+    record = store.catalog.record(plan.module, plan.version)
+    manifest = record.manifest
+    keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
+    check = verify_artifact(manifest, keys, record.observed_digest)
+    devices = store.fleet.devices(plan.target)
+    sites = {s.id: s for s in store.fleet.sites()}
+    installed = {
+        (r.manifest.name, r.manifest.version): r.manifest
+        for r in store.catalog.list()
+        if r.manifest.name == plan.module
+    }
+    decision = ctx.policy.rollout(
+        rollout_input(
+            plan,
+            manifest,
+            check,
+            devices,
+            sites,
+            installed,
+            actor=state["actor"],
+            now=ctx.now(),
+            freeze=ctx.freeze,
+        ),
+        thread_id=state.get("thread_id"),
+    )
+    update: dict[str, Any] = {"decision": decision.model_dump(mode="json")}
+    if not decision.allow:
+        store.plans.set_status(plan.plan_id, "denied", plan.revision)
+        update.update(_finish("denied", *decision.deny))
+        return update
+    if decision.approvals:
+        store.plans.set_status(plan.plan_id, "awaiting_approval", plan.revision)
+        store.runs.update(state["thread_id"], "awaiting_approval")
+        update["approval_requested_at"] = ctx.now().isoformat()
+        update["approvals"] = {
+            "satisfied": False,
+            "missing": [{"role": a.role, "count": a.count} for a in decision.approvals],
+            "rejected_by": [],
+        }
+    else:
+        update["approved"] = True
+    return update
+
+
+def route_after_gate(state: RolloutState) -> Literal["approval", "queue", "report"]:
+    """Deny ends the run; approvals wait; otherwise the run is queued for execution."""
+    if state.get("outcome"):
+        return "report"
+    return "queue" if state.get("approved") else "approval"
+
+
+# --------------------------------------------------------------------------- approval
+
+
+def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Wait for an approver's decision; record it, count approvals by policy, route on."""
+    ctx = runtime.context
+    requested = datetime.fromisoformat(state["approval_requested_at"])
+    deadline = requested + ctx.settings.approval_deadline
+    answer: ApprovalResume = interrupt(
+        approval_request(dict(state), deadline.isoformat()), response_schema=ApprovalResume
+    )
+    # Everything below runs only once a resume value arrived: no side effects before it.
+    decision = answer.decisions[0]
+    plan = _plan(state)
+    if decision.type == "expire":
+        if ctx.now() < deadline:
+            return {}
+        _audit(
+            ctx,
+            state,
+            EventKind.approval,
+            ActorKind.system,
+            "worker",
+            {"expired": True, "deadline": deadline.isoformat()},
+        )
+        ctx.store.plans.set_status(plan.plan_id, "expired", plan.revision)
+        return _finish("expired", f"no quorum before the approval deadline {deadline.isoformat()}")
+    if decision.type == "edit":
+        return _edit(ctx, state, answer)
+    record = answer.approval
+    if record is None:
+        _audit(
+            ctx,
+            state,
+            EventKind.approval,
+            ActorKind.human,
+            answer.approver,
+            {"refused": "an approve or reject decision must carry a signed approval"},
+        )
+        return {}
+    _record_approval(ctx, state, record)
+    return _count_approvals(ctx, state, plan)
+
+
+def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> None:
+    try:
+        ctx.store.approvals.add(record)
+        stored = True
+    except FieldgateError as exc:
+        stored = False
+        reason = str(exc)
+    payload: dict[str, Any] = {
+        "approver": record.approver,
+        "decision": record.decision.value,
+        "plan_hash": record.plan_hash,
+        "comment": record.comment,
+        "key_id": record.key_id,
+    }
+    if not stored:
+        payload["not_stored"] = reason
+    _audit(ctx, state, EventKind.approval, ActorKind.human, record.approver, payload)
+
+
+def _count_approvals(ctx: Context, state: RolloutState, plan: RolloutPlan) -> dict[str, Any]:
+    received = ctx.store.approvals.for_plan(plan.plan_id)
+    keys = {
+        person: key.public_b64
+        for person in {a.approver for a in received}
+        for key in ctx.store.keys.for_owner(person, "approver")[-1:]
+    }
+    valid = verify_approvals(received, keys)
+    required = state.get("decision", {}).get("approvals", [])
+    counted = ctx.policy.approvals(
+        approvals_input(
+            plan.plan_hash,
+            plan.requested_by,
+            received,
+            valid,
+            ctx.roster or None,
+            required,
+            plan_id=plan.plan_id,
+        ),
+        thread_id=state.get("thread_id"),
+    )
+    update: dict[str, Any] = {"approvals": counted.model_dump(mode="json")}
+    if counted.rejected:
+        ctx.store.plans.set_status(plan.plan_id, "rejected", plan.revision)
+        update.update(_finish("rejected", f"rejected by {', '.join(counted.rejected_by)}"))
+    elif counted.satisfied:
+        ctx.store.plans.set_status(plan.plan_id, "approved", plan.revision)
+        update["approved"] = True
+    return update
+
+
+def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str, Any]:
+    edited = answer.decisions[0].edited_action
+    if edited is None or "plan" not in edited.args:
+        return {}
+    current = _plan(state)
+    revision = state.get("revisions", 0) + 1
+    plan = edited.args["plan"].to_plan(
+        current.plan_id, current.requested_by, revision=revision, parent_hash=current.plan_hash
+    )
+    ctx.store.plans.add(plan)
+    _audit(
+        ctx,
+        state,
+        EventKind.plan,
+        ActorKind.human,
+        answer.approver,
+        {
+            "revision": revision,
+            "plan_hash": plan.plan_hash,
+            "edited_by": answer.approver,
+            "plan": plan.model_dump(mode="json"),
+        },
+    )
+    return {
+        "plan": plan.model_dump(mode="json"),
+        "plan_hash": plan.plan_hash,
+        "revisions": revision,
+        "approved": False,
+        "approvals": {},
+        "feedback": [],
+        "edited": True,
+    }
+
+
+def route_after_approval(
+    state: RolloutState,
+) -> Literal["approval", "validator", "queue", "report"]:
+    """Quorum: queue; rejection or expiry: report; an edit: validate again; else wait on."""
+    if state.get("outcome"):
+        return "report"
+    if state.get("approved"):
+        return "queue"
+    if state.get("edited"):
+        return "validator"
+    return "approval"
+
+
+# --------------------------------------------------------------------------- queue
+
+
+def queue(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Hand the approved run to a worker (the graph pauses after this node)."""
+    ctx = runtime.context
+    plan = _plan(state)
+    ctx.store.plans.set_status(plan.plan_id, "approved", plan.revision)
+    ctx.store.runs.update(state["thread_id"], "queued")
+    return {"edited": False}
+
+
+# --------------------------------------------------------------------------- executor
+
+
+def _new_execution(ctx: Context, plan: RolloutPlan) -> tuple[Execution, dict[str, str]]:
+    sites = {s.id: s for s in ctx.store.fleet.sites()}
+    targets = ctx.store.fleet.devices(plan.target)
+    waves = assign_waves(plan, targets, sites)
+    execution = Execution(
+        waves=[
+            WaveRun(index=i, name=spec.name, devices=devices)
+            for i, (spec, devices) in enumerate(zip(plan.waves, waves, strict=True))
+        ]
+    )
+    return execution, {d.id: d.site for d in targets}
+
+
+def _situation(plan: RolloutPlan, ex: Execution, kill_switch: str | None) -> dict[str, Any]:
+    return {
+        "plan_id": plan.plan_id,
+        "module": plan.module,
+        "version": plan.version,
+        "waves": [
+            {
+                "index": w.index,
+                "name": w.name,
+                "devices": len(w.devices),
+                "status": w.status,
+                "applied": len(w.applied),
+                "failed": len(w.failed),
+                "unreachable": len(w.unreachable),
+                "gate": w.gate.reason if w.gate else None,
+            }
+            for w in ex.waves
+        ],
+        "next_wave": ex.next_wave(),
+        "kill_switch": kill_switch is not None,
+        "paused": ex.paused,
+        "abort": ex.abort.model_dump(),
+        "rolled_back": ex.rolled_back,
+        "rollback_automatic": bool(plan.rollback and plan.rollback.automatic),
+        "rollback_version": plan.rollback.version if plan.rollback else None,
+    }
+
+
+def _policy_args(tc: ToolContext, name: str, args: dict[str, Any]) -> tuple[dict[str, Any], int]:
+    """The call as the enforcement point checks it: what it would send to which devices."""
+    plan = tc.plan
+    if name == "deploy_wave":
+        wave = args["wave"]
+        devices = tc.execution.waves[wave].devices if 0 <= wave < len(tc.execution.waves) else []
+        return {
+            **args,
+            "plan_hash": tc.plan_hash,
+            "module": plan.module,
+            "version": plan.version,
+            "digest": tc.manifest.artifact.digest,
+            "devices": devices,
+        }, len(devices)
+    if name == "rollback":
+        return {
+            **args,
+            "plan_hash": tc.plan_hash,
+            "module": plan.module,
+            "version": plan.rollback.version if plan.rollback else None,
+            "devices": list(tc.execution.touched),
+        }, len(tc.execution.touched)
+    return dict(args), 0
+
+
+def _outcome_of(ex: Execution) -> tuple[str, str]:
+    if ex.rolled_back:
+        return "rolled_back", ex.abort.reason or "rolled back"
+    if ex.paused:
+        return "aborted", "dispatch stopped"
+    if ex.abort.tripped:
+        return "aborted", ex.abort.reason
+    if ex.finished_waves:
+        return "completed", f"all {len(ex.waves)} waves passed their gates"
+    return "aborted", "the executor stopped before every wave had run"
+
+
+def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """One executor step: the model picks a tool call, policy checks it, the tool runs."""
+    ctx = runtime.context
+    store = ctx.store
+    plan = _plan(state)
+    manifest = store.catalog.get(plan.module, plan.version)
+    rollback_manifest = (
+        _manifest(ctx, plan.module, plan.rollback.version)
+        if plan.rollback and plan.rollback.version
+        else None
+    )
+    fresh = not state.get("execution")
+    execution, device_sites = _new_execution(ctx, plan)
+    if not fresh:
+        execution = Execution.model_validate(state["execution"])
+    else:
+        store.runs.update(state["thread_id"], "executing")
+        store.plans.set_status(plan.plan_id, "executing", plan.revision)
+    sites = {s.id: s for s in store.fleet.sites()}
+    tc = ToolContext(
+        ctx,
+        plan,
+        state["plan_hash"],
+        manifest,
+        rollback_manifest,
+        sites,
+        device_sites,
+        state["thread_id"],
+        execution,
+    )
+    if execution.steps >= ctx.settings.executor_steps:
+        return _finish("failed", f"the executor took more than {execution.steps} steps")
+    stop = store.stops.engaged(plan.plan_id)
+    choice = next_action(
+        ctx.model, tool_specs(), _situation(plan, execution, stop), state.get("last_tool_result")
+    )
+    execution.steps += 1
+    update: dict[str, Any] = {"tokens": {"executor": choice.usage.as_dict()}}
+    if choice.name is None:
+        outcome, reason = _outcome_of(execution)
+        update.update({"execution": execution.model_dump(mode="json"), **_finish(outcome, reason)})
+        return update
+    name, result = choice.name, _run_call(tc, state, choice.name, choice.args, stop)
+    if result.get("refused"):
+        execution.refused_calls += 1
+        if execution.refused_calls > ctx.settings.model_retries * 3:
+            update.update(_finish("failed", f"the executor kept making refused calls: {result}"))
+    if name == "rollback" and execution.rolled_back:
+        _audit(ctx, state, EventKind.rollback, ActorKind.agent, "executor", result)
+    update["execution"] = execution.model_dump(mode="json")
+    update["last_tool_result"] = json.dumps(result, sort_keys=True, default=str)
+    return update
+
+
+def _run_call(
+    tc: ToolContext, state: RolloutState, name: str, args: dict[str, Any], stop: str | None
+) -> dict[str, Any]:
+    """Validate, authorize, audit and run one tool call; never raise for the model's mistakes."""
+    ctx = tc.ctx
+    schema = TOOL_ARGS.get(name)
+    if schema is None:
+        _audit(
+            ctx,
+            state,
+            EventKind.tool_call,
+            ActorKind.agent,
+            "executor",
+            {"tool": name, "args": args, "allow": False, "reason": "unknown tool"},
+        )
+        return {"refused": f"unknown tool {name!r}; use one of {sorted(TOOL_ARGS)}"}
+    try:
+        parsed = schema.model_validate(args).model_dump()
+    except ValueError as exc:
+        _audit(
+            ctx,
+            state,
+            EventKind.tool_call,
+            ActorKind.agent,
+            "executor",
+            {"tool": name, "args": args, "allow": False, "reason": f"invalid arguments: {exc}"},
+        )
+        return {"refused": f"invalid arguments for {name}: {exc}"}
+    checked, device_count = _policy_args(tc, name, parsed)
+    ex = tc.execution
+    current = ex.current if ex.current < len(ex.waves) else None
+    decision = ctx.policy.tool(
+        tool_input(
+            name,
+            checked,
+            plan=tc.plan,
+            digest=tc.manifest.artifact.digest,
+            approved=bool(state.get("approved")),
+            plan_devices=[d for w in ex.waves for d in w.devices],
+            wave_index=current,
+            wave_devices=ex.waves[current].devices if current is not None else (),
+            previous_gate_passed=current == 0
+            or (current is not None and ex.waves[current - 1].status == "passed"),
+            kill_switch=stop is not None,
+        ),
+        thread_id=tc.thread_id,
+    )
+    shown = {k: v for k, v in checked.items() if k != "devices"}
+    _audit(
+        ctx,
+        state,
+        EventKind.tool_call,
+        ActorKind.agent,
+        "executor",
+        {
+            "tool": name,
+            "args": shown,
+            "devices": device_count,
+            "allow": decision.allow,
+            "reason": decision.reason,
+        },
+    )
+    if not decision.allow:
+        return {"refused": decision.reason}
+    result = _dispatch_tool(tc, name, parsed, stop)
+    _audit(
+        ctx,
+        state,
+        EventKind.tool_result,
+        ActorKind.agent,
+        "executor",
+        {"tool": name, "result": result},
+    )
+    if ex.abort.tripped and name == "deploy_wave":
+        _audit(
+            ctx,
+            state,
+            EventKind.abort,
+            ActorKind.agent,
+            "executor",
+            {"reason": ex.abort.reason, "failures": ex.failures, "executed": ex.executed},
+        )
+    return result
+
+
+def _dispatch_tool(
+    tc: ToolContext, name: str, args: dict[str, Any], stop: str | None
+) -> dict[str, Any]:
+    ex = tc.execution
+    if name == "deploy_wave":
+        return deploy_wave(tc, args["wave"])
+    if name == "rollback":
+        return rollback(tc, args["reason"])
+    if name == "pause":
+        ex.paused = True
+        if stop:
+            _audit(
+                tc.ctx,
+                {"plan_id": tc.plan_id, "thread_id": tc.thread_id},
+                EventKind.stop,
+                ActorKind.system,
+                "kill-switch",
+                {"reason": stop},
+            )
+        return {"paused": True, "reason": args["reason"]}
+    if name == "resume":
+        ex.paused = False
+        return {"paused": False}
+    if name == "fleet_status":
+        return fleet_status(tc, args.get("wave"))
+    return device_telemetry(tc, args["device_id"])
+
+
+# --------------------------------------------------------------------------- report
+
+
+def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Close the run: the outcome goes to the audit log, the runs table and the plan."""
+    ctx = runtime.context
+    outcome = state.get("outcome", "failed")
+    reasons = state.get("reasons", [])
+    _audit(
+        ctx,
+        state,
+        EventKind.done,
+        ActorKind.system,
+        "fieldgate",
+        {"outcome": outcome, "reasons": reasons, "tokens": state.get("tokens", {})},
+    )
+    ctx.store.runs.update(state["thread_id"], "done", outcome=outcome, detail={"reasons": reasons})
+    if state.get("plan"):
+        plan = _plan(state)
+        ctx.store.plans.set_status(plan.plan_id, outcome, plan.revision)
+    return {}
+
+
+def route_after_executor(state: RolloutState) -> Literal["executor", "report"]:
+    """Loop until the executor reaches an outcome."""
+    return "report" if state.get("outcome") else "executor"

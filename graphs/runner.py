@@ -1,0 +1,180 @@
+"""Driving the rollout graph: submit requests, answer approvals, let workers execute.
+
+The CLI, the worker, the eval harness and the tests all go through here, so they
+drive the very same graph the same way.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from fieldgate.agents.planner import PlanDraft
+from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
+from fieldgate.graphs.rollout import compile_graph
+from langgraph.checkpoint.base import BaseCheckpointSaver
+from langgraph.types import Command, RunnableConfig
+
+from fieldgate.approvals import Approval, Decision
+from fieldgate.errors import ApprovalInvalid, NotFound
+from fieldgate.runtime import Context
+from fieldgate.signing import SigningKey
+
+
+@dataclass
+class RunView:
+    """Where one run stands."""
+
+    thread_id: str
+    plan_id: str
+    values: dict[str, Any]
+    """The graph state."""
+    next: tuple[str, ...]
+    """Nodes that run next (empty when the run ended)."""
+    interrupts: list[Any] = field(default_factory=list)
+    """Pending interrupts (the approval request)."""
+
+    @property
+    def outcome(self) -> str | None:
+        """How the run ended, if it did."""
+        return self.values.get("outcome")
+
+    @property
+    def status(self) -> str:
+        """done, awaiting_approval, queued or running."""
+        if self.outcome:
+            return "done"
+        if self.interrupts:
+            return "awaiting_approval"
+        if self.next == ("executor",):
+            return "queued"
+        return "running"
+
+
+def new_plan_id(request: str, actor: str, ctx: Context) -> str:
+    """A readable, unique plan id: the time and a hash of request and requester."""
+    stamp = ctx.now().strftime("%Y%m%d-%H%M%S")
+    salt = hashlib.sha256(f"{actor}\n{request}\n{ctx.now().isoformat()}".encode()).hexdigest()
+    return f"pl-{stamp}-{salt[:6]}"
+
+
+class Orchestrator:
+    """The rollout graph compiled with a checkpointer, bound to one run context."""
+
+    def __init__(self, ctx: Context, checkpointer: BaseCheckpointSaver[str]) -> None:
+        self.ctx = ctx
+        self.graph = compile_graph(checkpointer)
+
+    @staticmethod
+    def config(thread_id: str) -> RunnableConfig:
+        """The graph config of one thread."""
+        return {"configurable": {"thread_id": thread_id}, "recursion_limit": 10_000}
+
+    def _invoke(self, payload: Any, thread_id: str) -> RunView:
+        self.graph.invoke(payload, self.config(thread_id), context=self.ctx, durability="sync")
+        return self.view(thread_id)
+
+    def submit(
+        self,
+        request: str,
+        actor: str,
+        *,
+        ticket: str | None = None,
+        plan_id: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> RunView:
+        """Record a run, then plan, validate and gate it until it waits or ends."""
+        plan_id = plan_id or new_plan_id(request, actor, self.ctx)
+        thread_id = plan_id
+        self.ctx.store.runs.start(thread_id, plan_id, request, actor, detail)
+        initial: dict[str, Any] = {
+            "request": request,
+            "actor": actor,
+            "plan_id": plan_id,
+            "thread_id": thread_id,
+        }
+        if ticket:
+            initial["ticket"] = ticket
+        return self._invoke(initial, thread_id)
+
+    def view(self, thread_id: str) -> RunView:
+        """Where a run stands, from its last checkpoint."""
+        snapshot = self.graph.get_state(self.config(thread_id))
+        if not snapshot.values:
+            raise NotFound(f"no run with thread id {thread_id!r}")
+        return RunView(
+            thread_id=thread_id,
+            plan_id=snapshot.values.get("plan_id", thread_id),
+            values=dict(snapshot.values),
+            next=tuple(snapshot.next),
+            interrupts=list(snapshot.interrupts),
+        )
+
+    def decide(
+        self,
+        thread_id: str,
+        key: SigningKey,
+        decision: Literal["approve", "reject"],
+        comment: str = "",
+    ) -> RunView:
+        """Sign ``decision`` with the approver's key and resume the approval interrupt."""
+        view = self.view(thread_id)
+        if not view.interrupts:
+            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
+        approval = Approval(
+            plan_id=view.plan_id,
+            plan_hash=view.values["plan_hash"],
+            approver=key.owner,
+            roles=list(self.ctx.roster.get(key.owner, [])),
+            decision=Decision(decision),
+            comment=comment,
+            at=self.ctx.now(),
+        ).signed_with(key)
+        return self.answer(
+            thread_id,
+            ApprovalResume(
+                decisions=[ReviewDecision(type=decision, message=comment)],
+                approver=key.owner,
+                approval=approval,
+            ),
+        )
+
+    def edit(self, thread_id: str, approver: str, draft: PlanDraft, comment: str = "") -> RunView:
+        """An approver's edit: a new revision that goes through validation and policy again."""
+        return self.answer(
+            thread_id,
+            ApprovalResume(
+                decisions=[
+                    ReviewDecision(
+                        type="edit",
+                        message=comment,
+                        edited_action=EditedAction(args={"plan": draft}),
+                    )
+                ],
+                approver=approver,
+            ),
+        )
+
+    def answer(self, thread_id: str, resume: ApprovalResume) -> RunView:
+        """Resume the pending approval interrupt with ``resume`` (matched by interrupt id)."""
+        view = self.view(thread_id)
+        if not view.interrupts:
+            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
+        interrupt_id = view.interrupts[0].id
+        return self._invoke(
+            Command(resume={interrupt_id: resume.model_dump(mode="json")}), thread_id
+        )
+
+    def expire(self, thread_id: str) -> RunView:
+        """End a run whose approval deadline passed (nothing happens before the deadline)."""
+        return self.answer(
+            thread_id, ApprovalResume(decisions=[ReviewDecision(type="expire")], approver="worker")
+        )
+
+    def work(self, thread_id: str) -> RunView:
+        """Execute a queued (or interrupted) run until it ends."""
+        view = self.view(thread_id)
+        if view.outcome or view.interrupts or not view.next:
+            return view
+        return self._invoke(None, thread_id)

@@ -1,0 +1,425 @@
+"""What the executor's tools do: dispatch waves, wait in transport time, judge gates, roll back.
+
+The model picks the tool; the code here does the fan-out to devices, so tokens do
+not grow with the fleet. Every command is idempotent (its id is a hash of plan,
+wave, device and action) and signed by the control plane's key; a rerun after a
+crash re-sends the same ids and no device applies anything twice.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from fieldgate.audit import ActorKind, EventKind
+from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus, command_id_for
+from fieldgate.fleet import Site
+from fieldgate.manifest import ModuleManifest
+from fieldgate.plan import RolloutPlan, ScheduleMode
+from fieldgate.runtime import Context
+from fieldgate.store import NewEvent
+
+WaveStatus = Literal["pending", "dispatching", "passed", "failed", "halted"]
+
+
+class GateResult(BaseModel):
+    """How a wave fared against its health gate."""
+
+    passed: bool
+    healthy: int
+    failed: int
+    unreachable: int
+    success_rate: float
+    reason: str
+
+
+class WaveRun(BaseModel):
+    """One wave as it executes."""
+
+    index: int
+    name: str
+    devices: list[str]
+    status: WaveStatus = "pending"
+    applied: list[str] = []
+    """Devices that installed and stayed healthy."""
+    failed: list[str] = []
+    """Devices whose install failed or whose health failed after it."""
+    unreachable: list[str] = []
+    """Devices that did not answer before the wave deadline (their command stays queued)."""
+    gate: GateResult | None = None
+
+
+class AbortState(BaseModel):
+    """Whether the rollout must stop."""
+
+    tripped: bool = False
+    reason: str = ""
+
+
+class Execution(BaseModel):
+    """The executor's progress, kept in the graph state between steps."""
+
+    waves: list[WaveRun]
+    current: int = 0
+    """Index of the next wave to deploy."""
+    touched: list[str] = []
+    """Devices that were sent any command, in order."""
+    executed: int = 0
+    """Devices that reported a result of their install."""
+    failures: int = 0
+    """Devices that failed (install or health)."""
+    abort: AbortState = AbortState()
+    paused: bool = False
+    rolled_back: bool = False
+    rollback_failed: list[str] = []
+    refused_calls: int = Field(default=0, ge=0)
+    steps: int = 0
+
+    @property
+    def finished_waves(self) -> bool:
+        """Whether every wave passed."""
+        return all(w.status == "passed" for w in self.waves)
+
+    def next_wave(self) -> int | None:
+        """The wave the executor may deploy next, if any."""
+        if self.abort.tripped or self.paused or self.current >= len(self.waves):
+            return None
+        return self.current
+
+
+@dataclass
+class ToolContext:
+    """What a tool call works with."""
+
+    ctx: Context
+    plan: RolloutPlan
+    plan_hash: str
+    manifest: ModuleManifest
+    rollback_manifest: ModuleManifest | None
+    sites: dict[str, Site]
+    device_sites: dict[str, str]
+    """Site of every target device."""
+    thread_id: str
+    execution: Execution
+    _command_index: dict[str, tuple[int, str]] = field(default_factory=dict)
+
+    @property
+    def plan_id(self) -> str:
+        return self.plan.plan_id
+
+    def command_origin(self, command_id: str) -> tuple[int, str] | None:
+        """(wave, device) of an install or rollback command of this plan."""
+        if not self._command_index:
+            for wave in self.execution.waves:
+                for device_id in wave.devices:
+                    for action in (Action.install, Action.rollback):
+                        cid = command_id_for(self.plan_id, wave.index, device_id, action)
+                        self._command_index[cid] = (wave.index, device_id)
+        return self._command_index.get(command_id)
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> DeviceCommand:
+    """A signed command of this plan for one device."""
+    now = tc.ctx.now()
+    if action is Action.rollback:
+        assert tc.rollback_manifest is not None
+        version, digest = tc.rollback_manifest.version, tc.rollback_manifest.artifact.digest
+    else:
+        version, digest = tc.manifest.version, tc.manifest.artifact.digest
+    unsigned = DeviceCommand(
+        command_id=command_id_for(tc.plan_id, wave, device_id, action),
+        plan_id=tc.plan_id,
+        plan_hash=tc.plan_hash,
+        wave=wave,
+        device_id=device_id,
+        action=action,
+        module=tc.manifest.name,
+        version=version,
+        digest=digest,
+        issued_at=now,
+        deadline=now + tc.ctx.settings.wave_deadline * 12,
+    )
+    return unsigned.model_copy(
+        update={"signature": tc.ctx.control_key.sign(unsigned.signing_payload())}
+    )
+
+
+def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
+    """Record device reports: audit events, installed versions in the fleet store."""
+    if not reports:
+        return
+    store = tc.ctx.store
+    events = []
+    for report in reports:
+        events.append(
+            NewEvent(
+                kind=EventKind.device_report,
+                actor_kind=ActorKind.device,
+                actor=report.device_id,
+                payload={
+                    "command_id": report.command_id,
+                    "status": report.status.value,
+                    "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
+                    "health_ok": report.health.ok,
+                    "reason": report.reason,
+                    "hlc": report.hlc.model_dump(),
+                },
+                plan_id=tc.plan_id,
+                thread_id=tc.thread_id,
+                at=tc.ctx.now(),
+            )
+        )
+        if report.status is ReportStatus.applied:
+            version = report.installed.get(tc.manifest.name)
+            store.fleet.set_installed(report.device_id, tc.manifest.name, version)
+    store.audit.append_many(events)
+
+
+def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> None:
+    """Sort install reports of this plan into their waves' applied and failed lists."""
+    for report in reports:
+        origin = tc.command_origin(report.command_id)
+        if origin is None:
+            continue
+        wave_index, device_id = origin
+        if report.command_id != command_id_for(tc.plan_id, wave_index, device_id, Action.install):
+            continue
+        target = tc.execution.waves[wave_index]
+        if device_id in target.applied or device_id in target.failed:
+            continue
+        if device_id in target.unreachable:
+            target.unreachable.remove(device_id)
+        tc.execution.executed += 1
+        if report.status is ReportStatus.applied and report.health.ok:
+            target.applied.append(device_id)
+        else:
+            target.failed.append(device_id)
+            tc.execution.failures += 1
+
+
+def _check_abort(tc: ToolContext) -> None:
+    ex = tc.execution
+    abort = tc.plan.abort
+    if abort is None or ex.abort.tripped or ex.executed < abort.min_executed:
+        return
+    rate = ex.failures / ex.executed
+    if rate > abort.failure_threshold:
+        ex.abort = AbortState(
+            tripped=True,
+            reason=(
+                f"abort criteria tripped: {ex.failures} of {ex.executed} executed devices failed "
+                f"({rate:.0%} > {abort.failure_threshold:.0%})"
+            ),
+        )
+
+
+def _wait_for_window(tc: ToolContext, site: Site) -> None:
+    if tc.plan.schedule.mode is not ScheduleMode.maintenance:
+        return
+    now = tc.ctx.now()
+    if site.in_maintenance(now):
+        return
+    opens = site.next_maintenance(now)
+    if opens is None:
+        return
+    reports = tc.ctx.transport.sleep_until(opens)
+    ingest(tc, reports)
+    _record(tc, tc.execution.waves[tc.execution.current], reports)
+
+
+def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
+    """Dispatch one wave, wait, soak, judge its gate; return a summary for the model."""
+    ex = tc.execution
+    run = ex.waves[wave]
+    spec = tc.plan.waves[wave]
+    ctx = tc.ctx
+    transport = ctx.transport
+    run.status = "dispatching"
+    wave_deadline = ctx.now() + ctx.settings.wave_deadline
+    done = set(run.applied) | set(run.failed)
+    by_site: dict[str, list[str]] = {}
+    for device_id in run.devices:
+        if device_id not in done:
+            by_site.setdefault(tc.device_sites[device_id], []).append(device_id)
+
+    def opening(site_id: str) -> datetime:
+        site = tc.sites[site_id]
+        if tc.plan.schedule.mode is not ScheduleMode.maintenance:
+            return ctx.now()
+        return site.next_maintenance(ctx.now()) or ctx.now()
+
+    queued: set[str] = set()
+    for site_id in sorted(by_site, key=lambda s: (opening(s), s)):
+        site = tc.sites[site_id]
+        for chunk in _chunks(by_site[site_id], spec.max_parallel):
+            stopped = ctx.store.stops.engaged(tc.plan_id)
+            if stopped:
+                ex.paused = True
+                run.status = "halted"
+                return {"wave": wave, "halted": stopped}
+            _wait_for_window(tc, site)
+            commands = [make_command(tc, wave, d, Action.install) for d in chunk]
+            for device_id in chunk:
+                if device_id not in ex.touched:
+                    ex.touched.append(device_id)
+            dispatched = transport.dispatch(commands, wave)
+            stored = [r for r in dispatched.duplicates.values() if r is not None]
+            queued.update(dispatched.queued)
+            reports = stored + transport.wait(
+                set(dispatched.accepted), until=ctx.now() + ctx.settings.wave_deadline
+            )
+            ingest(tc, reports)
+            _record(tc, run, reports)
+            _check_abort(tc)
+            if ex.abort.tripped:
+                run.status = "failed"
+                return {"wave": wave, "abort": ex.abort.reason, **_counts(run)}
+    waiting = {
+        cid
+        for cid in queued
+        if (o := tc.command_origin(cid)) is not None
+        and o[1] not in run.applied
+        and o[1] not in run.failed
+    }
+    if waiting:
+        reports = transport.wait(waiting, until=max(wave_deadline, ctx.now()))
+        ingest(tc, reports)
+        _record(tc, run, reports)
+    run.unreachable = [d for d in run.devices if d not in run.applied and d not in run.failed]
+    gate = spec.health_gate
+    if gate is not None and gate.soak_minutes:
+        reports = transport.sleep_until(ctx.now() + timedelta(minutes=gate.soak_minutes))
+        ingest(tc, reports)
+        _record(tc, run, reports)
+    # Health after the soak: a device that degraded since its install fails the gate.
+    for device_id in list(run.applied):
+        health = transport.telemetry(device_id).get("health", {})
+        if not health.get("ok", False):
+            run.applied.remove(device_id)
+            run.failed.append(device_id)
+            ex.failures += 1
+    run.gate = judge_gate(tc.plan, wave, run)
+    _check_abort(tc)
+    if run.gate.passed and not ex.abort.tripped:
+        run.status = "passed"
+        ex.current = wave + 1
+    else:
+        run.status = "failed"
+        if not ex.abort.tripped:
+            ex.abort = AbortState(tripped=True, reason=run.gate.reason)
+    return {"wave": wave, **_counts(run), "gate": run.gate.model_dump()}
+
+
+def judge_gate(plan: RolloutPlan, wave: int, run: WaveRun) -> GateResult:
+    """Judge a wave against its health gate: unreachable devices count apart from failed ones."""
+    gate = plan.waves[wave].health_gate
+    healthy, failed, unreachable = len(run.applied), len(run.failed), len(run.unreachable)
+    reported = healthy + failed
+    rate = healthy / reported if reported else 0.0
+    if gate is None:
+        return GateResult(
+            passed=False,
+            healthy=healthy,
+            failed=failed,
+            unreachable=unreachable,
+            success_rate=rate,
+            reason=f"wave {wave + 1} has no health gate",
+        )
+    problems = []
+    if reported == 0:
+        problems.append("no device of the wave reported")
+    if rate < gate.min_success_rate:
+        problems.append(f"success rate {rate:.0%} below {gate.min_success_rate:.0%}")
+    if failed > gate.max_failures:
+        problems.append(f"{failed} failures, more than {gate.max_failures}")
+    passed = not problems
+    reason = (
+        f"wave {wave + 1} ({run.name}) passed its gate: {healthy} healthy"
+        if passed
+        else f"wave {wave + 1} ({run.name}) failed its health gate: " + "; ".join(problems)
+    )
+    return GateResult(
+        passed=passed,
+        healthy=healthy,
+        failed=failed,
+        unreachable=unreachable,
+        success_rate=round(rate, 4),
+        reason=reason,
+    )
+
+
+def _counts(run: WaveRun) -> dict[str, int]:
+    return {
+        "devices": len(run.devices),
+        "applied": len(run.applied),
+        "failed": len(run.failed),
+        "unreachable": len(run.unreachable),
+    }
+
+
+def rollback(tc: ToolContext, reason: str) -> dict[str, Any]:
+    """Send every touched device back to the plan's rollback version and wait for them."""
+    ex = tc.execution
+    ctx = tc.ctx
+    if tc.rollback_manifest is None:
+        ex.paused = True
+        return {"rolled_back": 0, "error": "the plan has no rollback version in the catalog"}
+    wave_of = {d: w.index for w in ex.waves for d in w.devices}
+    commands = [make_command(tc, wave_of[d], d, Action.rollback) for d in ex.touched]
+    ids = {c.command_id for c in commands}
+    pending: set[str] = set()
+    stored: list[DeviceReport] = []
+    for wave in sorted({c.wave for c in commands}):
+        dispatched = ctx.transport.dispatch([c for c in commands if c.wave == wave], wave)
+        pending.update(dispatched.accepted, dispatched.queued)
+        stored.extend(r for r in dispatched.duplicates.values() if r is not None)
+    reports = stored + ctx.transport.wait(pending, until=ctx.now() + ctx.settings.wave_deadline)
+    ingest(tc, reports)
+    answered = {r.command_id for r in reports if r.command_id in ids}
+    back = [
+        r.device_id for r in reports if r.command_id in ids and r.status is ReportStatus.applied
+    ]
+    ex.rollback_failed = sorted(
+        c.device_id for c in commands if c.command_id not in answered or c.device_id not in back
+    )
+    ex.rolled_back = True
+    return {
+        "reason": reason,
+        "rolled_back": len(back),
+        "not_confirmed": len(ex.rollback_failed),
+        "to_version": tc.rollback_manifest.version,
+    }
+
+
+def fleet_status(tc: ToolContext, wave: int | None) -> dict[str, Any]:
+    """Progress per wave."""
+    waves = tc.execution.waves if wave is None else [tc.execution.waves[wave]]
+    return {
+        "waves": [
+            {
+                "wave": w.index,
+                "name": w.name,
+                "status": w.status,
+                **_counts(w),
+                "gate": w.gate.reason if w.gate else None,
+            }
+            for w in waves
+        ],
+        "abort": tc.execution.abort.model_dump(),
+    }
+
+
+def device_telemetry(tc: ToolContext, device_id: str) -> dict[str, Any]:
+    """One device's status; its note is passed on as untrusted data."""
+    data = tc.ctx.transport.telemetry(device_id)
+    return json.loads(json.dumps(data, default=str))
