@@ -119,3 +119,30 @@ def open_orchestrator(
             yield Orchestrator(ctx, checkpointer)
     finally:
         store.close()
+
+
+_SERVED: list[Context] = []
+
+
+def served_context() -> Context:
+    """The context of a graph served by a LangGraph API server (``langgraph.json``).
+
+    The server runs the compiled graph with its own checkpointer and without a
+    fieldgate context, so the nodes build one from the environment, once per process.
+    """
+    if not _SERVED:
+        store = Store.open(database_url())
+        name = model_name_from_env()
+        _SERVED.append(
+            Context(
+                store=store,
+                policy=PolicyGate(RegoEngine(), store.audit),
+                transport=TwinTransport(default_twin(store)),
+                model=make_model(name),
+                control_key=control_key(store),
+                roster=roster_from_env(),
+                freeze=os.environ.get("FIELDGATE_FREEZE", "") == "1",
+                model_name=name,
+            )
+        )
+    return _SERVED[0]

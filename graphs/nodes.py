@@ -42,6 +42,15 @@ from fieldgate.policy import (
 from fieldgate.runtime import Context
 
 
+def _context(runtime: Runtime[Context]) -> Context:
+    """The run's context; a graph served by a LangGraph API server builds it from the env."""
+    if runtime.context is not None:
+        return runtime.context
+    from fieldgate.graphs.context import served_context
+
+    return served_context()
+
+
 def _audit(
     ctx: Context,
     state: RolloutState,
@@ -81,7 +90,7 @@ def _manifest(ctx: Context, module: str, version: str) -> ModuleManifest | None:
 
 def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Record the request in the audit log and mark the run as planning."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     payload: dict[str, Any] = {"text": state["request"], "actor": state["actor"]}
     if state.get("ticket"):
         payload["ticket"] = {"untrusted": True, "text": state["ticket"]}
@@ -95,7 +104,7 @@ def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
 
 def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Ask the planner model for a plan (or a question); store and audit the revision."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     store = ctx.store
     manifests = [r.manifest for r in store.catalog.list()]
     summary = planning_context(
@@ -190,7 +199,7 @@ def route_after_planner(state: RolloutState) -> Literal["validator", "report"]:
 
 def validator(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Check the plan, dry-run it on the twin's model, and have the validator model review it."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     plan = _plan(state)
     manifest = _manifest(ctx, plan.module, plan.version)
     devices = ctx.store.fleet.devices()
@@ -269,7 +278,7 @@ def route_after_validator(state: RolloutState) -> Literal["planner", "policy_gat
 
 def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Ask policy whether the plan may run and who must approve it."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     store = ctx.store
     plan = _plan(state)
     record = store.catalog.record(plan.module, plan.version)
@@ -328,7 +337,7 @@ def route_after_gate(state: RolloutState) -> Literal["approval", "queue", "repor
 
 def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Wait for an approver's decision; record it, count approvals by policy, route on."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     requested = datetime.fromisoformat(state["approval_requested_at"])
     deadline = requested + ctx.settings.approval_deadline
     answer: ApprovalResume = interrupt(
@@ -469,7 +478,7 @@ def route_after_approval(
 
 def queue(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Hand the approved run to a worker (the graph pauses after this node)."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     plan = _plan(state)
     ctx.store.plans.set_status(plan.plan_id, "approved", plan.revision)
     ctx.store.runs.update(state["thread_id"], "queued")
@@ -559,7 +568,7 @@ def _outcome_of(ex: Execution) -> tuple[str, str]:
 
 def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """One executor step: the model picks a tool call, policy checks it, the tool runs."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     store = ctx.store
     plan = _plan(state)
     manifest = store.catalog.get(plan.module, plan.version)
@@ -729,7 +738,7 @@ def _dispatch_tool(
 
 def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Close the run: the outcome goes to the audit log, the runs table and the plan."""
-    ctx = runtime.context
+    ctx = _context(runtime)
     outcome = state.get("outcome", "failed")
     reasons = state.get("reasons", [])
     _audit(
