@@ -32,9 +32,16 @@ PAUSE_AFTER = ["queue"]
 """The run waits for a worker after being queued."""
 
 
-def build_graph() -> StateGraph[RolloutState, Context, RolloutState, RolloutState]:
-    """The rollout state graph, not yet compiled."""
-    builder = StateGraph(RolloutState, context_schema=Context)
+def build_graph(
+    served: bool = False,
+) -> StateGraph[RolloutState, Context, RolloutState, RolloutState]:
+    """The rollout state graph, not yet compiled.
+
+    A served graph declares no context schema: a LangGraph API server would try to build
+    the context from the client's JSON, while fieldgate's context holds live objects
+    (database, policy engine, transport) that its nodes build from the environment.
+    """
+    builder = StateGraph(RolloutState, context_schema=None if served else Context)
     builder.add_node("intake", intake)
     builder.add_node("planner", planner)
     builder.add_node("validator", validator)
@@ -56,12 +63,13 @@ def build_graph() -> StateGraph[RolloutState, Context, RolloutState, RolloutStat
 
 
 def compile_graph(
-    checkpointer: Checkpointer = None,
+    checkpointer: Checkpointer = None, served: bool = False
 ) -> CompiledStateGraph[RolloutState, Context, RolloutState, RolloutState]:
     """Compile the graph with a checkpointer; it pauses after ``queue`` for a worker."""
-    return build_graph().compile(
+    return build_graph(served).compile(
         checkpointer=checkpointer, interrupt_after=PAUSE_AFTER, name="rollout"
     )
 
 
-graph = compile_graph()
+graph = compile_graph(served=True)
+"""The graph ``langgraph.json`` exposes (the API server supplies the checkpointer)."""
