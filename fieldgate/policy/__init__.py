@@ -1,1 +1,107 @@
-"""Policy engines: the Rego policy pack evaluated in-process or on an OPA server."""
+"""Policy engines: the Rego policy pack evaluated in-process or on an OPA server.
+
+Rego decides what is allowed and who must approve; Python builds the inputs (facts),
+runs the engines and logs every decision. Three decisions:
+
+- ``data.fieldgate.rollout.decision`` (:data:`ROLLOUT`) with :func:`rollout_input`,
+- ``data.fieldgate.approvals.decision`` (:data:`APPROVALS`) with :func:`approvals_input`,
+- ``data.fieldgate.tools.decision`` (:data:`TOOLS`) with :func:`tool_input`.
+
+Engines (:class:`PolicyEngine`): :class:`RegoEngine` (regopy, in-process, the default)
+and :class:`OpaServerEngine` (an OPA server). Both fail closed. :class:`PolicyGate`
+writes each decision to the audit log.
+"""
+
+from fieldgate.policy._decision import (
+    ApprovalNeed,
+    ApprovalsDecision,
+    IgnoredApproval,
+    RoleCount,
+    RolloutDecision,
+    ToolDecision,
+    Violation,
+    read_decision,
+)
+from fieldgate.policy._engine import (
+    APPROVALS,
+    DECISIONS,
+    ROLLOUT,
+    TOOLS,
+    PolicyEngine,
+    RegoTestResult,
+    fail_closed,
+    normalize_path,
+)
+from fieldgate.policy._gate import AuditSink, PolicyGate, input_digest, input_document
+from fieldgate.policy._input import (
+    ApprovalFact,
+    ApprovalsInput,
+    ArtifactCheck,
+    RoleNeed,
+    RolloutInput,
+    TargetGroup,
+    ToolInput,
+    approvals_input,
+    relation_of,
+    rollout_input,
+    tool_input,
+    verify_approvals,
+    verify_artifact,
+)
+from fieldgate.policy._opa import OpaServerEngine
+from fieldgate.policy._pack import (
+    PolicyModule,
+    PolicyPack,
+    PolicyRevision,
+    RuleInfo,
+    SourceProblem,
+    check_v1,
+    default_policy_dir,
+)
+from fieldgate.policy._rego import RegoEngine, run_rego_tests
+
+__all__ = [
+    "APPROVALS",
+    "DECISIONS",
+    "ROLLOUT",
+    "TOOLS",
+    "ApprovalFact",
+    "ApprovalNeed",
+    "ApprovalsDecision",
+    "ApprovalsInput",
+    "ArtifactCheck",
+    "AuditSink",
+    "IgnoredApproval",
+    "OpaServerEngine",
+    "PolicyEngine",
+    "PolicyGate",
+    "PolicyModule",
+    "PolicyPack",
+    "PolicyRevision",
+    "RegoEngine",
+    "RegoTestResult",
+    "RoleCount",
+    "RoleNeed",
+    "RolloutDecision",
+    "RolloutInput",
+    "RuleInfo",
+    "SourceProblem",
+    "TargetGroup",
+    "ToolDecision",
+    "ToolInput",
+    "Violation",
+    "approvals_input",
+    "check_v1",
+    "default_policy_dir",
+    "fail_closed",
+    "input_digest",
+    "input_document",
+    "normalize_path",
+    "read_decision",
+    "relation_of",
+    "rollout_input",
+    "run_rego_tests",
+    "tool_input",
+    "verify_approvals",
+    "verify_artifact",
+]

@@ -1,0 +1,642 @@
+"""The policy inputs: typed facts built from plans, manifests, fleets and approvals.
+
+Python computes facts (wave membership, version comparisons, maintenance windows,
+signature checks) and Rego decides. Targets are grouped by identical facts with a
+count, so the size of a rollout input, and the cost of its decision, grows with
+the variety of the fleet, not with the number of devices.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import Field
+
+from fieldgate.approvals import Approval
+from fieldgate.contract import Contract, parse_version, version_in_range
+from fieldgate.fleet import Device, Site
+from fieldgate.manifest import ModuleManifest, Requirement
+from fieldgate.plan import AbortCriteria, HealthGate, RolloutPlan, ScheduleMode, assign_waves
+from fieldgate.signing import key_id_of
+
+EXAMPLES = 5
+"""How many example device ids a coverage fact carries."""
+SITE_EXAMPLES = 10
+"""How many site ids a target group names (``site_count`` says how many there are)."""
+
+Relation = Literal["fresh", "upgrade", "same", "downgrade"]
+
+
+class ArtifactCheck(Contract):
+    """What the control plane found when it checked the artifact to install."""
+
+    signature_valid: bool
+    """Whether the factory signature over name, version and digest verifies with a trusted key."""
+    observed_digest: str | None
+    """sha256 of the artifact as held by the control plane; None when it was not checked."""
+
+
+class RequirementFact(Contract):
+    """One ``requires`` entry of the manifest, as found on a group of targets."""
+
+    module: str
+    """Required module."""
+    range: str
+    """Version range the manifest asks for."""
+    installed: str | None
+    """Version of the required module installed on these targets (None: not installed)."""
+    satisfied: bool
+    """Whether ``installed`` lies in ``range`` (computed with ``packaging``)."""
+
+
+class TargetGroup(Contract):
+    """Targets that share every fact the policy reads, with how many there are."""
+
+    count: int = Field(ge=1)
+    """Number of targets in the group."""
+    device_class: str = Field(alias="class")
+    """Device class."""
+    arch: str
+    """CPU architecture."""
+    memory_mb: int
+    """Smallest memory in the group, MiB (groups split on whether memory meets the minimum)."""
+    installed: str | None
+    """Version of the plan's module installed now (None: not installed)."""
+    relation: Relation
+    """The version to install against ``installed``: fresh, upgrade, same or downgrade."""
+    requires: list[RequirementFact]
+    """The manifest's requirements as met (or not) on these targets."""
+    region: str
+    """Region of the targets' sites."""
+    site_labels: dict[str, str]
+    """Labels of the targets' sites (e.g. ``regulated: "true"``)."""
+    sites: list[str]
+    """Site ids, sorted, at most ``SITE_EXAMPLES``."""
+    site_count: int
+    """How many sites the group spans."""
+
+
+class WaveFacts(Contract):
+    """One wave as assigned to devices."""
+
+    index: int
+    """Position, from 0."""
+    name: str
+    """Wave name."""
+    size: int
+    """Devices the wave takes."""
+    health_gate: HealthGate | None
+    """The gate, or None."""
+    outside_window: int
+    """Devices of the wave that would change outside their site's maintenance windows."""
+
+
+class CoverageFact(Contract):
+    """A count of devices with a coverage problem and a few of their ids."""
+
+    count: int = 0
+    """How many devices."""
+    examples: list[str] = []
+    """Up to ``EXAMPLES`` device ids, sorted."""
+
+
+class Coverage(Contract):
+    """How the waves cover the targets."""
+
+    assigned_twice: CoverageFact
+    """Devices in more than one wave, or twice in one wave."""
+    not_targets: CoverageFact
+    """Devices in a wave that are not targets of the plan."""
+    unassigned: CoverageFact
+    """Targets in no wave."""
+
+
+class RollbackFacts(Contract):
+    """Where the plan returns devices to, and what the catalog says about that version."""
+
+    version: str | None
+    """Rollback version (None: the module was not installed before)."""
+    automatic: bool
+    """Whether rollback runs automatically when the abort criteria trip."""
+    known: bool | None
+    """Whether the version is in the catalog (None without a version)."""
+    downgrade_allowed: bool | None
+    """Whether that version's manifest allows downgrades (None when unknown)."""
+
+
+class ScheduleFacts(Contract):
+    """When the plan runs."""
+
+    mode: ScheduleMode
+    """``maintenance`` or ``now``."""
+    start: datetime
+    """When it would start: ``not_before`` or now, whichever is later."""
+
+
+class PlanFacts(Contract):
+    """The plan, without its device lists."""
+
+    id: str
+    """Plan id."""
+    hash: str
+    """Hash of this revision."""
+    revision: int
+    """Revision number."""
+    intent: Literal["rollout", "rollback"]
+    """What the plan was asked for as."""
+    module: str
+    """Module to install."""
+    version: str
+    """Version to install."""
+    requested_by: str
+    """Who asked for it."""
+    abort: AbortCriteria | None
+    """Abort criteria, or None."""
+    rollback: RollbackFacts | None
+    """Rollback, or None."""
+    schedule: ScheduleFacts
+    """Schedule."""
+
+
+class ManifestFacts(Contract):
+    """The manifest of the version to install."""
+
+    name: str
+    """Module name."""
+    version: str
+    """Version."""
+    safety: str
+    """Safety class."""
+    device_classes: list[str]
+    """Device classes it runs on."""
+    arch: list[str]
+    """Architectures it is built for."""
+    min_memory_mb: int
+    """Least memory, MiB."""
+    requires: list[Requirement]
+    """Required modules and ranges."""
+    downgrade_allowed: bool
+    """Whether devices running a newer version may be moved to this one."""
+    digest: str
+    """Artifact digest the manifest names."""
+    signature_present: bool
+    """Whether the manifest carries a signature (validity is ``verification``)."""
+    signer: str | None
+    """Key id of the signer."""
+
+
+class PolicyContext(Contract):
+    """The world at decision time."""
+
+    now: datetime
+    """Now (UTC)."""
+    freeze: bool
+    """Whether a change freeze is in force."""
+
+
+class RolloutInput(Contract):
+    """Input of ``data.fieldgate.rollout.decision``."""
+
+    plan: PlanFacts
+    """The plan."""
+    manifest: ManifestFacts
+    """The manifest of the version to install."""
+    verification: ArtifactCheck
+    """The artifact check."""
+    targets: list[TargetGroup]
+    """Targets grouped by identical facts."""
+    waves: list[WaveFacts]
+    """Waves, in order."""
+    coverage: Coverage
+    """How the waves cover the targets."""
+    actor: str
+    """Who asks for the decision."""
+    context: PolicyContext
+    """Now and freeze."""
+
+
+class ApprovalFact(Contract):
+    """One approval as the policy sees it."""
+
+    index: int
+    """Position in the list of approvals."""
+    approver: str
+    """Who decided."""
+    plan_hash: str
+    """Plan revision decided on."""
+    decision: Literal["approve", "reject"]
+    """approve or reject."""
+    signature_valid: bool
+    """Whether the signature verifies with the approver's key (checked in Python)."""
+    claimed_roles: list[str]
+    """Roles the approval claims; never counted, kept for the record."""
+
+
+class RoleNeed(Contract):
+    """A number of approvals from one role."""
+
+    role: str
+    """Role."""
+    count: int = Field(ge=1)
+    """How many distinct people."""
+
+
+class ApprovalsInput(Contract):
+    """Input of ``data.fieldgate.approvals.decision``."""
+
+    plan_id: str | None = None
+    """Plan id (for the record)."""
+    plan_hash: str
+    """Hash of the current plan revision."""
+    requester: str
+    """Who asked for the plan."""
+    required: list[RoleNeed]
+    """Approvals the rollout decision asked for."""
+    approvals: list[ApprovalFact]
+    """Approvals received, in order."""
+    roster: dict[str, list[str]] | None = None
+    """Who holds which roles; None uses the pack's ``data.fieldgate.roster``."""
+
+
+class ToolPlan(Contract):
+    """The approved plan as the enforcement point sees it."""
+
+    id: str
+    """Plan id."""
+    hash: str
+    """Hash of the approved revision."""
+    module: str
+    """Approved module."""
+    version: str
+    """Approved version."""
+    digest: str
+    """Approved artifact digest."""
+    rollback_version: str | None
+    """The plan's rollback version."""
+    approved: bool
+    """Whether the approval gate passed for this revision."""
+    devices: dict[str, bool]
+    """Every device of the plan, as a set (id → true)."""
+
+
+class ToolWave(Contract):
+    """The wave being executed."""
+
+    index: int
+    """Wave index, from 0."""
+    devices: dict[str, bool]
+    """Devices of the wave, as a set (id → true)."""
+    previous_gate_passed: bool
+    """Whether the previous wave's health gate passed (ignored for wave 0)."""
+
+
+class ToolInput(Contract):
+    """Input of ``data.fieldgate.tools.decision``."""
+
+    tool: str
+    """Tool name."""
+    args: dict[str, Any]
+    """Arguments of the call, as the executor gave them."""
+    plan: ToolPlan | None
+    """The approved plan, or None outside a rollout."""
+    wave: ToolWave | None
+    """The current wave, or None."""
+    kill_switch: bool
+    """Whether the kill switch is on."""
+
+
+def relation_of(version: str, installed: str | None) -> Relation:
+    """How ``version`` compares with what is installed."""
+    if installed is None:
+        return "fresh"
+    wanted, current = parse_version(version), parse_version(installed)
+    if wanted > current:
+        return "upgrade"
+    if wanted < current:
+        return "downgrade"
+    return "same"
+
+
+def _coverage_fact(ids: Iterable[str]) -> CoverageFact:
+    ordered = sorted(set(ids))
+    return CoverageFact(count=len(ordered), examples=ordered[:EXAMPLES])
+
+
+def rollout_input(
+    plan: RolloutPlan,
+    manifest: ModuleManifest,
+    verification: ArtifactCheck | Mapping[str, Any],
+    targets: Sequence[Device],
+    sites: Mapping[str, Site],
+    installed_manifests: Mapping[tuple[str, str], ModuleManifest] | None = None,
+    *,
+    actor: str,
+    now: datetime,
+    freeze: bool = False,
+) -> RolloutInput:
+    """Build the rollout decision's input.
+
+    Args:
+        plan: the plan to decide on.
+        manifest: the manifest of ``plan.module`` at ``plan.version``.
+        verification: the artifact check (signature and observed digest).
+        targets: the devices the plan's selector picks (``select_devices``), unfiltered:
+            the policy denies incompatible ones.
+        sites: every site the targets are at, by id.
+        installed_manifests: the catalog by ``(name, version)``, for what the rollback
+            version allows.
+        actor: who asks for the decision.
+        now: decision time (UTC, time-zone aware).
+        freeze: whether a change freeze is in force.
+    """
+    check = (
+        verification if isinstance(verification, ArtifactCheck) else ArtifactCheck(**verification)
+    )
+    catalog = installed_manifests or {}
+    start = max(now, plan.schedule.not_before) if plan.schedule.not_before else now
+    in_window: dict[str, bool] = {}
+    for site_id in {d.site for d in targets}:
+        site = sites[site_id]
+        if plan.schedule.mode == ScheduleMode.maintenance:
+            # runs inside each site's windows by construction, if the site has any
+            in_window[site_id] = bool(site.maintenance)
+        else:
+            in_window[site_id] = site.in_maintenance(start)
+
+    waves = assign_waves(plan, targets, dict(sites))
+    by_id = {d.id: d for d in targets}
+    seen = Counter(device_id for wave in waves for device_id in wave)
+    coverage = Coverage(
+        assigned_twice=_coverage_fact(i for i, n in seen.items() if n > 1),
+        not_targets=_coverage_fact(i for i in seen if i not in by_id),
+        unassigned=_coverage_fact(i for i in by_id if i not in seen),
+    )
+    wave_facts = [
+        WaveFacts(
+            index=index,
+            name=wave.name,
+            size=len(ids),
+            health_gate=wave.health_gate,
+            outside_window=sum(1 for i in ids if i in by_id and not in_window[by_id[i].site]),
+        )
+        for index, (wave, ids) in enumerate(zip(plan.waves, waves, strict=True))
+    ]
+
+    groups: dict[tuple[Any, ...], dict[str, Any]] = {}
+    in_range: dict[tuple[str, str], bool] = {}  # a fleet has few distinct versions
+
+    def requirement(req: Requirement, version: str | None) -> tuple[str, str, str | None, bool]:
+        if version is None:
+            return (req.module, req.range, None, False)
+        key = (version, req.range)
+        if key not in in_range:
+            in_range[key] = version_in_range(version, req.range)
+        return (req.module, req.range, version, in_range[key])
+
+    for device in targets:
+        site = sites[device.site]
+        installed = device.installed.get(plan.module)
+        requires = tuple(
+            requirement(req, device.installed.get(req.module)) for req in manifest.requires
+        )
+        key = (
+            device.device_class,
+            device.arch,
+            device.memory_mb >= manifest.min_memory_mb,
+            installed,
+            requires,
+            site.region,
+            tuple(sorted(site.labels.items())),
+        )
+        group = groups.get(key)
+        if group is None:
+            groups[key] = {
+                "count": 1,
+                "memory_mb": device.memory_mb,
+                "sites": {device.site},
+                "device": device,
+                "installed": installed,
+                "requires": requires,
+                "site": site,
+            }
+        else:
+            group["count"] += 1
+            group["memory_mb"] = min(group["memory_mb"], device.memory_mb)
+            group["sites"].add(device.site)
+    target_groups = [
+        TargetGroup.model_validate(
+            {
+                "count": g["count"],
+                "class": g["device"].device_class,
+                "arch": g["device"].arch,
+                "memory_mb": g["memory_mb"],
+                "installed": g["installed"],
+                "relation": relation_of(plan.version, g["installed"]),
+                "requires": [
+                    RequirementFact(module=m, range=r, installed=i, satisfied=s)
+                    for m, r, i, s in g["requires"]
+                ],
+                "region": g["site"].region,
+                "site_labels": dict(g["site"].labels),
+                "sites": sorted(g["sites"])[:SITE_EXAMPLES],
+                "site_count": len(g["sites"]),
+            }
+        )
+        for g in sorted(groups.values(), key=lambda g: (-g["count"], min(g["sites"])))
+    ]
+
+    rollback = None
+    if plan.rollback is not None:
+        version = plan.rollback.version
+        known = downgrade = None
+        if version is not None:
+            rollback_manifest = catalog.get((plan.module, version))
+            known = rollback_manifest is not None
+            downgrade = rollback_manifest.downgrade_allowed if rollback_manifest else None
+        rollback = RollbackFacts(
+            version=version,
+            automatic=plan.rollback.automatic,
+            known=known,
+            downgrade_allowed=downgrade,
+        )
+
+    return RolloutInput(
+        plan=PlanFacts(
+            id=plan.plan_id,
+            hash=plan.plan_hash,
+            revision=plan.revision,
+            intent=plan.intent.value,
+            module=plan.module,
+            version=plan.version,
+            requested_by=plan.requested_by,
+            abort=plan.abort,
+            rollback=rollback,
+            schedule=ScheduleFacts(mode=plan.schedule.mode, start=start),
+        ),
+        manifest=ManifestFacts(
+            name=manifest.name,
+            version=manifest.version,
+            safety=manifest.safety.value,
+            device_classes=list(manifest.device_classes),
+            arch=list(manifest.arch),
+            min_memory_mb=manifest.min_memory_mb,
+            requires=list(manifest.requires),
+            downgrade_allowed=manifest.downgrade_allowed,
+            digest=manifest.artifact.digest,
+            signature_present=bool(manifest.artifact.signature),
+            signer=manifest.artifact.signer,
+        ),
+        verification=check,
+        targets=target_groups,
+        waves=wave_facts,
+        coverage=coverage,
+        actor=actor,
+        context=PolicyContext(now=now, freeze=freeze),
+    )
+
+
+def verify_artifact(
+    manifest: ModuleManifest, trusted_keys: Mapping[str, str], observed_digest: str | None
+) -> ArtifactCheck:
+    """Check the factory signature with the trusted keys (key id → base64 public key).
+
+    A signature counts only when its signer is a trusted key and it verifies over
+    the manifest's name, version and digest.
+    """
+    from fieldgate.signing import verify
+
+    artifact = manifest.artifact
+    public = trusted_keys.get(artifact.signer or "")
+    valid = bool(
+        public
+        and key_id_of(public) == artifact.signer
+        and verify(public, manifest.signing_payload(), artifact.signature)
+    )
+    return ArtifactCheck(signature_valid=valid, observed_digest=observed_digest)
+
+
+def verify_approvals(approvals: Sequence[Approval], keys: Mapping[str, str]) -> list[bool]:
+    """Whether each approval's signature verifies with its approver's key (person → base64 key).
+
+    The key must be the approver's own: an approval signed with someone else's key,
+    or by a person without a key, does not verify.
+    """
+    results = []
+    for approval in approvals:
+        public = keys.get(approval.approver)
+        results.append(
+            bool(public)
+            and key_id_of(public or "") == approval.key_id
+            and approval.signature_valid(public or "")
+        )
+    return results
+
+
+def approvals_input(
+    plan_hash: str,
+    requester: str,
+    approvals: Sequence[Approval],
+    signature_valid: Sequence[bool] | Mapping[int, bool],
+    roster: Mapping[str, Sequence[str]] | None,
+    required: Sequence[Any],
+    *,
+    plan_id: str | None = None,
+) -> ApprovalsInput:
+    """Build the approval count's input.
+
+    Args:
+        plan_hash: hash of the current plan revision.
+        requester: who asked for the plan.
+        approvals: approvals received, in order.
+        signature_valid: per approval (by position), whether its signature verifies
+            (see :func:`verify_approvals`); a missing entry counts as not verified.
+        roster: who holds which roles (a scenario's or the configuration's); None uses
+            the pack's default roster.
+        required: the rollout decision's ``approvals``: objects or mappings with ``role``
+            and ``count`` (reasons are ignored).
+        plan_id: plan id, for the record.
+    """
+    valid = (
+        dict(enumerate(signature_valid))
+        if isinstance(signature_valid, Sequence)
+        else dict(signature_valid)
+    )
+    needs = [
+        RoleNeed(role=need["role"], count=need["count"])
+        if isinstance(need, Mapping)
+        else RoleNeed(role=need.role, count=need.count)
+        for need in required
+    ]
+    return ApprovalsInput(
+        plan_id=plan_id,
+        plan_hash=plan_hash,
+        requester=requester,
+        required=needs,
+        approvals=[
+            ApprovalFact(
+                index=index,
+                approver=approval.approver,
+                plan_hash=approval.plan_hash,
+                decision=approval.decision.value,
+                signature_valid=bool(valid.get(index, False)),
+                claimed_roles=list(approval.roles),
+            )
+            for index, approval in enumerate(approvals)
+        ],
+        roster={person: list(roles) for person, roles in roster.items()}
+        if roster is not None
+        else None,
+    )
+
+
+def tool_input(
+    tool: str,
+    args: Mapping[str, Any],
+    *,
+    plan: RolloutPlan | None,
+    digest: str | None,
+    approved: bool,
+    plan_devices: Iterable[str] = (),
+    wave_index: int | None = None,
+    wave_devices: Iterable[str] = (),
+    previous_gate_passed: bool = False,
+    kill_switch: bool,
+) -> ToolInput:
+    """Build the tool-call check's input.
+
+    Args:
+        tool: tool name.
+        args: the call's arguments (``plan_hash``, ``module``, ``version``, ``digest``,
+            ``devices`` for changes).
+        plan: the plan being executed, or None outside a rollout.
+        digest: the approved artifact digest.
+        approved: whether the approval gate passed for this plan revision.
+        plan_devices: every device of the plan.
+        wave_index: the current wave, from 0 (None outside a wave).
+        wave_devices: devices of the current wave.
+        previous_gate_passed: whether the previous wave's gate passed.
+        kill_switch: whether the kill switch is on.
+    """
+    tool_plan = None
+    if plan is not None:
+        tool_plan = ToolPlan(
+            id=plan.plan_id,
+            hash=plan.plan_hash,
+            module=plan.module,
+            version=plan.version,
+            digest=digest or "",
+            rollback_version=plan.rollback.version if plan.rollback else None,
+            approved=approved,
+            devices=dict.fromkeys(plan_devices, True),
+        )
+    wave = None
+    if wave_index is not None:
+        wave = ToolWave(
+            index=wave_index,
+            devices=dict.fromkeys(wave_devices, True),
+            previous_gate_passed=previous_gate_passed,
+        )
+    return ToolInput(tool=tool, args=dict(args), plan=tool_plan, wave=wave, kill_switch=kill_switch)

@@ -1,0 +1,370 @@
+# The rollout decision: whether a plan may run and who must approve it first.
+#
+# Query data.fieldgate.rollout.decision with the input built by
+# fieldgate.policy.rollout_input: facts about the plan, the manifest, the artifact
+# check and the targets grouped by identical facts (with counts), so that the cost
+# of a decision does not grow with the number of devices. Python computes facts
+# (version comparisons, wave membership, maintenance windows); every rule is here.
+#
+# Written for speed on regopy: references to input and data are bound to locals
+# before a comprehension walks the targets (regopy evaluates a reference in a
+# comprehension at every step), and the common case of a rule that does not fire
+# is decided by a cheap first condition.
+package fieldgate.rollout
+
+default module_ref := "the module"
+
+module_ref := sprintf("%s@%s", [input.plan.module, input.plan.version])
+
+default target_count := 0
+
+target_count := sum([g.count | some g in input.targets])
+
+regions := {g.region | some g in input.targets}
+
+default safety := "unknown"
+
+safety := input.manifest.safety
+
+# A rollback plan: asked for as a rollback, to a version older than every target runs.
+default is_rollback := false
+
+is_rollback if {
+	input.plan.intent == "rollback"
+	count(input.targets) > 0
+	every g in input.targets {
+		g.relation == "downgrade"
+	}
+}
+
+canary_limit := max([1, floor((target_count * data.fieldgate.config.canary_percent) / 100)])
+
+decision := {
+	"allow": count(violation) == 0,
+	"deny": sorted({v.message | some v in violation}),
+	"warn": sorted(warning),
+	"approvals": [a | some a in approval],
+	"violations": violation,
+	"rollback": is_rollback,
+	"targets": target_count,
+}
+
+missing_part contains "plan" if not is_object(input.plan)
+
+missing_part contains "manifest" if not is_object(input.manifest)
+
+missing_part contains "verification" if not is_object(input.verification)
+
+missing_part contains "targets" if not is_array(input.targets)
+
+missing_part contains "waves" if not is_array(input.waves)
+
+missing_part contains "coverage" if not is_object(input.coverage)
+
+missing_part contains "context" if not is_object(input.context)
+
+# METADATA
+# title: D0 input
+# description: The input carries every part, and the manifest is the one of the version the plan installs.
+violation contains {"rule": "D0", "message": msg} if {
+	some part in missing_part
+	msg := sprintf("input: %s is missing from the policy input", [part])
+}
+
+violation contains {"rule": "D0", "message": msg} if {
+	not input.manifest.name == input.plan.module
+	msg := sprintf("input: the manifest is not the one of %s", [module_ref])
+}
+
+violation contains {"rule": "D0", "message": msg} if {
+	not input.manifest.version == input.plan.version
+	msg := sprintf("input: the manifest is not the one of %s", [module_ref])
+}
+
+# METADATA
+# title: D1 signed
+# description: The artifact must carry a factory signature that verifies.
+violation contains {"rule": "D1", "message": msg} if {
+	not input.verification.signature_valid == true
+	msg := sprintf(
+		"%s: the artifact is not signed by a trusted factory key (signature missing or not verified)",
+		[module_ref],
+	)
+}
+
+# METADATA
+# title: D2 digest
+# description: The artifact held must have the digest its manifest names.
+violation contains {"rule": "D2", "message": msg} if {
+	is_string(input.verification.observed_digest)
+	input.verification.observed_digest != input.manifest.digest
+	msg := sprintf(
+		"%s: the artifact digest %s does not match its manifest digest %s",
+		[module_ref, input.verification.observed_digest, input.manifest.digest],
+	)
+}
+
+violation contains {"rule": "D2", "message": msg} if {
+	not is_string(input.verification.observed_digest)
+	msg := sprintf("%s: the artifact digest was not checked against its manifest", [module_ref])
+}
+
+# METADATA
+# title: D3 compatible
+# description: Every target must have a device class, arch and memory the manifest supports.
+violation contains {"rule": "D3", "message": msg} if {
+	groups := input.targets
+	supported := {c | some c in input.manifest.device_classes}
+	bad := {g.class | some g in groups} - supported
+	count(bad) > 0
+	n := sum([g.count | some g in groups; g.class in bad])
+	msg := sprintf(
+		"incompatible: %d target device(s) have device class %s; %s runs on %s",
+		[n, join(bad), module_ref, join(supported)],
+	)
+}
+
+violation contains {"rule": "D3", "message": msg} if {
+	groups := input.targets
+	supported := {a | some a in input.manifest.arch}
+	bad := {g.arch | some g in groups} - supported
+	count(bad) > 0
+	n := sum([g.count | some g in groups; g.arch in bad])
+	msg := sprintf(
+		"incompatible: %d target device(s) have arch %s; %s is built for %s",
+		[n, join(bad), module_ref, join(supported)],
+	)
+}
+
+violation contains {"rule": "D3", "message": msg} if {
+	groups := input.targets
+	needed := input.manifest.min_memory_mb
+	low := [g | some g in groups; g.memory_mb < needed]
+	count(low) > 0
+	n := sum([g.count | some g in low])
+	smallest := min([g.memory_mb | some g in low])
+	msg := sprintf(
+		"incompatible: %d target device(s) have less memory than the %d MiB %s needs (smallest %d MiB)",
+		[n, needed, module_ref, smallest],
+	)
+}
+
+# Requirements not met, one entry per group and requirement: [module, device count, installed].
+unmet_requirements := [[r.module, g.count, installed_text(r.installed)] |
+	some g in input.targets
+	some r in g.requires
+	not r.satisfied
+]
+
+# METADATA
+# title: D4 requires
+# description: Every module the manifest requires must be installed on each target in its range.
+violation contains {"rule": "D4", "message": msg} if {
+	count(unmet_requirements) > 0
+	some req in input.manifest.requires
+	name := req.module
+	unmet := [u | some u in unmet_requirements; u[0] == name]
+	count(unmet) > 0
+	n := sum([u[1] | some u in unmet])
+	found := {u[2] | some u in unmet}
+	msg := sprintf(
+		"requires: %s %s is not met on %d target device(s) (installed: %s)",
+		[name, req.range, n, join(found)],
+	)
+}
+
+installed_text(v) := v if is_string(v)
+
+installed_text(v) := "none" if not is_string(v)
+
+# METADATA
+# title: D5 canary
+# description: With more than 10 targets the first wave takes at most max(1, 5% of targets); rollbacks are exempt.
+violation contains {"rule": "D5", "message": msg} if {
+	first := input.waves[0]
+	first.size > canary_limit
+	target_count > data.fieldgate.config.canary_min_targets
+	not is_rollback
+	msg := sprintf(
+		"canary: the first wave '%s' takes %d devices; with %d targets it may take at most %d (%d%% of the targets, at least 1)",
+		[first.name, first.size, target_count, canary_limit, data.fieldgate.config.canary_percent],
+	)
+}
+
+# METADATA
+# title: D6 gates
+# description: Every wave needs a health gate; the plan needs abort criteria with a failure threshold of at most 10%.
+violation contains {"rule": "D6", "message": msg} if {
+	some w in input.waves
+	not is_object(w.health_gate)
+	msg := sprintf("health gate: wave '%s' has no health gate", [w.name])
+}
+
+violation contains {"rule": "D6", "message": msg} if {
+	not is_object(input.plan.abort)
+	msg := "abort: the plan has no abort criteria"
+}
+
+violation contains {"rule": "D6", "message": msg} if {
+	threshold := input.plan.abort.failure_threshold
+	maximum := data.fieldgate.config.abort_max_failure_threshold
+	threshold > maximum
+	msg := sprintf("abort: the failure threshold %v is above the maximum of %v", [threshold, maximum])
+}
+
+# METADATA
+# title: D7 maintenance
+# description: Modules of safety class high or critical change devices only inside maintenance windows.
+violation contains {"rule": "D7", "message": msg} if {
+	safety in data.fieldgate.config.maintenance_safety_classes
+	some w in input.waves
+	w.outside_window > 0
+	msg := sprintf(
+		"maintenance: %s has safety class %s and wave '%s' would change %d device(s) outside maintenance windows (schedule %s)",
+		[module_ref, safety, w.name, w.outside_window, input.plan.schedule.mode],
+	)
+}
+
+# METADATA
+# title: D8 downgrade
+# description: A target running a newer version is not moved back unless the manifest to install allows downgrades.
+violation contains {"rule": "D8", "message": msg} if {
+	down := [g | some g in input.targets; g.relation == "downgrade"]
+	count(down) > 0
+	not input.manifest.downgrade_allowed == true
+	n := sum([g.count | some g in down])
+	newer := {g.installed | some g in down}
+	msg := sprintf(
+		"downgrade: %d target device(s) run a newer %s (%s) and the manifest of %s does not allow downgrades",
+		[n, input.plan.module, join(newer), module_ref],
+	)
+}
+
+# METADATA
+# title: D9 freeze
+# description: While a change freeze is in force only rollback plans run.
+violation contains {"rule": "D9", "message": msg} if {
+	input.context.freeze == true
+	not is_rollback
+	msg := "freeze: a change freeze is in force; only rollback plans may run"
+}
+
+# METADATA
+# title: D10 coverage
+# description: The waves cover the targets exactly once.
+violation contains {"rule": "D10", "message": msg} if {
+	fact := input.coverage.assigned_twice
+	fact.count > 0
+	msg := sprintf(
+		"waves: %d device(s) are assigned to more than one wave or twice in one wave (e.g. %s)",
+		[fact.count, join(fact.examples)],
+	)
+}
+
+violation contains {"rule": "D10", "message": msg} if {
+	fact := input.coverage.not_targets
+	fact.count > 0
+	msg := sprintf("waves: %d device(s) in the waves are not targets of the plan (e.g. %s)", [fact.count, join(fact.examples)])
+}
+
+violation contains {"rule": "D10", "message": msg} if {
+	fact := input.coverage.unassigned
+	fact.count > 0
+	msg := sprintf("waves: %d target(s) are in no wave (e.g. %s)", [fact.count, join(fact.examples)])
+}
+
+violation contains {"rule": "D10", "message": msg} if {
+	target_count == 0
+	msg := "waves: the plan has no target devices"
+}
+
+# Warnings do not deny; they are shown to the approvers.
+warning contains msg if {
+	input.plan.intent == "rollback"
+	not is_rollback
+	msg := sprintf(
+		"rollback: the plan is asked for as a rollback but %s is not older than what every target runs; it is judged as a rollout",
+		[input.plan.version],
+	)
+}
+
+warning contains msg if {
+	not is_string(input.plan.rollback.version)
+	some g in input.targets
+	g.relation != "fresh"
+	msg := "rollback: the plan names no rollback version although targets run the module"
+}
+
+warning contains msg if {
+	input.plan.rollback.known == false
+	msg := sprintf("rollback: version %s is not in the catalog", [input.plan.rollback.version])
+}
+
+warning contains msg if {
+	input.plan.rollback.downgrade_allowed == false
+	msg := sprintf(
+		"rollback: the manifest of %s does not allow downgrades: a separate rollback plan to it would be denied (this plan's own rollback is not)",
+		[input.plan.rollback.version],
+	)
+}
+
+warning contains msg if {
+	some w in input.waves
+	w.size == 0
+	msg := sprintf("waves: wave '%s' takes no devices", [w.name])
+}
+
+# METADATA
+# title: A1 safety approval
+# description: Safety class high needs one safety approval, critical two.
+approval contains {"role": "safety", "count": n, "reason": reason} if {
+	n := data.fieldgate.config.safety_approvals[safety]
+	reason := sprintf("%s has safety class %s", [module_ref, safety])
+}
+
+release_manager_reason contains msg if {
+	maximum := data.fieldgate.config.release_manager_max_targets
+	target_count > maximum
+	msg := sprintf("%d targets (more than %d)", [target_count, maximum])
+}
+
+release_manager_reason contains msg if {
+	count(regions) > data.fieldgate.config.release_manager_max_regions
+	msg := sprintf("targets in %d regions (%s)", [count(regions), join(regions)])
+}
+
+# METADATA
+# title: A2 release-manager approval
+# description: More than 100 targets, or targets in more than one region, need one release-manager approval.
+approval contains {"role": "release-manager", "count": 1, "reason": reason} if {
+	count(release_manager_reason) > 0
+	reason := trim_space(concat("; ", sorted(release_manager_reason)))
+}
+
+# A comprehension, not a partial rule: regopy 1.5.2 is several times slower at
+# partial rules that iterate.
+regulated_sites := {site |
+	label := data.fieldgate.config.regulated_label
+	some g in input.targets
+	g.site_labels[label] == "true"
+	some site in g.sites
+}
+
+# METADATA
+# title: A3 compliance approval
+# description: Targets at a site labelled regulated "true" need one compliance approval.
+approval contains {"role": "compliance", "count": 1, "reason": reason} if {
+	count(regulated_sites) > 0
+	reason := sprintf("targets at regulated sites (%s)", [join(regulated_sites)])
+}
+
+# Joins strings for messages, sorted. The trim_space is not decoration: regopy 1.5.2
+# renders the result of concat with quotes when sprintf formats it beside other values.
+join(xs) := trim_space(concat(", ", sorted(xs)))
+
+# Sorts a set or an array into an array. regopy 1.5.2 returns sort() of a set as a
+# set (it cannot be indexed and does not equal an array), so sets become arrays first.
+sorted(xs) := sort(items) if {
+	collection := xs
+	items := [x | some x in collection]
+}

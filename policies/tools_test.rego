@@ -1,0 +1,178 @@
+# Tests of the tool-call enforcement point.
+#
+# Inputs are replaced part by part (regopy 1.5.2 crashes on `with input as …`).
+package fieldgate.tools_test
+
+import data.fieldgate.tools
+
+check(x) := d if {
+	in_tool := object.get(x, "tool", null)
+	in_args := object.get(x, "args", null)
+	in_plan := object.get(x, "plan", null)
+	in_wave := object.get(x, "wave", null)
+	in_kill_switch := object.get(x, "kill_switch", null)
+	d := tools.decision with input.tool as in_tool
+		with input.args as in_args
+		with input.plan as in_plan
+		with input.wave as in_wave
+		with input.kill_switch as in_kill_switch
+}
+
+digest := "sha256:1111111111111111111111111111111111111111111111111111111111111111"
+
+plan_hash := "0000000000000000000000000000000000000000000000000000000000000001"
+
+plan := {
+	"id": "p-1",
+	"hash": plan_hash,
+	"module": "pump-logic",
+	"version": "1.9.0",
+	"digest": digest,
+	"rollback_version": "1.8.0",
+	"approved": true,
+	"devices": {"d-01": true, "d-02": true, "d-03": true, "d-04": true},
+}
+
+deploy_args := {
+	"plan_hash": plan_hash,
+	"module": "pump-logic",
+	"version": "1.9.0",
+	"digest": digest,
+	"devices": ["d-01", "d-02"],
+}
+
+deploy := {
+	"tool": "deploy",
+	"args": deploy_args,
+	"plan": plan,
+	"wave": {"index": 0, "devices": {"d-01": true, "d-02": true}, "previous_gate_passed": false},
+	"kill_switch": false,
+}
+
+second_wave := {"index": 1, "devices": {"d-03": true, "d-04": true}, "previous_gate_passed": true}
+
+rollback := object.union(deploy, {
+	"tool": "rollback",
+	"args": {"plan_hash": plan_hash, "module": "pump-logic", "version": "1.8.0", "devices": ["d-01"]},
+})
+
+with_args(call, fields) := object.union(call, {"args": object.union(call.args, fields)})
+
+refused_for(d, word) if {
+	d.allow == false
+	contains(d.reason, word)
+}
+
+test_deploy_to_current_wave_is_allowed if {
+	d := check(deploy)
+	d.allow == true
+	d.kind == "deploy"
+}
+
+test_deploy_of_another_version_is_refused if {
+	refused_for(check(with_args(deploy, {"version": "2.0.0"})), "version")
+}
+
+test_deploy_of_another_digest_is_refused if {
+	refused_for(check(with_args(deploy, {"digest": "sha256:2222222222222222222222222222222222222222222222222222222222222222"})), "digest")
+}
+
+test_deploy_of_another_module_is_refused if {
+	refused_for(check(with_args(deploy, {"module": "hvac-controller"})), "module")
+}
+
+test_deploy_outside_current_wave_is_refused if {
+	d := check(with_args(deploy, {"devices": ["d-01", "d-03"]}))
+	refused_for(d, "not in the current wave")
+	refused_for(d, "d-03")
+}
+
+test_deploy_of_another_wave_is_refused if {
+	refused_for(check(with_args(deploy, {"wave": 1})), "not the current wave")
+	check(with_args(deploy, {"wave": 0})).allow == true
+}
+
+test_deploy_without_devices_is_refused if {
+	refused_for(check(with_args(deploy, {"devices": []})), "no devices")
+}
+
+test_next_wave_before_gate_passed_is_refused if {
+	wave := object.union(second_wave, {"previous_gate_passed": false})
+	call := object.union(with_args(deploy, {"devices": ["d-03"]}), {"wave": wave})
+	refused_for(check(call), "health gate of wave 0")
+}
+
+test_next_wave_after_gate_passed_is_allowed if {
+	call := object.union(with_args(deploy, {"devices": ["d-03"]}), {"wave": second_wave})
+	check(call).allow == true
+}
+
+test_deploy_for_unapproved_plan_is_refused if {
+	call := object.union(deploy, {"plan": object.union(plan, {"approved": false})})
+	refused_for(check(call), "not approved")
+}
+
+test_deploy_naming_another_plan_revision_is_refused if {
+	refused_for(check(with_args(deploy, {"plan_hash": "ff"})), "revision")
+}
+
+test_deploy_under_kill_switch_is_refused if {
+	refused_for(check(object.union(deploy, {"kill_switch": true})), "kill switch")
+}
+
+test_rollback_to_plan_rollback_version_is_allowed if {
+	d := check(rollback)
+	d.allow == true
+	d.kind == "rollback"
+}
+
+test_rollback_to_another_version_is_refused if {
+	refused_for(check(with_args(rollback, {"version": "1.7.0"})), "rollback version")
+}
+
+test_rollback_of_another_module_is_refused if {
+	refused_for(check(with_args(rollback, {"module": "hvac-controller"})), "module")
+}
+
+test_rollback_of_device_outside_plan_is_refused if {
+	refused_for(check(with_args(rollback, {"devices": ["d-01", "x-99"]})), "not devices of the plan")
+}
+
+test_rollback_without_rollback_version_is_refused if {
+	call := object.union(rollback, {"plan": object.union(plan, {"rollback_version": null})})
+	refused_for(check(call), "no rollback version")
+}
+
+test_rollback_under_kill_switch_is_refused if {
+	refused_for(check(object.union(rollback, {"kill_switch": true})), "kill switch")
+}
+
+test_status_and_telemetry_reads_are_always_allowed if {
+	every tool in ["fleet_status", "device_telemetry"] {
+		d := check({"tool": tool, "args": {}, "kill_switch": true})
+		d.allow == true
+		d.kind == "read"
+	}
+}
+
+test_resume_is_refused_under_kill_switch if {
+	call := {"tool": "resume", "args": {}, "plan": plan, "kill_switch": true}
+	refused_for(check(call), "kill switch")
+	check(object.union(call, {"kill_switch": false})).allow == true
+}
+
+test_resume_of_unapproved_plan_is_refused if {
+	call := {"tool": "resume", "args": {}, "plan": object.union(plan, {"approved": false}), "kill_switch": false}
+	refused_for(check(call), "not approved")
+}
+
+test_halt_is_allowed_under_kill_switch if {
+	d := check({"tool": "pause", "args": {}, "kill_switch": true})
+	d.allow == true
+}
+
+test_unknown_tool_is_refused if {
+	d := check({"tool": "format_disk", "args": {}, "kill_switch": false})
+	d.allow == false
+	contains(d.reason, "unknown tool")
+}
