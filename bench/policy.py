@@ -1,6 +1,7 @@
-"""Benchmark the rollout decision for a 1,000-device plan on the in-process engine.
+"""Benchmark the rollout and tool-call decisions on the in-process engine.
 
-Run: ``.venv/bin/python bench/policy.py [--devices 1000] [--decisions 2000] [--repeat 3] [--json]``
+Run: ``.venv/bin/python bench/policy.py [--devices 1000] [--decisions 2000] [--repeat 3]
+[--tool-devices 100,1000,10000] [--json]``
 
 The plan takes hvac-controller 2.4.1 (safety class high) to every gateway of a
 fleet spread over 20 sites in two regions, with a canary, a percent wave and the
@@ -16,6 +17,15 @@ Shown: p50, p99 and mean latency and decisions per second of
   assignment, grouping, windows, version ranges) and then decided;
 - ``query() per call``: the same decision through regopy's ``query()``, which
   recompiles the policies every time — why the engine builds a bundle once.
+
+and, for plans of 100, 1,000 and 10,000 devices (``--tool-devices``), the tools
+decision for ``deploy_wave`` of the plan's last and largest wave:
+
+- ``tools decide``: the decision on a built input — the goal is flat: the same
+  latency for every device count (the engine refuses after 2 s, and a 10,000-device
+  wave must be decided like a 10-device one);
+- ``tools build + decide``: ``tool_input`` (the membership facts, computed in
+  Python, linear in the devices) and then the decision.
 
 Each series runs ``--repeat`` times and the run with the lowest p50 is shown (a
 shared machine makes single runs noisy), with the machine's load average.
@@ -34,14 +44,17 @@ from typing import Any
 
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogEntry
-from fieldgate.plan import RolloutPlan, select_devices
+from fieldgate.plan import RolloutPlan, assign_waves, select_devices
 from fieldgate.policy import (
     ROLLOUT,
+    TOOLS,
     RegoEngine,
     RolloutInput,
+    ToolInput,
     _regopy,
     input_document,
     rollout_input,
+    tool_input,
     verify_artifact,
 )
 from fieldgate.signing import SigningKey
@@ -157,6 +170,40 @@ def thousand_device_input(devices: int = 1000) -> RolloutInput:
     return build_input(world(devices))
 
 
+def last_wave_call(w: dict[str, Any]) -> tuple[Callable[[], ToolInput], int]:
+    """The executor's check of ``deploy_wave`` for the plan's last wave; and its device count."""
+    plan: RolloutPlan = w["plan"]
+    targets = select_devices(plan.target, w["devices"], w["sites"])
+    waves = assign_waves(plan, targets, w["sites"])
+    last = len(waves) - 1
+    digest = w["catalog"][(plan.module, plan.version)].artifact.digest
+    args = {
+        "wave": last,
+        "plan_hash": plan.plan_hash,
+        "module": plan.module,
+        "version": plan.version,
+        "digest": digest,
+        "devices": waves[last],
+    }
+    plan_devices = [d for ids in waves for d in ids]
+
+    def build() -> ToolInput:
+        return tool_input(
+            "deploy_wave",
+            args,
+            plan=plan,
+            digest=digest,
+            approved=True,
+            plan_devices=plan_devices,
+            wave_index=last,
+            wave_devices=waves[last],
+            previous_gate_passed=True,
+            kill_switch=False,
+        )
+
+    return build, len(waves[last])
+
+
 def measure(run: Callable[[], Any], count: int) -> dict[str, float]:
     """Latency percentiles (ms) and sequential decisions per second of ``run``."""
     for _ in range(min(50, count)):
@@ -180,6 +227,11 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=1000)
     parser.add_argument("--decisions", type=int, default=2000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per series; the best is shown")
+    parser.add_argument(
+        "--tool-devices",
+        default="100,1000,10000",
+        help="plan sizes for the tools decision, comma-separated",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
 
@@ -208,6 +260,26 @@ def main() -> None:
         ),
         "query() per call": best(query_per_call, max(20, args.decisions // 50)),
     }
+    tools = []
+    for devices in (int(n) for n in args.tool_devices.split(",")):
+        build, called = last_wave_call(world(devices))
+        call = input_document(build())
+        allowed = engine.decide(TOOLS, call)
+        assert allowed["allow"] is True, allowed["reason"]
+        tools.append(
+            {
+                "devices": devices,
+                "call_devices": called,
+                "input_bytes": len(json.dumps(call)),
+                "decide": best(lambda call=call: engine.decide(TOOLS, call), args.decisions),
+                "build + decide": best(
+                    lambda build=build: engine.decide(TOOLS, input_document(build())),
+                    max(50, args.decisions // 10),
+                ),
+            }
+        )
+    p50s = [t["decide"]["p50_ms"] for t in tools]
+    flat = max(p50s) <= 2 * min(p50s)
     summary = {
         "devices": args.devices,
         "target_groups": len(inp.targets),
@@ -218,6 +290,8 @@ def main() -> None:
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpus": os.cpu_count(),
         "figures": figures,
+        "tools": tools,
+        "tools_flat": flat,
     }
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -237,6 +311,20 @@ def main() -> None:
     goal = figures["decide"]
     verdict = "met" if goal["p50_ms"] <= 2 and goal["p99_ms"] <= 5 else "NOT met"
     print(f"goal p50 <= 2 ms, p99 <= 5 ms in-process: {verdict}")
+    print()
+    print("tools decision, deploy_wave of the last wave")
+    print(
+        f"{'devices':>8} {'in call':>8} {'input B':>8} {'p50 ms':>8} {'p99 ms':>8} "
+        f"{'build+decide p50 ms':>20}"
+    )
+    for t in tools:
+        print(
+            f"{t['devices']:8d} {t['call_devices']:8d} {t['input_bytes']:8d} "
+            f"{t['decide']['p50_ms']:8.3f} {t['decide']['p99_ms']:8.3f} "
+            f"{t['build + decide']['p50_ms']:20.3f}"
+        )
+    shape = "flat" if flat else "NOT flat"
+    print(f"goal: the same latency for every device count (largest p50 <= 2x smallest): {shape}")
 
 
 if __name__ == "__main__":

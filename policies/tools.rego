@@ -1,9 +1,11 @@
 # Tool calls: the enforcement point every executor tool call passes before it runs.
 #
 # Query data.fieldgate.tools.decision with the input built by
-# fieldgate.policy.tool_input: the tool and its arguments, the approved plan, the
-# current wave and its devices, whether the previous wave's gate passed, and the
-# kill switch. Device sets arrive as objects keyed by device id.
+# fieldgate.policy.tool_input: the tool and its arguments, the devices the call
+# names as facts, the approved plan, the current wave, whether the previous wave's
+# gate passed, and the kill switch. Device lists never reach the policy: Python
+# checks each named device against the wave and the plan and passes counts with a
+# few ids (input.devices), so a decision costs the same for 10 devices or 10,000.
 package fieldgate.tools
 
 tools := data.fieldgate.config.tools
@@ -74,7 +76,7 @@ refusal contains msg if {
 
 refusal contains msg if {
 	kind in {"deploy", "rollback"}
-	count(object.get(input.args, "devices", [])) == 0
+	not input.devices.count > 0
 	msg := "the call names no devices"
 }
 
@@ -93,12 +95,18 @@ refusal contains msg if {
 # description: Deploy reaches only devices of the current wave.
 refusal contains msg if {
 	kind == "deploy"
-	outside := [d | some d in input.args.devices; not input.wave.devices[d]]
-	count(outside) > 0
+	outside := input.devices.outside_wave
+	outside.count > 0
 	msg := sprintf(
 		"%d device(s) are not in the current wave %d (e.g. %s)",
-		[count(outside), input.wave.index, join(array.slice(sorted(outside), 0, 3))],
+		[outside.count, input.wave.index, join(outside.examples)],
 	)
+}
+
+refusal contains msg if {
+	kind == "deploy"
+	not is_object(input.wave)
+	msg := "no wave is current: every wave of the plan has run"
 }
 
 refusal contains msg if {
@@ -145,12 +153,9 @@ refusal contains msg if {
 
 refusal contains msg if {
 	kind == "rollback"
-	outside := [d | some d in input.args.devices; not input.plan.devices[d]]
-	count(outside) > 0
-	msg := sprintf(
-		"%d device(s) are not devices of the plan (e.g. %s)",
-		[count(outside), join(array.slice(sorted(outside), 0, 3))],
-	)
+	outside := input.devices.outside_plan
+	outside.count > 0
+	msg := sprintf("%d device(s) are not devices of the plan (e.g. %s)", [outside.count, join(outside.examples)])
 }
 
 join(xs) := trim_space(concat(", ", xs))

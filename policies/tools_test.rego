@@ -1,6 +1,9 @@
 # Tests of the tool-call enforcement point.
 #
 # Inputs are replaced part by part (regopy 1.5.2 crashes on `with input as …`).
+# The devices a call names arrive as facts (input.devices, built by
+# fieldgate.policy.tool_input): counts of those outside the wave and the plan, with
+# a few ids, so the tests give the facts directly.
 package fieldgate.tools_test
 
 import data.fieldgate.tools
@@ -8,11 +11,13 @@ import data.fieldgate.tools
 check(x) := d if {
 	in_tool := object.get(x, "tool", null)
 	in_args := object.get(x, "args", null)
+	in_devices := object.get(x, "devices", null)
 	in_plan := object.get(x, "plan", null)
 	in_wave := object.get(x, "wave", null)
 	in_kill_switch := object.get(x, "kill_switch", null)
 	d := tools.decision with input.tool as in_tool
 		with input.args as in_args
+		with input.devices as in_devices
 		with input.plan as in_plan
 		with input.wave as in_wave
 		with input.kill_switch as in_kill_switch
@@ -30,7 +35,6 @@ plan := {
 	"digest": digest,
 	"rollback_version": "1.8.0",
 	"approved": true,
-	"devices": {"d-01": true, "d-02": true, "d-03": true, "d-04": true},
 }
 
 deploy_args := {
@@ -38,25 +42,38 @@ deploy_args := {
 	"module": "pump-logic",
 	"version": "1.9.0",
 	"digest": digest,
-	"devices": ["d-01", "d-02"],
 }
+
+# The call names `named` devices; `off_wave` and `off_plan` are the example ids of those
+# outside the current wave and the plan, and `n_off_wave`, `n_off_plan` how many there are.
+devices(named, n_off_wave, off_wave, n_off_plan, off_plan) := {
+	"count": named,
+	"outside_wave": {"count": n_off_wave, "examples": off_wave},
+	"outside_plan": {"count": n_off_plan, "examples": off_plan},
+}
+
+in_wave_and_plan(named) := devices(named, 0, [], 0, [])
 
 deploy := {
 	"tool": "deploy",
 	"args": deploy_args,
+	"devices": in_wave_and_plan(2),
 	"plan": plan,
-	"wave": {"index": 0, "devices": {"d-01": true, "d-02": true}, "previous_gate_passed": false},
+	"wave": {"index": 0, "previous_gate_passed": false},
 	"kill_switch": false,
 }
 
-second_wave := {"index": 1, "devices": {"d-03": true, "d-04": true}, "previous_gate_passed": true}
+second_wave := {"index": 1, "previous_gate_passed": true}
 
 rollback := object.union(deploy, {
 	"tool": "rollback",
-	"args": {"plan_hash": plan_hash, "module": "pump-logic", "version": "1.8.0", "devices": ["d-01"]},
+	"args": {"plan_hash": plan_hash, "module": "pump-logic", "version": "1.8.0"},
+	"devices": in_wave_and_plan(1),
 })
 
 with_args(call, fields) := object.union(call, {"args": object.union(call.args, fields)})
+
+with_devices(call, facts) := object.union(call, {"devices": facts})
 
 refused_for(d, word) if {
 	d.allow == false
@@ -82,9 +99,18 @@ test_deploy_of_another_module_is_refused if {
 }
 
 test_deploy_outside_current_wave_is_refused if {
-	d := check(with_args(deploy, {"devices": ["d-01", "d-03"]}))
-	refused_for(d, "not in the current wave")
-	refused_for(d, "d-03")
+	d := check(with_devices(deploy, devices(2, 1, ["d-03"], 0, [])))
+	d.reasons == ["1 device(s) are not in the current wave 0 (e.g. d-03)"]
+}
+
+test_deploy_outside_current_wave_names_three_of_them if {
+	d := check(with_devices(deploy, devices(9, 7, ["d-03", "d-04", "d-05"], 0, [])))
+	d.reasons == ["7 device(s) are not in the current wave 0 (e.g. d-03, d-04, d-05)"]
+}
+
+test_deploy_outside_the_plan_but_in_the_wave_is_not_judged_by_the_plan if {
+	# the wave is part of the plan; deploy is judged by the wave only
+	check(with_devices(deploy, devices(2, 0, [], 1, ["x-99"]))).allow == true
 }
 
 test_deploy_of_another_wave_is_refused if {
@@ -92,18 +118,35 @@ test_deploy_of_another_wave_is_refused if {
 	check(with_args(deploy, {"wave": 0})).allow == true
 }
 
+test_deploy_when_no_wave_is_current_is_refused if {
+	d := check(object.union(deploy, {"wave": null}))
+	refused_for(d, "no wave is current")
+	check(object.union(with_args(deploy, {"wave": 5}), {"wave": null})).allow == false
+}
+
+test_reads_need_no_current_wave if {
+	check(object.union(object.union(deploy, {"tool": "fleet_status"}), {"wave": null})).allow == true
+}
+
 test_deploy_without_devices_is_refused if {
-	refused_for(check(with_args(deploy, {"devices": []})), "no devices")
+	d := check(with_devices(deploy, in_wave_and_plan(0)))
+	d.reasons == ["the call names no devices"]
+}
+
+test_call_without_device_facts_is_refused if {
+	every call in [deploy, rollback] {
+		refused_for(check(object.remove(call, {"devices"})), "no devices")
+	}
 }
 
 test_next_wave_before_gate_passed_is_refused if {
 	wave := object.union(second_wave, {"previous_gate_passed": false})
-	call := object.union(with_args(deploy, {"devices": ["d-03"]}), {"wave": wave})
+	call := object.union(deploy, {"wave": wave})
 	refused_for(check(call), "health gate of wave 0")
 }
 
 test_next_wave_after_gate_passed_is_allowed if {
-	call := object.union(with_args(deploy, {"devices": ["d-03"]}), {"wave": second_wave})
+	call := object.union(deploy, {"wave": second_wave})
 	check(call).allow == true
 }
 
@@ -135,7 +178,19 @@ test_rollback_of_another_module_is_refused if {
 }
 
 test_rollback_of_device_outside_plan_is_refused if {
-	refused_for(check(with_args(rollback, {"devices": ["d-01", "x-99"]})), "not devices of the plan")
+	d := check(with_devices(rollback, devices(2, 1, ["x-99"], 1, ["x-99"])))
+	d.reasons == ["1 device(s) are not devices of the plan (e.g. x-99)"]
+}
+
+test_rollback_is_not_held_to_the_current_wave if {
+	# rollback returns devices of any wave that ran; only the plan bounds it
+	check(with_devices(rollback, devices(3, 2, ["d-03", "d-04"], 0, []))).allow == true
+	check(object.union(rollback, {"wave": null})).allow == true
+}
+
+test_rollback_without_devices_is_refused if {
+	d := check(with_devices(rollback, in_wave_and_plan(0)))
+	d.reasons == ["the call names no devices"]
 }
 
 test_rollback_without_rollback_version_is_refused if {

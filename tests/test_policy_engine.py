@@ -466,6 +466,29 @@ def test_rollback_only_to_rollback_version_on_plan_devices(engine: RegoEngine) -
     assert [wrong_version["allow"], stranger["allow"], killed["allow"]] == [False, False, False]
 
 
+def test_calls_to_ten_thousand_devices_are_decided_within_the_engine_limit(
+    engine: RegoEngine,
+) -> None:
+    """The engine refuses a decision that takes over 2 s: a large wave must stay far below."""
+    devices = [f"dev-{n:05d}" for n in range(10_000)]
+    fleet = {"plan_devices": devices, "wave_devices": devices}
+    ok = tool(engine, "deploy_wave", {"wave": 0, "devices": devices}, **fleet)
+    outside = tool(
+        engine,
+        "deploy_wave",
+        {"wave": 0, "devices": devices},
+        **{**fleet, "wave_devices": devices[:9_000]},
+    )
+    stranger = tool(
+        engine, "rollback", {"version": "1.8.0", "devices": [*devices, "osl-01"]}, **fleet
+    )
+    assert ok["allow"] is True, ok["reason"]
+    assert outside["reasons"] == [
+        "1000 device(s) are not in the current wave 0 (e.g. dev-09000, dev-09001, dev-09002)"
+    ]
+    assert stranger["reasons"] == ["1 device(s) are not devices of the plan (e.g. osl-01)"]
+
+
 def test_reads_are_allowed_even_under_kill_switch(engine: RegoEngine) -> None:
     for name in ("fleet_status", "device_telemetry"):
         assert tool(engine, name, {}, kill_switch=True)["allow"] is True
@@ -487,6 +510,7 @@ class Recorder:
         payload: dict[str, Any],
         plan_id: str | None = None,
         thread_id: str | None = None,
+        at: Any = None,
     ) -> None:
         if self.fail:
             raise OSError("disk full")

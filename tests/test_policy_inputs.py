@@ -313,21 +313,107 @@ def test_approvals_input_takes_roles_from_the_roster_and_signatures_from_keys() 
     assert document["roster"] == {"saf-lee": ["safety"]}
 
 
-def test_tool_input_passes_device_sets() -> None:
+def pump_call(devices: list[str], plan_devices: list[str], wave_devices: list[str]) -> Any:
+    """A deploy_wave call of the pump plan's wave 0, as the executor builds it."""
     plan = pump_plan()
-    inp = tool_input(
+    return tool_input(
         "deploy_wave",
-        {"wave": 0, "devices": ["d-1"]},
+        {"wave": 0, "plan_hash": plan.plan_hash, "devices": devices},
         plan=plan,
         digest="sha256:" + "1" * 64,
         approved=True,
-        plan_devices=["d-1", "d-2"],
+        plan_devices=plan_devices,
         wave_index=0,
+        wave_devices=wave_devices,
+        kill_switch=False,
+    )
+
+
+def test_tool_input_passes_device_facts_not_device_lists() -> None:
+    plan = pump_plan()
+    document = input_document(
+        pump_call(["d-1", "d-3", "x-9", "d-3"], ["d-1", "d-2", "d-3"], ["d-1", "d-2"])
+    )
+    assert document["args"] == {"wave": 0, "plan_hash": plan.plan_hash}
+    assert document["devices"] == {
+        "count": 3,
+        "outside_wave": {"count": 2, "examples": ["d-3", "x-9"]},
+        "outside_plan": {"count": 1, "examples": ["x-9"]},
+    }
+    assert document["wave"] == {"index": 0, "previous_gate_passed": False}
+    assert "devices" not in document["plan"]
+    assert document["plan"]["rollback_version"] == "1.8.0"
+    assert document["plan"]["hash"] == plan.plan_hash
+
+
+def test_tool_input_names_three_devices_outside_and_counts_the_rest() -> None:
+    document = input_document(pump_call([f"x-{n}" for n in range(9, 0, -1)], [], []))
+    assert document["devices"]["outside_wave"] == {"count": 9, "examples": ["x-1", "x-2", "x-3"]}
+    assert document["devices"]["outside_plan"] == {"count": 9, "examples": ["x-1", "x-2", "x-3"]}
+
+
+def test_tool_input_without_a_current_wave_has_every_device_outside_it() -> None:
+    inp = tool_input(
+        "deploy_wave",
+        {"devices": ["d-1"]},
+        plan=pump_plan(),
+        digest=None,
+        approved=True,
+        plan_devices=["d-1"],
         wave_devices=["d-1"],
         kill_switch=False,
     )
-    document = input_document(inp)
-    assert document["plan"]["devices"] == {"d-1": True, "d-2": True}
-    assert document["wave"] == {"index": 0, "devices": {"d-1": True}, "previous_gate_passed": False}
-    assert document["plan"]["rollback_version"] == "1.8.0"
-    assert document["plan"]["hash"] == plan.plan_hash
+    assert inp.wave is None
+    assert inp.devices.outside_wave.count == 1
+    assert inp.devices.outside_plan.count == 0
+
+
+def test_tool_input_outside_a_rollout_has_every_device_outside_the_plan() -> None:
+    inp = tool_input(
+        "rollback",
+        {"devices": ["d-1"]},
+        plan=None,
+        digest=None,
+        approved=False,
+        plan_devices=["d-1"],
+        kill_switch=False,
+    )
+    assert inp.plan is None
+    assert inp.devices.outside_plan.count == 1
+
+
+def test_tool_input_of_a_read_names_no_devices() -> None:
+    inp = tool_input("fleet_status", {}, plan=None, digest=None, approved=False, kill_switch=True)
+    assert input_document(inp)["devices"] == {
+        "count": 0,
+        "outside_wave": {"count": 0, "examples": []},
+        "outside_plan": {"count": 0, "examples": []},
+    }
+
+
+@pytest.mark.parametrize("devices", ["d-1", {"d-1": True}, [1, 2]])
+def test_tool_input_refuses_devices_that_are_not_a_list_of_ids(devices: Any) -> None:
+    with pytest.raises(ValueError, match=r"args\.devices of deploy_wave"):
+        tool_input(
+            "deploy_wave",
+            {"devices": devices},
+            plan=None,
+            digest=None,
+            approved=True,
+            kill_switch=False,
+        )
+
+
+def test_tool_input_does_not_grow_with_the_device_count() -> None:
+    """A decision costs what its input weighs: a call to 10,000 devices, what one to 10 does."""
+
+    def size(devices: int, outside: int) -> int:
+        ids = [f"dev-{n:05d}" for n in range(devices)]
+        strangers = [f"new-{n:05d}" for n in range(outside)]
+        return len(json.dumps(input_document(pump_call(ids + strangers, ids, ids))))
+
+    assert size(10, 0) == size(99, 0)
+    # only the counts gain digits
+    assert size(10_000, 0) - size(10, 0) == 3
+    assert size(10_000, 5_000) - size(10, 5) == 3 + 2 * 3
+    assert size(10_000, 5_000) < 1_500

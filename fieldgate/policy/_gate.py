@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from datetime import datetime
 from typing import Any, Protocol
 
 from pydantic import BaseModel
@@ -38,6 +39,7 @@ class AuditSink(Protocol):
         payload: dict[str, Any],
         plan_id: str | None = None,
         thread_id: str | None = None,
+        at: datetime | None = None,
     ) -> Any:
         """Append one event; raise when it could not be written."""
         ...
@@ -65,11 +67,18 @@ class PolicyGate:
     """
 
     def __init__(
-        self, engine: PolicyEngine, audit: AuditSink, *, actor: str = "policy-gate"
+        self,
+        engine: PolicyEngine,
+        audit: AuditSink,
+        *,
+        actor: str = "policy-gate",
+        clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.engine = engine
         self.audit = audit
         self.actor = actor
+        self.clock = clock
+        """The run's clock for the events' times (the twin's virtual clock); None: now."""
 
     def decide(
         self,
@@ -104,6 +113,7 @@ class PolicyGate:
                 payload,
                 plan_id=plan_id,
                 thread_id=thread_id,
+                at=self.clock() if self.clock is not None else None,
             )
         except Exception as exc:
             return fail_closed(path, f"the decision could not be written to the audit log: {exc}")

@@ -26,6 +26,8 @@ EXAMPLES = 5
 """How many example device ids a coverage fact carries."""
 SITE_EXAMPLES = 10
 """How many site ids a target group names (``site_count`` says how many there are)."""
+TOOL_EXAMPLES = 3
+"""How many example device ids a tool call's device fact carries (its refusal names them)."""
 
 Relation = Literal["fresh", "upgrade", "same", "downgrade"]
 
@@ -100,7 +102,7 @@ class CoverageFact(Contract):
     count: int = 0
     """How many devices."""
     examples: list[str] = []
-    """Up to ``EXAMPLES`` device ids, sorted."""
+    """Up to ``EXAMPLES`` device ids (``TOOL_EXAMPLES`` in a tool input), sorted."""
 
 
 class Coverage(Contract):
@@ -278,8 +280,6 @@ class ToolPlan(Contract):
     """The plan's rollback version."""
     approved: bool
     """Whether the approval gate passed for this revision."""
-    devices: dict[str, bool]
-    """Every device of the plan, as a set (id → true)."""
 
 
 class ToolWave(Contract):
@@ -287,10 +287,19 @@ class ToolWave(Contract):
 
     index: int
     """Wave index, from 0."""
-    devices: dict[str, bool]
-    """Devices of the wave, as a set (id → true)."""
     previous_gate_passed: bool
     """Whether the previous wave's health gate passed (ignored for wave 0)."""
+
+
+class ToolDevices(Contract):
+    """The devices a call names, as counts with a few ids, checked against the wave and the plan."""
+
+    count: int = Field(ge=0)
+    """How many distinct devices the call names."""
+    outside_wave: CoverageFact
+    """Named devices that are not in the current wave (all of them when no wave is current)."""
+    outside_plan: CoverageFact
+    """Named devices that are not devices of the plan (all of them outside a rollout)."""
 
 
 class ToolInput(Contract):
@@ -299,7 +308,9 @@ class ToolInput(Contract):
     tool: str
     """Tool name."""
     args: dict[str, Any]
-    """Arguments of the call, as the executor gave them."""
+    """Arguments of the call, as the executor gave them, less ``devices`` (see ``devices``)."""
+    devices: ToolDevices
+    """The devices the call names, as facts."""
     plan: ToolPlan | None
     """The approved plan, or None outside a rollout."""
     wave: ToolWave | None
@@ -320,9 +331,9 @@ def relation_of(version: str, installed: str | None) -> Relation:
     return "same"
 
 
-def _coverage_fact(ids: Iterable[str]) -> CoverageFact:
+def _coverage_fact(ids: Iterable[str], examples: int = EXAMPLES) -> CoverageFact:
     ordered = sorted(set(ids))
-    return CoverageFact(count=len(ordered), examples=ordered[:EXAMPLES])
+    return CoverageFact(count=len(ordered), examples=ordered[:examples])
 
 
 def rollout_input(
@@ -607,10 +618,14 @@ def tool_input(
 ) -> ToolInput:
     """Build the tool-call check's input.
 
+    The call's devices are checked against the wave and the plan here, and travel as
+    counts with a few ids (``devices``): the input, and the cost of its decision, stay
+    the same size for a call to ten devices or to ten thousand.
+
     Args:
         tool: tool name.
         args: the call's arguments (``plan_hash``, ``module``, ``version``, ``digest``,
-            ``devices`` for changes).
+            ``devices`` for changes: a list of device ids).
         plan: the plan being executed, or None outside a rollout.
         digest: the approved artifact digest.
         approved: whether the approval gate passed for this plan revision.
@@ -619,7 +634,26 @@ def tool_input(
         wave_devices: devices of the current wave.
         previous_gate_passed: whether the previous wave's gate passed.
         kill_switch: whether the kill switch is on.
+
+    Raises:
+        ValueError: ``args["devices"]`` is not a list of device ids.
     """
+    call_args = dict(args)
+    named = call_args.pop("devices", None)
+    if named is None:
+        named = []
+    if not isinstance(named, list | tuple | set | frozenset) or not all(
+        isinstance(d, str) for d in named
+    ):
+        raise ValueError(f"args.devices of {tool} must be a list of device ids, got {named!r:.80}")
+    called = set(named)
+    in_wave = set(wave_devices) if wave_index is not None else set()
+    in_plan = set(plan_devices) if plan is not None else set()
+    devices = ToolDevices(
+        count=len(called),
+        outside_wave=_coverage_fact(called - in_wave, TOOL_EXAMPLES),
+        outside_plan=_coverage_fact(called - in_plan, TOOL_EXAMPLES),
+    )
     tool_plan = None
     if plan is not None:
         tool_plan = ToolPlan(
@@ -630,13 +664,15 @@ def tool_input(
             digest=digest or "",
             rollback_version=plan.rollback.version if plan.rollback else None,
             approved=approved,
-            devices=dict.fromkeys(plan_devices, True),
         )
     wave = None
     if wave_index is not None:
-        wave = ToolWave(
-            index=wave_index,
-            devices=dict.fromkeys(wave_devices, True),
-            previous_gate_passed=previous_gate_passed,
-        )
-    return ToolInput(tool=tool, args=dict(args), plan=tool_plan, wave=wave, kill_switch=kill_switch)
+        wave = ToolWave(index=wave_index, previous_gate_passed=previous_gate_passed)
+    return ToolInput(
+        tool=tool,
+        args=call_args,
+        devices=devices,
+        plan=tool_plan,
+        wave=wave,
+        kill_switch=kill_switch,
+    )
