@@ -208,9 +208,7 @@ def select_devices(
     selector: Selector, devices: Iterable[Device], sites: dict[str, Site]
 ) -> list[Device]:
     """The devices ``selector`` picks, sorted by id, at most ``selector.limit`` of them."""
-    picked = sorted(
-        (d for d in devices if selector.matches(d, sites[d.site])), key=lambda d: d.id
-    )
+    picked = sorted((d for d in devices if selector.matches(d, sites[d.site])), key=lambda d: d.id)
     return picked[: selector.limit] if selector.limit is not None else picked
 
 

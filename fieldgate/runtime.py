@@ -35,6 +35,9 @@ class Settings:
     """Times an invalid model answer is fed back before the run ends with an error."""
     executor_steps: int = 200
     """Most executor steps in one run (a guard against a model that never finishes)."""
+    max_soak: timedelta | None = None
+    """Cap on every wave's soak (None: the plan's own). For wall-clock transports in tests
+    and demos, where a 30-minute soak would be spent really waiting."""
 
 
 @dataclass(frozen=True)

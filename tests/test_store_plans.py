@@ -143,3 +143,18 @@ def test_an_approval_must_name_a_stored_revision(store: Store) -> None:
     with pytest.raises(ApprovalInvalid, match="names plan p-2"):
         store.approvals.add(approval(stored.plan_hash, plan_id="p-2"))
     assert store.approvals.for_plan("p-1") == []
+
+
+def test_one_worker_at_a_time_per_run(db_url: str) -> None:
+    from fieldgate.store import Store
+
+    with Store.open(db_url) as first, Store.open(db_url) as second:
+        first.runs.start("t-1", "p-1", "roll out", "ana")
+        with first.runs.exclusive("t-1") as mine:
+            assert mine
+            with second.runs.exclusive("t-1") as theirs:
+                assert not theirs
+            with second.runs.exclusive("t-2") as other:
+                assert other
+        with second.runs.exclusive("t-1") as now_free:
+            assert now_free

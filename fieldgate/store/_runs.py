@@ -8,10 +8,17 @@ run that has not reached an outcome and continues it from its checkpoint.
 from __future__ import annotations
 
 import builtins
+import fcntl
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, col, select
 
@@ -155,6 +162,47 @@ class RunStore:
             if row is None:
                 raise NotFound(f"no run for plan {plan_id!r}")
             return _run(row)
+
+    @contextmanager
+    def exclusive(self, thread_id: str) -> Iterator[bool]:
+        """Hold the right to execute one run; yield whether this process got it.
+
+        Two workers must never execute the same run at once. The lock dies with its
+        process (a PostgreSQL session advisory lock, or an flock on a file beside the
+        SQLite database), so a worker killed with -9 leaves nothing to clean up.
+        """
+        digest = hashlib.sha256(thread_id.encode()).digest()
+        if self._engine.dialect.name == "postgresql":
+            key = int.from_bytes(digest[:8], "big", signed=True)
+            with self._engine.connect() as conn:
+                got = bool(
+                    conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
+                )
+                try:
+                    yield got
+                finally:
+                    if got:
+                        conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+            return
+        database = self._engine.url.database
+        if not database or database == ":memory:":
+            yield True
+            return
+        folder = Path(database).with_suffix(".locks")
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(folder / f"{digest.hex()[:32]}.lock", os.O_CREAT | os.O_RDWR, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def list(self, statuses: tuple[str, ...] | None = None) -> builtins.list[Run]:
         """Runs, oldest first, optionally only those in ``statuses``."""

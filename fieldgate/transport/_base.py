@@ -31,6 +31,14 @@ class Transport(Protocol):
     def name(self) -> str:
         """``twin`` or ``mqtt``."""
 
+    @property
+    def records_installed(self) -> bool:
+        """Whether the transport itself records reported module versions in the fleet store.
+
+        The MQTT gateway does, in each device's clock order, so that a late report never
+        overwrites newer state; the executor then leaves installed versions alone.
+        """
+
     def now(self) -> datetime:
         """The transport's clock (virtual for the twin, wall clock otherwise)."""
 

@@ -22,6 +22,11 @@ class TwinTransport:
         """``twin``."""
         return "twin"
 
+    @property
+    def records_installed(self) -> bool:
+        """False: the executor records what the twin's devices report."""
+        return False
+
     def now(self) -> datetime:
         """The twin's virtual clock."""
         return self.twin.now
