@@ -3,11 +3,12 @@ classes and what the engineer asks for.
 
 Entity phrases are built from the planning context (module names, site ids, regions, class ids
 with their abbreviations expanded), so a new module or class is understood without code
-changes; the fixed part is English: verbs, flags, negations and polite filler.
+changes; the fixed part is English: verbs, flags, negations, deferrals, fractions and polite filler.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections import defaultdict
@@ -45,6 +46,10 @@ class Role(StrEnum):
     wait = "wait"
     health = "health"
     negation = "negation"
+    defer = "defer"
+    """Holds the whole request back wherever it stands: ``cancel``, ``hold off``, ``not yet``."""
+    halt = "halt"
+    """Holds back only the action it comes right before: ``stop the rollout``, ``pause``."""
     exclusion = "exclusion"
     comparison = "comparison"
     latest = "latest"
@@ -56,6 +61,8 @@ class Role(StrEnum):
     number_word = "number_word"
     vague_number = "vague_number"
     percent = "percent"
+    fraction = "fraction"
+    """A share of the devices (``half``, ``a third``); the value is ``numerator/denominator``."""
     limiter = "limiter"
     site_prep = "site_prep"
     target_prep = "target_prep"
@@ -119,7 +126,7 @@ class Match:
 
 # --- tokens -------------------------------------------------------------------------------
 
-_PIECE = re.compile(r"[A-Za-z0-9]+(?:[._\-][A-Za-z0-9*]+)*|[,;:!?%()\"]|\.")
+_PIECE = re.compile(r"[A-Za-z0-9]+(?:[._\-][A-Za-z0-9*]+)*|->|=>|→|[,;:!?%()\"]|\.")
 _VERSION = re.compile(
     r"^v?\d+(?:\.\d+){1,2}(?:\.[x*])?(?:[-.]?(?:rc|alpha|beta|a|b|pre|dev)\.?\d*)?$"
 )
@@ -216,6 +223,8 @@ _ROLLOUT_VERBS = _alternatives(
 )
 _ROLLBACK_VERBS = _alternatives("roll back | rollback | revert | downgrade | restore | undo")
 _WEAK_VERBS = _alternatives("put | bring | move | switch | get | take | set | send | turn | roll")
+_DEFER_VERBS = _alternatives("cancel | call off | hold off | postpone | defer | put off | shelve")
+_HALT_VERBS = _alternatives("stop | halt | pause | abort | delay | hold | hold back")
 
 # fixed phrases by role; verbs get their inflections added below
 _FIXED_TEXT: dict[Role, str] = {
@@ -238,7 +247,13 @@ _FIXED_TEXT: dict[Role, str] = {
     Role.health: "health check | health gate | healthcheck | soak | soak time | gate",
     Role.negation: "no | not | skip | skipping | skipped | without | don | dont | doesn | didn"
     " | won | shouldn | needn | t | never | bypass | omit | drop | forget | ignore | outside"
-    " | instead | rather | avoid | disable | nix | leave out",
+    " | instead | rather | avoid | disable | nix | leave out"
+    # contractions and auxiliaries read as one "not", so "don't skip" is two negations, not three
+    " | don t | do not | does not | doesn t | did not | didn t | won t | will not | shouldn t"
+    " | should not | must not | mustn t | can not | cannot | can t | needn t | need not",
+    Role.defer: "put on hold | on hold | not yet | but not yet | not now | but not now"
+    " | not right now | not today | cancelled | cancelling | deferred | deferring",
+    Role.filler: "never mind | no worries | no problem",
     Role.exclusion: "except | excluding | exclude | but not | other than | apart from | minus"
     " | save for | not including | leaving out | aside from | except for",
     Role.comparison: "at least | more than | less than | fewer than | greater than"
@@ -272,6 +287,8 @@ _FIXED: list[tuple[str, Role]] = [
     *_verb_phrases(_ROLLOUT_VERBS, Role.rollout),
     *_verb_phrases(_ROLLBACK_VERBS, Role.rollback),
     *_verb_phrases(_WEAK_VERBS, Role.weak_verb),
+    *_verb_phrases(_DEFER_VERBS, Role.defer),
+    *_verb_phrases(_HALT_VERBS, Role.halt),
     *[(phrase, role) for role, text in _FIXED_TEXT.items() for phrase in _alternatives(text)],
 ]
 
@@ -281,6 +298,12 @@ _NUMBER_WORDS = {
     "thirty": 30, "forty": 40, "fifty": 50, "hundred": 100, "dozen": 12, "single": 1,
 }  # fmt: skip
 _VAGUE_NUMBERS = {"couple": 2, "pair": 2, "few": 3, "handful": 3}
+_FRACTIONS = {
+    "half": "1/2", "a half": "1/2", "one half": "1/2",
+    "a third": "1/3", "one third": "1/3", "two thirds": "2/3",
+    "a quarter": "1/4", "one quarter": "1/4", "three quarters": "3/4",
+    "a fifth": "1/5", "one fifth": "1/5", "a tenth": "1/10", "one tenth": "1/10",
+}  # fmt: skip
 
 _FILLER_TEXT = (
     "please pls plz could can would will you kindly hey hi hello hiya greetings dear sir "
@@ -421,7 +444,28 @@ def same(token: Token, word: str) -> bool:
 
 
 def build_lexicon(ctx: PlanningContext) -> Lexicon:
-    """Collect the phrases of ``ctx`` (modules, sites, regions, classes) and the fixed ones."""
+    """Collect the phrases of ``ctx`` (modules, sites, regions, classes) and the fixed ones.
+
+    The lexicon depends only on names (not on counts or versions), so it is built once
+    per set of names and reused across requests.
+    """
+    device_classes = tuple(
+        sorted(
+            {g.device_class for g in ctx.groups}
+            | {c for item in ctx.catalog for c in item.device_classes}
+        )
+    )
+    sites = tuple((site.id, tuple(sorted(site.labels.items()))) for site in ctx.sites)
+    return _lexicon_of(device_classes, tuple(ctx.module_names), sites, tuple(ctx.regions))
+
+
+@functools.lru_cache(maxsize=32)
+def _lexicon_of(
+    device_classes: tuple[str, ...],
+    module_names: tuple[str, ...],
+    sites: tuple[tuple[str, tuple[tuple[str, str], ...]], ...],
+    regions: tuple[str, ...],
+) -> Lexicon:
     phrases: list[Phrase] = []
     for words, role in [(_words(text), role) for text, role in _FIXED]:
         phrases.append(Phrase(words, role, " ".join(words), _FIXED_RANK))
@@ -434,12 +478,12 @@ def build_lexicon(ctx: PlanningContext) -> Lexicon:
         Phrase((normalise(w),), Role.vague_number, str(n), _FIXED_RANK)
         for w, n in _VAGUE_NUMBERS.items()
     ]
+    phrases += [
+        Phrase(_words(text), Role.fraction, share, _FIXED_RANK)
+        for text, share in _FRACTIONS.items()
+    ]
 
-    device_classes = sorted(
-        {g.device_class for g in ctx.groups}
-        | {c for item in ctx.catalog for c in item.device_classes}
-    )
-    unique, shared = class_words(device_classes)
+    unique, shared = class_words(list(device_classes))
     for device_class in device_classes:
         for words in class_phrases(device_class):
             phrases.append(Phrase(words, Role.device_class, device_class, RANK[Role.device_class]))
@@ -448,7 +492,6 @@ def build_lexicon(ctx: PlanningContext) -> Lexicon:
     for word, owners in shared.items():
         phrases.append(Phrase((word,), Role.class_head, "|".join(owners), RANK[Role.class_head]))
 
-    module_names = ctx.module_names
     module_word_owners: dict[str, set[str]] = defaultdict(set)
     for name in module_names:
         phrases.append(Phrase(_words(name), Role.module, name, RANK[Role.module]))
@@ -467,20 +510,20 @@ def build_lexicon(ctx: PlanningContext) -> Lexicon:
                 Phrase((word,), Role.module_word, next(iter(module_owners)), RANK[Role.module_word])
             )
 
-    for site in ctx.sites:
-        phrases.append(Phrase(_words(site.id), Role.site, site.id, RANK[Role.site]))
-    for region in ctx.regions:
+    for site_id, _ in sites:
+        phrases.append(Phrase(_words(site_id), Role.site, site_id, RANK[Role.site]))
+    for region in regions:
         for words in _region_phrases(region):
             phrases.append(Phrase(words, Role.region, region, RANK[Role.region]))
-    for site in ctx.sites:
-        for key, value in site.labels.items():
+    for _, labels in sites:
+        for key, value in labels:
             if value == "true":
                 phrases.append(Phrase(_words(key), Role.label, f"{key}=true", RANK[Role.label]))
             elif value != "false":
                 phrases.append(
                     Phrase(_words(value), Role.label, f"{key}={value}", RANK[Role.label])
                 )
-    prefixes = {region.split("-")[0] for region in ctx.regions}
+    prefixes = {region.split("-")[0] for region in regions}
     for prefix, names in _REGION_GROUPS.items():
         if prefix in prefixes:
             for name in names:

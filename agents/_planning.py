@@ -327,7 +327,8 @@ def propose_plan(
         threshold = 0.1
     else:
         back_to = _most_common(installed, item.version)
-        rollback_spec = RollbackSpec(version=back_to, automatic=True)
+        # a first-time install has nothing to go back to: a failed wave halts for people
+        rollback_spec = RollbackSpec(version=back_to, automatic=back_to is not None)
         threshold = 0.05 if careful else 0.1
     maintenance = careful or intent.flags.in_maintenance
     schedule = Schedule(mode=ScheduleMode.maintenance if maintenance else ScheduleMode.now)
@@ -445,8 +446,12 @@ def _rationale(
         )
     if rollback_spec.automatic and rollback_spec.version:
         on_failure = f"changed devices go back to {item.name} {rollback_spec.version} automatically"
-    elif rollback_spec.automatic:
-        on_failure = f"{item.name} was not installed before, so there is no version to go back to"
+    elif rollback_spec.version is None:
+        on_failure = (
+            f"{item.name} was not installed before, so there is no version to go back to and no "
+            "automatic rollback; a failed canary (or any failed wave) halts the rollout, and "
+            "people decide what happens to the devices it changed"
+        )
     else:
         on_failure = (
             f"the rollback halts and waits for people (back to {rollback_spec.version} is "

@@ -13,6 +13,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Literal
 
 from fieldgate.agents._lexicon import Match, Role, Token, build_lexicon, match, tokenize
@@ -51,7 +52,12 @@ class Scope(Contract):
     labels: dict[str, str] = {}
     """Site labels that must match, e.g. ``regulated: "true"``."""
     limit: int | None = Field(default=None, ge=1)
-    """Take only this many of the matching devices (``to 5 pump controllers``)."""
+    """Take only this many of the matching devices (``to 5 pump controllers``).
+
+    A share (``half of the pumps``, ``a third of``, ``25% of``) becomes
+    ``max(1, floor(share × devices the version fits))``: rounded down, so the plan never takes
+    more than was asked, but at least one device.
+    """
 
     def selector(self) -> Selector:
         """The selector of this scope, without the limit.
@@ -155,6 +161,72 @@ _ENTITIES = frozenset(
 _BETWEEN_EXCLUDED = frozenset(
     {Role.article, Role.filler, Role.site_prep, Role.target_prep, Role.generic, Role.limiter}
 )
+_NAMES = frozenset({Role.module, Role.module_word, Role.version, Role.version_word})
+
+# negations differ in what they can hold back: "not" and "don't" hold back an action anywhere in
+# reach ("don't roll out pump-logic"), "no" and "without" only the word right after them ("no
+# rollout", but "no rush, roll out"), and "rather", "instead" and "outside" never one
+_NOT = frozenset(
+    {
+        "not", "don t", "dont", "do not", "does not", "doesn t", "did not", "didn t", "won t",
+        "will not", "shouldn t", "should not", "must not", "mustn t", "can not", "cannot",
+        "can t", "needn t", "need not", "never", "don", "doesn", "didn", "won", "shouldn",
+        "needn", "t",
+    }
+)  # fmt: skip
+_NOT_NEXT_WORD = frozenset({"no", "without"})
+_NOT_FOR_ACTIONS = frozenset({"rather", "instead", "outside"})
+_ACTIONS = frozenset({Role.rollout, Role.rollback, Role.weak_verb})
+_BEFORE_ACTION = frozenset(
+    {
+        Role.article,
+        Role.filler,
+        Role.limiter,
+        Role.module,
+        Role.module_word,
+        Role.version,
+        Role.version_word,
+    }
+)
+"""What may stand between a negation and the action it holds back (``skip the pump-logic 1.9
+upgrade``)."""
+_ACTS_ON = frozenset(
+    {
+        Role.module,
+        Role.module_word,
+        Role.version,
+        Role.site,
+        Role.region,
+        Role.region_group,
+        Role.device_class,
+        Role.class_head,
+        Role.device,
+        Role.label,
+        Role.everywhere,
+        Role.back,
+        Role.latest,
+        Role.previous,
+    }
+)
+"""What an action has to name to stand on its own (``roll it out to eu-central``)."""
+_WAIT_FOR = frozenset({"before", "until", "till", "til", "with"})
+"""Words after ``wait`` that hold the rollout back (``wait before rolling out``)."""
+_WAIT_ON_PLAN = frozenset(
+    {Role.maintenance, Role.business_hours, Role.canary, Role.staging, Role.health}
+)
+"""Words after ``wait`` that say how the plan runs (``wait for the window``), not to hold it."""
+_PLACE_WORDS = frozenset(
+    {"site", "location", "plant", "station", "region", "facility", "depot", "campus"}
+)
+"""Words that only say the next id is a place: ``at site rtm-05``, ``in region eu-west``."""
+_PLACES = frozenset({Role.site, Role.region, Role.region_group, Role.device})
+_ARROWS = ("->", "=>", "→")
+_AFTER_TRAILING_NOT = frozenset(
+    {"do", "it", "that", "this", "yet", "please", "so", "though", "now", "for", "anymore"}
+)
+"""Words that may follow a negation that ends its clause (``don't do it yet``)."""
+_CONTRACTION = re.compile(r"\b(\w+n) t\b")
+"""``don t`` as tokenised, to quote back as ``don't``."""
 
 
 @dataclass
@@ -168,8 +240,14 @@ class _Reading:
     modules: list[str] = field(default_factory=list)
     module_words: list[str] = field(default_factory=list)
     unknown_names: list[str] = field(default_factory=list)
+    held_back: str | None = None
+    """The words that hold the whole request back (``don't``, ``hold off``, ``not yet``)."""
     versions: list[str] = field(default_factory=list)
+    to_versions: list[str] = field(default_factory=list)
+    """Versions after ``to`` or an arrow: the one to go to, when several are named."""
     from_versions: list[str] = field(default_factory=list)
+    not_versions: list[str] = field(default_factory=list)
+    """Versions the engineer ruled out (``not 2.0.0``)."""
     latest: bool = False
     previous: bool = False
     sites: list[str] = field(default_factory=list)
@@ -189,7 +267,9 @@ class _Reading:
     unknown_classes: list[str] = field(default_factory=list)
     everywhere: bool = False
     limit: int | None = None
-    limit_percent: float | None = None
+    limit_share: Fraction | None = None
+    """A share of the targets to take (``half``, ``25%``)."""
+    limit_share_text: str = ""
     vague_limit: str | None = None
     wave_sizes: list[str] = field(default_factory=list)
     """Wave or canary sizes the engineer asked for; the planner sizes waves itself."""
@@ -221,33 +301,146 @@ class _Reader:
         return None
 
     def negated(self, index: int) -> bool:
-        """Whether a negation governs the match at ``index`` (``skip the canary``)."""
+        """Whether a negation governs the match at ``index`` (``skip the canary``).
+
+        Two negations cancel: ``don't skip the canary`` keeps it.
+        """
         for at in range(index - 1, max(-1, index - 1 - _NEGATION_REACH), -1):
             role = self.matches[at].role
             if role in _BREAKS:
                 return False
             if role is Role.negation:
+                return not self.cancelled(at)
+        return False
+
+    def cancelled(self, index: int) -> bool:
+        """Whether the negating verb at ``index`` is itself negated (``don't skip``)."""
+        value = self.matches[index].value
+        if value in _NOT or value in _NOT_NEXT_WORD or value in _NOT_FOR_ACTIONS:
+            return False
+        before = self.neighbour(index, -1, _SKIPPABLE | {Role.target_prep})
+        return (
+            before is not None
+            and before.role is Role.negation
+            and (before.value in _NOT or before.value in _NOT_NEXT_WORD)
+        )
+
+    def held(self, index: int) -> bool:
+        """Whether the action (or, with no verb, the module) at ``index`` is held back.
+
+        ``don't roll out``, ``never deploy``, ``skip the pump-logic upgrade``, ``no rollout``,
+        ``hold off on rolling out``, ``stop the rollout``; not ``don't forget to roll out``,
+        ``don't delay the rollout`` or ``no rush, roll out``.
+        """
+        next_word = True
+        for at in range(index - 1, max(-1, index - 1 - _NEGATION_REACH), -1):
+            m = self.matches[at]
+            if m.role is Role.negation:
+                if m.value in _NOT_FOR_ACTIONS:
+                    return False
+                if m.value in _NOT_NEXT_WORD:
+                    return next_word
+                return not self.cancelled(at)
+            if m.role in (Role.defer, Role.halt):
+                return not self.negated(at)
+            if m.role in _BEFORE_ACTION or (m.role is Role.target_prep and m.value == "to"):
+                next_word = next_word and m.role is Role.article
+                continue
+            return False
+        return False
+
+    def stands_alone(self, index: int) -> bool:
+        """Whether the action at ``index`` names what it acts on before its clause ends."""
+        for m in self.matches[index + 1 :]:
+            if m.role is Role.clause or (m.role is Role.punct and m.value not in ("%", *_ARROWS)):
+                return False
+            if m.role in _ACTS_ON:
                 return True
         return False
+
+    def holding_back(self) -> str | None:
+        """The words that hold the whole request back, if they do.
+
+        ``cancel``, ``hold off``, ``postpone`` and ``not yet`` do wherever they stand (unless
+        negated: ``don't hold off``); ``wait before``/``until``/``with`` does unless it waits for
+        a window, canary or gate; a trailing ``don't`` does; and a negated action does unless
+        another action in the request stands on its own (``don't deploy to muc-01, roll it out
+        to eu-central`` leaves muc-01 out instead).
+        """
+        for index, m in enumerate(self.matches):
+            if m.role is Role.defer and not self.negated(index):
+                return self.text(m)
+            if m.role is Role.wait and not self.negated(index) and self.waits_to_hold(index):
+                return self.text(m)
+            if m.role is Role.negation and m.value in _NOT and self.trailing(index):
+                return self.text(m)
+        actions = [i for i, m in enumerate(self.matches) if m.role in _ACTIONS]
+        if not actions:
+            actions = [
+                i for i, m in enumerate(self.matches) if m.role in (Role.module, Role.module_word)
+            ][:1]
+        held = [i for i in actions if self.held(i)]
+        if held and not any(self.stands_alone(i) for i in actions if i not in held):
+            return self.negation_text(held[0])
+        return None
+
+    def waits_to_hold(self, index: int) -> bool:
+        """Whether ``wait`` at ``index`` holds the rollout back (``wait before rolling out``)."""
+        holds = False
+        for m in self.matches[index + 1 :]:
+            if m.role is Role.clause or (m.role is Role.punct and m.value != "%"):
+                break
+            if m.role in _WAIT_ON_PLAN:
+                return False
+            holds = holds or self.tokens[m.start].text in _WAIT_FOR
+        return holds
+
+    def trailing(self, index: int) -> bool:
+        """Whether the negation at ``index`` ends its clause: ``actually, don't (do it yet)``."""
+        for m in self.matches[index + 1 :]:
+            if m.role is Role.clause or (m.role is Role.punct and m.value != "%"):
+                return True
+            if self.text(m).lower() not in _AFTER_TRAILING_NOT:
+                return False
+        return True
+
+    def negation_text(self, index: int) -> str:
+        """The negation before the action at ``index`` and the action, as typed."""
+        start = index
+        while start > 0 and self.matches[start].role not in (
+            Role.negation,
+            Role.defer,
+            Role.halt,
+        ):
+            start -= 1
+        words = " ".join(self.text(m) for m in self.matches[start : index + 1])
+        return _CONTRACTION.sub(r"\1't", words)
 
     def excluded(self, index: int) -> bool:
         """Whether the entity at ``index`` is left out.
 
-        ``but not muc-01``, ``except ber-03 and muc-01``, ``everywhere but the US`` and
-        ``don't touch ber-03`` leave sites out. Only function words may stand between, a verb
-        only right after its negation, and a list continues only an exclusion, so ``skip the
-        canary on ber-03`` and ``no rush, please upgrade ber-03`` leave nothing out.
+        ``but not muc-01``, ``except ber-03 and muc-01``, ``everywhere but the US``,
+        ``don't touch ber-03`` and ``don't deploy hvac-controller 2.4.1 to muc-01`` leave sites
+        out. Only function words may stand between, module and version names only between a
+        verb and the entity, a verb only right after its negation, and a list continues only an
+        exclusion, so ``skip the canary on ber-03``, ``no rush, please upgrade ber-03`` and
+        ``except 2.0.0 to rtm-05`` leave nothing out.
         """
         at = index - 1
         after_verb = False
+        named = False
         while at >= 0:
             m = self.matches[at]
             if after_verb:
                 return m.role is Role.negation
+            if m.role in _NAMES:
+                named = True
+                at -= 1
+                continue
             if m.role in (Role.exclusion, Role.negation):
-                return True
+                return not named
             if m.role is Role.clause and m.value == "but":
-                return True
+                return not named
             if m.role in _ENTITIES:
                 return at in self.excluded_at
             if m.value == "," or (m.role is Role.clause and m.value in ("and", "or")):
@@ -284,6 +477,7 @@ class _Reader:
             else:
                 self.read_one(index, m)
         self.read_leftovers()
+        found.held_back = self.holding_back()
         return found
 
     def read_one(self, index: int, m: Match) -> None:
@@ -350,12 +544,9 @@ class _Reader:
         elif role is Role.everywhere:
             found.everywhere = True
         elif role is Role.version:
-            before = self.neighbour(index, -1, frozenset({Role.article, Role.version_word}))
-            is_from = before is not None and (
-                before.role is Role.from_
-                or (before.role is Role.target_prep and before.value == "on")
-            )
-            (found.from_versions if is_from else found.versions).append(m.value)
+            self.read_version(index, m)
+        elif role is Role.fraction:
+            self.read_share(index, Fraction(m.value), self.text(m))
         elif role is Role.device:
             found.devices.append(m.value)
         elif role in (Role.number, Role.number_word, Role.vague_number):
@@ -379,6 +570,61 @@ class _Reader:
             found.excluded_labels[key] = value
         else:
             found.unsupported.append("leaving out " + self.text(m))
+
+    def read_version(self, index: int, m: Match) -> None:
+        """A version to go to, the one devices run (``from 1.8.0``), a ruled-out one, or a share.
+
+        With several versions named, the one after ``to`` or an arrow is the one to go to
+        (``from pump-logic 1.8.0 to 1.9.0``, ``back to 2.3.4, 2.4.1 is misbehaving``).
+        """
+        found = self.found
+        after = self.neighbour(index, 1, frozenset())
+        if after is not None and (after.role is Role.percent or after.value == "%"):
+            # "12.5%" reads as a version
+            self.read_share(index, Fraction(m.value) / 100, f"{self.text(m)}%")
+            return
+        plain = frozenset({Role.article, Role.version_word})
+        before = self.neighbour(index, -1, plain)
+        named_from = self.neighbour(index, -1, plain | {Role.module, Role.module_word})
+        following = (
+            self.neighbour(self.matches.index(after), 1, plain)
+            if after is not None and after.value in _ARROWS
+            else None
+        )
+        if (
+            (following is not None and following.role is Role.version)
+            or (named_from is not None and named_from.role is Role.from_)
+            or (before is not None and before.role is Role.target_prep and before.value == "on")
+        ):
+            found.from_versions.append(m.value)
+        elif before is not None and (
+            before.role is Role.exclusion
+            or (before.role is Role.negation and not self.cancelled(self.matches.index(before)))
+        ):
+            found.not_versions.append(m.value)
+        else:
+            found.versions.append(m.value)
+            if before is not None and (
+                (before.role is Role.target_prep and before.value in ("to", "onto", "into"))
+                or before.value in _ARROWS
+            ):
+                found.to_versions.append(m.value)
+
+    def read_share(self, index: int, share: Fraction, typed: str) -> None:
+        """``half of the pumps``, ``25% of``: a share of the targets, unless it sizes a wave."""
+        found = self.found
+        after = self.neighbour(index, 1, frozenset({Role.article, Role.percent, Role.punct}))
+        before = self.neighbour(index, -1, frozenset())
+        if before is not None and before.role is Role.comparison:
+            found.unsupported.append(f"{self.text(before)} {typed}")
+        elif after is not None and after.role is Role.time:
+            found.ignored.append(f"{typed} {self.text(after)}")
+            self.used.add(self.matches.index(after))
+        elif self.about_waves(index):
+            found.wave_sizes.append(typed)
+        else:
+            found.limit_share = share
+            found.limit_share_text = typed
 
     def read_back(self, index: int) -> None:
         """``put X back``, ``roll it back``, ``back to 1.8``: a rollback cue."""
@@ -409,7 +655,7 @@ class _Reader:
             # "a canary of 5 devices", "a 10% canary": wave sizes are the planner's, not a limit
             found.wave_sizes.append(self.text(m) + ("%" if after and after.value == "%" else ""))
         elif after is not None and (after.role is Role.percent or after.value == "%"):
-            found.limit_percent = float(value)
+            self.read_share(index, Fraction(value, 100), f"{value}%")
         elif after is not None and (after.role is Role.time or after.value in (":", "h")):
             found.ignored.append(f"{self.text(m)} {self.text(after)}")
             self.used.add(self.matches.index(after))
@@ -458,6 +704,8 @@ class _Reader:
                 compounds.setdefault(token.piece, []).append(index)
                 continue
             after = self.neighbour(index, 1, frozenset())
+            if m.value in _PLACE_WORDS and self.names_place(index):
+                continue
             if m.value in by_prefix and prefixes[m.value] == 1:
                 if after is not None and after.role is Role.number:
                     found.unknown_sites.append(f"{m.value}-{self.text(after)}")
@@ -493,6 +741,22 @@ class _Reader:
                 found.ignored.extend(self.text(self.matches[i]) for i in indexes)
         if not found.modules and not found.module_words and not found.unknown_names:
             found.unknown_names.extend(self.name_before_version())
+
+    def names_place(self, index: int) -> bool:
+        """Whether the place word at ``index`` only marks a place (``at site rtm-05``)."""
+        before = self.neighbour(index, -1, frozenset())
+        if before is not None and before.role in (*_PLACES, Role.label):
+            return True
+        after = self.neighbour(index, 1, frozenset())
+        if after is not None and after.value == ":":
+            after = self.neighbour(self.matches.index(after), 1, frozenset())
+        if after is None:
+            return False
+        if after.role in _PLACES:
+            return True
+        token = self.tokens[after.start]
+        raw = "-".join(t.raw for t in self.tokens if t.piece == token.piece).lower()
+        return token.compound and bool(_SITE_LIKE.match(raw) or _REGION_LIKE.match(raw))
 
     def walk_back(self, index: int) -> tuple[Match | None, set[str]]:
         """The nearest telling match before ``index``, past articles, numbers and unknown words.
@@ -582,6 +846,12 @@ class _VersionSpec:
         if self.exact is not None:
             return version == self.exact
         return version.release[: len(self.release)] == self.release
+
+
+def _runs(typed: str, running: Sequence[str]) -> bool:
+    """Whether a version as typed (``1.8``, ``1.8.0``) is one of the versions ``running``."""
+    spec = _VersionSpec.parse(typed)
+    return spec is None or any(spec.matches_version(Version(v)) for v in running)
 
 
 def _newest_release(items: Sequence[CatalogItem]) -> CatalogItem | None:
@@ -694,6 +964,8 @@ class _Resolver:
         self.r = reading
         self.ctx = ctx
         self.notes: list[str] = []
+        self.context_versions: list[str] = []
+        """Versions named besides the one after ``to`` (``2.4.1 is misbehaving``)."""
 
     def resolve(self) -> Intent | Clarification:
         r = self.r
@@ -707,6 +979,18 @@ class _Resolver:
                     "to rtm-05'."
                 ),
                 candidates=["rollout", "rollback"],
+            )
+        if r.held_back is not None:
+            named = list(dict.fromkeys(r.modules or r.module_words))
+            return Clarification(
+                reason="unclear_action",
+                question=(
+                    f"You said '{r.held_back}', so I read this as asking me not to act, or not "
+                    "yet: I will not plan or change anything. What would you like me to do: "
+                    "nothing for now, a rollout (say when), or a rollback?"
+                ),
+                candidates=["nothing", "rollout", "rollback"],
+                module=named[0] if len(named) == 1 else None,
             )
         if not (r.verbs or r.weak_verb or r.back or r.modules or r.versions):
             return Clarification(
@@ -744,15 +1028,25 @@ class _Resolver:
         limit = self.resolve_limit(targets.count)
         if scope.is_everything and not r.everywhere:
             self.notes.append(f"no site, region or class named: every device that {item.ref} fits")
+        running = sorted(v for v in installed if v is not None)
         for typed in r.from_versions:
-            spec = _VersionSpec.parse(typed)
-            running = [v for v in installed if v is not None]
-            if spec is not None and not any(spec.matches_version(Version(v)) for v in running):
+            if not _runs(typed, running):
                 self.notes.append(
-                    f"you said from {typed}, but the targets run {', '.join(sorted(running))}"
+                    f"you said from {typed}, but the targets run {', '.join(running)}"
                     if running
                     else f"you said from {typed}, but no target runs {module} yet"
                 )
+        for typed in self.context_versions:
+            if _runs(typed, running):
+                known = "what the targets run now"
+            else:
+                known = f"context (the targets run {', '.join(running) or 'none of ' + module})"
+            self.notes.append(
+                f"named {typed} as well: planned {item.version}, the version after 'to'; "
+                f"{typed} read as {known}"
+            )
+        for typed in r.not_versions:
+            self.notes.append(f"not {typed}: left out, as asked")
         if r.wave_sizes:
             self.notes.append(
                 f"asked for waves of {', '.join(r.wave_sizes)}: the planner sizes waves itself "
@@ -976,13 +1270,25 @@ class _Resolver:
         self, module: str, action: PlanIntent, scope: Scope, targets: Targets
     ) -> tuple[CatalogItem, str] | Clarification:
         r = self.r
-        releases = self.ctx.releases(module)
+        ruled_out = [s for s in (_VersionSpec.parse(v) for v in r.not_versions) if s is not None]
+        releases = [
+            i for i in self.ctx.releases(module) if not any(s.matches(i) for s in ruled_out)
+        ]
         stable = [i for i in releases if not i.prerelease]
         wanted = list(dict.fromkeys(r.versions))
         specs = [s for s in (_VersionSpec.parse(v) for v in wanted) if s is not None]
         picks = {
             pick.version: pick for spec in specs if (pick := self.pick(spec, releases)) is not None
         }
+        if len(picks) > 1:
+            # "from 1.8.0 to 1.9.0", "back to 2.3.4, 2.4.1 is misbehaving": "to" names the target
+            to_specs = [s for s in specs if s.typed in r.to_versions]
+            to_picks = {p.version for s in to_specs if (p := self.pick(s, releases)) is not None}
+            if len(to_picks) == 1:
+                target = next(iter(to_picks))
+                self.context_versions = [s.typed for s in specs if s.typed not in r.to_versions]
+                specs = [s for s in to_specs if s.matches(picks[target])]
+                picks = {target: picks[target]}
         if len(picks) > 1:
             return Clarification(
                 reason="version_ambiguous",
@@ -1114,9 +1420,11 @@ class _Resolver:
     def resolve_limit(self, total: int) -> int | None:
         r = self.r
         limit = r.limit
-        if r.limit_percent is not None:
-            limit = max(1, math.floor(total * r.limit_percent / 100))
-            self.notes.append(f"{r.limit_percent:g}% of {total} targets is {limit}")
+        if r.limit_share is not None:
+            exact = total * r.limit_share
+            limit = max(1, math.floor(exact))
+            rounded = "" if exact == limit else " (rounded down, at least one)"
+            self.notes.append(f"{r.limit_share_text} of {total} targets is {limit}{rounded}")
         if limit is None:
             return None
         if r.vague_limit:

@@ -345,6 +345,70 @@ def test_rationale_tells_the_approver_what_where_and_on_failure(sample: World) -
     assert "Approvals are decided by policy" in text
 
 
+def _fresh_install_world(per_site: int, already: int = 0) -> World:
+    """osl-01 with plc gateways that never ran telemetry-shipper (``already`` run 0.8.0)."""
+    fleet = FleetInventory.model_validate(
+        {
+            "sites": [{"id": "osl-01", "region": "eu-north"}],
+            "devices": [
+                {
+                    "id": f"osl-01-plc-gw-old{n}",
+                    "site": "osl-01",
+                    "class": "plc-gw",
+                    "arch": "amd64",
+                    "memory_mb": 2048,
+                    "installed": {"telemetry-shipper": "0.8.0"},
+                }
+                for n in range(already)
+            ],
+            "generate": [
+                {
+                    "sites": ["osl-01"],
+                    "class": "plc-gw",
+                    "per_site": per_site,
+                    "arch": "amd64",
+                    "memory_mb": 2048,
+                    "installed": {"plc-bridge": "5.0.2"},
+                }
+            ],
+        }
+    )
+    catalog = [
+        CatalogEntry.model_validate(
+            {
+                "name": "telemetry-shipper",
+                "version": version,
+                "safety": safety,
+                "device_classes": ["plc-gw"],
+                "arch": ["amd64"],
+                "min_memory_mb": 128,
+            }
+        )
+        for version, safety in (("0.8.0", "none"), ("0.9.0", "none"))
+    ]
+    return World(fleet, catalog, NOW)
+
+
+@pytest.mark.parametrize("per_site", [1, 6, 14, 30, 120])
+def test_a_first_time_install_has_no_automatic_rollback(per_site: int) -> None:
+    world = _fresh_install_world(per_site)
+    plan = world.plan("Install telemetry-shipper 0.9.0 on the plc gateways at osl-01")
+    check_compliant(world, plan)
+    assert plan.rollback is not None
+    assert plan.rollback.version is None
+    assert not plan.rollback.automatic
+    assert "no version to go back to and no automatic rollback" in plan.rationale
+    assert "halts the rollout, and people decide" in plan.rationale
+
+
+def test_a_partly_installed_module_rolls_back_to_what_the_rest_run() -> None:
+    world = _fresh_install_world(14, already=3)
+    plan = world.plan("Install telemetry-shipper 0.9.0 on the plc gateways at osl-01")
+    assert plan.rollback is not None
+    assert plan.rollback.version == "0.8.0" and plan.rollback.automatic
+    assert "back to telemetry-shipper 0.8.0 automatically" in plan.rationale
+
+
 def test_unmet_dependencies_are_reported_not_dropped(sample: World) -> None:
     plan = sample.plan("roll out pump-logic 2.0.0 to the pumps at tpa-04")
     assert len(sample.targets(plan)) == 30
@@ -471,6 +535,21 @@ def test_a_count_is_the_selector_limit(sample: World) -> None:
     assert "Limited to 4 of 60 matching devices" in plan.rationale
     assert "Picked from: rtm-05 60 pump-ctl." in plan.rationale
     assert count_targets(intent, sample.ctx) == 4
+
+
+@pytest.mark.parametrize(
+    ("request_text", "targets"),
+    [
+        ("Roll out pump-logic 1.9.0 to half of the pumps at rtm-05", 30),
+        ("deploy pump-logic 1.9 to a third of rtm-05", 20),
+        ("push vision-inspect 1.1.0 to 25 percent of the cameras at muc-01", 4),
+    ],
+)
+def test_a_share_is_the_selector_limit(sample: World, request_text: str, targets: int) -> None:
+    plan = sample.plan(request_text)
+    check_compliant(sample, plan)
+    assert plan.target.limit == targets
+    assert len(sample.targets(plan)) == targets
 
 
 def test_a_large_count_keeps_the_canary(sample: World) -> None:

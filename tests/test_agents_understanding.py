@@ -693,3 +693,308 @@ def test_rollback_of_a_partial_rollout_goes_to_what_the_rest_run() -> None:
         intent = intent_of(request, ctx)
         assert intent.action is PlanIntent.rollback
         assert intent.version == "1.8.0"
+
+
+# --- requests not to act --------------------------------------------------------------------
+
+HELD_BACK = [
+    "Don't roll out pump-logic 1.9.0 to rtm-05 yet, the vendor recalled it",
+    "Do not deploy pump-logic 1.9.0 to rtm-05",
+    "please dont push pump-logic 1.9 to the rtm-05 pumps",
+    "Never install pump-logic 1.9 on the rtm-05 pumps",
+    "we shouldn't upgrade pump-logic on rtm-05 until the vendor fix lands",
+    "I don't want to roll out pump-logic 1.9.0 to rtm-05",
+    "we won't be deploying pump-logic 1.9.0 to rtm-05",
+    "Hold off on rolling out pump-logic 1.9.0 to rtm-05",
+    "hold off on pump-logic 1.9.0 at rtm-05 for now",
+    "pump-logic 1.9.0 to rtm-05: not yet",
+    "Roll out pump-logic 1.9.0 to rtm-05, but not yet",
+    "deploy pump-logic 1.9.0 to rtm-05, not now",
+    "Wait before rolling out pump-logic 1.9.0 to rtm-05",
+    "wait with the pump-logic 1.9.0 rollout at rtm-05 until monday",
+    "Let's wait until next week to deploy pump-logic 1.9.0 to rtm-05",
+    "Cancel the pump-logic 1.9.0 rollout at rtm-05",
+    "cancel pump-logic 1.9.0 on rtm-05",
+    "Please postpone the pump-logic 1.9 upgrade at rtm-05",
+    "Put the pump-logic 1.9.0 rollout to rtm-05 on hold",
+    "Stop the pump-logic rollout at rtm-05",
+    "Pause rolling out pump-logic 1.9 to rtm-05",
+    "No rollout of pump-logic 1.9.0 to rtm-05 this week",
+    "Skip the pump-logic 1.9.0 upgrade at rtm-05",
+    "avoid deploying pump-logic 1.9.0 to rtm-05",
+    "Roll out pump-logic 1.9.0 to rtm-05. Actually, don't.",
+    "Don't roll out pump-logic 1.9.0 yet, let's get the vendor fix first",
+    "DO NOT UPGRADE PUMP-LOGIC ON RTM-05",
+]
+
+
+@pytest.mark.parametrize("request_text", HELD_BACK)
+def test_a_request_not_to_act_plans_nothing(sample: PlanningContext, request_text: str) -> None:
+    q = question_of(request_text, sample)
+    assert q.reason == "unclear_action", q.question
+    assert "will not plan or change anything" in q.question
+    assert q.question.endswith("?")
+    assert q.module == "pump-logic"
+
+
+def test_a_request_not_to_act_quotes_the_words_that_held_it_back(
+    sample: PlanningContext,
+) -> None:
+    q = question_of("Don't roll out pump-logic 1.9.0 to rtm-05 yet", sample)
+    assert "'Don't roll out'" in q.question
+    assert question_of("hold off on pump-logic at rtm-05", sample).question.startswith(
+        "You said 'hold off'"
+    )
+
+
+# negations that qualify a part of the request: the rest is still planned
+PARTLY_NEGATED: list[tuple[str, dict[str, Any]]] = [
+    ("roll out hvac-controller 2.4.1 to ber-03 but not muc-01", {"sites": ["ber-03"]}),
+    ("roll out pump-logic 1.9.0 to rtm-05, don't skip the canary", {"flags": []}),
+    ("Don't skip the canary when you roll out pump-logic 1.9.0 to rtm-05", {"flags": []}),
+    ("deploy pump-logic 1.9.0 to rtm-05 without skipping the canary", {"flags": []}),
+    ("I don't want to skip the canary, deploy pump-logic 1.9.0 to rtm-05", {"flags": []}),
+    ("deploy pump-logic 1.9.0 to rtm-05, no need to wait", {"flags": ["now"]}),
+    ("There's no reason to wait, deploy pump-logic 1.9.0 at rtm-05", {"flags": ["now"]}),
+    ("Don't wait for the maintenance window, push pump-logic 1.9.0 to rtm-05", {"flags": ["now"]}),
+    (
+        "Don't touch ber-03, roll out hvac-controller 2.4.1 to the hvac gateways in eu-central",
+        {"sites": ["fab-01", "muc-01"], "targets": 25},
+    ),
+    (
+        "Don't deploy hvac-controller 2.4.1 to muc-01, roll it out to eu-central",
+        {"sites": ["ber-03", "fab-01"], "regions": ["eu-central"]},
+    ),
+    ("don't forget to roll out pump-logic 1.9.0 to rtm-05", {"sites": ["rtm-05"]}),
+    ("don't hold off, roll out pump-logic 1.9.0 to rtm-05", {"sites": ["rtm-05"]}),
+    ("don't delay the pump-logic 1.9.0 rollout at rtm-05", {"sites": ["rtm-05"]}),
+    ("no rush, please upgrade ber-03 to hvac-controller 2.4.1", {"sites": ["ber-03"]}),
+    ("never mind the earlier request, roll out pump-logic 1.9.0 to rtm-05", {"flags": []}),
+    ("Wait, actually roll out pump-logic 1.9.0 to rtm-05", {"sites": ["rtm-05"]}),
+    (
+        "deploy pump-logic 1.9.0 to rtm-05 and wait for the maintenance window",
+        {"flags": ["in_maintenance"]},
+    ),
+    (
+        "deploy pump-logic 1.9.0 to rtm-05, wait for the canary to pass before the next wave",
+        {"flags": []},
+    ),
+    ("roll out pump-logic 1.9.0 to rtm-05, stop if the canary fails", {"flags": []}),
+    (
+        "Deploy plc-bridge 5.2.0 to osl-01 with a 10 minute pause between waves",
+        {"sites": ["osl-01"]},
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "expected"), PARTLY_NEGATED, ids=[r for r, _ in PARTLY_NEGATED]
+)
+def test_a_negation_of_a_part_keeps_the_rest(
+    sample: PlanningContext, request_text: str, expected: dict[str, Any]
+) -> None:
+    intent = intent_of(request_text, sample)
+    checks: dict[str, Any] = {
+        "sites": intent.scope.sites,
+        "regions": intent.scope.regions,
+        "flags": sorted(intent.flags.asked()),
+        "targets": count_targets(intent, sample),
+    }
+    assert intent.action is PlanIntent.rollout
+    assert {k: checks[k] for k in expected} == expected
+
+
+# --- shares of the targets ------------------------------------------------------------------
+
+SHARES: list[tuple[str, int, str]] = [
+    # request, limit, note
+    ("Roll out pump-logic 1.9.0 to half of the pumps at rtm-05", 30, "half of 60 targets is 30"),
+    ("deploy pump-logic 1.9.0 to half the pump controllers at rtm-05", 30, "half of 60"),
+    ("push pump-logic 1.9 to a third of the pumps at rtm-05", 20, "a third of 60 targets is 20"),
+    ("upgrade pump-logic to 1.9.0 on two thirds of rtm-05", 40, "two thirds of 60"),
+    ("deploy pump-logic 1.9.0 to rtm-05, only half of them", 30, "half of 60"),
+    ("install air-quality-model 1.3.0 on 25% of the sensors at bos-02", 5, "25% of 20"),
+    ("install air-quality-model 1.3.0 on 10 percent of the sensors in eu-west", 2, "10% of 20"),
+    ("install air-quality-model 1.3.0 on a quarter of the env sensors at bos-02", 5, "a quarter"),
+    # rounded down, at least one
+    ("try vision-inspect 1.1.0 on a third of the cameras at muc-01", 5, "(rounded down"),
+    ("deploy pump-logic 1.9.0 to 12.5% of the pumps at rtm-05", 7, "12.5% of 60 targets is 7"),
+    ("push vision-inspect 1.1.0 to a tenth of the cameras at muc-01", 1, "at least one"),
+]
+
+
+@pytest.mark.parametrize(("request_text", "limit", "note"), SHARES, ids=[s[0] for s in SHARES])
+def test_a_share_of_the_devices_limits_the_targets(
+    sample: PlanningContext, request_text: str, limit: int, note: str
+) -> None:
+    intent = intent_of(request_text, sample)
+    assert intent.scope.limit == limit
+    assert count_targets(intent, sample) == limit
+    assert any(note in n for n in intent.notes), intent.notes
+
+
+def test_a_share_counts_only_the_devices_the_version_fits() -> None:
+    fleet = FleetInventory.model_validate(
+        {
+            "sites": [{"id": "rtm-05", "region": "eu-west"}],
+            # 7 armv7 pumps the arm64-only build does not fit: half is of the 20 it fits
+            "devices": [
+                {
+                    "id": f"rtm-05-pump-ctl-old{n}",
+                    "site": "rtm-05",
+                    "class": "pump-ctl",
+                    "arch": "armv7",
+                    "memory_mb": 512,
+                    "installed": {"pump-logic": "1.8.0"},
+                }
+                for n in range(7)
+            ],
+            "generate": [
+                {
+                    "sites": ["rtm-05"],
+                    "class": "pump-ctl",
+                    "per_site": 20,
+                    "arch": "arm64",
+                    "memory_mb": 512,
+                    "installed": {"pump-logic": "1.8.0"},
+                },
+            ],
+        }
+    )
+    catalog = [
+        CatalogEntry.model_validate(
+            {
+                "name": "pump-logic",
+                "version": version,
+                "safety": "low",
+                "device_classes": ["pump-ctl"],
+                "arch": ["arm64"],
+                "min_memory_mb": 256,
+            }
+        )
+        for version in ("1.8.0", "1.9.0")
+    ]
+    ctx = planning_context(fleet, catalog, NOW)
+    intent = intent_of("Roll out pump-logic 1.9.0 to half of the pumps at rtm-05", ctx)
+    assert intent.scope.limit == 10
+    assert count_targets(intent, ctx) == 10
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "deploy pump-logic 1.9.0 to rtm-05 with half an hour of soak",
+        "deploy pump-logic 1.9.0 to rtm-05 with a canary of half",
+    ],
+)
+def test_a_share_of_time_or_of_a_wave_is_no_limit(
+    sample: PlanningContext, request_text: str
+) -> None:
+    intent = intent_of(request_text, sample)
+    assert intent.scope.limit is None
+    assert count_targets(intent, sample) == 60
+
+
+def test_more_than_a_share_cannot_be_planned(sample: PlanningContext) -> None:
+    q = question_of("deploy pump-logic 1.9.0 to more than half of the pumps at rtm-05", sample)
+    assert q.reason == "unsupported_scope"
+
+
+# --- words that only say "a place" ---------------------------------------------------------
+
+PLACES: list[tuple[str, dict[str, Any]]] = [
+    ("deploy pump-logic@1.9.0 on every pump controller at site rtm-05", {"sites": ["rtm-05"]}),
+    ("install plc-bridge 5.2.0 at location osl-01", {"sites": ["osl-01"]}),
+    ("roll out air-quality-model 1.3 to the sensors in region eu-west", {"regions": ["eu-west"]}),
+    ("roll out pump-logic 1.9 at the rtm-05 site", {"sites": ["rtm-05"]}),
+    ("roll out pump-logic 1.9 at Site: rtm-05", {"sites": ["rtm-05"]}),
+    (
+        "deploy pump-logic 1.9 to plant rtm-05 and station tpa-04",
+        {"sites": ["rtm-05", "tpa-04"]},
+    ),
+    ("upgrade the pumps at the RTM-05 facility to pump-logic 1.9.0", {"sites": ["rtm-05"]}),
+]
+
+
+@pytest.mark.parametrize(("request_text", "expected"), PLACES, ids=[r for r, _ in PLACES])
+def test_place_words_before_an_id_are_noise(
+    sample: PlanningContext, request_text: str, expected: dict[str, Any]
+) -> None:
+    intent = intent_of(request_text, sample)
+    checks = {"sites": intent.scope.sites, "regions": intent.scope.regions}
+    assert {k: checks[k] for k in expected} == expected
+    assert not {"site", "location", "region", "plant", "station", "facility"} & {
+        w.lower() for w in intent.ignored
+    }
+
+
+def test_a_place_word_before_an_unknown_id_asks_about_the_id(sample: PlanningContext) -> None:
+    q = question_of("deploy pump-logic 1.9.0 at site rtm-06", sample)
+    assert q.reason == "unknown_site"
+    assert "'rtm-06'" in q.question
+    assert "rtm-05" in q.candidates
+
+
+# --- several versions named -----------------------------------------------------------------
+
+SEVERAL_VERSIONS: list[tuple[str, str, str]] = [
+    # request, action, version
+    (
+        "Can you move the rtm-05 pump controllers from pump-logic 1.8.0 to 1.9.0?",
+        "rollout",
+        "1.9.0",
+    ),
+    ("upgrade pump-logic from 1.8.0 to 1.9.0 on rtm-05", "rollout", "1.9.0"),
+    ("upgrade pump-logic 1.8.0 to 1.9.0 at rtm-05", "rollout", "1.9.0"),
+    ("pump-logic 1.8.0 -> 1.9.0 on rtm-05", "rollout", "1.9.0"),
+    ("pump-logic 1.8.0 → 1.9.0 at rtm-05", "rollout", "1.9.0"),
+    ("take the rtm-05 pumps from 1.8 to 1.9", "rollout", "1.9.0"),
+    ("update pump-logic at rtm-05 to 1.9.0, not 2.0.0", "rollout", "1.9.0"),
+    ("update pump-logic at rtm-05, not 2.0.0", "rollout", "1.9.0"),
+    ("Roll back hvac-controller to 2.3.4 at bos-02, 2.4.0 is misbehaving", "rollback", "2.3.4"),
+    ("Roll back hvac-controller at bos-02 to 2.3.4, 2.4.0 is misbehaving", "rollback", "2.3.4"),
+    ("2.4.0 is broken, roll hvac-controller back to 2.3.4 at bos-02", "rollback", "2.3.4"),
+    ("revert hvac-controller from 2.4.0 to 2.3.4 at bos-02", "rollback", "2.3.4"),
+    ("Rollback hvac-controller 2.4.0 -> 2.3.4 on bos-02", "rollback", "2.3.4"),
+    ("roll back hvac-controller 2.4.0 at bos-02 to 2.3.4", "rollback", "2.3.4"),
+    (
+        "downgrade hvac-controller on bos-02 to 2.3.4 because 2.4.0 keeps crashing",
+        "rollback",
+        "2.3.4",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_text", "action", "version"), SEVERAL_VERSIONS, ids=[s[0] for s in SEVERAL_VERSIONS]
+)
+def test_the_version_after_to_is_the_one_planned(
+    sample: PlanningContext, request_text: str, action: str, version: str
+) -> None:
+    intent = intent_of(request_text, sample)
+    assert (intent.action.value, intent.version) == (action, version)
+
+
+def test_the_other_version_named_is_checked_against_what_devices_run(
+    sample: PlanningContext,
+) -> None:
+    intent = intent_of("roll back hvac-controller to 2.3.4 at bos-02, 2.4.0 is misbehaving", sample)
+    assert any("2.4.0 read as what the targets run now" in n for n in intent.notes), intent.notes
+    intent = intent_of("roll back hvac-controller to 2.3.4 at bos-02, 2.4.1 is misbehaving", sample)
+    assert any("2.4.1 read as context (the targets run 2.4.0)" in n for n in intent.notes)
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "roll out pump-logic 1.9.0 to rtm-05 and 2.0.0 to tpa-04",
+        "upgrade pump-logic to 1.9.0 on rtm-05 and to 2.0.0 on tpa-04",
+        "push pump-logic 1.9.0 or 2.0.0 to rtm-05",
+    ],
+)
+def test_several_versions_without_one_target_still_ask(
+    sample: PlanningContext, request_text: str
+) -> None:
+    q = question_of(request_text, sample)
+    assert q.reason == "version_ambiguous"
+    assert set(q.candidates) == {"1.9.0", "2.0.0"}
