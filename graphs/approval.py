@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from fieldgate.agents.planner import PlanDraft
 from pydantic import BaseModel, Field
 
 from fieldgate.approvals import Approval
@@ -21,8 +20,10 @@ class EditedAction(BaseModel):
     """An approver's edit: the same action with a changed plan."""
 
     name: str = ACTION_NAME
-    args: dict[str, PlanDraft]
-    """``{"plan": PlanDraft}``: the plan as the approver wants it."""
+    args: dict[str, Any]
+    """``{"plan": PlanDraft}``: the plan as the approver wants it. Checked as a ``PlanDraft``
+    when the edit is applied (kept loose here so that the interrupt's response schema, which
+    is rebuilt at every interrupt, stays small)."""
 
 
 class ReviewDecision(BaseModel):
@@ -70,14 +71,18 @@ def _markdown(state: dict[str, Any]) -> str:
             f"≥{gate.get('min_success_rate', '?')} healthy, ≤{gate.get('max_failures', '?')} "
             f"failures, soak {gate.get('soak_minutes', 0)} min |"
         )
+    # Blank lines between the bold lines: markdown viewers would run them together.
     lines += [
         "",
         f"**Schedule:** {plan.get('schedule', {}).get('mode')}; **rollback to:** "
         f"{(plan.get('rollback') or {}).get('version')}",
+        "",
         f"**Dry run:** {dry_run.get('targets')} targets, about {dry_run.get('predicted_minutes')} "
         f"min, blast radius {dry_run.get('blast_radius')} if the first wave fails.",
+        "",
         "**Policy:** allowed with approvals; warnings: "
         + (", ".join(decision.get("warn", [])) or "none"),
+        "",
         "**Approvals missing:** "
         + (", ".join(f"{a['count']}× {a['role']}" for a in missing) or "none"),
         "",

@@ -104,10 +104,11 @@ def open_orchestrator(
     name = model or model_name_from_env()
     store = Store.open(url)
     try:
+        transport = TwinTransport(default_twin(store))
         ctx = Context(
             store=store,
-            policy=PolicyGate(RegoEngine(), store.audit),
-            transport=TwinTransport(default_twin(store)),
+            policy=PolicyGate(RegoEngine(), store.audit, clock=transport.now),
+            transport=transport,
             model=make_model(name),
             control_key=control_key(store),
             roster=roster_from_env(),
@@ -133,11 +134,12 @@ def served_context() -> Context:
     if not _SERVED:
         store = Store.open(database_url())
         name = model_name_from_env()
+        transport = TwinTransport(default_twin(store))
         _SERVED.append(
             Context(
                 store=store,
-                policy=PolicyGate(RegoEngine(), store.audit),
-                transport=TwinTransport(default_twin(store)),
+                policy=PolicyGate(RegoEngine(), store.audit, clock=transport.now),
+                transport=transport,
                 model=make_model(name),
                 control_key=control_key(store),
                 roster=roster_from_env(),

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 from fieldgate.agents import planning_context
-from fieldgate.agents._structured import ModelOutputInvalid
+from fieldgate.agents._structured import (
+    ModelFailed,
+    ModelOutputInvalid,
+    total_tokens,
+    validation_problems,
+)
 from fieldgate.agents.executor import next_action
-from fieldgate.agents.planner import run_planner
+from fieldgate.agents.planner import PlanDraft, run_planner
 from fieldgate.agents.validator import DryRun, check_plan, dry_run, run_validator
 from fieldgate.graphs.approval import ApprovalResume, approval_request
 from fieldgate.graphs.state import RolloutState
@@ -24,8 +29,10 @@ from fieldgate.tools import (
     rollback,
     tool_specs,
 )
+from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
+from pydantic import BaseModel, ValidationError
 
 from fieldgate.approvals import Approval
 from fieldgate.audit import ActorKind, EventKind
@@ -40,6 +47,7 @@ from fieldgate.policy import (
     verify_artifact,
 )
 from fieldgate.runtime import Context
+from fieldgate.store import NewEvent
 
 
 def _context(runtime: Runtime[Context]) -> Context:
@@ -59,14 +67,27 @@ def _audit(
     actor: str,
     payload: dict[str, Any],
 ) -> None:
-    ctx.store.audit.append(
-        kind,
-        actor_kind,
-        actor,
-        payload,
-        plan_id=state.get("plan_id"),
-        thread_id=state.get("thread_id"),
-        at=ctx.now(),
+    _audit_many(ctx, state, [(kind, actor_kind, actor, payload)])
+
+
+def _audit_many(
+    ctx: Context,
+    state: RolloutState,
+    events: list[tuple[EventKind, ActorKind, str, dict[str, Any]]],
+) -> None:
+    """Append events in one transaction, in order."""
+    at = ctx.now()
+    ctx.store.audit.append_many(
+        NewEvent(
+            kind=kind,
+            actor_kind=actor_kind,
+            actor=actor,
+            payload=payload,
+            plan_id=state.get("plan_id"),
+            thread_id=state.get("thread_id"),
+            at=at,
+        )
+        for kind, actor_kind, actor, payload in events
     )
 
 
@@ -85,18 +106,49 @@ def _manifest(ctx: Context, module: str, version: str) -> ModuleManifest | None:
         return None
 
 
+def _model_failed(ctx: Context, state: RolloutState, node: str, exc: ModelFailed) -> dict[str, Any]:
+    """End the run on a model that gave no usable answer; audit what it said and spent."""
+    _audit(
+        ctx,
+        state,
+        EventKind.validation,
+        ActorKind.agent,
+        node,
+        {"error": str(exc), "invalid_model_output": exc.rejected(), "tokens": exc.usage.as_dict()},
+    )
+    what = "no valid answer" if isinstance(exc, ModelOutputInvalid) else "no answer"
+    return {
+        "tokens": {node: exc.usage.as_dict()},
+        **_finish("failed", f"the {node} model gave {what}: {exc}"),
+    }
+
+
 # --------------------------------------------------------------------------- intake
 
 
 def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Record the request in the audit log and mark the run as planning."""
+    """Record the request in the audit log and mark the run as planning.
+
+    Runs started through fieldgate are in the runs table already; a run started by a
+    LangGraph API client (which knows only ``request`` and ``actor``) is recorded here.
+    """
     ctx = _context(runtime)
+    ids: dict[str, Any] = {}
+    if not state.get("thread_id"):
+        ids["thread_id"] = str(get_config()["configurable"]["thread_id"])
+    if not state.get("plan_id"):
+        ids["plan_id"] = ids.get("thread_id") or state["thread_id"]
+    state = cast(RolloutState, {**state, **ids})
     payload: dict[str, Any] = {"text": state["request"], "actor": state["actor"]}
     if state.get("ticket"):
         payload["ticket"] = {"untrusted": True, "text": state["ticket"]}
     _audit(ctx, state, EventKind.request, ActorKind.human, state["actor"], payload)
-    ctx.store.runs.update(state["thread_id"], "planning")
-    return {"revisions": 0, "feedback": []}
+    try:
+        ctx.store.runs.update(state["thread_id"], "planning")
+    except NotFound:
+        ctx.store.runs.start(state["thread_id"], state["plan_id"], state["request"], state["actor"])
+        ctx.store.runs.update(state["thread_id"], "planning")
+    return {"revisions": 0, "feedback": [], **ids}
 
 
 # --------------------------------------------------------------------------- planner
@@ -121,9 +173,8 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             previous=previous,
             retries=ctx.settings.model_retries,
         )
-    except ModelOutputInvalid as exc:
-        _audit(ctx, state, EventKind.rationale, ActorKind.agent, "planner", {"error": str(exc)})
-        return _finish("failed", f"the planner model gave no valid plan: {exc}")
+    except ModelFailed as exc:
+        return _model_failed(ctx, state, "planner", exc)
     tokens = {"planner": call.usage.as_dict()}
     if call.errors:
         _audit(
@@ -132,7 +183,7 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             EventKind.validation,
             ActorKind.agent,
             "planner",
-            {"invalid_model_output": call.errors},
+            {"invalid_model_output": call.rejected()},
         )
     decision = call.value
     if decision.kind == "clarify" or decision.plan is None:
@@ -158,29 +209,32 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     except (ValueError, FieldgateError) as exc:
         return {"tokens": tokens, **_finish("failed", f"the planner's plan is invalid: {exc}")}
     store.plans.add(plan)
-    _audit(
+    plan_json = plan.model_dump(mode="json")
+    _audit_many(
         ctx,
         state,
-        EventKind.rationale,
-        ActorKind.agent,
-        "planner",
-        {"revision": revision, "rationale": plan.rationale},
-    )
-    _audit(
-        ctx,
-        state,
-        EventKind.plan,
-        ActorKind.agent,
-        "planner",
-        {
-            "revision": revision,
-            "plan_hash": plan.plan_hash,
-            "plan": plan.model_dump(mode="json"),
-            "tokens": tokens["planner"],
-        },
+        [
+            (
+                EventKind.rationale,
+                ActorKind.agent,
+                "planner",
+                {"revision": revision, "rationale": plan.rationale},
+            ),
+            (
+                EventKind.plan,
+                ActorKind.agent,
+                "planner",
+                {
+                    "revision": revision,
+                    "plan_hash": plan.plan_hash,
+                    "plan": plan_json,
+                    "tokens": tokens["planner"],
+                },
+            ),
+        ],
     )
     return {
-        "plan": plan.model_dump(mode="json"),
+        "plan": plan_json,
         "plan_hash": plan.plan_hash,
         "revisions": revision,
         "feedback": [],
@@ -220,36 +274,39 @@ def validator(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             description=manifest.description if manifest else "",
             retries=ctx.settings.model_retries,
         )
-    except ModelOutputInvalid as exc:
-        return _finish("failed", f"the validator model gave no valid review: {exc}")
+    except ModelFailed as exc:
+        return _model_failed(ctx, state, "validator", exc)
     review = call.value
-    _audit(
+    findings_json = findings.model_dump(mode="json")
+    forecast_json = forecast.model_dump(mode="json")
+    _audit_many(
         ctx,
         state,
-        EventKind.validation,
-        ActorKind.agent,
-        "validator",
-        {
-            "plan_hash": plan.plan_hash,
-            "findings": findings.model_dump(mode="json"),
-            "verdict": review.verdict,
-            "summary": review.summary,
-            "concerns": review.concerns,
-        },
-    )
-    _audit(
-        ctx,
-        state,
-        EventKind.dry_run,
-        ActorKind.agent,
-        "validator",
-        forecast.model_dump(mode="json"),
+        [
+            (
+                EventKind.validation,
+                ActorKind.agent,
+                "validator",
+                {
+                    "plan_hash": plan.plan_hash,
+                    "findings": findings_json,
+                    "verdict": review.verdict,
+                    "summary": review.summary,
+                    "concerns": review.concerns,
+                    "invalid_model_output": call.rejected(),
+                    "tokens": call.usage.as_dict(),
+                },
+            ),
+            (EventKind.dry_run, ActorKind.agent, "validator", forecast_json),
+        ],
     )
     update: dict[str, Any] = {
-        "findings": findings.model_dump(mode="json"),
-        "dry_run": forecast.model_dump(mode="json"),
+        "findings": findings_json,
+        "dry_run": forecast_json,
         "review": review.model_dump(mode="json"),
         "tokens": {"validator": call.usage.as_dict()},
+        # An approver's edit is validated now; later answers must not send it round again.
+        "edited": False,
     }
     if review.verdict == "revise":
         concerns = review.concerns or findings.problems or ["the validator asked for a revision"]
@@ -372,16 +429,17 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             {"refused": "an approve or reject decision must carry a signed approval"},
         )
         return {}
-    _record_approval(ctx, state, record)
-    return _count_approvals(ctx, state, plan)
+    not_stored = _record_approval(ctx, state, record)
+    unrecorded = (record, not_stored) if not_stored is not None else None
+    return _count_approvals(ctx, state, plan, unrecorded)
 
 
-def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> None:
+def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> str | None:
+    """Store and audit an approval; return why it could not be stored, if it could not."""
+    reason: str | None = None
     try:
         ctx.store.approvals.add(record)
-        stored = True
     except FieldgateError as exc:
-        stored = False
         reason = str(exc)
     payload: dict[str, Any] = {
         "approver": record.approver,
@@ -390,12 +448,18 @@ def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> Non
         "comment": record.comment,
         "key_id": record.key_id,
     }
-    if not stored:
+    if reason is not None:
         payload["not_stored"] = reason
     _audit(ctx, state, EventKind.approval, ActorKind.human, record.approver, payload)
+    return reason
 
 
-def _count_approvals(ctx: Context, state: RolloutState, plan: RolloutPlan) -> dict[str, Any]:
+def _count_approvals(
+    ctx: Context,
+    state: RolloutState,
+    plan: RolloutPlan,
+    unrecorded: tuple[Approval, str] | None = None,
+) -> dict[str, Any]:
     received = ctx.store.approvals.for_plan(plan.plan_id)
     keys = {
         person: key.public_b64
@@ -417,6 +481,13 @@ def _count_approvals(ctx: Context, state: RolloutState, plan: RolloutPlan) -> di
         thread_id=state.get("thread_id"),
     )
     update: dict[str, Any] = {"approvals": counted.model_dump(mode="json")}
+    if unrecorded is not None:
+        # The store refused it (it names no stored revision of this plan), so policy never
+        # saw it; the approver still learns why it did not count.
+        record, reason = unrecorded
+        update["approvals"]["ignored"].append(
+            {"index": len(received), "approver": record.approver, "reason": reason}
+        )
     if counted.rejected:
         ctx.store.plans.set_status(plan.plan_id, "rejected", plan.revision)
         update.update(_finish("rejected", f"rejected by {', '.join(counted.rejected_by)}"))
@@ -428,13 +499,24 @@ def _count_approvals(ctx: Context, state: RolloutState, plan: RolloutPlan) -> di
 
 def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str, Any]:
     edited = answer.decisions[0].edited_action
-    if edited is None or "plan" not in edited.args:
-        return {}
     current = _plan(state)
     revision = state.get("revisions", 0) + 1
-    plan = edited.args["plan"].to_plan(
-        current.plan_id, current.requested_by, revision=revision, parent_hash=current.plan_hash
-    )
+    try:
+        if edited is None or "plan" not in edited.args:
+            raise ValueError("an edit carries edited_action.args.plan")
+        plan = PlanDraft.model_validate(edited.args["plan"]).to_plan(
+            current.plan_id, current.requested_by, revision=revision, parent_hash=current.plan_hash
+        )
+    except ValueError as exc:
+        _audit(
+            ctx,
+            state,
+            EventKind.approval,
+            ActorKind.human,
+            answer.approver,
+            {"refused_edit": str(exc)},
+        )
+        return {}
     ctx.store.plans.add(plan)
     _audit(
         ctx,
@@ -599,15 +681,28 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     if execution.steps >= ctx.settings.executor_steps:
         return _finish("failed", f"the executor took more than {execution.steps} steps")
     stop = store.stops.engaged(plan.plan_id)
-    choice = next_action(
-        ctx.model, tool_specs(), _situation(plan, execution, stop), state.get("last_tool_result")
-    )
+    try:
+        choice = next_action(
+            ctx.model,
+            tool_specs(),
+            _situation(plan, execution, stop),
+            state.get("last_tool_result"),
+        )
+    except ModelFailed as exc:
+        # Nothing more is sent to devices; what already ran stays as the audit log shows.
+        return {
+            "execution": execution.model_dump(mode="json"),
+            **_model_failed(ctx, state, "executor", exc),
+        }
     execution.steps += 1
     update: dict[str, Any] = {"tokens": {"executor": choice.usage.as_dict()}}
     if choice.name is None:
         outcome, reason = _outcome_of(execution)
         update.update({"execution": execution.model_dump(mode="json"), **_finish(outcome, reason)})
         return update
+    # The switch may have been pulled while the model was thinking: check the call against
+    # the switch as it is now, not as it was when the situation was shown.
+    stop = store.stops.engaged(plan.plan_id)
     name, result = choice.name, _run_call(tc, state, choice.name, choice.args, stop)
     if result.get("refused"):
         execution.refused_calls += 1
@@ -637,7 +732,7 @@ def _run_call(
         )
         return {"refused": f"unknown tool {name!r}; use one of {sorted(TOOL_ARGS)}"}
     try:
-        parsed = schema.model_validate(args).model_dump()
+        parsed = _tool_arguments(schema, args)
     except ValueError as exc:
         _audit(
             ctx,
@@ -705,12 +800,32 @@ def _run_call(
     return result
 
 
+def _tool_arguments(schema: type[BaseModel], args: dict[str, Any]) -> dict[str, Any]:
+    """The call's arguments, checked: valid JSON, and the tool's schema (no extra arguments)."""
+    if "__invalid__" in args:
+        raise ValueError(f"the arguments are not valid JSON: {args['__invalid__']}")
+    try:
+        return schema.model_validate(args).model_dump()
+    except ValidationError as exc:
+        raise ValueError(validation_problems(exc)) from None
+
+
 def _dispatch_tool(
     tc: ToolContext, name: str, args: dict[str, Any], stop: str | None
 ) -> dict[str, Any]:
     ex = tc.execution
     if name == "deploy_wave":
-        return deploy_wave(tc, args["wave"])
+        result = deploy_wave(tc, args["wave"])
+        if "halted" in result:
+            _audit(
+                tc.ctx,
+                {"plan_id": tc.plan_id, "thread_id": tc.thread_id},
+                EventKind.stop,
+                ActorKind.system,
+                "kill-switch",
+                {"reason": result["halted"], "wave": args["wave"]},
+            )
+        return result
     if name == "rollback":
         return rollback(tc, args["reason"])
     if name == "pause":
@@ -747,7 +862,13 @@ def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         EventKind.done,
         ActorKind.system,
         "fieldgate",
-        {"outcome": outcome, "reasons": reasons, "tokens": state.get("tokens", {})},
+        {
+            "outcome": outcome,
+            "reasons": reasons,
+            "model": ctx.model_name,
+            "tokens": state.get("tokens", {}),
+            "tokens_total": total_tokens(state.get("tokens", {})),
+        },
     )
     ctx.store.runs.update(state["thread_id"], "done", outcome=outcome, detail={"reasons": reasons})
     if state.get("plan"):

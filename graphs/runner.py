@@ -7,6 +7,8 @@ drive the very same graph the same way.
 from __future__ import annotations
 
 import hashlib
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -52,10 +54,15 @@ class RunView:
         return "running"
 
 
-def new_plan_id(request: str, actor: str, ctx: Context) -> str:
-    """A readable, unique plan id: the time and a hash of request and requester."""
+UpdateHandler = Callable[[str, dict[str, Any]], None]
+"""Called with a node's name and its state update each time a node finishes."""
+
+
+def new_plan_id(request: str, actor: str, ctx: Context, attempt: int = 0) -> str:
+    """A readable plan id: the time and a hash of request, requester (and attempt, from 1)."""
     stamp = ctx.now().strftime("%Y%m%d-%H%M%S")
-    salt = hashlib.sha256(f"{actor}\n{request}\n{ctx.now().isoformat()}".encode()).hexdigest()
+    seed = f"{actor}\n{request}\n{ctx.now().isoformat()}" + (f"\n{attempt}" if attempt else "")
+    salt = hashlib.sha256(seed.encode()).hexdigest()
     return f"pl-{stamp}-{salt[:6]}"
 
 
@@ -71,9 +78,31 @@ class Orchestrator:
         """The graph config of one thread."""
         return {"configurable": {"thread_id": thread_id}, "recursion_limit": 10_000}
 
-    def _invoke(self, payload: Any, thread_id: str) -> RunView:
-        self.graph.invoke(payload, self.config(thread_id), context=self.ctx, durability="sync")
+    def _invoke(
+        self, payload: Any, thread_id: str, on_update: UpdateHandler | None = None
+    ) -> RunView:
+        config = self.config(thread_id)
+        if on_update is None:
+            self.graph.invoke(payload, config, context=self.ctx, durability="sync")
+            return self.view(thread_id)
+        for chunk in self.graph.stream(
+            payload, config, context=self.ctx, durability="sync", stream_mode="updates"
+        ):
+            for node, update in chunk.items():
+                if not node.startswith("__"):  # ``__interrupt__``: read from the view instead
+                    on_update(node, update or {})
         return self.view(thread_id)
+
+    def _free_plan_id(self, request: str, actor: str) -> str:
+        # The twin's virtual clock stands still between rollouts, so the same request
+        # from the same person can come at the same virtual second: count attempts.
+        for attempt in itertools.count():
+            candidate = new_plan_id(request, actor, self.ctx, attempt)
+            try:
+                self.ctx.store.runs.get(candidate)
+            except NotFound:
+                return candidate
+        raise AssertionError("unreachable")
 
     def submit(
         self,
@@ -83,9 +112,14 @@ class Orchestrator:
         ticket: str | None = None,
         plan_id: str | None = None,
         detail: dict[str, Any] | None = None,
+        on_update: UpdateHandler | None = None,
     ) -> RunView:
-        """Record a run, then plan, validate and gate it until it waits or ends."""
-        plan_id = plan_id or new_plan_id(request, actor, self.ctx)
+        """Record a run, then plan, validate and gate it until it waits or ends.
+
+        ``on_update`` sees every node's update as it happens (the planner's rationale,
+        the validator's findings, the policy decision), before the run pauses or ends.
+        """
+        plan_id = plan_id or self._free_plan_id(request, actor)
         thread_id = plan_id
         self.ctx.store.runs.start(thread_id, plan_id, request, actor, detail)
         initial: dict[str, Any] = {
@@ -96,7 +130,7 @@ class Orchestrator:
         }
         if ticket:
             initial["ticket"] = ticket
-        return self._invoke(initial, thread_id)
+        return self._invoke(initial, thread_id, on_update)
 
     def view(self, thread_id: str) -> RunView:
         """Where a run stands, from its last checkpoint."""
@@ -172,9 +206,10 @@ class Orchestrator:
             thread_id, ApprovalResume(decisions=[ReviewDecision(type="expire")], approver="worker")
         )
 
-    def work(self, thread_id: str) -> RunView:
-        """Execute a queued (or interrupted) run until it ends."""
-        view = self.view(thread_id)
-        if view.outcome or view.interrupts or not view.next:
-            return view
-        return self._invoke(None, thread_id)
+    def work(self, thread_id: str, on_update: UpdateHandler | None = None) -> RunView:
+        """Execute a queued (or interrupted) run until it ends; ``on_update`` sees each step."""
+        with self.ctx.store.runs.exclusive(thread_id) as mine:
+            view = self.view(thread_id)
+            if not mine or view.outcome or view.interrupts or not view.next:
+                return view
+            return self._invoke(None, thread_id, on_update)

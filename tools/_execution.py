@@ -179,7 +179,7 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
                 at=tc.ctx.now(),
             )
         )
-        if report.status is ReportStatus.applied:
+        if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
             version = report.installed.get(tc.manifest.name)
             store.fleet.set_installed(report.device_id, tc.manifest.name, version)
     store.audit.append_many(events)
@@ -275,6 +275,9 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
             dispatched = transport.dispatch(commands, wave)
             stored = [r for r in dispatched.duplicates.values() if r is not None]
             queued.update(dispatched.queued)
+            # Sent before a crash and not reported yet: wait for them like queued ones, or the
+            # gate would judge the wave without them.
+            queued.update(cid for cid, report in dispatched.duplicates.items() if report is None)
             reports = stored + transport.wait(
                 set(dispatched.accepted), until=ctx.now() + ctx.settings.wave_deadline
             )
@@ -298,7 +301,10 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     run.unreachable = [d for d in run.devices if d not in run.applied and d not in run.failed]
     gate = spec.health_gate
     if gate is not None and gate.soak_minutes:
-        reports = transport.sleep_until(ctx.now() + timedelta(minutes=gate.soak_minutes))
+        soak = timedelta(minutes=gate.soak_minutes)
+        if ctx.settings.max_soak is not None:
+            soak = min(soak, ctx.settings.max_soak)
+        reports = transport.sleep_until(ctx.now() + soak)
         ingest(tc, reports)
         _record(tc, run, reports)
     # Health after the soak: a device that degraded since its install fails the gate.
@@ -382,6 +388,7 @@ def rollback(tc: ToolContext, reason: str) -> dict[str, Any]:
     for wave in sorted({c.wave for c in commands}):
         dispatched = ctx.transport.dispatch([c for c in commands if c.wave == wave], wave)
         pending.update(dispatched.accepted, dispatched.queued)
+        pending.update(cid for cid, report in dispatched.duplicates.items() if report is None)
         stored.extend(r for r in dispatched.duplicates.values() if r is not None)
     reports = stored + ctx.transport.wait(pending, until=ctx.now() + ctx.settings.wave_deadline)
     ingest(tc, reports)

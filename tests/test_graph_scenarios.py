@@ -1,0 +1,111 @@
+"""The six shared scenarios end to end through the rollout graph with the offline model.
+
+Each scenario is driven the way the eval harness drives it (submit with its ticket,
+the scripted approvals while the run waits for them, then a worker works the queued
+run) and every ``expect`` key it has is checked against the graph state, the fleet
+twin and the audit log.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from _scenario_driver import (
+    drive,
+    expect_failures,
+    load,
+    open_run,
+    run_outcome,
+    scenario_paths,
+    variant,
+)
+from langgraph.checkpoint.postgres import PostgresSaver
+from langgraph.checkpoint.sqlite import SqliteSaver
+
+from fieldgate.scenario import Expect, load_scenario
+
+SCENARIOS = scenario_paths()
+
+
+def test_the_six_shared_scenarios_are_there() -> None:
+    assert [p.stem for p in SCENARIOS] == [
+        "ambiguous-version",
+        "canary-fails-rollback",
+        "safety-approval",
+        "small-auto-allow",
+        "telemetry-injection",
+        "unsigned-denied",
+    ]
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_scenario_passes_end_to_end_on_sqlite(path: Path, sqlite_url: str) -> None:
+    scenario = load_scenario(path)
+    with open_run(scenario, sqlite_url) as (world, orchestrator):
+        assert isinstance(orchestrator.graph.checkpointer, SqliteSaver)
+        view = drive(world, orchestrator)
+        assert expect_failures(world, view) == []
+        # The run's own record agrees with the graph state.
+        run = world.store.runs.get(view.thread_id)
+        if view.outcome:
+            assert (run.status, run.outcome) == ("done", view.outcome)
+        else:
+            assert run.status == "awaiting_approval"
+
+
+@pytest.mark.postgres
+def test_approval_scenario_passes_on_postgres(pg_url: str) -> None:
+    scenario = load("safety-approval")
+    with open_run(scenario, pg_url) as (world, orchestrator):
+        assert isinstance(orchestrator.graph.checkpointer, PostgresSaver)
+        assert world.store.engine.url.get_backend_name() == "postgresql"
+        view = drive(world, orchestrator)
+        assert expect_failures(world, view) == []
+        # The requester's own approval was received and ignored; saf-lee's counted.
+        approvals = view.values["approvals"]
+        assert approvals["counted"] == ["saf-lee"]
+        assert any(i["approver"] == "eng-ana" for i in approvals["ignored"])
+
+
+def test_expect_checks_fail_when_the_world_disagrees(sqlite_url: str) -> None:
+    """The checker is not vacuous: each kind of wrong expectation is reported."""
+    scenario = load("canary-fails-rollback")
+    with open_run(scenario, sqlite_url) as (world, orchestrator):
+        view = drive(world, orchestrator)
+        assert run_outcome(view) == "rolled_back"
+        wrong = {
+            "outcome": {"outcome": "completed"},
+            "deny_includes": {"deny_includes": ["freeze"]},
+            "approvals_required": {"approvals_required": [{"role": "safety", "count": 1}]},
+            "plan": {
+                "plan": {
+                    "module": "edge-runtime",
+                    "version": "1.8.0",
+                    "targets": 59,
+                    "first_wave_max": 2,
+                    "waves_min": 9,
+                    "schedule": "maintenance",
+                }
+            },
+            "devices": {"devices": {"versions": {"pump-logic": {"1.9.0": 60}}, "touched_max": 2}},
+            "audit": {"audit": {"kinds": ["approval"]}},
+        }
+        for key, expect in wrong.items():
+            other = dataclasses.replace(world, scenario=variant(scenario, expect=expect))
+            failures = expect_failures(other, view)
+            assert failures, key
+        plan_failures = expect_failures(
+            dataclasses.replace(world, scenario=variant(scenario, expect=wrong["plan"])), view
+        )
+        assert len(plan_failures) == 6
+        assert (
+            expect_failures(
+                dataclasses.replace(
+                    world, scenario=scenario.model_copy(update={"expect": Expect()})
+                ),
+                view,
+            )
+            == []
+        )
