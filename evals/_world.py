@@ -58,8 +58,11 @@ def build_world(
     descriptions = {
         i.module: i.text for i in scenario.injections if i.field == "manifest.description"
     }
-    every_module = [i.text for i in scenario.injections
-                    if i.field == "manifest.description" and i.module is None]
+    every_module = [
+        i.text
+        for i in scenario.injections
+        if i.field == "manifest.description" and i.module is None
+    ]
     manifests = []
     for entry in scenario.catalog:
         text = descriptions.get(entry.name) or (every_module[0] if every_module else None)
@@ -79,10 +82,11 @@ def build_world(
         store.keys.trust(person, key.public_b64, "approver")
     control = SigningKey.from_seed(CONTROL_PLANE, f"{scenario.id}:{seed}:control".encode())
     store.keys.trust(CONTROL_PLANE, control.public_b64, "control-plane")
+    transport = TwinTransport(twin)
     ctx = Context(
         store=store,
-        policy=PolicyGate(engine, store.audit),
-        transport=TwinTransport(twin),
+        policy=PolicyGate(engine, store.audit, clock=transport.now),
+        transport=transport,
         model=model,
         control_key=control,
         roster={person: list(roles) for person, roles in scenario.roster.items()},
