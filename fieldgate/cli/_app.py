@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import typer
 
+from fieldgate.cli._approvals import approvals_app
 from fieldgate.cli._audit import audit_app
 from fieldgate.cli._catalog import catalog_app
+from fieldgate.cli._chat import chat
+from fieldgate.cli._eval import eval_app
 from fieldgate.cli._fleet import fleet_app
 from fieldgate.cli._init import demo, init
+from fieldgate.cli._keys import keys_app
+from fieldgate.cli._policy import policy_app
 from fieldgate.cli._schema import schema
+from fieldgate.cli._serve import serve_model
+from fieldgate.cli._stop import stop
+from fieldgate.cli._worker import worker
 
 app = typer.Typer(
     name="fieldgate",
@@ -20,6 +28,15 @@ app = typer.Typer(
 app.command()(init)
 app.command()(demo)
 app.command()(schema)
+app.command()(chat)
+app.command()(worker)
+app.command()(stop)
 app.add_typer(catalog_app, name="catalog")
 app.add_typer(fleet_app, name="fleet")
+app.add_typer(approvals_app, name="approvals")
+app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.command("serve-model")(serve_model)
+
+app.add_typer(policy_app, name="policy")
+app.add_typer(eval_app, name="eval")

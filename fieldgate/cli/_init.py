@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._audit import print_verification
 from fieldgate.cli._common import current_user, open_store
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.plan import Selector
 from fieldgate.sample import DEMO_FACTORY_OWNER, demo_factory_key, load_sample, sample_path
+from fieldgate.scenario import Fault, FaultKind
 from fieldgate.store import Store
 
 
@@ -53,38 +58,162 @@ def init(
         )
 
 
+DEMO_REQUESTER = "eng-ana"
+"""The release engineer of the demo (an engineer in the policy pack's roster)."""
+DEMO_APPROVER = "saf-lee"
+"""The safety approver of the demo (holds the safety role in the policy pack's roster)."""
+
+
+@contextmanager
+def _demo_environment(home: Path, url: str) -> Iterator[None]:
+    """Point FIELDGATE_HOME and FIELDGATE_DB at the demo's own; drop settings that change it."""
+    names = ("FIELDGATE_HOME", "FIELDGATE_DB", "FIELDGATE_ROSTER", "FIELDGATE_FREEZE")
+    saved = {name: os.environ.get(name) for name in (*names, "FIELDGATE_MODEL")}
+    os.environ.update({"FIELDGATE_HOME": str(home), "FIELDGATE_DB": url})
+    for name in ("FIELDGATE_ROSTER", "FIELDGATE_FREEZE", "FIELDGATE_MODEL"):
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _step(number: int, title: str) -> None:
+    console.print()
+    console.rule(f"[bold]{number}. {title}", align="left")
+
+
+def _typed(text: str) -> None:
+    console.print(f"[dim]$[/] [bold]{escape(text)}[/]", highlight=False)
+
+
+def _installed(store: Store, site: str, module: str) -> str:
+    """``24× 2.4.1`` for the devices at ``site`` that run ``module``."""
+    counts: dict[str, int] = {}
+    for device in store.fleet.devices(Selector(sites=[site])):
+        if module in device.installed:
+            version = device.installed[module]
+            counts[version] = counts.get(version, 0) + 1
+    text = ", ".join(f"{n}× {v}" for v, n in sorted(counts.items())) or "none"
+    return f"{module} at {site} (fleet inventory): {text}"
+
+
+def _demo_story(url: str, home: Path) -> bool:
+    """The demo's steps, each about one screen; return whether the audit chain verified."""
+    from fieldgate.cli._approvals import decide
+    from fieldgate.cli._chat import submit_request
+    from fieldgate.cli._keys import make_approver_key
+    from fieldgate.cli._worker import summary, work_once
+    from fieldgate.graphs.context import default_twin, open_orchestrator
+
+    who = DEMO_REQUESTER
+    console.rule("[bold]fieldgate demo")
+    console.print(
+        f"database {url}, keys in {home / 'keys'}; offline model, in-process policy engine, "
+        "fleet twin on a virtual clock",
+        highlight=False,
+    )
+
+    _step(1, "init: the sample catalog and fleet")
+    _typed("fieldgate init")
+    with Store.open(url) as store:
+        manifests, _ = load_sample_into(store, "demo")
+        console.print(f"loaded the sample catalog ({manifests} signed manifests) and fleet")
+        print_summary(store.fleet.summary())
+        modules: dict[str, list[str]] = {}
+        for record in store.catalog.list():
+            modules.setdefault(record.manifest.name, []).append(record.manifest.version)
+        for name, versions in sorted(modules.items()):
+            safety = store.catalog.get(name, versions[0]).safety.value
+            console.print(f"  {name:18} {safety:8} {', '.join(versions)}", highlight=False)
+
+    _step(2, "a vague request: the planner asks back")
+    _typed(f"fieldgate chat --as {who}   › roll out the new version")
+    with open_orchestrator(url, "offline") as orchestrator:
+        submit_request(orchestrator, "roll out the new version", who)
+
+    _step(3, "policy says no: a change freeze is in force (rule D9)")
+    _typed(f"FIELDGATE_FREEZE=1 fieldgate chat --as {who}   › roll out pump-logic 1.9.0 to rtm-05")
+    with open_orchestrator(url, "offline", freeze=True) as orchestrator:
+        submit_request(orchestrator, "roll out pump-logic 1.9.0 to rtm-05", who)
+
+    _step(4, "a safety-class module: the plan waits for a safety approval")
+    _typed(f"fieldgate chat --as {who}   › Roll out hvac-controller 2.4.1 to muc-01")
+    with open_orchestrator(url, "offline") as orchestrator:
+        plan_id = submit_request(
+            orchestrator, "Roll out hvac-controller 2.4.1 to muc-01", who
+        ).plan_id
+
+    _step(5, "approvals: the requester's own does not count, the safety approver's does")
+    with Store.open(url) as store:
+        for owner in (who, DEMO_APPROVER):
+            _typed(f"fieldgate keys init --as {owner}")
+            key, path = make_approver_key(store, owner)
+            console.print(f"{key.key_id}: approver key of {owner} in {path}", highlight=False)
+    with open_orchestrator(url, "offline") as orchestrator:
+        _typed(f"fieldgate approvals approve {plan_id} --as {who}")
+        decide(orchestrator, plan_id, who, "approve", "looks fine to me")
+        _typed(f"fieldgate approvals approve {plan_id} --as {DEMO_APPROVER}")
+        decide(orchestrator, plan_id, DEMO_APPROVER, "approve", "maintenance window checked")
+
+    _step(6, "a worker executes it wave by wave, in muc-01's maintenance window")
+    _typed("fieldgate worker --once")
+    with open_orchestrator(url, "offline") as orchestrator:
+        console.print(f"worker: {summary(work_once(orchestrator))}", highlight=False)
+        console.print(_installed(orchestrator.ctx.store, "muc-01", "hvac-controller"))
+
+    _step(7, "a canary fails: the rollout aborts and rolls back")
+    _typed(f"fieldgate chat --as {who}   › Update air-quality-model to 1.2.0 at lyon-02")
+    with open_orchestrator(url, "offline") as orchestrator:
+        view = submit_request(orchestrator, "Update air-quality-model to 1.2.0 at lyon-02", who)
+    with Store.open(url) as store:
+        default_twin(store).add_faults([Fault(kind=FaultKind.install_fails, wave=1, count=1)])
+    console.print(
+        "[yellow]fault injected in the fleet twin:[/] one install in the first wave fails",
+        highlight=False,
+    )
+    _typed("fieldgate worker --once")
+    with open_orchestrator(url, "offline") as orchestrator:
+        console.print(f"worker: {summary(work_once(orchestrator))}", highlight=False)
+        console.print(_installed(orchestrator.ctx.store, "lyon-02", "air-quality-model"))
+    console.print(f"why: `fieldgate chat` › /why {view.plan_id}", highlight=False)
+
+    _step(8, "the audit trail")
+    _typed("fieldgate audit verify")
+    with Store.open(url) as store:
+        kinds: dict[str, int] = {}
+        for event in store.audit.events():
+            kinds[event.kind.value] = kinds.get(event.kind.value, 0) + 1
+        console.print(
+            "events: " + ", ".join(f"{kind} {n}" for kind, n in sorted(kinds.items())),
+            highlight=False,
+        )
+        result = store.audit.verify()
+    print_verification(result)
+    console.rule()
+    return result.ok
+
+
 @handles_errors
 def demo(
     keep: Path = typer.Option(
         None, "--keep", help="Use this SQLite file instead of a temporary one, and keep it."
     ),
 ) -> None:
-    """Show fieldgate on the sample fleet in a temporary database (non-interactive)."""
+    """Show the whole story on the sample fleet in a temporary database (non-interactive).
+
+    A question back, a denial, an approval (the requester's own does not count), execution
+    wave by wave, a failed canary rolled back, and the audit chain verified.
+    """
     with tempfile.TemporaryDirectory(prefix="fieldgate-demo-") as tmp:
-        path = keep or Path(tmp) / "demo.db"
+        home = Path(tmp)
+        path = keep or home / "demo.db"
         url = f"sqlite:///{path}"
-        console.rule("[bold]fieldgate demo")
-        console.print(f"database: {url}", highlight=False)
-        with Store.open(url) as store:
-            manifests, _ = load_sample_into(store, "demo")
-            console.print(f"loaded the sample catalog ({manifests} manifests) and fleet")
-            print_summary(store.fleet.summary())
-            records = store.catalog.list()
-            modules: dict[str, list[str]] = {}
-            for record in records:
-                modules.setdefault(record.manifest.name, []).append(record.manifest.version)
-            console.print(f"[bold]catalog:[/] {len(records)} signed manifests")
-            for name, versions in sorted(modules.items()):
-                safety = store.catalog.get(name, versions[0]).safety.value
-                console.print(f"  {name:18} {safety:8} {', '.join(versions)}", highlight=False)
-            store.audit.append(
-                EventKind.request,
-                ActorKind.human,
-                "demo",
-                {"text": "show the sample fleet and catalog"},
-            )
-            result = store.audit.verify()
-            print_verification(result)
-        console.rule()
-    if not result.ok:
+        with _demo_environment(home, url):
+            ok = _demo_story(url, home)
+    if not ok:
         raise typer.Exit(EXIT_FAILED)

@@ -1,0 +1,255 @@
+"""``fieldgate approvals``: the queue of plans waiting for people, and signed decisions on them."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Literal
+
+import typer
+from rich import box
+from rich.markdown import Markdown
+from rich.markup import escape
+from rich.panel import Panel
+from rich.table import Table
+
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._rollout import (
+    DbOption,
+    ago,
+    approval_deadline,
+    find_run,
+    print_approvals,
+    print_dry_run,
+    print_plan,
+    print_status,
+    print_verdict,
+    refuse,
+    roles_text,
+)
+
+if TYPE_CHECKING:
+    from fieldgate.graphs.runner import Orchestrator, RunView
+
+approvals_app = typer.Typer(
+    help="Plans waiting for approval: list, show, approve, reject.", no_args_is_help=True
+)
+
+PlanArgument = typer.Argument(..., metavar="PLAN", help="The plan id (see `approvals list`).")
+ApproverOption = typer.Option(
+    ..., "--as", help="Who decides; signs with FIELDGATE_HOME/keys/ID.key (`keys init`)."
+)
+CommentOption = typer.Option("", "--comment", "-m", help="Why (kept with the signed decision).")
+
+
+def _until(deadline: str | None, now: datetime) -> str:
+    if deadline is None:
+        return "-"
+    at = datetime.fromisoformat(deadline)
+    left = (at - now).total_seconds()
+    return f"{'in ' + ago(left) if left > 0 else 'passed'}\n{at:%m-%d %H:%M}"
+
+
+@approvals_app.command("list")
+@handles_errors
+def list_(db: str = DbOption) -> None:
+    """List the plans waiting for approval: what, where, who asked, who must still approve."""
+    from fieldgate.graphs.context import open_orchestrator
+
+    with open_orchestrator(db) as orchestrator:
+        store = orchestrator.ctx.store
+        now = orchestrator.ctx.now()
+        table = Table(
+            title="plans awaiting approval (deadlines in UTC)",
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+        )
+        for column in ("plan", "targets", "missing", "by", "deadline"):
+            table.add_column(column, no_wrap=True, min_width=18 if column == "missing" else None)
+        waiting = 0
+        for run in store.runs.list(("awaiting_approval",)):
+            view = orchestrator.view(run.thread_id)
+            if not view.interrupts:
+                continue
+            waiting += 1
+            plan = view.values.get("plan") or {}
+            missing = (view.values.get("approvals") or {}).get("missing") or []
+            age = ago((datetime.now(UTC) - run.created_at).total_seconds())
+            table.add_row(
+                f"{run.plan_id}\n{plan.get('module')} {plan.get('version')}",
+                str((view.values.get("findings") or {}).get("targets", "?")),
+                roles_text(missing).replace(", ", "\n"),
+                f"{escape(run.actor)}\n{age} ago",
+                _until(approval_deadline(view), now),
+            )
+    if not waiting:
+        console.print("no plans are waiting for approval")
+        return
+    console.print(table)
+
+
+def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
+    plan_hash = view.values.get("plan_hash")
+    received = orchestrator.ctx.store.approvals.for_plan(view.plan_id)
+    if not received:
+        console.print("[bold]decisions:[/] none yet", highlight=False)
+        return
+    table = Table(
+        title="signed decisions", title_justify="left", box=box.SIMPLE_HEAD, show_edge=False
+    )
+    for column in ("approver", "decision", "revision", "key", "at (UTC)", "comment"):
+        table.add_column(column, overflow="fold")
+    for approval in received:
+        table.add_row(
+            escape(approval.approver),
+            approval.decision.value,
+            "this one" if approval.plan_hash == plan_hash else "[dim]an older one[/]",
+            approval.key_id,
+            f"{approval.at:%Y-%m-%d %H:%M}",
+            escape(approval.comment) or "-",
+        )
+    console.print(table)
+
+
+@approvals_app.command("show")
+@handles_errors
+def show(plan: str = PlanArgument, db: str = DbOption) -> None:
+    """Show a plan as approvers read it: waves, dry run, policy verdict, who approved, what is
+    missing, and the approval request as approval inboxes get it."""
+    from fieldgate.graphs.context import open_orchestrator
+
+    with open_orchestrator(db) as orchestrator:
+        run = find_run(orchestrator.ctx.store, plan)
+        view = orchestrator.view(run.thread_id)
+        console.print(
+            f"[bold]{run.plan_id}[/] requested by [bold]{escape(run.actor)}[/]: "
+            f"“{escape(run.request)}”",
+            highlight=False,
+        )
+        values = view.values
+        if values.get("plan"):
+            console.print(f"plan hash {values.get('plan_hash')}", highlight=False)
+            print_plan(values)
+            print_dry_run(values)
+            print_verdict(values)
+            _print_decisions(orchestrator, view)
+            print_approvals(values)
+        if view.interrupts and isinstance(view.interrupts[0].value, dict):
+            request = view.interrupts[0].value
+            description = (request.get("action_requests") or [{}])[0].get("description", "")
+            # Its bold-labelled lines are meant as lines, not as one paragraph.
+            description = re.sub(r"\n(?=\*\*)", "\n\n", description)
+            console.print(
+                Panel(Markdown(description), title="approval request", title_align="left"),
+                soft_wrap=False,
+            )
+        print_status(view, run)
+
+
+def decide(
+    orchestrator: Orchestrator,
+    plan: str,
+    approver: str,
+    decision: Literal["approve", "reject"],
+    comment: str = "",
+) -> tuple[RunView, bool]:
+    """Sign ``decision`` with ``approver``'s key and hand it to the run; say what it changed.
+
+    Returns:
+        The run after the decision, and whether the decision counted.
+    """
+    from fieldgate.graphs.context import load_key
+
+    store = orchestrator.ctx.store
+    run = find_run(store, plan)
+    view = orchestrator.view(run.thread_id)
+    if not view.interrupts:
+        state = f"{run.status}, {run.outcome}" if run.outcome else run.status
+        refuse(f"plan {run.plan_id} is not awaiting approval (it is {state})")
+    key = load_key(approver)
+    trusted = store.keys.for_owner(approver, "approver")
+    if not trusted or trusted[-1].key_id != key.key_id:
+        held = f"the database trusts {trusted[-1].key_id}" if trusted else "it trusts none"
+        refuse(
+            f"the key of {approver} ({key.key_id}) is not {approver}'s approver key in this "
+            f"database ({held}); `fieldgate keys init --as {approver} --force` makes a new one "
+            "and trusts it"
+        )
+    view = orchestrator.decide(run.thread_id, key, decision, comment)
+    counted = view.values.get("approvals") or {}
+    reasons = [
+        entry.get("reason", "")
+        for entry in counted.get("ignored") or []
+        if entry.get("approver") == approver
+    ]
+    took = approver in (counted.get("counted") or []) or approver in (
+        counted.get("rejected_by") or []
+    )
+    verb = "approval" if decision == "approve" else "rejection"
+    if took:
+        console.print(
+            f"signed {verb} by [bold]{escape(approver)}[/] ({key.key_id}): [green]counts[/]",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"signed {verb} by [bold]{escape(approver)}[/] ({key.key_id}): "
+            f"[bold yellow]does not count[/] — {escape('; '.join(reasons) or 'see policy')}",
+            highlight=False,
+        )
+    if view.outcome == "rejected":
+        console.print(
+            f"[bold]{view.plan_id}:[/] [bold red]rejected[/]; nothing is sent to devices",
+            highlight=False,
+        )
+    elif view.status == "queued":
+        console.print(
+            f"[bold]{view.plan_id}:[/] [bold green]approved[/]: the quorum is reached; "
+            "queued for a worker (`fieldgate worker`)",
+            highlight=False,
+        )
+    elif view.interrupts:
+        console.print(
+            f"[bold]{view.plan_id}:[/] still missing {roles_text(counted.get('missing') or [])}",
+            highlight=False,
+        )
+    else:
+        print_status(view)
+    return view, took
+
+
+def _decide_command(
+    plan: str, approver: str, decision: Literal["approve", "reject"], comment: str, db: str | None
+) -> None:
+    from fieldgate.graphs.context import open_orchestrator
+
+    with open_orchestrator(db) as orchestrator:
+        _, took = decide(orchestrator, plan, approver, decision, comment)
+    if not took:
+        raise typer.Exit(EXIT_FAILED)
+
+
+@approvals_app.command("approve")
+@handles_errors
+def approve(
+    plan: str = PlanArgument,
+    approver: str = ApproverOption,
+    comment: str = CommentOption,
+    db: str = DbOption,
+) -> None:
+    """Approve a plan with a signed decision; exit 1 when policy does not count it."""
+    _decide_command(plan, approver, "approve", comment, db)
+
+
+@approvals_app.command("reject")
+@handles_errors
+def reject(
+    plan: str = PlanArgument,
+    approver: str = ApproverOption,
+    comment: str = CommentOption,
+    db: str = DbOption,
+) -> None:
+    """Reject a plan with a signed decision; a counted rejection ends the run."""
+    _decide_command(plan, approver, "reject", comment, db)

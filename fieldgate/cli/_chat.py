@@ -1,0 +1,159 @@
+"""``fieldgate chat``: ask for rollouts in the terminal; see the plan, dry run and verdict."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+
+from fieldgate.cli._common import current_user
+from fieldgate.cli._output import console, errors, exit_code_for
+from fieldgate.cli._rollout import (
+    DbOption,
+    ModelOption,
+    find_run,
+    print_rationale,
+    print_review,
+    print_run,
+    print_why,
+    runs_table,
+)
+from fieldgate.errors import FieldgateError
+
+if TYPE_CHECKING:
+    from fieldgate.graphs.runner import Orchestrator, RunView
+
+HELP = """\
+Type a rollout request, e.g. [bold]roll out pump-logic 1.9.0 to rtm-05[/]. Commands:
+  [bold]/status PLAN[/]  where a plan stands: plan, dry run, verdict, approvals, execution
+  [bold]/why PLAN[/]     why: rationale, validator, policy decision and reasons (audit log)
+  [bold]/plans[/]        every plan with its status and outcome
+  [bold]/help[/]         this text
+  [bold]/quit[/]         leave (so does Ctrl-D)"""
+
+
+def submit_request(orchestrator: Orchestrator, request: str, requester: str) -> RunView:
+    """Plan, validate and gate ``request``; show the rationale as it arrives, then the result."""
+
+    def on_update(node: str, update: dict[str, Any]) -> None:
+        if node == "planner" and update.get("plan"):
+            plan = update["plan"]
+            print_rationale(plan.get("revision"), plan.get("rationale", ""))
+        elif node == "validator" and update.get("feedback"):
+            print_review(update.get("review") or {})
+            console.print("  [dim]back to the planner with these concerns[/]", highlight=False)
+
+    view = orchestrator.submit(request, requester, on_update=on_update)
+    print_run(view, orchestrator.ctx.store.runs.get(view.thread_id))
+    return view
+
+
+class ChatSession:
+    """One chat: who asks, which database and model; a line at a time."""
+
+    def __init__(self, requester: str, db: str | None, model: str | None) -> None:
+        self.requester = requester
+        self.db = db
+        self.model = model
+
+    def _orchestrator(self) -> AbstractContextManager[Orchestrator]:
+        from fieldgate.graphs.context import open_orchestrator
+
+        # Opened for every line: another process (a worker) moves the twin's clock on.
+        return open_orchestrator(self.db, self.model)
+
+    def check(self) -> None:
+        """Fail early when the database, the fleet or the model cannot be opened."""
+        with self._orchestrator():
+            pass
+
+    def handle(self, line: str) -> bool:
+        """Act on one line; False when the chat should end."""
+        text = line.strip()
+        if not text or text.startswith("#"):
+            return True
+        if not text.startswith("/"):
+            with self._orchestrator() as orchestrator:
+                submit_request(orchestrator, text, self.requester)
+            return True
+        try:
+            command, *args = shlex.split(text)
+        except ValueError as exc:
+            raise FieldgateError(f"cannot read {text!r}: {exc}") from None
+        if command in ("/quit", "/exit", "/q"):
+            return False
+        if command == "/help":
+            console.print(HELP, highlight=False)
+        elif command == "/plans":
+            with self._orchestrator() as orchestrator:
+                console.print(runs_table(orchestrator.ctx.store.runs.list()))
+        elif command in ("/status", "/why"):
+            if len(args) != 1:
+                raise FieldgateError(f"usage: {command} PLAN (/plans lists them)")
+            with self._orchestrator() as orchestrator:
+                if command == "/why":
+                    print_why(orchestrator.ctx.store, args[0])
+                else:
+                    run = find_run(orchestrator.ctx.store, args[0])
+                    print_run(orchestrator.view(run.thread_id), run)
+        else:
+            raise FieldgateError(f"unknown command {command}; /help lists the commands")
+        return True
+
+
+def _lines(interactive: bool) -> Iterator[str]:
+    if not interactive:
+        yield from sys.stdin
+        return
+    while True:
+        try:
+            yield console.input("[bold cyan]you ›[/] ")
+        except EOFError:
+            console.print()
+            return
+
+
+def chat(
+    actor: str = typer.Option(
+        None, "--as", help="Who asks (default: FIELDGATE_USER, else the login name)."
+    ),
+    model: str = ModelOption,
+    db: str = DbOption,
+) -> None:
+    """Ask for rollouts in a chat with the planner; /help lists the commands.
+
+    Reads one request a line; works with piped input (echo "roll out …" | fieldgate chat).
+    """
+    requester = actor or current_user()
+    if not requester.strip():
+        raise typer.BadParameter("the requester id is empty", param_hint="--as")
+    session = ChatSession(requester.strip(), db, model)
+    interactive = sys.stdin.isatty()
+    try:
+        session.check()
+    except FieldgateError as error:
+        errors.print(f"[red]error: {escape(str(error))}[/]", highlight=False)
+        raise typer.Exit(exit_code_for(error)) from None
+    if interactive:
+        console.print(
+            f"fieldgate chat as [bold]{escape(session.requester)}[/]; /help lists the commands, "
+            "/quit or Ctrl-D leaves",
+            highlight=False,
+        )
+    try:
+        for line in _lines(interactive):
+            if not interactive and line.strip() and not line.lstrip().startswith(("/", "#")):
+                console.rule(f"[bold]› {escape(line.strip())}", align="left")
+            try:
+                if not session.handle(line):
+                    break
+            except FieldgateError as error:
+                for message in str(error).splitlines():
+                    errors.print(f"[red]error: {escape(message)}[/]", highlight=False)
+    except KeyboardInterrupt:
+        console.print()

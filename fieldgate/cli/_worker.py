@@ -1,0 +1,218 @@
+"""``fieldgate worker``: execute approved runs wave by wave; expire overdue approval requests."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
+
+from fieldgate.cli._output import console, errors, handles_errors
+from fieldgate.cli._rollout import (
+    DbOption,
+    ModelOption,
+    approval_deadline,
+    print_status,
+    wave_counts,
+    when,
+)
+from fieldgate.errors import FieldgateError
+from fieldgate.store import Run
+
+if TYPE_CHECKING:
+    from fieldgate.graphs.runner import Orchestrator, RunView
+
+WORK_STATUSES = ("queued", "executing")
+"""Runs a worker executes: approved and queued, or left mid-way by a worker that stopped."""
+
+
+class WaveProgress:
+    """A progress bar per wave, moved on after every executor step."""
+
+    def __init__(self, values: dict[str, Any]) -> None:
+        plan = values.get("plan") or {}
+        sizes = (values.get("findings") or {}).get("wave_sizes") or []
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(bar_width=30),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[note]}"),
+            console=console,
+        )
+        self.tasks: list[TaskID] = [
+            self.progress.add_task(
+                f"wave {index + 1} {wave.get('name')}",
+                total=sizes[index] if index < len(sizes) else None,
+                note="[dim]pending[/]",
+            )
+            for index, wave in enumerate(plan.get("waves") or [])
+        ]
+        self.said: set[str] = set()
+        self.rollback_version = (plan.get("rollback") or {}).get("version")
+        execution = values.get("execution")
+        if execution:
+            self._show(execution)
+
+    def __enter__(self) -> WaveProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.progress.stop()
+
+    def _say_once(self, key: str, text: str) -> None:
+        if key not in self.said:
+            self.said.add(key)
+            self.progress.console.print(text, highlight=False)
+
+    def on_update(self, node: str, update: dict[str, Any]) -> None:
+        """Take one node's update (the executor's carry the execution state)."""
+        if node == "executor" and update.get("execution"):
+            self._show(update["execution"])
+
+    def _show(self, execution: dict[str, Any]) -> None:
+        for task, wave in zip(self.tasks, execution.get("waves") or [], strict=False):
+            total, applied, failed, unreachable = wave_counts(wave)
+            status = wave.get("status", "pending")
+            colour = {"passed": "green", "failed": "red", "halted": "red"}.get(status, "dim")
+            note = f"[{colour}]{status}[/]"
+            if failed or unreachable:
+                note += f" ({failed} failed, {unreachable} unreachable)"
+            self.progress.update(task, total=total, completed=applied + failed + unreachable)
+            self.progress.update(task, note=note)
+        abort = execution.get("abort") or {}
+        if abort.get("tripped"):
+            self._say_once("abort", f"[bold red]abort:[/] {escape(abort.get('reason', ''))}")
+        if execution.get("rolled_back"):
+            back = len(execution.get("touched") or []) - len(execution.get("rollback_failed") or [])
+            self._say_once(
+                "rollback",
+                f"[bold yellow]rolled back[/] {back} device(s) to {self.rollback_version}"
+                + (
+                    f"; not confirmed: {', '.join(execution['rollback_failed'])}"
+                    if execution.get("rollback_failed")
+                    else ""
+                ),
+            )
+        if execution.get("paused"):
+            self._say_once("paused", "[bold yellow]paused[/]: dispatch stopped")
+
+
+@dataclass
+class WorkDone:
+    """What one pass of the worker did."""
+
+    outcomes: dict[str, str] = field(default_factory=dict)
+    """Plan id → outcome of each run executed (or where it stopped)."""
+    expired: list[str] = field(default_factory=list)
+    """Plans whose approval deadline passed."""
+
+    def __bool__(self) -> bool:
+        return bool(self.outcomes or self.expired)
+
+
+def execute(orchestrator: Orchestrator, run: Run) -> RunView:
+    """Execute one queued run to its end, with a progress bar per wave."""
+    view = orchestrator.view(run.thread_id)
+    plan = view.values.get("plan") or {}
+    console.rule(
+        f"[bold]{run.plan_id}[/]: {plan.get('module')} {plan.get('version')}, "
+        f"requested by {escape(run.actor)}",
+        align="left",
+    )
+    with WaveProgress(view.values) as progress:
+        view = orchestrator.work(run.thread_id, on_update=progress.on_update)
+    print_status(view, orchestrator.ctx.store.runs.get(run.thread_id))
+    return view
+
+
+def expire_overdue(orchestrator: Orchestrator) -> list[str]:
+    """End the runs whose approval deadline passed on the twin's clock."""
+    expired = []
+    now = orchestrator.ctx.now()
+    for run in orchestrator.ctx.store.runs.list(("awaiting_approval",)):
+        view = orchestrator.view(run.thread_id)
+        deadline = approval_deadline(view)
+        if deadline is None or now < datetime.fromisoformat(deadline):
+            continue
+        view = orchestrator.expire(run.thread_id)
+        if view.outcome == "expired":
+            expired.append(run.plan_id)
+            console.print(
+                f"[bold]{run.plan_id}:[/] [red]expired[/]: no quorum before {when(deadline)}",
+                highlight=False,
+            )
+    return expired
+
+
+def work_once(orchestrator: Orchestrator) -> WorkDone:
+    """One pass: expire overdue approval requests, then execute every queued run."""
+    done = WorkDone(expired=expire_overdue(orchestrator))
+    for run in orchestrator.ctx.store.runs.list(WORK_STATUSES):
+        try:
+            view = execute(orchestrator, run)
+        except FieldgateError as error:
+            # One broken run must not stop the others; it stays open for the next pass.
+            errors.print(f"[red]error: {run.plan_id}: {escape(str(error))}[/]", highlight=False)
+            done.outcomes[run.plan_id] = "error"
+            continue
+        done.outcomes[run.plan_id] = view.outcome or view.status
+    return done
+
+
+def summary(done: WorkDone) -> str:
+    """``executed 2 runs (1 completed, 1 rolled_back); expired 0``."""
+    if not done:
+        return "nothing to do: no run is queued and no approval request is overdue"
+    counts: dict[str, int] = {}
+    for outcome in done.outcomes.values():
+        counts[outcome] = counts.get(outcome, 0) + 1
+    detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
+    runs = len(done.outcomes)
+    return (
+        f"executed {runs} run{'' if runs == 1 else 's'}"
+        + (f" ({detail})" if detail else "")
+        + f"; expired {len(done.expired)}"
+    )
+
+
+@handles_errors
+def worker(
+    once: bool = typer.Option(False, "--once", help="Do one pass, say what was done, exit."),
+    interval: float = typer.Option(
+        3.0, "--interval", min=0.1, help="Seconds between passes (without --once)."
+    ),
+    model: str = ModelOption,
+    db: str = DbOption,
+) -> None:
+    """Execute approved runs wave by wave and expire overdue approval requests.
+
+    Without --once it polls until Ctrl-C; a run left mid-way continues from its checkpoint.
+    """
+    from fieldgate.graphs.context import open_orchestrator
+
+    if not once:
+        console.print(f"worker: polling every {interval:g}s; Ctrl-C stops", highlight=False)
+    try:
+        while True:
+            # A fresh orchestrator each pass: other processes move runs and the twin on.
+            with open_orchestrator(db, model) as orchestrator:
+                done = work_once(orchestrator)
+            if once:
+                console.print(f"worker: {summary(done)}", highlight=False)
+                return
+            if done:
+                console.print(f"worker: {summary(done)}", highlight=False)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        console.print("worker: stopped", highlight=False)
