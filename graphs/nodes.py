@@ -338,17 +338,14 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
     ctx = _context(runtime)
     store = ctx.store
     plan = _plan(state)
-    record = store.catalog.record(plan.module, plan.version)
+    versions = {r.manifest.version: r for r in store.catalog.list(plan.module)}
+    record = versions.get(plan.version) or store.catalog.record(plan.module, plan.version)
     manifest = record.manifest
     keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
     check = verify_artifact(manifest, keys, record.observed_digest)
     devices = store.fleet.devices(plan.target)
     sites = {s.id: s for s in store.fleet.sites()}
-    installed = {
-        (r.manifest.name, r.manifest.version): r.manifest
-        for r in store.catalog.list()
-        if r.manifest.name == plan.module
-    }
+    installed = {(plan.module, v): r.manifest for v, r in versions.items()}
     decision = ctx.policy.rollout(
         rollout_input(
             plan,

@@ -226,11 +226,14 @@ class CatalogStore:
                 added.append(manifest.ref)
             return ImportResult(origin.id, added, unchanged)
 
-    def list(self) -> builtins.list[CatalogRecord]:
-        """List every stored module version, by name and then version order."""
+    def list(self, name: str | None = None) -> builtins.list[CatalogRecord]:
+        """List every stored module version (of module ``name`` only, when given), by name and
+        then version order."""
         query = select(ManifestRow, CatalogImportRow).join(
             CatalogImportRow, col(ManifestRow.import_id) == CatalogImportRow.id
         )
+        if name is not None:
+            query = query.where(col(ManifestRow.name) == name)
         with transaction(self._engine, "listing the catalog") as session:
             records = [_record(row, origin) for row, origin in session.exec(query)]
         return sorted(records, key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from packaging.version import InvalidVersion
-from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select
+from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col
@@ -19,7 +19,7 @@ from fieldgate.contract import Contract, parse_version, version_in_range
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import NAME_PATTERN
-from fieldgate.plan import Selector
+from fieldgate.plan import Selector, select_devices
 from fieldgate.store._engine import for_writing, is_sqlite, transaction
 from fieldgate.store._table import (
     StoreTable,
@@ -102,6 +102,25 @@ class InstalledRow(StoreTable, table=True):
     device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
     module: str = Field(primary_key=True, index=True)
     version: str
+
+
+class FleetRevisionRow(StoreTable, table=True):
+    """A counter every fleet write moves on, so readers can tell a cached fleet is current."""
+
+    __tablename__ = "fleet_revision"
+
+    id: int = Field(default=1, primary_key=True)
+    revision: int = 0
+
+
+def _bump_revision(session: Session) -> None:
+    moved = session.execute(
+        update(FleetRevisionRow)
+        .where(col(FleetRevisionRow.id) == 1)
+        .values(revision=col(FleetRevisionRow.revision) + 1)
+    )
+    if not moved.rowcount:  # type: ignore[attr-defined]
+        session.add(FleetRevisionRow(id=1, revision=1))
 
 
 class FleetSummary(Contract):
@@ -231,6 +250,23 @@ class FleetStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._writer = for_writing(engine)
+        # (revision, sites, devices): the whole fleet as of a revision, for selector reads
+        self._cached: tuple[int, list[Site], list[Device]] | None = None
+
+    def revision(self) -> int:
+        """How many times the fleet was written (0 for a fleet never written)."""
+        with transaction(self._engine, "reading the fleet revision") as session:
+            row = session.get(FleetRevisionRow, 1)
+            return row.revision if row is not None else 0
+
+    def _whole_fleet(self) -> tuple[list[Site], list[Device]]:
+        revision = self.revision()
+        if self._cached is None or self._cached[0] != revision:
+            sites = self._read_sites()
+            with transaction(self._engine, "reading devices") as session:
+                devices = _load_devices(session, Selector())
+            self._cached = (revision, sites, devices)
+        return self._cached[1], self._cached[2]
 
     def import_inventory(
         self, inventory: FleetInventory, source: str, actor: str
@@ -245,6 +281,7 @@ class FleetStore:
         device_ids = [d.id for d in devices]
         site_ids = [s.id for s in inventory.sites]
         with transaction(self._writer, f"importing the fleet inventory {source}") as session:
+            _bump_revision(session)
             origin = FleetImportRow(
                 source=source,
                 actor=actor,
@@ -318,6 +355,9 @@ class FleetStore:
 
     def sites(self) -> list[Site]:
         """List every site, by id."""
+        return list(self._whole_fleet()[0])
+
+    def _read_sites(self) -> list[Site]:
         with transaction(self._engine, "reading sites") as session:
             labels: dict[str, dict[str, str]] = defaultdict(dict)
             for label in session.scalars(select(SiteLabelRow)):
@@ -336,8 +376,15 @@ class FleetStore:
             ]
 
     def devices(self, selector: Selector | None = None) -> list[Device]:
-        """List the devices ``selector`` picks (every device without one), by id."""
+        """List the devices ``selector`` picks (every device without one), by id.
+
+        Reads by explicit device ids go to the database; other selectors are answered from
+        the whole fleet as of the current revision, read once and kept until the next write.
+        """
         selector = selector or Selector()
+        if not selector.devices:
+            sites, devices = self._whole_fleet()
+            return select_devices(selector, devices, {site.id: site for site in sites})
         with transaction(self._engine, "reading devices") as session:
             devices = _load_devices(session, selector)
         if selector.installed:
@@ -370,6 +417,7 @@ class FleetStore:
         with transaction(self._writer, f"recording {module} on {device_id}") as session:
             if session.get(DeviceRow, device_id) is None:
                 raise NotFound(f"device {device_id!r} is not in the fleet")
+            _bump_revision(session)
             if version is None:
                 session.execute(
                     delete(InstalledRow).where(
