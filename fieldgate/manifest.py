@@ -61,13 +61,9 @@ class Artifact(Contract):
     """Key id of the factory key that signed, e.g. ``ed25519:0123abcd…``."""
 
 
-class ModuleManifest(Contract):
-    """One version of a module: identity, artifact, safety class, hardware and dependencies."""
+class ModuleFacts(Contract):
+    """What a module version is and needs, shared by the full and the compact manifest."""
 
-    apiVersion: ApiVersion = "fieldgate/v1"
-    """Contract version."""
-    kind: Literal["Module"] = "Module"
-    """Document kind."""
     name: Name
     """Module name, e.g. ``hvac-controller``."""
     version: VersionStr
@@ -90,6 +86,24 @@ class ModuleManifest(Contract):
     """Interfaces this module consumes."""
     downgrade_allowed: bool = False
     """Whether a device running a newer version may be moved to this one."""
+
+    @field_validator("requires")
+    @classmethod
+    def _unique_requirements(cls, value: list[Requirement]) -> list[Requirement]:
+        names = [r.module for r in value]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"module {dupes[0]!r} is required more than once")
+        return value
+
+
+class ModuleManifest(ModuleFacts):
+    """One version of a module: identity, artifact, safety class, hardware and dependencies."""
+
+    apiVersion: ApiVersion = "fieldgate/v1"
+    """Contract version."""
+    kind: Literal["Module"] = "Module"
+    """Document kind."""
     artifact: Artifact
     """The artifact and its signature."""
 
@@ -102,47 +116,16 @@ class ModuleManifest(Contract):
         """What the factory key signs for this version."""
         return {"name": self.name, "version": self.version, "digest": self.artifact.digest}
 
-    @field_validator("requires")
-    @classmethod
-    def _unique_requirements(cls, value: list[Requirement]) -> list[Requirement]:
-        names = [r.module for r in value]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"module {dupes[0]!r} is required more than once")
-        return value
-
 
 def sample_digest(name: str, version: str) -> str:
     """Digest of the stand-in artifact content used for sample data and scenarios."""
     return "sha256:" + hashlib.sha256(f"artifact {name}@{version}".encode()).hexdigest()
 
 
-class CatalogEntry(Contract):
+class CatalogEntry(ModuleFacts):
     """The compact manifest form used in scenarios: ``signed`` and ``digest_mismatch`` describe
     the artifact instead of a real digest and signature."""
 
-    name: Name
-    """Module name."""
-    version: VersionStr
-    """Version."""
-    description: str = ""
-    """Untrusted free text from the factory."""
-    safety: SafetyClass
-    """Safety class."""
-    device_classes: list[Name] = Field(min_length=1)
-    """Device classes the module runs on."""
-    arch: list[str] = Field(min_length=1)
-    """CPU architectures."""
-    min_memory_mb: int = Field(default=0, ge=0)
-    """Least device memory, MiB."""
-    requires: list[Requirement] = []
-    """Required modules and ranges."""
-    provides: list[Interface] = []
-    """Interfaces provided."""
-    consumes: list[Interface] = []
-    """Interfaces consumed."""
-    downgrade_allowed: bool = False
-    """Whether downgrades to this version are allowed."""
     signed: bool = True
     """Whether the factory signed the artifact."""
     digest_mismatch: bool = False
