@@ -28,6 +28,8 @@ bench: setup
 	$(BIN)/python bench/twin.py
 	$(BIN)/python bench/audit.py
 	$(BIN)/python bench/policy.py
+	$(BIN)/python bench/graph.py
+	$(BIN)/python bench/transport.py
 
 clean:
 	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -8,6 +8,7 @@ from fieldgate.cli._approvals import approvals_app
 from fieldgate.cli._audit import audit_app
 from fieldgate.cli._catalog import catalog_app
 from fieldgate.cli._chat import chat
+from fieldgate.cli._edge import agent, up
 from fieldgate.cli._eval import eval_app
 from fieldgate.cli._fleet import fleet_app
 from fieldgate.cli._init import demo, init
@@ -31,7 +32,9 @@ app.command()(schema)
 app.command()(chat)
 app.command()(worker)
 app.command()(stop)
+app.command()(agent)
 app.add_typer(catalog_app, name="catalog")
+fleet_app.command("up")(up)
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")

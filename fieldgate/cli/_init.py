@@ -15,6 +15,7 @@ from fieldgate.cli._audit import print_verification
 from fieldgate.cli._common import current_user, open_store
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.errors import FieldgateError
 from fieldgate.plan import Selector
 from fieldgate.sample import DEMO_FACTORY_OWNER, demo_factory_key, load_sample, sample_path
 from fieldgate.scenario import Fault, FaultKind
@@ -198,10 +199,56 @@ def _demo_story(url: str, home: Path) -> bool:
     return result.ok
 
 
+def _mqtt_story(url: str, home: Path) -> bool:
+    """The demo over a real MQTT broker: field agent processes install, one canary fails."""
+    from fieldgate.cli._chat import submit_request
+    from fieldgate.cli._edge import edge_demo
+    from fieldgate.cli._worker import summary, work_once
+
+    who = DEMO_REQUESTER
+    console.rule("[bold]fieldgate demo over MQTT")
+    with Store.open(url) as store:
+        load_sample_into(store, "demo")
+    site = "lyon-02"
+    first = f"{site}-env-sensor-01"
+    console.print(
+        f"starting field agent processes for the env sensors at {site}; "
+        f"installs of air-quality-model 1.2.0 fail on {first}",
+        highlight=False,
+    )
+    with edge_demo(
+        url,
+        home / "agents",
+        selector=Selector(sites=[site], classes=["env-sensor"]),
+        fail_installs={first: ["air-quality-model@1.2.0"]},
+    ) as opener:
+        _step(1, "a request: no approval needed, it is queued for a worker")
+        _typed(f"fieldgate chat --as {who}   › Update air-quality-model to 1.2.0 at {site}")
+        with opener(url, "offline") as orchestrator:
+            submit_request(orchestrator, f"Update air-quality-model to 1.2.0 at {site}", who)
+        _step(2, "a worker sends signed commands over MQTT; the canary fails and is rolled back")
+        _typed("fieldgate worker --once --transport mqtt")
+        with opener(url, "offline") as orchestrator:
+            console.print(f"worker: {summary(work_once(orchestrator))}", highlight=False)
+            console.print(_installed(orchestrator.ctx.store, site, "air-quality-model"))
+    _step(3, "the audit trail")
+    with Store.open(url) as store:
+        result = store.audit.verify()
+    print_verification(result)
+    console.rule()
+    return result.ok
+
+
 @handles_errors
 def demo(
     keep: Path = typer.Option(
         None, "--keep", help="Use this SQLite file instead of a temporary one, and keep it."
+    ),
+    transport: str = typer.Option(
+        "twin",
+        "--transport",
+        help="twin (simulated devices) or mqtt (field agent processes over FIELDGATE_BROKER, "
+        "default mqtt://127.0.0.1:1883).",
     ),
 ) -> None:
     """Show the whole story on the sample fleet in a temporary database (non-interactive).
@@ -214,6 +261,11 @@ def demo(
         path = keep or home / "demo.db"
         url = f"sqlite:///{path}"
         with _demo_environment(home, url):
-            ok = _demo_story(url, home)
+            if transport == "mqtt":
+                ok = _mqtt_story(url, home)
+            elif transport == "twin":
+                ok = _demo_story(url, home)
+            else:
+                raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
     if not ok:
         raise typer.Exit(EXIT_FAILED)

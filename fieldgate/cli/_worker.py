@@ -194,19 +194,43 @@ def worker(
     ),
     model: str = ModelOption,
     db: str = DbOption,
+    transport: str = typer.Option(
+        "twin", "--transport", help="twin (simulated devices) or mqtt (field agents)."
+    ),
+    broker: str = typer.Option(
+        None, "--broker", help="MQTT broker URL for --transport mqtt (default FIELDGATE_BROKER)."
+    ),
+    gateway_id: str = typer.Option(
+        "fieldgate-gateway", "--gateway-id", help="MQTT client id of this worker's gateway."
+    ),
 ) -> None:
     """Execute approved runs wave by wave and expire overdue approval requests.
 
     Without --once it polls until Ctrl-C; a run left mid-way continues from its checkpoint.
+    With --transport mqtt, commands go over the broker to `fieldgate agent` processes.
     """
+    from contextlib import AbstractContextManager
+
     from fieldgate.graphs.context import open_orchestrator
+
+    if transport not in ("twin", "mqtt"):
+        raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
+
+    def opened() -> AbstractContextManager[Orchestrator]:
+        if transport == "mqtt":
+            from fieldgate.cli._edge import broker_settings, open_mqtt_orchestrator
+
+            return open_mqtt_orchestrator(
+                db, model, broker=broker_settings(broker), client_id=gateway_id
+            )
+        return open_orchestrator(db, model)
 
     if not once:
         console.print(f"worker: polling every {interval:g}s; Ctrl-C stops", highlight=False)
     try:
         while True:
             # A fresh orchestrator each pass: other processes move runs and the twin on.
-            with open_orchestrator(db, model) as orchestrator:
+            with opened() as orchestrator:
                 done = work_once(orchestrator)
             if once:
                 console.print(f"worker: {summary(done)}", highlight=False)

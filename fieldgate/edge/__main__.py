@@ -1,0 +1,50 @@
+"""``python -m fieldgate.edge --spec FILE``: the agent process :class:`LocalFleet` starts.
+
+People start agents with ``fieldgate agent``; supervisors (``fieldgate fleet up``,
+tests, benchmarks) write an :class:`AgentSpec` and start this lighter entry point,
+which loads neither the command line nor the agents' graph.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from fieldgate.edge._agent import AgentSpec, open_agents, run_agents
+from fieldgate.edge._local import PASSWORD_ENV
+from fieldgate.errors import FieldgateError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the devices of one spec file until SIGTERM or SIGINT."""
+    parser = argparse.ArgumentParser(prog="python -m fieldgate.edge")
+    parser.add_argument("--spec", required=True, type=Path, help="AgentSpec JSON file")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    spec = AgentSpec.model_validate_json(args.spec.read_text())
+    password = os.environ.get(PASSWORD_ENV)
+    if password:
+        spec = spec.model_copy(update={"broker": replace(spec.broker, password=password)})
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    try:
+        agents = open_agents(spec)
+    except FieldgateError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    run_agents(agents, stop)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,42 @@
+"""Where a field agent gets the artifact a command installs, and the digest it checks."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+
+def sample_artifact(module: str, version: str) -> bytes:
+    """The stand-in content of ``sample://module/version`` artifacts.
+
+    Its sha256 is :func:`fieldgate.manifest.sample_digest`, the digest the sample
+    catalog and the scenarios name.
+    """
+    return f"artifact {module}@{version}".encode()
+
+
+def digest_of(content: bytes) -> str:
+    """``sha256:`` and the hex digest of ``content``."""
+    return "sha256:" + hashlib.sha256(content).hexdigest()
+
+
+class ArtifactUnavailable(Exception):
+    """The artifact of a module version cannot be fetched."""
+
+
+class ArtifactSource:
+    """Fetches artifacts: files ``DIR/{module}/{version}`` when a directory is set, else the
+    stand-in content of sample artifacts."""
+
+    def __init__(self, directory: Path | None = None) -> None:
+        self.directory = directory
+
+    def fetch(self, module: str, version: str) -> bytes:
+        """The artifact's bytes; raise ArtifactUnavailable when there are none."""
+        if self.directory is None:
+            return sample_artifact(module, version)
+        path = self.directory / module / version
+        try:
+            return path.read_bytes()
+        except OSError as exc:
+            raise ArtifactUnavailable(f"{path}: {exc.strerror or exc}") from None
