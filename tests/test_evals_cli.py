@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fieldgate.evals import (
     CheckResult,
     EvalResults,
@@ -177,3 +178,32 @@ def test_html_escapes_every_value() -> None:
     html = render_html(results)
     assert "<script" not in html and "<img" not in html
     assert "&lt;script&gt;" in html
+
+
+def test_openai_path_tokens_reach_the_eval_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldgate.agents._server import model_server
+
+    with model_server() as base_url:
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test")
+        code, out = invoke(
+            "eval",
+            "run",
+            str(SHARED / "small-auto-allow.yaml"),
+            "--model",
+            "openai:offline",
+            "--k",
+            "1",
+            "--out",
+            str(tmp_path),
+        )
+    assert code == 0, out
+    document = json.loads((tmp_path / "results.json").read_text())
+    summary = document["summary"]
+    assert summary["pass^1"] == 1.0
+    assert summary["tokens_in"] > 0 and summary["tokens_out"] > 0
+    run = document["scenarios"][0]["runs"][0]
+    assert run["tokens_in"] > 0 and run["tokens_out"] > 0
+    assert f"tokens {summary['tokens_in']} in" in out
