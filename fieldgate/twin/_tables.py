@@ -14,6 +14,8 @@ from sqlalchemy import BigInteger, Table, Text
 from sqlalchemy.engine import Connection, Engine
 from sqlmodel import Field, SQLModel
 
+from fieldgate.errors import StoreError
+
 
 class TwinFleetRow(SQLModel, table=True):
     """One simulated fleet: its seed, virtual clock and sites."""
@@ -174,7 +176,7 @@ def _statement_parts(conn: Connection, table: Table) -> tuple[str, Callable[[str
     elif style in ("format", "pyformat"):
         mark = "%s"
     else:
-        raise NotImplementedError(f"the twin writes through qmark or format drivers, not {style}")
+        raise StoreError(f"the twin writes through qmark or format drivers, not {style}")
     return preparer.format_table(table), preparer.quote, mark
 
 
