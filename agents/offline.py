@@ -24,7 +24,6 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import BaseModel
 
 from fieldgate.contract import canonical_json, sha256_hex
 
@@ -206,8 +205,3 @@ def _chat_answer(prompt: str) -> str:
         "I plan rollouts: ask me to roll out or roll back a module, "
         "e.g. 'roll out pump-logic 1.9.0 to rtm-05'."
     )
-
-
-def offline_schema_names(schemas: Sequence[type[BaseModel]]) -> set[str]:
-    """The tool names under which ``schemas`` are bound."""
-    return {s.__name__ for s in schemas}
