@@ -92,6 +92,25 @@ def default_twin(store: Store, seed: int = 0) -> FleetTwin:
         )
 
 
+def twin_context(
+    store: Store, model: str | None = None, freeze: bool = False, settings: Settings | None = None
+) -> Context:
+    """The run context over ``store``: its fleet twin, the shipped policy pack, the model."""
+    name = model or model_name_from_env()
+    transport = TwinTransport(default_twin(store))
+    return Context(
+        store=store,
+        policy=PolicyGate(RegoEngine(), store.audit, clock=transport.now),
+        transport=transport,
+        model=make_model(name),
+        control_key=control_key(store),
+        roster=roster_from_env(),
+        freeze=freeze or os.environ.get("FIELDGATE_FREEZE", "") == "1",
+        model_name=name,
+        settings=settings or Settings(),
+    )
+
+
 @contextmanager
 def open_orchestrator(
     db_url: str | None = None,
@@ -101,21 +120,9 @@ def open_orchestrator(
 ) -> Iterator[Orchestrator]:
     """Open the configured database, twin, policy engine and model; yield the orchestrator."""
     url = db_url or database_url()
-    name = model or model_name_from_env()
     store = Store.open(url)
     try:
-        transport = TwinTransport(default_twin(store))
-        ctx = Context(
-            store=store,
-            policy=PolicyGate(RegoEngine(), store.audit, clock=transport.now),
-            transport=transport,
-            model=make_model(name),
-            control_key=control_key(store),
-            roster=roster_from_env(),
-            freeze=freeze or os.environ.get("FIELDGATE_FREEZE", "") == "1",
-            model_name=name,
-            settings=settings or Settings(),
-        )
+        ctx = twin_context(store, model, freeze, settings)
         with open_checkpointer(url) as checkpointer:
             yield Orchestrator(ctx, checkpointer)
     finally:
@@ -132,19 +139,5 @@ def served_context() -> Context:
     fieldgate context, so the nodes build one from the environment, once per process.
     """
     if not _SERVED:
-        store = Store.open(database_url())
-        name = model_name_from_env()
-        transport = TwinTransport(default_twin(store))
-        _SERVED.append(
-            Context(
-                store=store,
-                policy=PolicyGate(RegoEngine(), store.audit, clock=transport.now),
-                transport=transport,
-                model=make_model(name),
-                control_key=control_key(store),
-                roster=roster_from_env(),
-                freeze=os.environ.get("FIELDGATE_FREEZE", "") == "1",
-                model_name=name,
-            )
-        )
+        _SERVED.append(twin_context(Store.open(database_url())))
     return _SERVED[0]
