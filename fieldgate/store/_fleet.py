@@ -15,7 +15,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col
 
-from fieldgate.contract import Contract, parse_version, version_in_range
+from fieldgate.contract import Contract, parse_version
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import NAME_PATTERN
@@ -387,17 +387,10 @@ class FleetStore:
             return select_devices(selector, devices, {site.id: site for site in sites})
         with transaction(self._engine, "reading devices") as session:
             devices = _load_devices(session, selector)
-        if selector.installed:
-            # Version ranges are not SQL: narrow the loaded devices as Selector.matches does.
-            devices = [
-                d
-                for d in devices
-                if all(
-                    (v := d.installed.get(module)) is not None and version_in_range(v, spec)
-                    for module, spec in selector.installed.items()
-                )
-            ]
-        return devices[: selector.limit] if selector.limit is not None else devices
+        if selector.installed or selector.limit is not None:
+            # Version ranges and the limit are not SQL: let the selector finish the choice.
+            devices = select_devices(selector, devices, {s.id: s for s in self._read_sites()})
+        return devices
 
     def device(self, device_id: str) -> Device:
         """Return the device with this id; raise NotFound if there is none."""
