@@ -330,6 +330,7 @@ def open_mqtt_orchestrator(
         BrokerUnreachable: the broker cannot be reached; nothing was sent.
     """
     from fieldgate.graphs.context import open_orchestrator
+    from fieldgate.policy import PolicyGate
 
     broker = broker or broker_settings(None)
     with open_orchestrator(db_url, model, freeze, settings) as orchestrator:
@@ -341,7 +342,9 @@ def open_mqtt_orchestrator(
             client_id=client_id,
             connect_timeout=connect_timeout,
         ) as transport:
-            orchestrator.ctx = replace(ctx, transport=transport)
+            # The policy log takes the run's clock: the broker's wall clock, not the twin's.
+            policy = PolicyGate(ctx.policy.engine, ctx.store.audit, clock=transport.now)
+            orchestrator.ctx = replace(ctx, transport=transport, policy=policy)
             yield orchestrator
 
 
