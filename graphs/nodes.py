@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from fieldgate.approvals import Approval
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.fleet import Site
 from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import RolloutPlan, assign_waves, select_devices
 from fieldgate.policy import (
@@ -567,17 +568,16 @@ def queue(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
 # --------------------------------------------------------------------------- executor
 
 
-def _new_execution(ctx: Context, plan: RolloutPlan) -> tuple[Execution, dict[str, str]]:
-    sites = {s.id: s for s in ctx.store.fleet.sites()}
+def _new_execution(ctx: Context, plan: RolloutPlan, sites: dict[str, Site]) -> Execution:
     targets = ctx.store.fleet.devices(plan.target)
     waves = assign_waves(plan, targets, sites)
-    execution = Execution(
+    return Execution(
         waves=[
             WaveRun(index=i, name=spec.name, devices=devices)
             for i, (spec, devices) in enumerate(zip(plan.waves, waves, strict=True))
-        ]
+        ],
+        device_sites={d.id: d.site for d in targets},
     )
-    return execution, {d.id: d.site for d in targets}
 
 
 def _situation(plan: RolloutPlan, ex: Execution, kill_switch: str | None) -> dict[str, Any]:
@@ -656,14 +656,13 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         if plan.rollback and plan.rollback.version
         else None
     )
-    fresh = not state.get("execution")
-    execution, device_sites = _new_execution(ctx, plan)
-    if not fresh:
+    sites = {s.id: s for s in store.fleet.sites()}
+    if state.get("execution"):
         execution = Execution.model_validate(state["execution"])
     else:
+        execution = _new_execution(ctx, plan, sites)
         store.runs.update(state["thread_id"], "executing")
         store.plans.set_status(plan.plan_id, "executing", plan.revision)
-    sites = {s.id: s for s in store.fleet.sites()}
     tc = ToolContext(
         ctx,
         plan,
@@ -671,7 +670,6 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         manifest,
         rollback_manifest,
         sites,
-        device_sites,
         state["thread_id"],
         execution,
     )

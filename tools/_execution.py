@@ -65,6 +65,9 @@ class Execution(BaseModel):
     """The executor's progress, kept in the graph state between steps."""
 
     waves: list[WaveRun]
+    device_sites: dict[str, str] = {}
+    """Site of every target, fixed when execution starts (a later read of the plan's
+    selector may pick other devices once versions change)."""
     current: int = 0
     """Index of the next wave to deploy."""
     touched: list[str] = []
@@ -102,8 +105,6 @@ class ToolContext:
     manifest: ModuleManifest
     rollback_manifest: ModuleManifest | None
     sites: dict[str, Site]
-    device_sites: dict[str, str]
-    """Site of every target device."""
     thread_id: str
     execution: Execution
     _command_index: dict[str, tuple[int, str]] = field(default_factory=dict)
@@ -250,7 +251,7 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     by_site: dict[str, list[str]] = {}
     for device_id in run.devices:
         if device_id not in done:
-            by_site.setdefault(tc.device_sites[device_id], []).append(device_id)
+            by_site.setdefault(ex.device_sites[device_id], []).append(device_id)
 
     def opening(site_id: str) -> datetime:
         site = tc.sites[site_id]
