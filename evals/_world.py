@@ -72,7 +72,7 @@ def build_world(
         manifests.append((manifest, observed))
     store.catalog.import_manifests(manifests, source=f"scenario:{scenario.id}", actor="eval")
     store.fleet.import_inventory(scenario.fleet, source=f"scenario:{scenario.id}", actor="eval")
-    twin = FleetTwin.from_scenario(store.engine, f"{scenario.id}-s{seed}", scenario, seed)
+    twin = FleetTwin.from_scenario(store.engine, twin_id_of(scenario, seed), scenario, seed)
     people = set(scenario.roster) | {a.by for a in scenario.approvals} | {scenario.actor}
     keys = {
         person: SigningKey.from_seed(person, f"{scenario.id}:{seed}:{person}".encode())
@@ -80,10 +80,35 @@ def build_world(
     }
     for person, key in keys.items():
         store.keys.trust(person, key.public_b64, "approver")
+    ctx = scenario_context(
+        scenario, seed, store, TwinTransport(twin), model, engine, model_name, settings
+    )
+    store.keys.trust(CONTROL_PLANE, ctx.control_key.public_b64, "control-plane")
+    return World(scenario, seed, store, twin, ctx, keys)
+
+
+def twin_id_of(scenario: Scenario, seed: int) -> str:
+    """The id of the fleet twin of one seeded run of ``scenario``."""
+    return f"{scenario.id}-s{seed}"
+
+
+def scenario_context(
+    scenario: Scenario,
+    seed: int,
+    store: Store,
+    transport: TwinTransport,
+    model: BaseChatModel,
+    engine: PolicyEngine,
+    model_name: str = "offline",
+    settings: Settings | None = None,
+) -> Context:
+    """The run context of one seeded run of ``scenario`` over its store and twin.
+
+    Everything is derived from the scenario and the seed, so a process that reopens a
+    world made earlier (a restarted worker) gets the same control key and roster.
+    """
     control = SigningKey.from_seed(CONTROL_PLANE, f"{scenario.id}:{seed}:control".encode())
-    store.keys.trust(CONTROL_PLANE, control.public_b64, "control-plane")
-    transport = TwinTransport(twin)
-    ctx = Context(
+    return Context(
         store=store,
         policy=PolicyGate(engine, store.audit, clock=transport.now),
         transport=transport,
@@ -94,4 +119,3 @@ def build_world(
         model_name=model_name,
         settings=settings or Settings(),
     )
-    return World(scenario, seed, store, twin, ctx, keys)

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from fieldgate.agents.offline import OfflineChatModel
-from fieldgate.evals._world import CONTROL_PLANE, World, build_world
+from fieldgate.evals._world import World, build_world, scenario_context, twin_id_of
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator, RunView
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -30,10 +30,9 @@ from pydantic import Field
 
 from fieldgate.audit import EventKind
 from fieldgate.commands import DeviceCommand
-from fieldgate.policy import PolicyGate, RegoEngine
+from fieldgate.policy import RegoEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.scenario import Scenario, load_scenario
-from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.transport import Dispatched, TwinTransport
 from fieldgate.twin import FleetTwin
@@ -290,16 +289,9 @@ def reopen_world(
     The caller closes ``ctx.store``.
     """
     store = Store.open(db_url)
-    twin = FleetTwin.load(store.engine, f"{scenario.id}-s{seed}")
-    control = SigningKey.from_seed(CONTROL_PLANE, f"{scenario.id}:{seed}:control".encode())
-    return Context(
-        store=store,
-        policy=PolicyGate(policy_engine(), store.audit),
-        transport=transport(twin),
-        model=model or OfflineChatModel(),
-        control_key=control,
-        roster={person: list(roles) for person, roles in scenario.roster.items()},
-        freeze=scenario.context.freeze,
+    twin = FleetTwin.load(store.engine, twin_id_of(scenario, seed))
+    return scenario_context(
+        scenario, seed, store, transport(twin), model or OfflineChatModel(), policy_engine()
     )
 
 
