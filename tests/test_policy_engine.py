@@ -4,6 +4,7 @@ the decision log and failing closed."""
 from __future__ import annotations
 
 import importlib.util
+import shutil
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,11 +26,13 @@ from fieldgate.audit import ActorKind, EventKind
 from fieldgate.plan import select_devices
 from fieldgate.policy import (
     APPROVALS,
+    DECISIONS,
     ROLLOUT,
     TOOLS,
     ApprovalsDecision,
     ArtifactCheck,
     PolicyGate,
+    PolicyPack,
     RegoEngine,
     RolloutDecision,
     RolloutInput,
@@ -40,6 +43,7 @@ from fieldgate.policy import (
     tool_input,
     verify_approvals,
 )
+from fieldgate.policy._pack import default_policy_dir
 from fieldgate.signing import SigningKey
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "policy.py"
@@ -598,16 +602,29 @@ def test_engine_that_raises_is_a_deny() -> None:
     assert log.events[0]["payload"]["result"]["allow"] is False
 
 
-def test_timeout_denies_until_the_late_call_ends(monkeypatch: pytest.MonkeyPatch) -> None:
-    engine = RegoEngine(timeout_s=0.05)
-    monkeypatch.setattr(engine, "_evaluate", lambda path, input: time.sleep(0.4))
-    first = engine.decide(ROLLOUT, {})
+SLOW = "fieldgate.slow.decision"
+SLOW_POLICY = (
+    "package fieldgate.slow\n\n"
+    'decision := {"allow": count([x | some x in numbers.range(1, input.n)]) > 0}\n'
+)
+
+
+def test_timeout_denies_until_the_late_call_ends(tmp_path: Path) -> None:
+    # A really slow policy, evaluated by regopy, beside the shipped pack.
+    pack_dir = tmp_path / "pack"
+    shutil.copytree(default_policy_dir(), pack_dir)
+    (pack_dir / "slow.rego").write_text(SLOW_POLICY)
+    engine = RegoEngine(PolicyPack.load(pack_dir), timeout_s=0.05, entrypoints=(*DECISIONS, SLOW))
+    first = engine.decide(SLOW, {"n": 400_000})
     assert first["allow"] is False and "timeout" in first["error"]
-    monkeypatch.undo()
     second = engine.decide(ROLLOUT, {})
     assert second["allow"] is False and "still running" in second["error"]
-    time.sleep(0.5)
-    third = engine.decide(TOOLS, {"tool": "fleet_status", "args": {}, "kill_switch": False})
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        time.sleep(0.1)
+        third = engine.decide(TOOLS, {"tool": "fleet_status", "args": {}, "kill_switch": False})
+        if "still running" not in str(third.get("error")):
+            break
     assert third["allow"] is True
 
 
