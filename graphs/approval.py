@@ -7,9 +7,13 @@ signed approval record.
 
 from __future__ import annotations
 
+import copy
+from functools import cache
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, RootModel, TypeAdapter
+from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
+from pydantic_core import CoreSchema
 
 from fieldgate.approvals import Approval
 
@@ -46,6 +50,42 @@ class ApprovalResume(BaseModel):
     """Who answers."""
     approval: Approval | None = None
     """The signed approval record, for approve and reject."""
+
+
+class ApprovalAnswer(RootModel[ApprovalResume]):
+    """The approval interrupt's ``response_schema``: validates an answer as ``ApprovalResume``.
+
+    LangGraph turns a response schema into JSON Schema at every interrupt, which for
+    ``ApprovalResume`` costs more than the rest of the approval node; this model
+    validates exactly like it but hands out a JSON Schema built once.
+    """
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, core_schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return copy.deepcopy(resume_json_schema())
+
+
+@cache
+def resume_json_schema() -> dict[str, Any]:
+    """``ApprovalResume``'s JSON Schema with its definitions written in place (no ``$ref``)."""
+    schema = TypeAdapter(ApprovalResume).json_schema()
+    definitions = schema.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                target = definitions[node["$ref"].removeprefix("#/$defs/")]
+                rest = {k: v for k, v in node.items() if k != "$ref"}
+                return inline({**target, **rest})
+            return {k: inline(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [inline(v) for v in node]
+        return node
+
+    inlined: dict[str, Any] = inline(schema)
+    return inlined
 
 
 def _markdown(state: dict[str, Any]) -> str:

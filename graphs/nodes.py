@@ -16,7 +16,7 @@ from fieldgate.agents._structured import (
 from fieldgate.agents.executor import next_action
 from fieldgate.agents.planner import PlanDraft, run_planner
 from fieldgate.agents.validator import DryRun, check_plan, dry_run, run_validator
-from fieldgate.graphs.approval import ApprovalResume, approval_request
+from fieldgate.graphs.approval import ApprovalAnswer, ApprovalResume, approval_request
 from fieldgate.graphs.state import RolloutState
 from fieldgate.tools import (
     TOOL_ARGS,
@@ -395,9 +395,9 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = _context(runtime)
     requested = datetime.fromisoformat(state["approval_requested_at"])
     deadline = requested + ctx.settings.approval_deadline
-    answer: ApprovalResume = interrupt(
-        approval_request(dict(state), deadline.isoformat()), response_schema=ApprovalResume
-    )
+    answer = interrupt(
+        approval_request(dict(state), deadline.isoformat()), response_schema=ApprovalAnswer
+    ).root
     # Everything below runs only once a resume value arrived: no side effects before it.
     decision = answer.decisions[0]
     plan = _plan(state)

@@ -6,6 +6,7 @@ Forged approvals are hand-built ``ApprovalResume`` answers sent through
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -17,6 +18,9 @@ from fieldgate.agents.planner import PlanDraft
 from fieldgate.evals._world import World
 from fieldgate.graphs.approval import ApprovalResume, ReviewDecision
 from fieldgate.graphs.runner import Orchestrator, RunView
+from langgraph.errors import is_invalid_resume
+from langgraph.types import Command
+from pydantic import ValidationError
 
 from fieldgate.approvals import Approval, Decision
 from fieldgate.audit import EventKind
@@ -193,6 +197,40 @@ def test_forged_approval_does_not_count(
     assert view.outcome == "completed"
     assert world.twin.versions("hvac-controller") == {"2.4.1": 40}
     assert world.store.audit.verify().ok
+
+
+def test_the_interrupt_advertises_its_answer_schema_and_refuses_a_malformed_answer(
+    waiting: Callable[[Scenario], tuple[World, Orchestrator, RunView]],
+) -> None:
+    world, orchestrator, view = waiting(ONE_SAFETY)
+    schema = view.interrupts[0].response_schema
+    # Self-contained (no $ref to resolve) and what ApprovalResume validates.
+    assert "$ref" not in json.dumps(schema)
+    assert schema["required"] == ["decisions", "approver"]
+    decision_types = schema["properties"]["decisions"]["items"]["properties"]["type"]["enum"]
+    assert decision_types == ["approve", "edit", "reject", "expire"]
+    assert "signature" in json.dumps(schema["properties"]["approval"])
+    events = len(world.store.audit.events())
+
+    interrupt_id = view.interrupts[0].id
+    bad = {"decisions": [{"type": "approve-everything"}], "approver": "saf-lee"}
+    with pytest.raises(ValidationError) as raised:
+        orchestrator.graph.invoke(
+            Command(resume={interrupt_id: bad}),
+            orchestrator.config(view.thread_id),
+            context=orchestrator.ctx,
+            durability="sync",
+        )
+    assert is_invalid_resume(raised.value)
+    assert raised.value.errors()[0]["loc"] == ("decisions", 0, "type")
+
+    # Nothing was saved: the same interrupt still waits, and nothing was audited.
+    again = orchestrator.view(view.thread_id)
+    assert again.status == "awaiting_approval"
+    assert again.interrupts[0].id == interrupt_id
+    assert len(world.store.audit.events()) == events
+    view = answer(orchestrator, again, approval(world, again, "saf-lee"))
+    assert view.status == "queued"
 
 
 def test_one_person_fills_one_slot_however_often_they_approve(
