@@ -19,9 +19,8 @@ from zoneinfo import ZoneInfo
 
 from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
 from fieldgate.agents._understanding import Intent, Targets, select_groups
-from packaging.version import Version
 
-from fieldgate.contract import version_in_range
+from fieldgate.contract import parse_version, version_in_range
 from fieldgate.errors import FieldgateError
 from fieldgate.manifest import SafetyClass
 from fieldgate.plan import (
@@ -135,7 +134,7 @@ def rollback_waves(n: int, careful: bool, exempt: bool) -> list[Wave]:
 def _most_common(counts: Counter[str | None], exclude: str) -> str | None:
     """The version most targets run, other than ``exclude``; ties go to the newer version."""
     ranked = sorted(
-        ((c, Version(v), v) for v, c in counts.items() if v is not None and v != exclude),
+        ((c, parse_version(v), v) for v, c in counts.items() if v is not None and v != exclude),
         reverse=True,
     )
     return ranked[0][2] if ranked else None
@@ -215,7 +214,7 @@ def _target(intent: Intent, ctx: PlanningContext, item: CatalogItem) -> _Targeti
         newer = sum(
             c
             for v, c in picked.installed(item.name).items()
-            if v is not None and Version(v) > item.parsed_version
+            if v is not None and parse_version(v) > item.parsed_version
         )
         if 0 < newer < picked.count:
             moving_selector = selector.model_copy(
@@ -309,7 +308,11 @@ def propose_plan(
     careful = item.safety in _CAREFUL
 
     newer: Counter[str | None] = Counter(
-        {v: c for v, c in installed.items() if v is not None and Version(v) > item.parsed_version}
+        {
+            v: c
+            for v, c in installed.items()
+            if v is not None and parse_version(v) > item.parsed_version
+        }
     )
     # devices named by an id that says nothing of their facts might not be moving back
     exempt = (
@@ -403,7 +406,7 @@ def _rationale(
         f"{v} on {c}"
         for v, c in sorted(
             ((v, c) for v, c in installed.items() if v is not None),
-            key=lambda vc: Version(vc[0]),
+            key=lambda vc: parse_version(vc[0]),
         )
     ]
     fresh = installed.get(None, 0)
@@ -469,7 +472,7 @@ def _rationale(
                 "downgrades, so policy may refuse the automatic rollback; a failed rollout "
                 "would then halt for people."
             )
-    moving_back = [v for v in installed if v is not None and Version(v) > item.parsed_version]
+    moving_back = [v for v in installed if v is not None and parse_version(v) > item.parsed_version]
     if moving_back and not item.downgrade_allowed:
         lines.append(
             f"Note: {sum(installed[v] for v in moving_back)} targets run a "

@@ -21,7 +21,7 @@ from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
 from packaging.version import InvalidVersion, Version
 from pydantic import Field
 
-from fieldgate.contract import Contract
+from fieldgate.contract import Contract, parse_version
 from fieldgate.plan import PlanIntent, Selector
 
 ClarificationReason = Literal[
@@ -851,7 +851,7 @@ class _VersionSpec:
 def _runs(typed: str, running: Sequence[str]) -> bool:
     """Whether a version as typed (``1.8``, ``1.8.0``) is one of the versions ``running``."""
     spec = _VersionSpec.parse(typed)
-    return spec is None or any(spec.matches_version(Version(v)) for v in running)
+    return spec is None or any(spec.matches_version(parse_version(v)) for v in running)
 
 
 def _newest_release(items: Sequence[CatalogItem]) -> CatalogItem | None:
@@ -1314,7 +1314,7 @@ class _Resolver:
                 return item, "named in the request"
             return item, f"newest {spec.typed.lower().removeprefix('v')}.x release"
         installed = targets.installed(module)
-        versions = sorted((Version(v) for v in installed if v is not None), key=lambda v: v)
+        versions = sorted((parse_version(v) for v in installed if v is not None), key=lambda v: v)
         if r.latest and action is PlanIntent.rollout:
             newest = _newest_release(releases)
             if newest is not None:
@@ -1387,7 +1387,7 @@ class _Resolver:
         installed: Counter[str | None],
     ) -> Clarification | None:
         """Refuse to plan a no-op, and a 'rollback' that would move devices forward."""
-        running = [Version(v) for v in installed if v is not None]
+        running = [parse_version(v) for v in installed if v is not None]
         devices = _devices_phrase(scope)
         if running and all(v == item.parsed_version for v in running) and None not in installed:
             return Clarification(

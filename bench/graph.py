@@ -48,6 +48,7 @@ from pydantic import Field
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 # The scenario driver the graph tests use: worlds from scenarios, and the recording model.
 from _scenario_driver import RecordingModel, load, open_run, prompt_text, variant
+from fieldgate.agents.offline import OfflineChatModel
 
 from fieldgate.audit import EventKind
 from fieldgate.scenario import Scenario
@@ -55,13 +56,11 @@ from fieldgate.scenario import Scenario
 NODES = ["intake", "planner", "validator", "policy_gate", "approval", "queue", "executor", "report"]
 
 
-class TimedModel(RecordingModel):
-    """The recording offline model, also timing its calls."""
+class TimedModel(OfflineChatModel):
+    """The offline model fieldgate runs by default, timing its calls (and nothing more)."""
 
     seconds: float = Field(default=0.0)
     """Time spent answering, summed over calls."""
-    tool_chars: list[int] = Field(default_factory=list)
-    """Characters of the tool schemas bound to each call."""
 
     def _generate(
         self,
@@ -72,10 +71,26 @@ class TimedModel(RecordingModel):
     ) -> ChatResult:
         began = time.perf_counter()
         try:
-            self.tool_chars.append(len(json.dumps(kwargs.get("tools") or [])))
             return super()._generate(messages, stop, run_manager, **kwargs)
         finally:
             self.seconds += time.perf_counter() - began
+
+
+class CountingModel(RecordingModel):
+    """The recording offline model, also counting the tool schemas bound to each call."""
+
+    tool_chars: list[int] = Field(default_factory=list)
+    """Characters of the tool schemas bound to each call."""
+
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
+        self.tool_chars.append(len(json.dumps(kwargs.get("tools") or [])))
+        return super()._generate(messages, stop, run_manager, **kwargs)
 
 
 # --------------------------------------------------------------------------- (a) overhead
@@ -274,7 +289,7 @@ def characters(devices: int) -> dict[str, Any]:
     per_group = devices // 4  # two sites x two classes
     scenario = scaled(per_group)
     workdir = Path(tempfile.mkdtemp(prefix="fg-bench-chars-"))
-    model = TimedModel()
+    model = CountingModel()
     with open_run(scenario, f"sqlite:///{workdir}/fieldgate.db", model=model) as (world, orch):
         view = orch.submit(scenario.request, scenario.actor, plan_id="chars")
         planning_calls = len(model.sent)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -42,7 +43,7 @@ def _check_version(value: object) -> str:
             "(quote it in YAML: 2.10 is read as the number 2.1)"
         )
     try:
-        Version(value)
+        parse_version(value)
     except InvalidVersion:
         raise ValueError(f"{value!r} is not a version (expected e.g. 2.4.1 or 2.0.0-rc1)") from None
     return value
@@ -52,7 +53,7 @@ def _check_range(value: object) -> str:
     if not isinstance(value, str):
         raise ValueError(f"version range must be a string such as '>=3.2,<4', got {value!r}")
     try:
-        SpecifierSet(value)
+        _specifiers(value)
     except InvalidSpecifier:
         raise ValueError(f"{value!r} is not a version range (expected e.g. '>=3.2,<4')") from None
     return value
@@ -65,15 +66,26 @@ VersionRange = Annotated[str, BeforeValidator(_check_range)]
 """A version range such as ``>=3.2,<4``."""
 
 
+@lru_cache(maxsize=8192)
 def parse_version(text: str) -> Version:
-    """Parse a version string already validated by a contract."""
+    """Parse a version string already validated by a contract (raises InvalidVersion if not).
+
+    Cached: a fleet has few distinct versions, and every contract check, sort and range
+    match parses them again. ``Version`` is immutable, so sharing one is safe.
+    """
     return Version(text)
 
 
+@lru_cache(maxsize=1024)
+def _specifiers(spec: str) -> SpecifierSet:
+    return SpecifierSet(spec)
+
+
+@lru_cache(maxsize=8192)
 def version_in_range(version: str, spec: str) -> bool:
     """Tell whether ``version`` satisfies the range ``spec`` (prereleases only if named)."""
-    specifiers = SpecifierSet(spec)
-    return specifiers.contains(Version(version), prereleases=bool(specifiers.prereleases))
+    specifiers = _specifiers(spec)
+    return specifiers.contains(parse_version(version), prereleases=bool(specifiers.prereleases))
 
 
 def canonical_json(value: Any) -> bytes:

@@ -33,6 +33,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from langgraph.types import interrupt
 from pydantic import BaseModel, ValidationError
+from sqlmodel import Session
 
 from fieldgate.approvals import Approval
 from fieldgate.audit import ActorKind, EventKind
@@ -67,28 +68,35 @@ def _audit(
     actor_kind: ActorKind,
     actor: str,
     payload: dict[str, Any],
+    *,
+    tx: Session | None = None,
 ) -> None:
-    _audit_many(ctx, state, [(kind, actor_kind, actor, payload)])
+    _audit_many(ctx, state, [(kind, actor_kind, actor, payload)], tx=tx)
 
 
 def _audit_many(
     ctx: Context,
     state: RolloutState,
     events: list[tuple[EventKind, ActorKind, str, dict[str, Any]]],
+    *,
+    tx: Session | None = None,
 ) -> None:
-    """Append events in one transaction, in order."""
+    """Append events in order, in one transaction (``tx``, when the caller has one)."""
     at = ctx.now()
     ctx.store.audit.append_many(
-        NewEvent(
-            kind=kind,
-            actor_kind=actor_kind,
-            actor=actor,
-            payload=payload,
-            plan_id=state.get("plan_id"),
-            thread_id=state.get("thread_id"),
-            at=at,
-        )
-        for kind, actor_kind, actor, payload in events
+        (
+            NewEvent(
+                kind=kind,
+                actor_kind=actor_kind,
+                actor=actor,
+                payload=payload,
+                plan_id=state.get("plan_id"),
+                thread_id=state.get("thread_id"),
+                at=at,
+            )
+            for kind, actor_kind, actor, payload in events
+        ),
+        tx=tx,
     )
 
 
@@ -143,12 +151,15 @@ def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     payload: dict[str, Any] = {"text": state["request"], "actor": state["actor"]}
     if state.get("ticket"):
         payload["ticket"] = {"untrusted": True, "text": state["ticket"]}
-    _audit(ctx, state, EventKind.request, ActorKind.human, state["actor"], payload)
-    try:
-        ctx.store.runs.update(state["thread_id"], "planning")
-    except NotFound:
-        ctx.store.runs.start(state["thread_id"], state["plan_id"], state["request"], state["actor"])
-        ctx.store.runs.update(state["thread_id"], "planning")
+    store = ctx.store
+    with store.writing(f"recording the request of run {state['thread_id']}") as tx:
+        _audit(ctx, state, EventKind.request, ActorKind.human, state["actor"], payload, tx=tx)
+        try:
+            store.runs.update(state["thread_id"], "planning", tx=tx)
+        except NotFound:
+            run = (state["thread_id"], state["plan_id"], state["request"], state["actor"])
+            store.runs.start(*run, tx=tx)
+            store.runs.update(state["thread_id"], "planning", tx=tx)
     return {"revisions": 0, "feedback": [], **ids}
 
 
@@ -209,31 +220,33 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         )
     except (ValueError, FieldgateError) as exc:
         return {"tokens": tokens, **_finish("failed", f"the planner's plan is invalid: {exc}")}
-    store.plans.add(plan)
     plan_json = plan.model_dump(mode="json")
-    _audit_many(
-        ctx,
-        state,
-        [
-            (
-                EventKind.rationale,
-                ActorKind.agent,
-                "planner",
-                {"revision": revision, "rationale": plan.rationale},
-            ),
-            (
-                EventKind.plan,
-                ActorKind.agent,
-                "planner",
-                {
-                    "revision": revision,
-                    "plan_hash": plan.plan_hash,
-                    "plan": plan_json,
-                    "tokens": tokens["planner"],
-                },
-            ),
-        ],
-    )
+    with store.writing(f"recording plan {plan.plan_id} revision {revision}") as tx:
+        store.plans.add(plan, tx=tx)
+        _audit_many(
+            ctx,
+            state,
+            [
+                (
+                    EventKind.rationale,
+                    ActorKind.agent,
+                    "planner",
+                    {"revision": revision, "rationale": plan.rationale},
+                ),
+                (
+                    EventKind.plan,
+                    ActorKind.agent,
+                    "planner",
+                    {
+                        "revision": revision,
+                        "plan_hash": plan.plan_hash,
+                        "plan": plan_json,
+                        "tokens": tokens["planner"],
+                    },
+                ),
+            ],
+            tx=tx,
+        )
     return {
         "plan": plan_json,
         "plan_hash": plan.plan_hash,
@@ -367,8 +380,9 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
         update.update(_finish("denied", *decision.deny))
         return update
     if decision.approvals:
-        store.plans.set_status(plan.plan_id, "awaiting_approval", plan.revision)
-        store.runs.update(state["thread_id"], "awaiting_approval")
+        with store.writing(f"marking plan {plan.plan_id} as awaiting approval") as tx:
+            store.plans.set_status(plan.plan_id, "awaiting_approval", plan.revision, tx=tx)
+            store.runs.update(state["thread_id"], "awaiting_approval", tx=tx)
         update["approval_requested_at"] = ctx.now().isoformat()
         update["approvals"] = {
             "satisfied": False,
@@ -404,15 +418,17 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     if decision.type == "expire":
         if ctx.now() < deadline:
             return {}
-        _audit(
-            ctx,
-            state,
-            EventKind.approval,
-            ActorKind.system,
-            "worker",
-            {"expired": True, "deadline": deadline.isoformat()},
-        )
-        ctx.store.plans.set_status(plan.plan_id, "expired", plan.revision)
+        with ctx.store.writing(f"expiring plan {plan.plan_id}") as tx:
+            _audit(
+                ctx,
+                state,
+                EventKind.approval,
+                ActorKind.system,
+                "worker",
+                {"expired": True, "deadline": deadline.isoformat()},
+                tx=tx,
+            )
+            ctx.store.plans.set_status(plan.plan_id, "expired", plan.revision, tx=tx)
         return _finish("expired", f"no quorum before the approval deadline {deadline.isoformat()}")
     if decision.type == "edit":
         return _edit(ctx, state, answer)
@@ -515,20 +531,22 @@ def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str
             {"refused_edit": str(exc)},
         )
         return {}
-    ctx.store.plans.add(plan)
-    _audit(
-        ctx,
-        state,
-        EventKind.plan,
-        ActorKind.human,
-        answer.approver,
-        {
-            "revision": revision,
-            "plan_hash": plan.plan_hash,
-            "edited_by": answer.approver,
-            "plan": plan.model_dump(mode="json"),
-        },
-    )
+    with ctx.store.writing(f"recording the edit of plan {plan.plan_id}") as tx:
+        ctx.store.plans.add(plan, tx=tx)
+        _audit(
+            ctx,
+            state,
+            EventKind.plan,
+            ActorKind.human,
+            answer.approver,
+            {
+                "revision": revision,
+                "plan_hash": plan.plan_hash,
+                "edited_by": answer.approver,
+                "plan": plan.model_dump(mode="json"),
+            },
+            tx=tx,
+        )
     return {
         "plan": plan.model_dump(mode="json"),
         "plan_hash": plan.plan_hash,
@@ -560,8 +578,9 @@ def queue(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Hand the approved run to a worker (the graph pauses after this node)."""
     ctx = _context(runtime)
     plan = _plan(state)
-    ctx.store.plans.set_status(plan.plan_id, "approved", plan.revision)
-    ctx.store.runs.update(state["thread_id"], "queued")
+    with ctx.store.writing(f"queueing plan {plan.plan_id}") as tx:
+        ctx.store.plans.set_status(plan.plan_id, "approved", plan.revision, tx=tx)
+        ctx.store.runs.update(state["thread_id"], "queued", tx=tx)
     return {"edited": False}
 
 
@@ -661,8 +680,9 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         execution = Execution.model_validate(state["execution"])
     else:
         execution = _new_execution(ctx, plan, sites)
-        store.runs.update(state["thread_id"], "executing")
-        store.plans.set_status(plan.plan_id, "executing", plan.revision)
+        with store.writing(f"starting the execution of plan {plan.plan_id}") as tx:
+            store.runs.update(state["thread_id"], "executing", tx=tx)
+            store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)
     tc = ToolContext(
         ctx,
         plan,
@@ -851,24 +871,29 @@ def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = _context(runtime)
     outcome = state.get("outcome", "failed")
     reasons = state.get("reasons", [])
-    _audit(
-        ctx,
-        state,
-        EventKind.done,
-        ActorKind.system,
-        "fieldgate",
-        {
-            "outcome": outcome,
-            "reasons": reasons,
-            "model": ctx.model_name,
-            "tokens": state.get("tokens", {}),
-            "tokens_total": total_tokens(state.get("tokens", {})),
-        },
-    )
-    ctx.store.runs.update(state["thread_id"], "done", outcome=outcome, detail={"reasons": reasons})
-    if state.get("plan"):
-        plan = _plan(state)
-        ctx.store.plans.set_status(plan.plan_id, outcome, plan.revision)
+    store = ctx.store
+    with store.writing(f"closing run {state['thread_id']}") as tx:
+        _audit(
+            ctx,
+            state,
+            EventKind.done,
+            ActorKind.system,
+            "fieldgate",
+            {
+                "outcome": outcome,
+                "reasons": reasons,
+                "model": ctx.model_name,
+                "tokens": state.get("tokens", {}),
+                "tokens_total": total_tokens(state.get("tokens", {})),
+            },
+            tx=tx,
+        )
+        store.runs.update(
+            state["thread_id"], "done", outcome=outcome, detail={"reasons": reasons}, tx=tx
+        )
+        if state.get("plan"):
+            plan = _plan(state)
+            store.plans.set_status(plan.plan_id, outcome, plan.revision, tx=tx)
     return {}
 
 

@@ -222,3 +222,19 @@ def test_list_versions_get_and_not_found(store: Store) -> None:
         store.catalog.versions("nope")
     with pytest.raises(NotFound, match="module 'nope' is not in the catalog"):
         store.catalog.record("nope", "1.0.0")
+
+
+def test_another_process_import_is_seen_at_the_next_read(store: Store, db_url: str) -> None:
+    store.catalog.import_manifests([(manifest(version="1.0.0"), None)], source="a", actor="ana")
+    assert store.catalog.versions("hvac-controller") == ["1.0.0"]
+    # Another process (its own Store on the same database) imports a new version.
+    with Store.open(db_url) as other:
+        other.catalog.import_manifests([(manifest(version="1.1.0"), None)], source="b", actor="bo")
+        assert other.catalog.versions("hvac-controller") == ["1.0.0", "1.1.0"]
+    assert store.catalog.versions("hvac-controller") == ["1.0.0", "1.1.0"]
+    assert store.catalog.record("hvac-controller", "1.1.0").source == "b"
+    # An import that adds nothing leaves the catalog (and its revision) as it was.
+    revision = store.catalog.revision()
+    store.catalog.import_manifests([(manifest(version="1.1.0"), None)], source="c", actor="cy")
+    assert store.catalog.revision() == revision
+    assert [r.source for r in store.catalog.list()] == ["a", "b"]

@@ -73,11 +73,66 @@ def test_a_revision_is_immutable(store: Store) -> None:
 def test_set_status(store: Store) -> None:
     store.plans.add(plan())
     store.plans.add(plan(revision=2))
-    assert store.plans.set_status("p-1", "awaiting_approval").status == "awaiting_approval"
+    store.plans.set_status("p-1", "awaiting_approval")
+    assert store.plans.get("p-1").status == "awaiting_approval"
     assert store.plans.get("p-1", 1).status == "proposed"
-    assert store.plans.set_status("p-1", "superseded", revision=1).status == "superseded"
+    store.plans.set_status("p-1", "superseded", revision=1)
+    assert store.plans.get("p-1", 1).status == "superseded"
+    assert store.plans.get("p-1", 2).status == "awaiting_approval"
     with pytest.raises(NotFound, match="plan 'nope' is not stored"):
         store.plans.set_status("nope", "approved")
+    with pytest.raises(NotFound, match="plan 'p-1' revision 3 is not stored"):
+        store.plans.set_status("p-1", "approved", revision=3)
+    with pytest.raises(StoreError, match="a status must not be empty"):
+        store.plans.set_status("p-1", "")
+
+
+def test_writes_in_one_store_transaction_land_together_or_not_at_all(store: Store) -> None:
+    store.runs.start("t-1", "p-1", "roll out hvac 2.4.1", "ana")
+    head = store.audit.verify().count
+
+    # A failure after the plan, the run and the audit event were written undoes all three.
+    with pytest.raises(StoreError, match="already exists"), store.writing("testing") as tx:
+        store.plans.add(plan(), tx=tx)
+        store.runs.update("t-1", "planning", tx=tx)
+        store.audit.append("plan", "agent", "planner", {"revision": 1}, plan_id="p-1", tx=tx)
+        store.plans.add(plan(rationale="a different revision 1"), tx=tx)
+    with pytest.raises(NotFound):
+        store.plans.get("p-1")
+    assert store.runs.get("t-1").status == "accepted"
+    assert store.audit.verify().count == head
+    assert store.audit.events(plan_id="p-1") == []
+
+    with store.writing("testing") as tx:
+        store.plans.add(plan(), tx=tx)
+        store.plans.set_status("p-1", "awaiting_approval", tx=tx)
+        store.runs.update("t-1", "awaiting_approval", tx=tx)
+        store.audit.append("plan", "agent", "planner", {"revision": 1}, plan_id="p-1", tx=tx)
+    assert store.plans.get("p-1").status == "awaiting_approval"
+    assert store.runs.get("t-1").status == "awaiting_approval"
+    assert [e.kind for e in store.audit.events(plan_id="p-1")] == ["plan"]
+    assert store.audit.verify().ok
+
+
+def test_runs_move_on_and_keep_their_facts(store: Store) -> None:
+    started = store.runs.start("t-1", "p-1", "roll out hvac 2.4.1", "ana", {"model": "offline"})
+    assert (started.status, started.outcome, started.detail) == (
+        "accepted",
+        None,
+        {"model": "offline"},
+    )
+    store.runs.update("t-1", "planning")
+    assert store.runs.get("t-1").status == "planning"
+    store.runs.update("t-1", "done", outcome="denied", detail={"reasons": ["no canary"]})
+    run = store.runs.get("t-1")
+    assert (run.status, run.outcome) == ("done", "denied")
+    assert run.detail == {"model": "offline", "reasons": ["no canary"]}
+    assert run.updated_at >= started.updated_at
+    assert [r.thread_id for r in store.runs.list(("done",))] == ["t-1"]
+    with pytest.raises(NotFound, match="no run with thread id 't-9'"):
+        store.runs.update("t-9", "planning")
+    with pytest.raises(NotFound, match="no run with thread id 't-9'"):
+        store.runs.update("t-9", "done", detail={"reasons": []})
 
 
 def test_not_found(store: Store) -> None:

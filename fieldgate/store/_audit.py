@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy import BigInteger, Integer, Text, bindparam, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Field
+from sqlmodel import Field, Session
 
 from fieldgate.audit import GENESIS_HASH, ActorKind, AuditEvent, EventKind, chain_hash
 from fieldgate.contract import canonical_json, problems_of
@@ -273,20 +273,28 @@ class AuditLog:
         plan_id: str | None = None,
         thread_id: str | None = None,
         at: datetime | None = None,
+        *,
+        tx: Session | None = None,
     ) -> AuditEvent:
         """Append one event and return it with its sequence number and hash.
+
+        In the transaction ``tx`` when given (see :meth:`Store.writing`).
 
         Raises:
             StoreError: the event is malformed or the database refused the write.
             AuditBroken: the log's end no longer matches its head record.
         """
         event = NewEvent(kind, actor_kind, actor, payload or {}, plan_id, thread_id, at)
-        return self.append_many([event])[0]
+        return self.append_many([event], tx=tx)[0]
 
-    def append_many(self, events: Iterable[NewEvent]) -> list[AuditEvent]:
+    def append_many(
+        self, events: Iterable[NewEvent], *, tx: Session | None = None
+    ) -> list[AuditEvent]:
         """Append events in order in one transaction: all of them or none.
 
-        Batching is the fast way to write many events (one lock, one commit).
+        Batching is the fast way to write many events (one lock, one commit). Given
+        ``tx`` (see :meth:`Store.writing`), the events join that transaction and land
+        with the other writes made in it, or not at all.
 
         Raises:
             StoreError: an event is malformed or the database refused the write.
@@ -295,22 +303,28 @@ class AuditLog:
         pending = list(events)
         if not pending:
             return []
-        now = datetime.now(UTC)
+        if tx is not None:
+            return self._append(tx.connection(), pending)
         try:
             with self._writer.begin() as conn:
-                seq, prev = self._lock_head(conn)
-                appended: list[AuditEvent] = []
-                rows: list[dict[str, Any]] = []
-                for new in pending:
-                    seq += 1
-                    event, row = _chained(new, seq, prev, now)
-                    appended.append(event)
-                    rows.append(row)
-                    prev = event.hash
-                conn.execute(_INSERT_EVENTS, rows)
-                conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
+                return self._append(conn, pending)
         except SQLAlchemyError as exc:
             raise StoreError(f"appending to the audit log failed: {reason_of(exc)}") from exc
+
+    def _append(self, conn: Connection, pending: list[NewEvent]) -> list[AuditEvent]:
+        """Chain ``pending`` onto the head and move it, in ``conn``'s open transaction."""
+        now = datetime.now(UTC)
+        seq, prev = self._lock_head(conn)
+        appended: list[AuditEvent] = []
+        rows: list[dict[str, Any]] = []
+        for new in pending:
+            seq += 1
+            event, row = _chained(new, seq, prev, now)
+            appended.append(event)
+            rows.append(row)
+            prev = event.hash
+        conn.execute(_INSERT_EVENTS, rows)
+        conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
         return appended
 
     @staticmethod

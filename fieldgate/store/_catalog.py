@@ -10,14 +10,15 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session, col, select
+from sqlmodel import Field, col, select
 
 from fieldgate.contract import parse_version, sha256_hex
 from fieldgate.errors import ManifestInvalid, NotFound
 from fieldgate.manifest import ModuleManifest
 from fieldgate.signing import verify
-from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._engine import for_writing, read_scalar, transaction
 from fieldgate.store._keys import TrustedKeyRow
 from fieldgate.store._table import StoreTable, as_utc, json_text, utc_now, utc_time_field
 
@@ -47,6 +48,9 @@ class ManifestRow(StoreTable, table=True):
     observed_digest: str
     signature_valid: bool
     signature_note: str
+
+
+_NEWEST_IMPORT = select(func.max(col(CatalogImportRow.id)))
 
 
 @dataclass(frozen=True)
@@ -150,6 +154,8 @@ class CatalogStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._writer = for_writing(engine)
+        # (revision, every record): the catalog as of its newest import
+        self._cached: tuple[int, builtins.list[CatalogRecord]] | None = None
 
     def import_manifests(
         self,
@@ -226,26 +232,41 @@ class CatalogStore:
                 added.append(manifest.ref)
             return ImportResult(origin.id, added, unchanged)
 
-    def list(self, name: str | None = None) -> builtins.list[CatalogRecord]:
-        """List every stored module version (of module ``name`` only, when given), by name and
-        then version order."""
+    def revision(self) -> int:
+        """The newest import's id (0 for an empty catalog): it moves on with every import."""
+        newest = read_scalar(self._engine, _NEWEST_IMPORT, "reading the catalog revision")
+        return int(newest or 0)
+
+    def _all(self) -> builtins.list[CatalogRecord]:
+        """Every record by name and version order, read once per catalog revision.
+
+        Manifests are immutable and only an import adds them (with a new import id),
+        so the newest import id tells whether the records kept here are current.
+        """
+        cached = self._cached
+        if cached is not None and cached[0] == self.revision():
+            return cached[1]
         query = select(ManifestRow, CatalogImportRow).join(
             CatalogImportRow, col(ManifestRow.import_id) == CatalogImportRow.id
         )
-        if name is not None:
-            query = query.where(col(ManifestRow.name) == name)
-        with transaction(self._engine, "listing the catalog") as session:
+        with transaction(self._engine, "reading the catalog") as session:
+            revision = int(session.exec(_NEWEST_IMPORT).one() or 0)
             records = [_record(row, origin) for row, origin in session.exec(query)]
-        return sorted(records, key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
+        records.sort(key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
+        self._cached = (revision, records)
+        return records
+
+    def list(self, name: str | None = None) -> builtins.list[CatalogRecord]:
+        """List every stored module version (of module ``name`` only, when given), by name and
+        then version order."""
+        return [r for r in self._all() if name is None or r.manifest.name == name]
 
     def versions(self, name: str) -> builtins.list[str]:
         """List the stored versions of module ``name``, oldest first; raise NotFound if none."""
-        query = select(ManifestRow.version).where(ManifestRow.name == name)
-        with transaction(self._engine, f"reading versions of {name}") as session:
-            versions = builtins.list(session.exec(query))
+        versions = [r.manifest.version for r in self.list(name)]
         if not versions:
             raise NotFound(f"module {name!r} is not in the catalog")
-        return sorted(versions, key=parse_version)
+        return versions
 
     def get(self, name: str, version: str) -> ModuleManifest:
         """Return the manifest of ``name`` at ``version``; raise NotFound naming it if absent."""
@@ -253,20 +274,13 @@ class CatalogStore:
 
     def record(self, name: str, version: str) -> CatalogRecord:
         """Return ``name`` at ``version`` with where it came from and what verified at import."""
-        with transaction(self._engine, f"reading {name}@{version}") as session:
-            row = session.get(ManifestRow, (name, version))
-            if row is None:
-                raise NotFound(self._missing(session, name, version))
-            origin = session.get(CatalogImportRow, row.import_id)
-            assert origin is not None, "catalog_manifest.import_id is a foreign key"
-            return _record(row, origin)
-
-    @staticmethod
-    def _missing(session: Session, name: str, version: str) -> str:
-        known = builtins.list(
-            session.exec(select(ManifestRow.version).where(ManifestRow.name == name))
-        )
+        known = self.list(name)
+        for record in known:
+            if record.manifest.version == version:
+                return record
         if not known:
-            return f"module {name!r} is not in the catalog"
-        listed = ", ".join(sorted(known, key=parse_version))
-        return f"module {name!r} has no version {version!r} in the catalog (known: {listed})"
+            raise NotFound(f"module {name!r} is not in the catalog")
+        listed = ", ".join(r.manifest.version for r in known)
+        raise NotFound(
+            f"module {name!r} has no version {version!r} in the catalog (known: {listed})"
+        )

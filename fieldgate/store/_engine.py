@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import Executable, event
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, create_engine
@@ -99,5 +99,33 @@ def transaction(engine: Engine, what: str) -> Iterator[Session]:
     try:
         with Session(engine, expire_on_commit=False) as session, session.begin():
             yield session
+    except SQLAlchemyError as exc:
+        raise StoreError(f"{what} failed: {reason_of(exc)}") from exc
+
+
+@contextmanager
+def joined(session: Session | None, engine: Engine, what: str) -> Iterator[Session]:
+    """Run in the caller's transaction ``session`` if there is one, else in a new one.
+
+    A store method that takes a ``tx`` writes through here: given the session of
+    :meth:`Store.writing`, its writes land together with the others made there,
+    or not at all; without one it commits on its own as before.
+    """
+    if session is not None:
+        yield session
+        return
+    with transaction(engine, what) as own:
+        yield own
+
+
+def read_scalar(engine: Engine, statement: Executable, what: str) -> Any:
+    """The first column of the first row ``statement`` returns (None for no row).
+
+    A plain connection rather than an ORM session: revision checks run before every
+    cached read, where a session would cost three times the query.
+    """
+    try:
+        with engine.connect() as conn:
+            return conn.execute(statement).scalar()
     except SQLAlchemyError as exc:
         raise StoreError(f"{what} failed: {reason_of(exc)}") from exc

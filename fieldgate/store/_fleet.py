@@ -20,7 +20,7 @@ from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import NAME_PATTERN
 from fieldgate.plan import Selector, select_devices
-from fieldgate.store._engine import for_writing, is_sqlite, transaction
+from fieldgate.store._engine import for_writing, is_sqlite, read_scalar, transaction
 from fieldgate.store._table import (
     StoreTable,
     from_json_text,
@@ -111,6 +111,9 @@ class FleetRevisionRow(StoreTable, table=True):
 
     id: int = Field(default=1, primary_key=True)
     revision: int = 0
+
+
+_REVISION = select(col(FleetRevisionRow.revision)).where(col(FleetRevisionRow.id) == 1)
 
 
 def _bump_revision(session: Session) -> None:
@@ -255,9 +258,8 @@ class FleetStore:
 
     def revision(self) -> int:
         """How many times the fleet was written (0 for a fleet never written)."""
-        with transaction(self._engine, "reading the fleet revision") as session:
-            row = session.get(FleetRevisionRow, 1)
-            return row.revision if row is not None else 0
+        revision = read_scalar(self._engine, _REVISION, "reading the fleet revision")
+        return int(revision or 0)
 
     def _whole_fleet(self) -> tuple[list[Site], list[Device]]:
         revision = self.revision()

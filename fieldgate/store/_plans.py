@@ -6,14 +6,14 @@ import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func
+from sqlalchemy import func, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col, select
 
 from fieldgate.contract import canonical_json
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.plan import RolloutPlan
-from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._engine import for_writing, joined, transaction
 from fieldgate.store._table import StoreTable, as_utc, utc_now, utc_time_field
 
 
@@ -77,8 +77,12 @@ class PlanStore:
         self._engine = engine
         self._writer = for_writing(engine)
 
-    def add(self, plan: RolloutPlan, status: str = "proposed") -> PlanRecord:
+    def add(
+        self, plan: RolloutPlan, status: str = "proposed", *, tx: Session | None = None
+    ) -> PlanRecord:
         """Store a new revision; storing the identical revision again returns the stored one.
+
+        In the transaction ``tx`` when given (see :meth:`Store.writing`).
 
         Raises:
             StoreError: the plan id and revision are taken by different content (a revision
@@ -86,7 +90,7 @@ class PlanStore:
                 stored revision of the plan.
         """
         plan_hash = plan.plan_hash
-        with transaction(self._writer, f"storing plan {plan.plan_id}") as session:
+        with joined(tx, self._writer, f"storing plan {plan.plan_id}") as session:
             stored = session.get(PlanRow, (plan.plan_id, plan.revision))
             if stored is not None:
                 if stored.plan_hash != plan_hash:
@@ -152,15 +156,40 @@ class PlanStore:
         with transaction(self._engine, "listing plans") as session:
             return [_record(row) for row in session.exec(query)]
 
-    def set_status(self, plan_id: str, status: str, revision: int | None = None) -> PlanRecord:
-        """Set the status of a revision of the plan (the latest when None)."""
+    def set_status(
+        self,
+        plan_id: str,
+        status: str,
+        revision: int | None = None,
+        *,
+        tx: Session | None = None,
+    ) -> None:
+        """Set the status of a revision of the plan (the latest when None).
+
+        In the transaction ``tx`` when given (see :meth:`Store.writing`).
+
+        Raises:
+            NotFound: the plan (or that revision of it) is not stored.
+        """
         if not status:
             raise StoreError(f"plan {plan_id}: a status must not be empty")
-        with transaction(self._writer, f"setting the status of plan {plan_id}") as session:
-            row = self._row(session, plan_id, revision)
-            row.status = status
-            session.add(row)
-            return _record(row)
+        which = (
+            select(func.max(PlanRow.revision))
+            .where(col(PlanRow.plan_id) == plan_id)
+            .scalar_subquery()
+            if revision is None
+            else revision
+        )
+        statement = (
+            update(PlanRow)
+            .where(col(PlanRow.plan_id) == plan_id, col(PlanRow.revision) == which)
+            .values(status=status)
+        )
+        with joined(tx, self._writer, f"setting the status of plan {plan_id}") as session:
+            session.flush()  # rows added earlier in a shared transaction must be visible
+            if session.connection().execute(statement).rowcount != 1:
+                self._row(session, plan_id, revision)  # raises NotFound naming what is missing
+                raise StoreError(f"plan {plan_id}: the status was not set")
 
     @staticmethod
     def _row(session: Session, plan_id: str, revision: int | None) -> PlanRow:

@@ -18,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import text, update
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, col, select
+from sqlmodel import Field, Session, col, select
 
 from fieldgate.errors import NotFound
-from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._engine import for_writing, joined, transaction
 from fieldgate.store._table import (
     StoreTable,
     as_utc,
@@ -103,8 +103,10 @@ class RunStore:
         request: str,
         actor: str,
         detail: dict[str, Any] | None = None,
+        *,
+        tx: Session | None = None,
     ) -> Run:
-        """Record a new run as ``accepted``."""
+        """Record a new run as ``accepted`` (in the transaction ``tx`` when given)."""
         now = utc_now()
         row = RunRow(
             thread_id=thread_id,
@@ -116,7 +118,7 @@ class RunStore:
             created_at=now,
             updated_at=now,
         )
-        with transaction(self._writer, f"recording run {thread_id}") as session:
+        with joined(tx, self._writer, f"recording run {thread_id}") as session:
             session.add(row)
             session.flush()
             return _run(row)
@@ -127,21 +129,32 @@ class RunStore:
         status: str,
         outcome: str | None = None,
         detail: dict[str, Any] | None = None,
-    ) -> Run:
-        """Move a run to ``status`` (and ``outcome``); merge ``detail`` into its facts."""
-        with transaction(self._writer, f"updating run {thread_id}") as session:
-            row = session.get(RunRow, thread_id)
-            if row is None:
-                raise NotFound(f"no run with thread id {thread_id!r}")
-            row.status = status
-            if outcome is not None:
-                row.outcome = outcome
+        *,
+        tx: Session | None = None,
+    ) -> None:
+        """Move a run to ``status`` (and ``outcome``); merge ``detail`` into its facts.
+
+        In the transaction ``tx`` when given (see :meth:`Store.writing`).
+
+        Raises:
+            NotFound: no run has this thread id.
+        """
+        values: dict[str, Any] = {"status": status, "updated_at": utc_now()}
+        if outcome is not None:
+            values["outcome"] = outcome
+        with joined(tx, self._writer, f"updating run {thread_id}") as session:
             if detail:
-                row.detail_json = json_text({**from_json_text(row.detail_json), **detail})
-            row.updated_at = utc_now()
-            session.add(row)
-            session.flush()
-            return _run(row)
+                facts = session.exec(
+                    select(RunRow.detail_json).where(col(RunRow.thread_id) == thread_id)
+                ).first()
+                if facts is not None:
+                    values["detail_json"] = json_text({**from_json_text(facts), **detail})
+            session.flush()  # rows added earlier in a shared transaction must be visible
+            moved = session.connection().execute(
+                update(RunRow).where(col(RunRow.thread_id) == thread_id).values(**values)
+            )
+            if moved.rowcount != 1:
+                raise NotFound(f"no run with thread id {thread_id!r}")
 
     def get(self, thread_id: str) -> Run:
         """The run with this thread id."""

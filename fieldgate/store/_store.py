@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
 
 from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 
 from fieldgate.config import database_url
 from fieldgate.errors import StoreError
 from fieldgate.store._approvals import ApprovalStore
 from fieldgate.store._audit import AuditLog, install_audit_guards
 from fieldgate.store._catalog import CatalogStore
-from fieldgate.store._engine import for_writing, is_sqlite, open_engine, reason_of
+from fieldgate.store._engine import (
+    for_writing,
+    is_sqlite,
+    open_engine,
+    reason_of,
+    transaction,
+)
 from fieldgate.store._fleet import FleetStore
 from fieldgate.store._keys import KeyStore
 from fieldgate.store._plans import PlanStore
@@ -29,6 +38,7 @@ class Store:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         """The SQLAlchemy engine every store shares."""
+        self._writer = for_writing(engine)
         self.catalog = CatalogStore(engine)
         """Module manifests with provenance."""
         self.keys = KeyStore(engine)
@@ -68,6 +78,22 @@ class Store:
         except SQLAlchemyError as exc:
             where = self.engine.url.render_as_string(hide_password=True)
             raise StoreError(f"cannot open the database {where}: {reason_of(exc)}") from exc
+
+    @contextmanager
+    def writing(self, what: str) -> Iterator[Session]:
+        """One write transaction for several stores: all their writes land, or none does.
+
+        Pass the session as ``tx`` to the write methods that take it::
+
+            with store.writing("recording the plan") as tx:
+                store.plans.add(plan, tx=tx)
+                store.audit.append_many(events, tx=tx)
+
+        On SQLite it takes the write lock at the start (``BEGIN IMMEDIATE``). A database
+        error becomes :class:`StoreError` naming ``what``.
+        """
+        with transaction(self._writer, what) as session:
+            yield session
 
     def close(self) -> None:
         """Release every database connection."""
