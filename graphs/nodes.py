@@ -171,9 +171,8 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = _context(runtime)
     store = ctx.store
     manifests = [r.manifest for r in store.catalog.list()]
-    summary = planning_context(
-        store.fleet.devices(), manifests, ctx.now(), sites=store.fleet.sites()
-    )
+    sites, devices = store.fleet.snapshot()
+    summary = planning_context(devices, manifests, ctx.now(), sites=sites)
     previous = _plan(state) if state.get("plan") else None
     try:
         call = run_planner(
@@ -270,8 +269,8 @@ def validator(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     ctx = _context(runtime)
     plan = _plan(state)
     manifest = _manifest(ctx, plan.module, plan.version)
-    devices = ctx.store.fleet.devices()
-    sites = {s.id: s for s in ctx.store.fleet.sites()}
+    fleet_sites, devices = ctx.store.fleet.snapshot()
+    sites = {s.id: s for s in fleet_sites}
     findings = check_plan(plan, manifest, devices, sites)
     target_sites = sorted({d.site for d in select_devices(plan.target, devices, sites)})
     forecast = (
@@ -357,8 +356,9 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
     manifest = record.manifest
     keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
     check = verify_artifact(manifest, keys, record.observed_digest)
-    devices = store.fleet.devices(plan.target)
-    sites = {s.id: s for s in store.fleet.sites()}
+    fleet_sites, fleet = store.fleet.snapshot()
+    sites = {s.id: s for s in fleet_sites}
+    devices = select_devices(plan.target, fleet, sites)
     installed = {(plan.module, v): r.manifest for v, r in versions.items()}
     decision = ctx.policy.rollout(
         rollout_input(

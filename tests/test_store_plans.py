@@ -129,6 +129,9 @@ def test_runs_move_on_and_keep_their_facts(store: Store) -> None:
     assert run.detail == {"model": "offline", "reasons": ["no canary"]}
     assert run.updated_at >= started.updated_at
     assert [r.thread_id for r in store.runs.list(("done",))] == ["t-1"]
+    with pytest.raises(StoreError, match="recording run t-1 failed"):
+        store.runs.start("t-1", "p-2", "the same thread id again", "bo")
+    assert store.runs.get("t-1").plan_id == "p-1"
     with pytest.raises(NotFound, match="no run with thread id 't-9'"):
         store.runs.update("t-9", "planning")
     with pytest.raises(NotFound, match="no run with thread id 't-9'"):

@@ -55,7 +55,9 @@ def open_engine(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Connection) -> None:
-            conn.exec_driver_sql(conn.get_execution_options().get(_SQLITE_BEGIN, "BEGIN"))
+            begin = conn.get_execution_options().get(_SQLITE_BEGIN, "BEGIN")
+            if begin:  # empty for a single-statement read, which SQLite keeps consistent alone
+                conn.exec_driver_sql(begin)
 
         return engine
     if parsed.get_backend_name() == "postgresql":
@@ -124,8 +126,18 @@ def read_scalar(engine: Engine, statement: Executable, what: str) -> Any:
     A plain connection rather than an ORM session: revision checks run before every
     cached read, where a session would cost three times the query.
     """
+    return next(iter(read_rows(engine, statement, what)), (None,))[0]
+
+
+def read_rows(engine: Engine, statement: Executable, what: str) -> list[tuple[Any, ...]]:
+    """Every row ``statement`` returns, read on a plain connection (see :func:`read_scalar`).
+
+    One statement sees one consistent state on its own, so SQLite is spared the
+    ``BEGIN`` that multi-statement reads need.
+    """
     try:
         with engine.connect() as conn:
-            return conn.execute(statement).scalar()
+            conn.execution_options(**{_SQLITE_BEGIN: ""})
+            return [tuple(row) for row in conn.execute(statement)]
     except SQLAlchemyError as exc:
         raise StoreError(f"{what} failed: {reason_of(exc)}") from exc

@@ -359,6 +359,11 @@ class FleetStore:
         """List every site, by id."""
         return list(self._whole_fleet()[0])
 
+    def snapshot(self) -> tuple[list[Site], list[Device]]:
+        """Every site and every device, by id, as of one fleet revision (one check for both)."""
+        sites, devices = self._whole_fleet()
+        return list(sites), list(devices)
+
     def _read_sites(self) -> list[Site]:
         with transaction(self._engine, "reading sites") as session:
             labels: dict[str, dict[str, str]] = defaultdict(dict)

@@ -8,12 +8,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, get_args
 
+import sqlalchemy
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, col, select
 
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.signing import key_id_of
-from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._engine import for_writing, read_rows, transaction
 from fieldgate.store._table import StoreTable, as_utc, utc_now, utc_time_field
 
 KeyPurpose = Literal["artifact", "approver", "control-plane"]
@@ -53,6 +54,15 @@ class TrustedKeyRow(StoreTable, table=True):
         """Return the row as a :class:`TrustedKey`."""
         purpose: KeyPurpose = self.purpose  # type: ignore[assignment]
         return TrustedKey(self.key_id, self.owner, purpose, self.public_b64, as_utc(self.added_at))
+
+
+_KEY_COLUMNS = (
+    col(TrustedKeyRow.key_id),
+    col(TrustedKeyRow.owner),
+    col(TrustedKeyRow.purpose),
+    col(TrustedKeyRow.public_b64),
+    col(TrustedKeyRow.added_at),
+)
 
 
 def _check_public_key(public_b64: str) -> None:
@@ -112,13 +122,16 @@ class KeyStore:
 
     def for_purpose(self, purpose: KeyPurpose) -> list[TrustedKey]:
         """Every key trusted for ``purpose``, oldest first."""
-        with transaction(self._engine, "reading trusted keys") as session:
-            rows = session.exec(
-                select(TrustedKeyRow)
-                .where(col(TrustedKeyRow.purpose) == purpose)
-                .order_by(col(TrustedKeyRow.added_at), col(TrustedKeyRow.key_id))
-            )
-            return [row.to_key() for row in rows]
+        query = (
+            sqlalchemy.select(*_KEY_COLUMNS)
+            .where(col(TrustedKeyRow.purpose) == purpose)
+            .order_by(col(TrustedKeyRow.added_at), col(TrustedKeyRow.key_id))
+        )
+        rows = read_rows(self._engine, query, "reading trusted keys")
+        return [
+            TrustedKey(key_id, owner, purpose, public_b64, as_utc(added_at))
+            for key_id, owner, _, public_b64, added_at in rows
+        ]
 
     def for_owner(self, owner: str, purpose: KeyPurpose | None = None) -> list[TrustedKey]:
         """List the keys of ``owner`` (for ``purpose`` only, when given), oldest first."""

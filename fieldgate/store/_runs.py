@@ -18,7 +18,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import text, update
+from sqlalchemy import insert, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col, select
 
@@ -108,20 +108,22 @@ class RunStore:
     ) -> Run:
         """Record a new run as ``accepted`` (in the transaction ``tx`` when given)."""
         now = utc_now()
-        row = RunRow(
-            thread_id=thread_id,
-            plan_id=plan_id,
-            request=request,
-            actor=actor,
-            status="accepted",
-            detail_json=json_text(detail or {}),
-            created_at=now,
-            updated_at=now,
+        run = Run(
+            thread_id, plan_id, request, actor, "accepted", None, dict(detail or {}), now, now
         )
+        values = {
+            "thread_id": thread_id,
+            "plan_id": plan_id,
+            "request": request,
+            "actor": actor,
+            "status": run.status,
+            "detail_json": json_text(run.detail),
+            "created_at": now,
+            "updated_at": now,
+        }
         with joined(tx, self._writer, f"recording run {thread_id}") as session:
-            session.add(row)
-            session.flush()
-            return _run(row)
+            session.connection().execute(insert(RunRow).values(**values))
+        return run
 
     def update(
         self,
