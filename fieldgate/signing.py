@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 from dataclasses import dataclass
+from functools import lru_cache
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -72,9 +73,16 @@ def verify(public_key_b64: str, payload: object, signature_b64: str | None) -> b
     """Tell whether ``signature_b64`` signs the canonical JSON of ``payload``."""
     if not signature_b64:
         return False
+    return _verifies(public_key_b64, canonical_json(payload), signature_b64)
+
+
+@lru_cache(maxsize=4096)
+def _verifies(public_key_b64: str, message: bytes, signature_b64: str) -> bool:
+    """The ed25519 check itself, remembered: the same key, message and signature always give
+    the same answer, and the gate checks the same artifact signature for every plan."""
     try:
         key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_key_b64))
-        key.verify(base64.b64decode(signature_b64, validate=True), canonical_json(payload))
+        key.verify(base64.b64decode(signature_b64, validate=True), message)
     except (InvalidSignature, ValueError, TypeError):
         return False
     return True

@@ -6,7 +6,7 @@ import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, update
+from sqlalchemy import func, insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col, select
 
@@ -91,8 +91,15 @@ class PlanStore:
         """
         plan_hash = plan.plan_hash
         with joined(tx, self._writer, f"storing plan {plan.plan_id}") as session:
-            stored = session.get(PlanRow, (plan.plan_id, plan.revision))
-            if stored is not None:
+            session.flush()  # rows added earlier in a shared transaction must be visible
+            conn = session.connection()
+            stored_hash = conn.execute(
+                select(PlanRow.plan_hash).where(
+                    col(PlanRow.plan_id) == plan.plan_id, col(PlanRow.revision) == plan.revision
+                )
+            ).scalar()
+            if stored_hash is not None:
+                stored = self._row(session, plan.plan_id, plan.revision)
                 if stored.plan_hash != plan_hash:
                     raise StoreError(
                         f"plan {plan.plan_id} revision {plan.revision} already exists with hash "
@@ -101,28 +108,30 @@ class PlanStore:
                     )
                 return _record(stored)
             if plan.parent_hash is not None:
-                parent = session.exec(
-                    select(PlanRow).where(PlanRow.plan_hash == plan.parent_hash)
-                ).first()
-                if parent is None or parent.plan_id != plan.plan_id:
+                parent = conn.execute(
+                    select(PlanRow.plan_id).where(col(PlanRow.plan_hash) == plan.parent_hash)
+                ).scalar()
+                if parent != plan.plan_id:
                     raise StoreError(
                         f"plan {plan.plan_id} revision {plan.revision}: parent_hash "
                         f"{plan.parent_hash[:12]}… is not a stored revision of this plan"
                     )
-            row = PlanRow(
-                plan_id=plan.plan_id,
-                revision=plan.revision,
-                plan_hash=plan_hash,
-                parent_hash=plan.parent_hash,
-                module=plan.module,
-                version=plan.version,
-                requested_by=plan.requested_by,
-                plan_json=canonical_json(plan.model_dump(mode="json", by_alias=True)).decode(),
-                created_at=utc_now(),
-                status=status,
+            created_at = utc_now()
+            conn.execute(
+                insert(PlanRow).values(
+                    plan_id=plan.plan_id,
+                    revision=plan.revision,
+                    plan_hash=plan_hash,
+                    parent_hash=plan.parent_hash,
+                    module=plan.module,
+                    version=plan.version,
+                    requested_by=plan.requested_by,
+                    plan_json=canonical_json(plan.model_dump(mode="json", by_alias=True)).decode(),
+                    created_at=created_at,
+                    status=status,
+                )
             )
-            session.add(row)
-            return PlanRecord(plan, plan_hash, status, row.created_at)
+            return PlanRecord(plan, plan_hash, status, created_at)
 
     def get(self, plan_id: str, revision: int | None = None) -> PlanRecord:
         """Return revision ``revision`` of the plan (None: the latest); raise NotFound if absent."""
