@@ -221,7 +221,7 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         return {"tokens": tokens, **_finish("failed", f"the planner's plan is invalid: {exc}")}
     plan_json = plan.model_dump(mode="json")
     with store.writing(f"recording plan {plan.plan_id} revision {revision}") as tx:
-        store.plans.add(plan, tx=tx)
+        plan_hash = store.plans.add(plan, tx=tx).plan_hash
         _audit_many(
             ctx,
             state,
@@ -238,7 +238,7 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
                     "planner",
                     {
                         "revision": revision,
-                        "plan_hash": plan.plan_hash,
+                        "plan_hash": plan_hash,
                         "plan": plan_json,
                         "tokens": tokens["planner"],
                     },
@@ -248,7 +248,7 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         )
     return {
         "plan": plan_json,
-        "plan_hash": plan.plan_hash,
+        "plan_hash": plan_hash,
         "revisions": revision,
         "feedback": [],
         "approved": False,
