@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 from fieldgate.agents import planning_context
 from fieldgate.agents._structured import (
@@ -135,11 +135,45 @@ def _model_failed(ctx: Context, state: RolloutState, node: str, exc: ModelFailed
 # --------------------------------------------------------------------------- intake
 
 
-def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Record the request in the audit log and mark the run as planning.
+def accept_run(
+    ctx: Context,
+    thread_id: str,
+    plan_id: str,
+    request: str,
+    actor: str,
+    *,
+    ticket: str | None = None,
+    detail: dict[str, Any] | None = None,
+) -> None:
+    """Record a run and audit its request in one transaction, before any node works on it.
 
-    Runs started through fieldgate are in the runs table already; a run started by a
-    LangGraph API client (which knows only ``request`` and ``actor``) is recorded here.
+    The request event is written with the run, so a run in the table always has its
+    request on the record, and a rerun of ``intake`` after a crash adds nothing.
+    """
+    payload: dict[str, Any] = {"text": request, "actor": actor}
+    if ticket:
+        payload["ticket"] = {"untrusted": True, "text": ticket}
+    store = ctx.store
+    with store.writing(f"accepting run {thread_id}") as tx:
+        store.runs.start(thread_id, plan_id, request, actor, detail, tx=tx)
+        store.audit.append(
+            EventKind.request,
+            ActorKind.human,
+            actor,
+            payload,
+            plan_id=plan_id,
+            thread_id=thread_id,
+            at=ctx.now(),
+            tx=tx,
+        )
+
+
+def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Make sure the run and its request are on the record.
+
+    Runs submitted through fieldgate were recorded before the graph started; a run
+    started by a LangGraph API client (which knows only ``request`` and ``actor``) is
+    recorded here.
     """
     ctx = _context(runtime)
     ids: dict[str, Any] = {}
@@ -147,19 +181,18 @@ def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         ids["thread_id"] = str(get_config()["configurable"]["thread_id"])
     if not state.get("plan_id"):
         ids["plan_id"] = ids.get("thread_id") or state["thread_id"]
-    state = cast(RolloutState, {**state, **ids})
-    payload: dict[str, Any] = {"text": state["request"], "actor": state["actor"]}
-    if state.get("ticket"):
-        payload["ticket"] = {"untrusted": True, "text": state["ticket"]}
-    store = ctx.store
-    with store.writing(f"recording the request of run {state['thread_id']}") as tx:
-        _audit(ctx, state, EventKind.request, ActorKind.human, state["actor"], payload, tx=tx)
-        try:
-            store.runs.update(state["thread_id"], "planning", tx=tx)
-        except NotFound:
-            run = (state["thread_id"], state["plan_id"], state["request"], state["actor"])
-            store.runs.start(*run, tx=tx)
-            store.runs.update(state["thread_id"], "planning", tx=tx)
+    thread_id = ids.get("thread_id") or state["thread_id"]
+    try:
+        ctx.store.runs.get(thread_id)
+    except NotFound:
+        accept_run(
+            ctx,
+            thread_id,
+            ids.get("plan_id") or state["plan_id"],
+            state["request"],
+            state["actor"],
+            ticket=state.get("ticket"),
+        )
     return {"revisions": 0, "feedback": [], **ids}
 
 

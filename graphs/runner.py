@@ -14,6 +14,7 @@ from typing import Any, Literal
 
 from fieldgate.agents.planner import PlanDraft
 from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
+from fieldgate.graphs.nodes import accept_run
 from fieldgate.graphs.rollout import compile_graph
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command, RunnableConfig
@@ -121,7 +122,7 @@ class Orchestrator:
         """
         plan_id = plan_id or self._free_plan_id(request, actor)
         thread_id = plan_id
-        self.ctx.store.runs.start(thread_id, plan_id, request, actor, detail)
+        accept_run(self.ctx, thread_id, plan_id, request, actor, ticket=ticket, detail=detail)
         initial: dict[str, Any] = {
             "request": request,
             "actor": actor,

@@ -24,6 +24,7 @@ from _scenario_driver import (
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
+from fieldgate.audit import EventKind
 from fieldgate.scenario import Expect, load_scenario
 
 SCENARIOS = scenario_paths()
@@ -109,3 +110,31 @@ def test_expect_checks_fail_when_the_world_disagrees(sqlite_url: str) -> None:
             )
             == []
         )
+
+
+def test_a_run_is_recorded_with_its_request_once_however_it_starts(sqlite_url: str) -> None:
+    scenario = variant(load("safety-approval"), approvals=[])
+    with open_run(scenario, sqlite_url) as (world, orchestrator):
+        submitted = orchestrator.submit(scenario.request, scenario.actor, plan_id="from-cli")
+        # A LangGraph API client knows only the request and who asks; intake records the run.
+        orchestrator.graph.invoke(
+            {"request": scenario.request, "actor": scenario.actor},
+            orchestrator.config("from-api"),
+            context=world.ctx,
+            durability="sync",
+        )
+        from_api = orchestrator.view("from-api")
+        for view in (submitted, from_api):
+            assert view.status == "awaiting_approval"
+            run = world.store.runs.get(view.thread_id)
+            assert (run.plan_id, run.request, run.status) == (
+                view.thread_id,
+                scenario.request,
+                "awaiting_approval",
+            )
+            events = world.store.audit.events(plan_id=view.thread_id)
+            requests = [e for e in events if e.kind == EventKind.request]
+            assert len(requests) == 1, "the request is audited exactly once"
+            assert requests[0].payload["text"] == scenario.request
+            assert events[0] == requests[0], "the request comes first"
+        assert world.store.audit.verify().ok

@@ -94,7 +94,7 @@ def test_writes_in_one_store_transaction_land_together_or_not_at_all(store: Stor
     # A failure after the plan, the run and the audit event were written undoes all three.
     with pytest.raises(StoreError, match="already exists"), store.writing("testing") as tx:
         store.plans.add(plan(), tx=tx)
-        store.runs.update("t-1", "planning", tx=tx)
+        store.runs.update("t-1", "awaiting_approval", tx=tx)
         store.audit.append("plan", "agent", "planner", {"revision": 1}, plan_id="p-1", tx=tx)
         store.plans.add(plan(rationale="a different revision 1"), tx=tx)
     with pytest.raises(NotFound):
@@ -121,8 +121,8 @@ def test_runs_move_on_and_keep_their_facts(store: Store) -> None:
         None,
         {"model": "offline"},
     )
-    store.runs.update("t-1", "planning")
-    assert store.runs.get("t-1").status == "planning"
+    store.runs.update("t-1", "queued")
+    assert store.runs.get("t-1").status == "queued"
     store.runs.update("t-1", "done", outcome="denied", detail={"reasons": ["no canary"]})
     run = store.runs.get("t-1")
     assert (run.status, run.outcome) == ("done", "denied")
@@ -133,7 +133,7 @@ def test_runs_move_on_and_keep_their_facts(store: Store) -> None:
         store.runs.start("t-1", "p-2", "the same thread id again", "bo")
     assert store.runs.get("t-1").plan_id == "p-1"
     with pytest.raises(NotFound, match="no run with thread id 't-9'"):
-        store.runs.update("t-9", "planning")
+        store.runs.update("t-9", "queued")
     with pytest.raises(NotFound, match="no run with thread id 't-9'"):
         store.runs.update("t-9", "done", detail={"reasons": []})
 
