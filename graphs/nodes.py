@@ -182,9 +182,7 @@ def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     if not state.get("plan_id"):
         ids["plan_id"] = ids.get("thread_id") or state["thread_id"]
     thread_id = ids.get("thread_id") or state["thread_id"]
-    try:
-        ctx.store.runs.get(thread_id)
-    except NotFound:
+    if not ctx.store.runs.exists(thread_id):
         accept_run(
             ctx,
             thread_id,

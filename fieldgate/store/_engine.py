@@ -120,16 +120,20 @@ def joined(session: Session | None, engine: Engine, what: str) -> Iterator[Sessi
         yield own
 
 
-def read_scalar(engine: Engine, statement: Executable, what: str) -> Any:
+def read_scalar(
+    engine: Engine, statement: Executable, what: str, params: dict[str, Any] | None = None
+) -> Any:
     """The first column of the first row ``statement`` returns (None for no row).
 
     A plain connection rather than an ORM session: revision checks run before every
     cached read, where a session would cost three times the query.
     """
-    return next(iter(read_rows(engine, statement, what)), (None,))[0]
+    return next(iter(read_rows(engine, statement, what, params)), (None,))[0]
 
 
-def read_rows(engine: Engine, statement: Executable, what: str) -> list[tuple[Any, ...]]:
+def read_rows(
+    engine: Engine, statement: Executable, what: str, params: dict[str, Any] | None = None
+) -> list[tuple[Any, ...]]:
     """Every row ``statement`` returns, read on a plain connection (see :func:`read_scalar`).
 
     One statement sees one consistent state on its own, so SQLite is spared the
@@ -138,6 +142,6 @@ def read_rows(engine: Engine, statement: Executable, what: str) -> list[tuple[An
     try:
         with engine.connect() as conn:
             conn.execution_options(**{_SQLITE_BEGIN: ""})
-            return [tuple(row) for row in conn.execute(statement)]
+            return [tuple(row) for row in conn.execute(statement, params)]
     except SQLAlchemyError as exc:
         raise StoreError(f"{what} failed: {reason_of(exc)}") from exc

@@ -65,6 +65,13 @@ _KEY_COLUMNS = (
 )
 
 
+_FOR_PURPOSE = (
+    sqlalchemy.select(*_KEY_COLUMNS)
+    .where(col(TrustedKeyRow.purpose) == sqlalchemy.bindparam("purpose"))
+    .order_by(col(TrustedKeyRow.added_at), col(TrustedKeyRow.key_id))
+)
+
+
 def _check_public_key(public_b64: str) -> None:
     try:
         raw = base64.b64decode(public_b64, validate=True)
@@ -122,12 +129,7 @@ class KeyStore:
 
     def for_purpose(self, purpose: KeyPurpose) -> list[TrustedKey]:
         """Every key trusted for ``purpose``, oldest first."""
-        query = (
-            sqlalchemy.select(*_KEY_COLUMNS)
-            .where(col(TrustedKeyRow.purpose) == purpose)
-            .order_by(col(TrustedKeyRow.added_at), col(TrustedKeyRow.key_id))
-        )
-        rows = read_rows(self._engine, query, "reading trusted keys")
+        rows = read_rows(self._engine, _FOR_PURPOSE, "reading trusted keys", {"purpose": purpose})
         return [
             TrustedKey(key_id, owner, purpose, public_b64, as_utc(added_at))
             for key_id, owner, _, public_b64, added_at in rows

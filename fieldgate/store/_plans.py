@@ -6,11 +6,11 @@ import builtins
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, insert, update
+from sqlalchemy import bindparam, func, insert, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col, select
 
-from fieldgate.contract import canonical_json
+from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.plan import RolloutPlan
 from fieldgate.store._engine import for_writing, joined, transaction
@@ -70,6 +70,20 @@ def _record(row: PlanRow) -> PlanRecord:
     return PlanRecord(plan, row.plan_hash, row.status, as_utc(row.created_at))
 
 
+# Statements built once (building one costs as much as running it).
+_OF_PLAN = col(PlanRow.plan_id) == bindparam("key_plan")
+_STORED_HASH = select(col(PlanRow.plan_hash)).where(
+    _OF_PLAN, col(PlanRow.revision) == bindparam("key_revision")
+)
+_PARENT = select(col(PlanRow.plan_id)).where(col(PlanRow.plan_hash) == bindparam("key_hash"))
+_INSERT_PLAN = insert(PlanRow)
+_SET_STATUS = update(PlanRow).where(_OF_PLAN, col(PlanRow.revision) == bindparam("key_revision"))
+_SET_LATEST_STATUS = update(PlanRow).where(
+    _OF_PLAN,
+    col(PlanRow.revision) == select(func.max(PlanRow.revision)).where(_OF_PLAN).scalar_subquery(),
+)
+
+
 class PlanStore:
     """Plan revisions and their status."""
 
@@ -89,15 +103,13 @@ class PlanStore:
                 is immutable: propose the next revision), or ``parent_hash`` names no
                 stored revision of the plan.
         """
-        plan_hash = plan.plan_hash
+        plan_json = canonical_json(plan.model_dump(mode="json", by_alias=True))
+        plan_hash = sha256_hex(plan_json)  # what RolloutPlan.plan_hash computes, done once
         with joined(tx, self._writer, f"storing plan {plan.plan_id}") as session:
             session.flush()  # rows added earlier in a shared transaction must be visible
             conn = session.connection()
-            stored_hash = conn.execute(
-                select(PlanRow.plan_hash).where(
-                    col(PlanRow.plan_id) == plan.plan_id, col(PlanRow.revision) == plan.revision
-                )
-            ).scalar()
+            key = {"key_plan": plan.plan_id, "key_revision": plan.revision}
+            stored_hash = conn.execute(_STORED_HASH, key).scalar()
             if stored_hash is not None:
                 stored = self._row(session, plan.plan_id, plan.revision)
                 if stored.plan_hash != plan_hash:
@@ -108,9 +120,7 @@ class PlanStore:
                     )
                 return _record(stored)
             if plan.parent_hash is not None:
-                parent = conn.execute(
-                    select(PlanRow.plan_id).where(col(PlanRow.plan_hash) == plan.parent_hash)
-                ).scalar()
+                parent = conn.execute(_PARENT, {"key_hash": plan.parent_hash}).scalar()
                 if parent != plan.plan_id:
                     raise StoreError(
                         f"plan {plan.plan_id} revision {plan.revision}: parent_hash "
@@ -118,18 +128,19 @@ class PlanStore:
                     )
             created_at = utc_now()
             conn.execute(
-                insert(PlanRow).values(
-                    plan_id=plan.plan_id,
-                    revision=plan.revision,
-                    plan_hash=plan_hash,
-                    parent_hash=plan.parent_hash,
-                    module=plan.module,
-                    version=plan.version,
-                    requested_by=plan.requested_by,
-                    plan_json=canonical_json(plan.model_dump(mode="json", by_alias=True)).decode(),
-                    created_at=created_at,
-                    status=status,
-                )
+                _INSERT_PLAN,
+                {
+                    "plan_id": plan.plan_id,
+                    "revision": plan.revision,
+                    "plan_hash": plan_hash,
+                    "parent_hash": plan.parent_hash,
+                    "module": plan.module,
+                    "version": plan.version,
+                    "requested_by": plan.requested_by,
+                    "plan_json": plan_json.decode(),
+                    "created_at": created_at,
+                    "status": status,
+                },
             )
             return PlanRecord(plan, plan_hash, status, created_at)
 
@@ -182,21 +193,11 @@ class PlanStore:
         """
         if not status:
             raise StoreError(f"plan {plan_id}: a status must not be empty")
-        which = (
-            select(func.max(PlanRow.revision))
-            .where(col(PlanRow.plan_id) == plan_id)
-            .scalar_subquery()
-            if revision is None
-            else revision
-        )
-        statement = (
-            update(PlanRow)
-            .where(col(PlanRow.plan_id) == plan_id, col(PlanRow.revision) == which)
-            .values(status=status)
-        )
+        statement = _SET_LATEST_STATUS if revision is None else _SET_STATUS
+        params = {"key_plan": plan_id, "key_revision": revision, "status": status}
         with joined(tx, self._writer, f"setting the status of plan {plan_id}") as session:
             session.flush()  # rows added earlier in a shared transaction must be visible
-            if session.connection().execute(statement).rowcount != 1:
+            if session.connection().execute(statement, params).rowcount != 1:
                 self._row(session, plan_id, revision)  # raises NotFound naming what is missing
                 raise StoreError(f"plan {plan_id}: the status was not set")
 

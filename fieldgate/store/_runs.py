@@ -18,12 +18,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import insert, text, update
+from sqlalchemy import bindparam, insert, text, update
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col, select
 
 from fieldgate.errors import NotFound
-from fieldgate.store._engine import for_writing, joined, transaction
+from fieldgate.store._engine import for_writing, joined, read_rows, read_scalar, transaction
 from fieldgate.store._table import (
     StoreTable,
     as_utc,
@@ -75,17 +75,43 @@ class Run:
     updated_at: datetime
 
 
+_RUN_FIELDS = tuple(RunRow.model_fields)
+_RUN_COLUMNS = tuple(col(getattr(RunRow, name)) for name in _RUN_FIELDS)
+# Statements built once (building one costs as much as running it); ``run_id`` names the run.
+_BY_ID = col(RunRow.thread_id) == bindparam("run_id")
+_RUN_EXISTS = select(col(RunRow.thread_id)).where(_BY_ID)
+_RUN_DETAIL = select(col(RunRow.detail_json)).where(_BY_ID)
+_INSERT_RUN = insert(RunRow)
+_UPDATE_RUN = update(RunRow).where(_BY_ID)  # SET: the columns the parameters name
+_RUN_BY_ID = select(*_RUN_COLUMNS).where(_BY_ID)
+
+
 def _run(row: RunRow) -> Run:
+    return _run_of(*(getattr(row, name) for name in _RUN_FIELDS))
+
+
+def _run_of(
+    thread_id: str,
+    plan_id: str,
+    request: str,
+    actor: str,
+    status: str,
+    outcome: str | None,
+    detail_json: str,
+    created_at: datetime,
+    updated_at: datetime,
+) -> Run:
+    """A run from its column values, in the order of :data:`_RUN_FIELDS`."""
     return Run(
-        row.thread_id,
-        row.plan_id,
-        row.request,
-        row.actor,
-        row.status,
-        row.outcome,
-        from_json_text(row.detail_json),
-        as_utc(row.created_at),
-        as_utc(row.updated_at),
+        thread_id,
+        plan_id,
+        request,
+        actor,
+        status,
+        outcome,
+        from_json_text(detail_json),
+        as_utc(created_at),
+        as_utc(updated_at),
     )
 
 
@@ -122,7 +148,7 @@ class RunStore:
             "updated_at": now,
         }
         with joined(tx, self._writer, f"recording run {thread_id}") as session:
-            session.connection().execute(insert(RunRow).values(**values))
+            session.connection().execute(_INSERT_RUN, values)
         return run
 
     def update(
@@ -141,30 +167,31 @@ class RunStore:
         Raises:
             NotFound: no run has this thread id.
         """
-        values: dict[str, Any] = {"status": status, "updated_at": utc_now()}
+        values: dict[str, Any] = {"run_id": thread_id, "status": status, "updated_at": utc_now()}
         if outcome is not None:
             values["outcome"] = outcome
         with joined(tx, self._writer, f"updating run {thread_id}") as session:
+            session.flush()  # rows added earlier in a shared transaction must be visible
+            conn = session.connection()
             if detail:
-                facts = session.exec(
-                    select(RunRow.detail_json).where(col(RunRow.thread_id) == thread_id)
-                ).first()
+                facts = conn.execute(_RUN_DETAIL, {"run_id": thread_id}).scalar()
                 if facts is not None:
                     values["detail_json"] = json_text({**from_json_text(facts), **detail})
-            session.flush()  # rows added earlier in a shared transaction must be visible
-            moved = session.connection().execute(
-                update(RunRow).where(col(RunRow.thread_id) == thread_id).values(**values)
-            )
+            moved = conn.execute(_UPDATE_RUN, values)
             if moved.rowcount != 1:
                 raise NotFound(f"no run with thread id {thread_id!r}")
 
+    def exists(self, thread_id: str) -> bool:
+        """Whether a run with this thread id is recorded."""
+        found = read_scalar(self._engine, _RUN_EXISTS, "reading runs", {"run_id": thread_id})
+        return found is not None
+
     def get(self, thread_id: str) -> Run:
         """The run with this thread id."""
-        with transaction(self._engine, "reading runs") as session:
-            row = session.get(RunRow, thread_id)
-            if row is None:
-                raise NotFound(f"no run with thread id {thread_id!r}")
-            return _run(row)
+        rows = read_rows(self._engine, _RUN_BY_ID, "reading runs", {"run_id": thread_id})
+        if not rows:
+            raise NotFound(f"no run with thread id {thread_id!r}")
+        return _run_of(*rows[0])
 
     def for_plan(self, plan_id: str) -> Run:
         """The newest run working on ``plan_id``."""
