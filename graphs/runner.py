@@ -84,8 +84,10 @@ class Orchestrator:
     ) -> RunView:
         config = self.config(thread_id)
         if on_update is None:
-            self.graph.invoke(payload, config, context=self.ctx, durability="sync")
-            return self.view(thread_id)
+            output = self.graph.invoke(
+                payload, config, context=self.ctx, durability="sync", version="v2"
+            )
+            return self._stopped(thread_id, dict(output.value), list(output.interrupts))
         for chunk in self.graph.stream(
             payload, config, context=self.ctx, durability="sync", stream_mode="updates"
         ):
@@ -132,6 +134,28 @@ class Orchestrator:
         if ticket:
             initial["ticket"] = ticket
         return self._invoke(initial, thread_id, on_update)
+
+    @staticmethod
+    def _stopped(thread_id: str, values: dict[str, Any], interrupts: list[Any]) -> RunView:
+        """Where a run stands once an invoke returned, from what the invoke returned.
+
+        An invoke returns in one of three places: the run ended (it has an outcome), it
+        waits at the approval interrupt, or it paused after ``queue`` for a worker. Reading
+        the checkpoint back (:meth:`view`) would tell the same at the cost of another read.
+        """
+        if values.get("outcome"):
+            waiting: tuple[str, ...] = ()
+        elif interrupts:
+            waiting = ("approval",)
+        else:
+            waiting = ("executor",)
+        return RunView(
+            thread_id=thread_id,
+            plan_id=values.get("plan_id", thread_id),
+            values=values,
+            next=waiting,
+            interrupts=interrupts,
+        )
 
     def view(self, thread_id: str) -> RunView:
         """Where a run stands, from its last checkpoint."""

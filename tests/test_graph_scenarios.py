@@ -19,8 +19,10 @@ from _scenario_driver import (
     open_run,
     run_outcome,
     scenario_paths,
+    submit,
     variant,
 )
+from fieldgate.graphs.runner import RunView
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
@@ -138,3 +140,35 @@ def test_a_run_is_recorded_with_its_request_once_however_it_starts(sqlite_url: s
             assert requests[0].payload["text"] == scenario.request
             assert events[0] == requests[0], "the request comes first"
         assert world.store.audit.verify().ok
+
+
+def _same_place(returned: RunView, stored: RunView) -> None:
+    assert returned.values == stored.values
+    assert returned.next == stored.next
+    assert [i.id for i in returned.interrupts] == [i.id for i in stored.interrupts]
+    assert returned.status == stored.status
+
+
+@pytest.mark.parametrize("path", SCENARIOS, ids=[p.stem for p in SCENARIOS])
+def test_the_view_an_invoke_returns_is_the_one_its_checkpoint_holds(
+    path: Path, sqlite_url: str
+) -> None:
+    # submit, decide and work read where the run stopped from the invoke itself, not from
+    # the checkpoint: at every stop the two must agree.
+    scenario = load_scenario(path)
+    with open_run(scenario, sqlite_url) as (world, orchestrator):
+        view = submit(world, orchestrator)
+        _same_place(view, orchestrator.view(view.thread_id))
+        stops = [view.status]
+        for scripted in scenario.approvals:
+            if view.status != "awaiting_approval":
+                break
+            key = world.keys[scripted.by]
+            view = orchestrator.decide(view.thread_id, key, scripted.decision.value, "")
+            _same_place(view, orchestrator.view(view.thread_id))
+            stops.append(view.status)
+        if view.status == "queued":
+            view = orchestrator.work(view.thread_id)
+            _same_place(view, orchestrator.view(view.thread_id))
+            stops.append(view.status)
+        assert stops[-1] in ("done", "awaiting_approval")
