@@ -7,6 +7,7 @@ globals. The context is not checkpointed: a resumed run gets a fresh one.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
@@ -62,7 +63,17 @@ class Context:
     """Name of the model, for audit and reports."""
     settings: Settings = field(default_factory=Settings)
     """Limits and defaults."""
+    people_clock: Callable[[], datetime] | None = None
+    """The clock of what people do: requests, approvals and approval deadlines. None: the
+    run's clock (:meth:`now`), as in scenarios, where approvers live on the twin's time.
+    The command line sets the wall clock: its twin's virtual clock leaps ahead to a
+    maintenance window when a rollout waits for one, and must not expire another run's
+    approval request early."""
 
     def now(self) -> datetime:
         """The run's clock: the transport's (virtual with the twin)."""
         return self.transport.now()
+
+    def people_now(self) -> datetime:
+        """The time on the clock of what people do (see :attr:`people_clock`)."""
+        return self.people_clock() if self.people_clock is not None else self.now()

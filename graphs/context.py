@@ -26,6 +26,11 @@ TWIN_ID = "default"
 CONTROL_PLANE = "control-plane"
 
 
+def wall_clock() -> datetime:
+    """The time now, in UTC."""
+    return datetime.now(UTC)
+
+
 def keys_dir() -> Path:
     """Where private keys of this machine live (``FIELDGATE_HOME/keys``)."""
     return home_dir() / "keys"
@@ -108,6 +113,7 @@ def twin_context(
         freeze=freeze or os.environ.get("FIELDGATE_FREEZE", "") == "1",
         model_name=name,
         settings=settings or Settings(),
+        people_clock=wall_clock,
     )
 
 

@@ -70,8 +70,9 @@ def _audit(
     payload: dict[str, Any],
     *,
     tx: Session | None = None,
+    at: datetime | None = None,
 ) -> None:
-    _audit_many(ctx, state, [(kind, actor_kind, actor, payload)], tx=tx)
+    _audit_many(ctx, state, [(kind, actor_kind, actor, payload)], tx=tx, at=at)
 
 
 def _audit_many(
@@ -80,9 +81,13 @@ def _audit_many(
     events: list[tuple[EventKind, ActorKind, str, dict[str, Any]]],
     *,
     tx: Session | None = None,
+    at: datetime | None = None,
 ) -> None:
-    """Append events in order, in one transaction (``tx``, when the caller has one)."""
-    at = ctx.now()
+    """Append events in order, in one transaction (``tx``, when the caller has one).
+
+    They are stamped ``at`` (default: the run's clock).
+    """
+    at = at or ctx.now()
     ctx.store.audit.append_many(
         (
             NewEvent(
@@ -163,7 +168,7 @@ def accept_run(
             payload,
             plan_id=plan_id,
             thread_id=thread_id,
-            at=ctx.now(),
+            at=ctx.people_now(),
             tx=tx,
         )
 
@@ -414,7 +419,7 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
         with store.writing(f"marking plan {plan.plan_id} as awaiting approval") as tx:
             store.plans.set_status(plan.plan_id, "awaiting_approval", plan.revision, tx=tx)
             store.runs.update(state["thread_id"], "awaiting_approval", tx=tx)
-        update["approval_requested_at"] = ctx.now().isoformat()
+        update["approval_requested_at"] = ctx.people_now().isoformat()
         update["approvals"] = {
             "satisfied": False,
             "missing": [{"role": a.role, "count": a.count} for a in decision.approvals],
@@ -447,7 +452,7 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     decision = answer.decisions[0]
     plan = _plan(state)
     if decision.type == "expire":
-        if ctx.now() < deadline:
+        if ctx.people_now() < deadline:
             return {}
         with ctx.store.writing(f"expiring plan {plan.plan_id}") as tx:
             _audit(
@@ -458,6 +463,7 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
                 "worker",
                 {"expired": True, "deadline": deadline.isoformat()},
                 tx=tx,
+                at=ctx.people_now(),
             )
             ctx.store.plans.set_status(plan.plan_id, "expired", plan.revision, tx=tx)
         return _finish("expired", f"no quorum before the approval deadline {deadline.isoformat()}")
@@ -472,6 +478,7 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             ActorKind.human,
             answer.approver,
             {"refused": "an approve or reject decision must carry a signed approval"},
+            at=ctx.people_now(),
         )
         return {}
     not_stored = _record_approval(ctx, state, record)
@@ -495,7 +502,15 @@ def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> str
     }
     if reason is not None:
         payload["not_stored"] = reason
-    _audit(ctx, state, EventKind.approval, ActorKind.human, record.approver, payload)
+    _audit(
+        ctx,
+        state,
+        EventKind.approval,
+        ActorKind.human,
+        record.approver,
+        payload,
+        at=ctx.people_now(),
+    )
     return reason
 
 
@@ -560,6 +575,7 @@ def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str
             ActorKind.human,
             answer.approver,
             {"refused_edit": str(exc)},
+            at=ctx.people_now(),
         )
         return {}
     with ctx.store.writing(f"recording the edit of plan {plan.plan_id}") as tx:
@@ -577,6 +593,7 @@ def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str
                 "plan": plan.model_dump(mode="json"),
             },
             tx=tx,
+            at=ctx.people_now(),
         )
     return {
         "plan": plan.model_dump(mode="json"),

@@ -61,8 +61,9 @@ UpdateHandler = Callable[[str, dict[str, Any]], None]
 
 def new_plan_id(request: str, actor: str, ctx: Context, attempt: int = 0) -> str:
     """A readable plan id: the time and a hash of request, requester (and attempt, from 1)."""
-    stamp = ctx.now().strftime("%Y%m%d-%H%M%S")
-    seed = f"{actor}\n{request}\n{ctx.now().isoformat()}" + (f"\n{attempt}" if attempt else "")
+    now = ctx.people_now()
+    stamp = now.strftime("%Y%m%d-%H%M%S")
+    seed = f"{actor}\n{request}\n{now.isoformat()}" + (f"\n{attempt}" if attempt else "")
     salt = hashlib.sha256(seed.encode()).hexdigest()
     return f"pl-{stamp}-{salt[:6]}"
 
@@ -97,13 +98,11 @@ class Orchestrator:
         return self.view(thread_id)
 
     def _free_plan_id(self, request: str, actor: str) -> str:
-        # The twin's virtual clock stands still between rollouts, so the same request
-        # from the same person can come at the same virtual second: count attempts.
+        # The same request from the same person can come twice in one second (and in
+        # scenarios the twin's clock stands still between rollouts): count attempts.
         for attempt in itertools.count():
             candidate = new_plan_id(request, actor, self.ctx, attempt)
-            try:
-                self.ctx.store.runs.get(candidate)
-            except NotFound:
+            if not self.ctx.store.runs.exists(candidate):
                 return candidate
         raise AssertionError("unreachable")
 
@@ -188,7 +187,7 @@ class Orchestrator:
             roles=list(self.ctx.roster.get(key.owner, [])),
             decision=Decision(decision),
             comment=comment,
-            at=self.ctx.now(),
+            at=self.ctx.people_now(),
         ).signed_with(key)
         return self.answer(
             thread_id,

@@ -6,18 +6,22 @@ devices are the fleet twin. Nothing is mocked.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from fieldgate.graphs.context import default_twin
+from fieldgate.graphs.context import default_twin, open_orchestrator
+from fieldgate.graphs.runner import Orchestrator
 from typer.testing import CliRunner
 
 from fieldgate.audit import EventKind
 from fieldgate.cli import app
+from fieldgate.cli._worker import expire_overdue
 from fieldgate.plan import Selector
 from fieldgate.store import Store
 
@@ -170,6 +174,36 @@ def test_approvals_flow_with_own_approval_missing_key_and_reject(db: str) -> Non
         assert store.runs.for_plan(plan).status == "queued"
     code, out = invoke("approvals", "list")
     assert code == 0 and "no plans are waiting for approval" in out
+
+
+def test_approval_deadlines_run_on_peoples_time_not_the_twins_leaps(db: str) -> None:
+    plan = ask(HVAC)
+    with open_orchestrator(db) as orchestrator:
+        view = orchestrator.view(plan)
+        assert view.status == "awaiting_approval"
+        requested = datetime.fromisoformat(view.values["approval_requested_at"])
+        assert abs(requested - datetime.now(UTC)) < timedelta(minutes=5), "requested in wall time"
+        request_event = orchestrator.ctx.store.audit.events(plan_id=plan)[0]
+        assert abs(request_event.at - requested) < timedelta(minutes=5)
+
+        # A rollout waiting for a maintenance window leaps the twin's clock days ahead:
+        # the request still has 72 hours of people's time.
+        twin = orchestrator.ctx.transport.twin  # type: ignore[attr-defined]
+        twin.advance(timedelta(hours=100))
+        assert orchestrator.ctx.now() > requested + timedelta(hours=72)
+        assert expire_overdue(orchestrator) == []
+        assert orchestrator.view(plan).status == "awaiting_approval"
+
+        # 73 hours later for people, the worker ends it.
+        later = dataclasses.replace(
+            orchestrator.ctx, people_clock=lambda: requested + timedelta(hours=73)
+        )
+        late = Orchestrator(later, orchestrator.graph.checkpointer)
+        assert expire_overdue(late) == [plan]
+        assert late.view(plan).outcome == "expired"
+        expired = late.ctx.store.audit.events(plan_id=plan, kinds=[EventKind.approval])[-1]
+        assert expired.payload["expired"] is True
+        assert expired.at == requested + timedelta(hours=73)
 
 
 def test_worker_once_completes_a_queued_run(db: str) -> None:

@@ -58,7 +58,7 @@ def list_(db: str = DbOption) -> None:
 
     with open_orchestrator(db) as orchestrator:
         store = orchestrator.ctx.store
-        now = orchestrator.ctx.now()
+        now = orchestrator.ctx.people_now()
         table = Table(
             title="plans awaiting approval (deadlines in UTC)",
             title_justify="left",

@@ -137,9 +137,9 @@ def execute(orchestrator: Orchestrator, run: Run) -> RunView:
 
 
 def expire_overdue(orchestrator: Orchestrator) -> list[str]:
-    """End the runs whose approval deadline passed on the twin's clock."""
+    """End the runs whose approval deadline passed (on the clock of people's time)."""
     expired = []
-    now = orchestrator.ctx.now()
+    now = orchestrator.ctx.people_now()
     for run in orchestrator.ctx.store.runs.list(("awaiting_approval",)):
         view = orchestrator.view(run.thread_id)
         deadline = approval_deadline(view)
