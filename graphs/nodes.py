@@ -742,7 +742,7 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         execution,
     )
     if execution.steps >= ctx.settings.executor_steps:
-        return _finish("failed", f"the executor took more than {execution.steps} steps")
+        return _give_up(tc, state, f"the executor took more than {execution.steps} steps")
     stop = store.stops.engaged(plan.plan_id)
     try:
         choice = next_action(
@@ -752,11 +752,8 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             state.get("last_tool_result"),
         )
     except ModelFailed as exc:
-        # Nothing more is sent to devices; what already ran stays as the audit log shows.
-        return {
-            "execution": execution.model_dump(mode="json"),
-            **_model_failed(ctx, state, "executor", exc),
-        }
+        failed = _model_failed(ctx, state, "executor", exc)
+        return {**failed, **_give_up(tc, state, failed["reasons"][0])}
     execution.steps += 1
     update: dict[str, Any] = {"tokens": {"executor": choice.usage.as_dict()}}
     if choice.name is None:
@@ -770,12 +767,40 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     if result.get("refused"):
         execution.refused_calls += 1
         if execution.refused_calls > ctx.settings.model_retries * 3:
-            update.update(_finish("failed", f"the executor kept making refused calls: {result}"))
+            update.update(_give_up(tc, state, f"the executor kept making refused calls: {result}"))
     if name == "rollback" and execution.rolled_back:
         _audit(ctx, state, EventKind.rollback, ActorKind.agent, "executor", result)
     update["execution"] = execution.model_dump(mode="json")
     update["last_tool_result"] = json.dumps(result, sort_keys=True, default=str)
     return update
+
+
+def _give_up(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any]:
+    """End a rollout the executor cannot finish, first sending touched devices back.
+
+    A model that gives no usable answer, a run past its step bound or one that keeps
+    making refused calls would leave devices half-way with nobody driving. As when abort
+    criteria trip, every touched device goes back to the plan's rollback version, by the
+    same rollback tool and through the same tools policy (so a pulled kill switch still
+    stops it); then the run ends ``failed``.
+    """
+    ex = tc.execution
+    reasons = [reason]
+    if ex.touched and not ex.rolled_back:
+        stop = tc.ctx.store.stops.engaged(tc.plan_id)
+        args = {"reason": f"fieldgate stops the rollout: {reason}"}
+        result = _run_call(tc, state, "rollback", args, stop)
+        if ex.rolled_back:
+            _audit(tc.ctx, state, EventKind.rollback, ActorKind.system, "fieldgate", result)
+            reasons.append(
+                f"rolled back {result['rolled_back']} of {len(ex.touched)} touched devices "
+                f"to {result['to_version']}"
+                + (f" ({result['not_confirmed']} not confirmed)" if result["not_confirmed"] else "")
+            )
+        else:
+            why = result.get("refused") or result.get("error") or "no rollback"
+            reasons.append(f"the {len(ex.touched)} touched devices were not rolled back: {why}")
+    return {"execution": ex.model_dump(mode="json"), **_finish("failed", *reasons)}
 
 
 def _run_call(

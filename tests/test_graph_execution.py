@@ -8,6 +8,8 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
+import httpx
+import openai
 import pytest
 from _scenario_driver import (
     RecordingModel,
@@ -186,6 +188,60 @@ def test_tool_call_outside_the_plan_is_refused_audited_and_touches_nothing(
         assert waves_touched(world) == ({0: sizes[0]} if allowed_first else {})
         assert not [e for e in world.twin.effects() if e.action is Action.rollback]
         assert world.twin.versions("pump-logic").get("1.0.0") is None
+        assert world.store.audit.verify().ok
+
+
+# --------------------------------------------------------------------------- executor gives up
+
+
+@pytest.mark.parametrize("pull_switch", [False, True], ids=["rolled-back", "kill-switch-holds"])
+def test_an_executor_that_stops_answering_mid_rollout_leaves_nothing_half_way(
+    pull_switch: bool, sqlite_url: str
+) -> None:
+    # The first executor call deploys the canary; from the second on the model times out
+    # (and in the second case an operator has pulled the kill switch by then).
+    worlds: list[World] = []
+    calls: list[int] = []
+
+    def model_gone(messages: list[BaseMessage]) -> None:
+        calls.append(len(messages))
+        if len(calls) >= 2:
+            if pull_switch:
+                worlds[0].store.stops.engage(worlds[0].plan_id, "op-ola", "storm warning")
+            raise openai.APITimeoutError(request=httpx.Request("POST", "http://model.invalid"))
+
+    model = RecordingModel(before_executor=model_gone)
+    with open_run(multi_wave(), sqlite_url, model=model) as (world, orchestrator):
+        worlds.append(world)
+        view = submit(world, orchestrator)
+        assert view.status == "queued"
+        view = orchestrator.work(view.thread_id)
+
+        assert view.outcome == "failed"
+        reasons = view.values["reasons"]
+        assert "the executor model gave no answer" in reasons[0]
+        canary = view.values["findings"]["wave_sizes"][0]
+        assert waves_touched(world) == {0: canary}, "nothing past the canary was sent"
+        rollback_calls = [c for c in tool_calls(world) if c["tool"] == "rollback"]
+        assert len(rollback_calls) == 1
+        rollbacks = [e for e in world.twin.effects() if e.action is Action.rollback]
+        if pull_switch:
+            # The kill switch refuses every device change, the rollback too.
+            assert rollback_calls[0]["allow"] is False
+            assert rollbacks == []
+            assert f"the {canary} touched devices were not rolled back" in reasons[1]
+            assert world.twin.versions("pump-logic") == {"1.8.0": 60 - canary, "1.9.0": canary}
+        else:
+            assert rollback_calls[0]["allow"] is True
+            assert len(rollbacks) == canary
+            assert reasons[1] == f"rolled back {canary} of {canary} touched devices to 1.8.0"
+            assert world.twin.versions("pump-logic") == {"1.8.0": 60}
+            (event,) = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.rollback])
+            assert (event.actor_kind, event.actor) == ("system", "fieldgate")
+        assert world.twin.touched() <= {
+            d for w in view.values["execution"]["waves"] for d in w["devices"]
+        }
+        assert world.store.runs.get(view.thread_id).outcome == "failed"
         assert world.store.audit.verify().ok
 
 
