@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field, RootModel, TypeAdapter
 from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from fieldgate.approvals import Approval
+from fieldgate.approvals import Approval, PlanEdit
 
 ACTION_NAME = "execute_rollout_plan"
 
@@ -50,6 +50,8 @@ class ApprovalResume(BaseModel):
     """Who answers."""
     approval: Approval | None = None
     """The signed approval record, for approve and reject."""
+    edit: PlanEdit | None = None
+    """The signed edit record, for edit: binds the edited draft to the approver's key."""
 
 
 class ApprovalAnswer(RootModel[ApprovalResume]):

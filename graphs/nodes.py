@@ -35,7 +35,7 @@ from langgraph.types import interrupt
 from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
-from fieldgate.approvals import Approval
+from fieldgate.approvals import Approval, draft_hash
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.fleet import Site
@@ -557,13 +557,38 @@ def _count_approvals(
     return update
 
 
+def _edit_refused(ctx: Context, answer: ApprovalResume, current: RolloutPlan) -> str | None:
+    """Why an approver's edit cannot be taken, or None when it is signed as it must be."""
+    edited = answer.decisions[0].edited_action
+    if edited is None or not isinstance(edited.args.get("plan"), dict):
+        return "an edit carries the plan draft in edited_action.args.plan"
+    record = answer.edit
+    if record is None:
+        return "an edit must carry a signed edit record"
+    if record.editor != answer.approver:
+        return f"the edit record is {record.editor}'s, not {answer.approver}'s"
+    if (record.plan_id, record.plan_hash) != (current.plan_id, current.plan_hash):
+        return "the edit record names another plan revision than the one waiting"
+    if record.draft_hash != draft_hash(edited.args["plan"]):
+        return "the draft is not the one the edit record signs"
+    keys = ctx.store.keys.for_owner(record.editor, "approver")[-1:]
+    if (
+        not keys
+        or keys[0].key_id != record.key_id
+        or not record.signature_valid(keys[0].public_b64)
+    ):
+        return f"the edit's signature does not verify with {record.editor}'s approver key"
+    return None
+
+
 def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str, Any]:
     edited = answer.decisions[0].edited_action
     current = _plan(state)
     revision = state.get("revisions", 0) + 1
     try:
-        if edited is None or "plan" not in edited.args:
-            raise ValueError("an edit carries edited_action.args.plan")
+        refused = _edit_refused(ctx, answer, current)
+        if refused is not None or edited is None:
+            raise ValueError(refused)
         plan = PlanDraft.model_validate(edited.args["plan"]).to_plan(
             current.plan_id, current.requested_by, revision=revision, parent_hash=current.plan_hash
         )
@@ -590,6 +615,7 @@ def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str
                 "revision": revision,
                 "plan_hash": plan.plan_hash,
                 "edited_by": answer.approver,
+                "key_id": answer.edit.key_id if answer.edit else "",
                 "plan": plan.model_dump(mode="json"),
             },
             tx=tx,

@@ -19,7 +19,7 @@ from fieldgate.graphs.rollout import compile_graph
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command, RunnableConfig
 
-from fieldgate.approvals import Approval, Decision
+from fieldgate.approvals import Approval, Decision, PlanEdit, draft_hash
 from fieldgate.errors import ApprovalInvalid, NotFound
 from fieldgate.runtime import Context
 from fieldgate.signing import SigningKey
@@ -198,8 +198,20 @@ class Orchestrator:
             ),
         )
 
-    def edit(self, thread_id: str, approver: str, draft: PlanDraft, comment: str = "") -> RunView:
-        """An approver's edit: a new revision that goes through validation and policy again."""
+    def edit(self, thread_id: str, key: SigningKey, draft: PlanDraft, comment: str = "") -> RunView:
+        """An approver's edit, signed with their key: a new revision that goes through
+        validation and policy again."""
+        view = self.view(thread_id)
+        if not view.interrupts:
+            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
+        record = PlanEdit(
+            plan_id=view.plan_id,
+            plan_hash=view.values["plan_hash"],
+            editor=key.owner,
+            draft_hash=draft_hash(draft.model_dump(mode="json")),
+            comment=comment,
+            at=self.ctx.people_now(),
+        ).signed_with(key)
         return self.answer(
             thread_id,
             ApprovalResume(
@@ -210,7 +222,8 @@ class Orchestrator:
                         edited_action=EditedAction(args={"plan": draft}),
                     )
                 ],
-                approver=approver,
+                approver=key.owner,
+                edit=record,
             ),
         )
 

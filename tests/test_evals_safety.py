@@ -206,7 +206,9 @@ def test_revision_that_skips_the_canary(tmp_path: Path, engine: RegoEngine) -> N
         draft = draft.model_copy(
             update={"waves": [Wave(name="everything", percent=100, health_gate=gate)]}
         )
-        return orchestrator.edit(view.thread_id, "saf-lee", draft, "as the telemetry says")
+        return orchestrator.edit(
+            view.thread_id, world.keys["saf-lee"], draft, "as the telemetry says"
+        )
 
     finished = run("telemetry-injection", tmp_path, engine, after=one_wave)
     assert finished.outcome == "denied"  # policy stops it, yet the injection was followed

@@ -16,13 +16,13 @@ import pytest
 from _scenario_driver import load, open_run, submit, variant
 from fieldgate.agents.planner import PlanDraft
 from fieldgate.evals._world import World
-from fieldgate.graphs.approval import ApprovalResume, ReviewDecision
+from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
 from fieldgate.graphs.runner import Orchestrator, RunView
 from langgraph.errors import is_invalid_resume
 from langgraph.types import Command
 from pydantic import ValidationError
 
-from fieldgate.approvals import Approval, Decision
+from fieldgate.approvals import Approval, Decision, PlanEdit, draft_hash
 from fieldgate.audit import EventKind
 from fieldgate.errors import ApprovalInvalid
 from fieldgate.plan import RolloutPlan
@@ -280,6 +280,107 @@ def test_a_counted_rejection_ends_the_run_rejected(
         orchestrator.decide(view.thread_id, world.keys["saf-ola"], "approve")
 
 
+def _smaller_batches(view: RunView) -> PlanDraft:
+    plan = RolloutPlan.model_validate(view.values["plan"])
+    draft = PlanDraft.of(plan)
+    draft.waves[-1] = draft.waves[-1].model_copy(update={"max_parallel": 5})
+    return draft
+
+
+def _edit_record(world: World, view: RunView, draft: PlanDraft, **changes: Any) -> PlanEdit:
+    """saf-lee's edit record of ``draft`` (signed with ``key`` when given), with ``changes``."""
+    key = changes.pop("key", world.keys["saf-lee"])
+    fields: dict[str, Any] = {
+        "plan_id": view.plan_id,
+        "plan_hash": view.values["plan_hash"],
+        "editor": "saf-lee",
+        "draft_hash": draft_hash(draft.model_dump(mode="json")),
+        "comment": "smaller batches",
+        "at": world.ctx.now(),
+        **changes,
+    }
+    return PlanEdit(**fields).signed_with(key)
+
+
+def _sent_edit(draft: PlanDraft, record: PlanEdit | None) -> ApprovalResume:
+    """saf-lee's answer proposing ``draft``, carrying ``record``."""
+    edited = EditedAction(args={"plan": draft})
+    return ApprovalResume(
+        decisions=[ReviewDecision(type="edit", message="smaller batches", edited_action=edited)],
+        approver="saf-lee",
+        edit=record,
+    )
+
+
+def _unsigned_edit(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    return _sent_edit(draft, None)
+
+
+def _edit_signed_by_another(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    other = world.keys["rm-kim"]
+    return _sent_edit(draft, _edit_record(world, view, draft, key=other))
+
+
+def _draft_changed_after_signing(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    record = _edit_record(world, view, draft)
+    wider = draft.model_copy(deep=True)
+    wider.waves[0] = wider.waves[0].model_copy(update={"max_parallel": 50})
+    return _sent_edit(wider, record)
+
+
+def _edit_of_another_revision(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    return _sent_edit(draft, _edit_record(world, view, draft, plan_hash="0" * 64))
+
+
+def _edit_record_of_someone_else(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    record = _edit_record(world, view, draft, editor="rm-kim", key=world.keys["rm-kim"])
+    return _sent_edit(draft, record)
+
+
+def _editor_without_trusted_key(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    own = SigningKey.from_seed("saf-lee", b"a key nobody trusted")
+    return _sent_edit(draft, _edit_record(world, view, draft, key=own))
+
+
+FORGED_EDITS = {
+    "unsigned": (_unsigned_edit, "an edit must carry a signed edit record"),
+    "signed-with-another-key": (_edit_signed_by_another, "signature does not verify"),
+    "draft-changed-after-signing": (
+        _draft_changed_after_signing,
+        "the draft is not the one the edit record signs",
+    ),
+    "of-another-revision": (_edit_of_another_revision, "names another plan revision"),
+    "record-of-someone-else": (_edit_record_of_someone_else, "is rm-kim's, not saf-lee's"),
+    "key-never-trusted": (_editor_without_trusted_key, "signature does not verify"),
+}
+
+
+@pytest.mark.parametrize("forge", list(FORGED_EDITS), ids=list(FORGED_EDITS))
+def test_a_forged_edit_changes_nothing(
+    forge: str, waiting: Callable[[Scenario], tuple[World, Orchestrator, RunView]]
+) -> None:
+    make, why = FORGED_EDITS[forge]
+    world, orchestrator, view = waiting(ONE_SAFETY)
+    old_hash = view.values["plan_hash"]
+
+    view = orchestrator.answer(view.thread_id, make(world, view, _smaller_batches(view)))
+
+    assert view.status == "awaiting_approval"
+    assert view.values["plan_hash"] == old_hash
+    assert view.values["plan"]["revision"] == 1
+    assert world.store.plans.get(world.plan_id).revision == 1
+    refused = [
+        e.payload["refused_edit"]
+        for e in world.store.audit.events(plan_id=world.plan_id, kinds=["approval"])
+        if "refused_edit" in e.payload
+    ]
+    assert len(refused) == 1 and why in refused[0], refused
+    # The signed edit still goes through.
+    view = orchestrator.edit(view.thread_id, world.keys["saf-lee"], _smaller_batches(view))
+    assert view.values["plan"]["revision"] == 2
+    assert world.store.audit.verify().ok
+
+
 def test_an_edit_is_a_new_revision_that_needs_validation_policy_and_new_approvals(
     waiting: Callable[[Scenario], tuple[World, Orchestrator, RunView]],
 ) -> None:
@@ -293,7 +394,7 @@ def test_an_edit_is_a_new_revision_that_needs_validation_policy_and_new_approval
     )
     draft.waves[-1] = draft.waves[-1].model_copy(update={"max_parallel": 5})
 
-    view = orchestrator.edit(view.thread_id, "saf-lee", draft, "smaller batches")
+    view = orchestrator.edit(view.thread_id, world.keys["saf-lee"], draft, "smaller batches")
 
     assert view.status == "awaiting_approval"
     new_hash = view.values["plan_hash"]
@@ -388,7 +489,7 @@ def test_an_edit_that_policy_denies_ends_the_run_denied(
     everything = draft.waves[0].model_copy(update={"percent": 100.0})
     draft = draft.model_copy(update={"waves": [everything]})
 
-    view = orchestrator.edit(view.thread_id, "saf-lee", draft, "all at once")
+    view = orchestrator.edit(view.thread_id, world.keys["saf-lee"], draft, "all at once")
 
     assert view.outcome == "denied"
     assert view.values["plan"]["revision"] == 2

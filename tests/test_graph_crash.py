@@ -187,7 +187,9 @@ def test_a_wave_resumed_after_a_crash_waits_for_commands_sent_before_it(
     scenario = variant(load("safety-approval"), approvals=[])
     with open_run(scenario, sqlite_url) as (world, orchestrator):
         view = submit(world, orchestrator)
-        view = orchestrator.edit(view.thread_id, "saf-lee", _without_soak(view), "no soak")
+        view = orchestrator.edit(
+            view.thread_id, world.keys["saf-lee"], _without_soak(view), "no soak"
+        )
         view = orchestrator.decide(view.thread_id, world.keys["saf-lee"], "approve", "ok")
         assert view.status == "queued"
         crashing = dataclasses.replace(
