@@ -6,7 +6,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from fieldgate.approvals import Approval
+from fieldgate.approvals import Approval, PlanEdit
 from fieldgate.audit import AuditEvent
 from fieldgate.commands import DeviceCommand, DeviceReport
 from fieldgate.errors import NotFound
@@ -24,6 +24,7 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "command": DeviceCommand,
     "report": DeviceReport,
     "approval": Approval,
+    "plan-edit": PlanEdit,
     "audit-event": AuditEvent,
     "scenario": Scenario,
 }
