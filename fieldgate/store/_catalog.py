@@ -10,6 +10,7 @@ from datetime import datetime
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
+import sqlalchemy
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, col, select
@@ -50,7 +51,7 @@ class ManifestRow(StoreTable, table=True):
     signature_note: str
 
 
-_NEWEST_IMPORT = select(func.max(col(CatalogImportRow.id)))
+_NEWEST_IMPORT = sqlalchemy.select(func.max(col(CatalogImportRow.id)))
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,7 @@ class CatalogStore:
             CatalogImportRow, col(ManifestRow.import_id) == CatalogImportRow.id
         )
         with transaction(self._engine, "reading the catalog") as session:
-            revision = int(session.exec(_NEWEST_IMPORT).one() or 0)
+            revision = int(session.execute(_NEWEST_IMPORT).scalar() or 0)
             records = [_record(row, origin) for row, origin in session.exec(query)]
         records.sort(key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
         self._cached = (revision, records)
