@@ -585,21 +585,26 @@ def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str
     edited = answer.decisions[0].edited_action
     current = _plan(state)
     revision = state.get("revisions", 0) + 1
-    try:
-        refused = _edit_refused(ctx, answer, current)
-        if refused is not None or edited is None:
-            raise ValueError(refused)
-        plan = PlanDraft.model_validate(edited.args["plan"]).to_plan(
-            current.plan_id, current.requested_by, revision=revision, parent_hash=current.plan_hash
-        )
-    except ValueError as exc:
+    refused = _edit_refused(ctx, answer, current)
+    plan: RolloutPlan | None = None
+    if refused is None and edited is not None:
+        try:
+            plan = PlanDraft.model_validate(edited.args["plan"]).to_plan(
+                current.plan_id,
+                current.requested_by,
+                revision=revision,
+                parent_hash=current.plan_hash,
+            )
+        except ValueError as exc:
+            refused = str(exc)
+    if plan is None:
         _audit(
             ctx,
             state,
             EventKind.approval,
             ActorKind.human,
             answer.approver,
-            {"refused_edit": str(exc)},
+            {"refused_edit": refused},
             at=ctx.people_now(),
         )
         return {}

@@ -342,6 +342,17 @@ def _editor_without_trusted_key(world: World, view: RunView, draft: PlanDraft) -
     return _sent_edit(draft, _edit_record(world, view, draft, key=own))
 
 
+def _signed_draft_that_is_no_plan(world: World, view: RunView, draft: PlanDraft) -> ApprovalResume:
+    broken = {**draft.model_dump(mode="json"), "version": "two point five"}
+    record = _edit_record(world, view, draft, draft_hash=draft_hash(broken))
+    edited = EditedAction(args={"plan": broken})
+    return ApprovalResume(
+        decisions=[ReviewDecision(type="edit", edited_action=edited)],
+        approver="saf-lee",
+        edit=record,
+    )
+
+
 FORGED_EDITS = {
     "unsigned": (_unsigned_edit, "an edit must carry a signed edit record"),
     "signed-with-another-key": (_edit_signed_by_another, "signature does not verify"),
@@ -352,6 +363,7 @@ FORGED_EDITS = {
     "of-another-revision": (_edit_of_another_revision, "names another plan revision"),
     "record-of-someone-else": (_edit_record_of_someone_else, "is rm-kim's, not saf-lee's"),
     "key-never-trusted": (_editor_without_trusted_key, "signature does not verify"),
+    "signed-but-no-plan": (_signed_draft_that_is_no_plan, "'two point five' is not a version"),
 }
 
 
