@@ -169,6 +169,13 @@ class Orchestrator:
             interrupts=list(snapshot.interrupts),
         )
 
+    def waiting(self, thread_id: str) -> RunView:
+        """The run, which must be waiting at the approval interrupt (else ApprovalInvalid)."""
+        view = self.view(thread_id)
+        if not view.interrupts:
+            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
+        return view
+
     def decide(
         self,
         thread_id: str,
@@ -177,9 +184,7 @@ class Orchestrator:
         comment: str = "",
     ) -> RunView:
         """Sign ``decision`` with the approver's key and resume the approval interrupt."""
-        view = self.view(thread_id)
-        if not view.interrupts:
-            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
+        view = self.waiting(thread_id)
         approval = Approval(
             plan_id=view.plan_id,
             plan_hash=view.values["plan_hash"],
@@ -201,9 +206,7 @@ class Orchestrator:
     def edit(self, thread_id: str, key: SigningKey, draft: PlanDraft, comment: str = "") -> RunView:
         """An approver's edit, signed with their key: a new revision that goes through
         validation and policy again."""
-        view = self.view(thread_id)
-        if not view.interrupts:
-            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
+        view = self.waiting(thread_id)
         record = PlanEdit(
             plan_id=view.plan_id,
             plan_hash=view.values["plan_hash"],
@@ -229,10 +232,7 @@ class Orchestrator:
 
     def answer(self, thread_id: str, resume: ApprovalResume) -> RunView:
         """Resume the pending approval interrupt with ``resume`` (matched by interrupt id)."""
-        view = self.view(thread_id)
-        if not view.interrupts:
-            raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
-        interrupt_id = view.interrupts[0].id
+        interrupt_id = self.waiting(thread_id).interrupts[0].id
         return self._invoke(
             Command(resume={interrupt_id: resume.model_dump(mode="json")}), thread_id
         )
