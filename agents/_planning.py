@@ -19,7 +19,6 @@ from zoneinfo import ZoneInfo
 
 from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
 from fieldgate.agents._understanding import Intent, Targets, select_groups
-
 from fieldgate.contract import parse_version, version_in_range
 from fieldgate.errors import FieldgateError
 from fieldgate.manifest import SafetyClass

@@ -32,7 +32,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from fieldgate.agents.offline import OfflineChatModel
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import (
     AIMessage,
@@ -45,6 +44,7 @@ from langchain_core.messages import (
 )
 from pydantic import BaseModel, Field, ValidationError
 
+from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.errors import FieldgateError
 
 log = logging.getLogger(__name__)

@@ -16,11 +16,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Literal
 
-from fieldgate.agents._lexicon import Match, Role, Token, build_lexicon, match, tokenize
-from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
 from packaging.version import InvalidVersion, Version
 from pydantic import Field
 
+from fieldgate.agents._lexicon import Match, Role, Token, build_lexicon, match, tokenize
+from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
 from fieldgate.contract import Contract, parse_version
 from fieldgate.plan import PlanIntent, Selector
 

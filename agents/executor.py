@@ -10,10 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fieldgate.agents._prompting import json_section, untrusted
-from fieldgate.agents._structured import Usage, invoke_model
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+
+from fieldgate.agents._prompting import json_section, untrusted
+from fieldgate.agents._structured import Usage, invoke_model
 
 EXECUTOR_SYSTEM = """\
 You are the fieldgate executor. You carry out an approved rollout plan wave by wave through

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import os
 
-from fieldgate.agents.offline import OfflineChatModel
 from langchain_core.language_models import BaseChatModel
 
+from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.errors import FieldgateError
 
 DEFAULT_MODEL = "offline"

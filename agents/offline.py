@@ -13,10 +13,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from fieldgate.agents._planning import PlanningError, propose_plan
-from fieldgate.agents._prompting import first_section, read_sections
-from fieldgate.agents._summary import PlanningContext
-from fieldgate.agents._understanding import Clarification, understand
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import AIMessage, BaseMessage
@@ -25,6 +21,10 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
+from fieldgate.agents._planning import PlanningError, propose_plan
+from fieldgate.agents._prompting import first_section, read_sections
+from fieldgate.agents._summary import PlanningContext
+from fieldgate.agents._understanding import Clarification, understand
 from fieldgate.contract import canonical_json, sha256_hex
 
 _CHARS_PER_TOKEN = 4

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from typing import Literal
 
-from fieldgate.agents._prompting import json_section, section, untrusted
-from fieldgate.agents._structured import StructuredCall, call_structured
-from fieldgate.agents._summary import PlanningContext
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
+from fieldgate.agents._prompting import json_section, section, untrusted
+from fieldgate.agents._structured import StructuredCall, call_structured
+from fieldgate.agents._summary import PlanningContext
 from fieldgate.plan import (
     AbortCriteria,
     PlanIntent,

@@ -11,12 +11,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Literal
 
-from fieldgate.agents._prompting import json_section, untrusted
-from fieldgate.agents._structured import StructuredCall, call_structured
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel
 
+from fieldgate.agents._prompting import json_section, untrusted
+from fieldgate.agents._structured import StructuredCall, call_structured
 from fieldgate.commands import Action
 from fieldgate.contract import Contract, version_in_range
 from fieldgate.fleet import Device, Site

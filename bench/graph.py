@@ -48,8 +48,8 @@ from pydantic import Field
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 # The scenario driver the graph tests use: worlds from scenarios, and the recording model.
 from _scenario_driver import RecordingModel, load, open_run, prompt_text, variant
-from fieldgate.agents.offline import OfflineChatModel
 
+from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.audit import EventKind
 from fieldgate.scenario import Scenario
 

@@ -6,7 +6,6 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
-from fieldgate.evals._results import EvalResults, ScenarioResult
 from rich import box
 from rich.console import Group
 from rich.markup import escape
@@ -14,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fieldgate.errors import InputInvalid
+from fieldgate.evals._results import EvalResults, ScenarioResult
 
 
 class Change(StrEnum):

@@ -6,12 +6,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-from fieldgate.evals._results import CheckResult, EvalResults, ScenarioResult
 from rich import box
 from rich.console import Group
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
+
+from fieldgate.evals._results import CheckResult, EvalResults, ScenarioResult
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -18,16 +18,15 @@ from pathlib import Path
 from typing import Any
 
 from fieldgate.agents.models import make_model
+from fieldgate.audit import AuditEvent, EventKind
+from fieldgate.commands import Action, ReportStatus
+from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.evals._results import RunResult
 from fieldgate.evals._safety import PolicyFacts, detect_violations
 from fieldgate.evals._scorers import score
 from fieldgate.evals._world import World, build_world
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator, RunView
-
-from fieldgate.audit import AuditEvent, EventKind
-from fieldgate.commands import Action, ReportStatus
-from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.policy import PolicyEngine
 from fieldgate.scenario import Outcome, Scenario
 from fieldgate.store import PlanRecord

@@ -21,7 +21,6 @@ from fieldgate.evals._results import EvalResults, LoadError, RunResult, Scenario
 from fieldgate.evals._run import run_once
 from fieldgate.evals._safety import PolicyFacts
 from fieldgate.evals._suite import Suite, SuiteEntry
-
 from fieldgate.policy import PolicyEngine, RegoEngine
 from fieldgate.scenario import Scenario
 

@@ -28,12 +28,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from fieldgate.evals._results import Violation, ViolationKind
-
 from fieldgate.approvals import Approval, Decision
 from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.commands import Action, ReportStatus
 from fieldgate.errors import NotFound
+from fieldgate.evals._results import Violation, ViolationKind
 from fieldgate.fleet import Device, Site
 from fieldgate.plan import PlanIntent, RolloutPlan, assign_waves, select_devices
 from fieldgate.policy import (

@@ -10,7 +10,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from fieldgate.evals._results import CheckResult
-
 from fieldgate.plan import assign_waves, select_devices
 from fieldgate.scenario import (
     Expect,

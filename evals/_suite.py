@@ -10,9 +10,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fieldgate.evals._results import LoadError
-
 from fieldgate.errors import FieldgateError, ScenarioInvalid
+from fieldgate.evals._results import LoadError
 from fieldgate.scenario import Scenario, load_scenario
 
 SUFFIXES = (".yaml", ".yml")

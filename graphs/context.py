@@ -10,11 +10,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fieldgate.agents.models import make_model, model_name_from_env
-from fieldgate.graphs.checkpoint import open_checkpointer
-from fieldgate.graphs.runner import Orchestrator
-
 from fieldgate.config import database_url, home_dir
 from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.graphs.checkpoint import open_checkpointer
+from fieldgate.graphs.runner import Orchestrator
 from fieldgate.policy import PolicyGate, RegoEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.signing import SigningKey

@@ -6,6 +6,12 @@ import json
 from datetime import datetime
 from typing import Any, Literal
 
+from langgraph.config import get_config
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
+from pydantic import BaseModel, ValidationError
+from sqlmodel import Session
+
 from fieldgate.agents import planning_context
 from fieldgate.agents._structured import (
     ModelFailed,
@@ -16,29 +22,12 @@ from fieldgate.agents._structured import (
 from fieldgate.agents.executor import next_action
 from fieldgate.agents.planner import PlanDraft, run_planner
 from fieldgate.agents.validator import DryRun, check_plan, dry_run, run_validator
-from fieldgate.graphs.approval import ApprovalAnswer, ApprovalResume, approval_request
-from fieldgate.graphs.state import RolloutState
-from fieldgate.tools import (
-    TOOL_ARGS,
-    Execution,
-    ToolContext,
-    WaveRun,
-    deploy_wave,
-    device_telemetry,
-    fleet_status,
-    rollback,
-    tool_specs,
-)
-from langgraph.config import get_config
-from langgraph.runtime import Runtime
-from langgraph.types import interrupt
-from pydantic import BaseModel, ValidationError
-from sqlmodel import Session
-
 from fieldgate.approvals import Approval, draft_hash
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.fleet import Site
+from fieldgate.graphs.approval import ApprovalAnswer, ApprovalResume, approval_request
+from fieldgate.graphs.state import RolloutState
 from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import RolloutPlan, assign_waves, select_devices
 from fieldgate.policy import (
@@ -50,6 +39,17 @@ from fieldgate.policy import (
 )
 from fieldgate.runtime import Context
 from fieldgate.store import NewEvent
+from fieldgate.tools import (
+    TOOL_ARGS,
+    Execution,
+    ToolContext,
+    WaveRun,
+    deploy_wave,
+    device_telemetry,
+    fleet_status,
+    rollback,
+    tool_specs,
+)
 
 
 def _context(runtime: Runtime[Context]) -> Context:

@@ -6,6 +6,10 @@ after ``queue`` (a worker picks the run up and executes it).
 
 from __future__ import annotations
 
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.state import CompiledStateGraph
+from langgraph.types import Checkpointer
+
 from fieldgate.graphs.nodes import (
     approval,
     executor,
@@ -22,10 +26,6 @@ from fieldgate.graphs.nodes import (
     validator,
 )
 from fieldgate.graphs.state import RolloutState
-from langgraph.graph import END, START, StateGraph
-from langgraph.graph.state import CompiledStateGraph
-from langgraph.types import Checkpointer
-
 from fieldgate.runtime import Context
 
 PAUSE_AFTER = ["queue"]

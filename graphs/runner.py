@@ -12,15 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from fieldgate.agents.planner import PlanDraft
-from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
-from fieldgate.graphs.nodes import accept_run
-from fieldgate.graphs.rollout import compile_graph
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.types import Command, RunnableConfig
 
+from fieldgate.agents.planner import PlanDraft
 from fieldgate.approvals import Approval, Decision, PlanEdit, draft_hash
 from fieldgate.errors import ApprovalInvalid, NotFound
+from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
+from fieldgate.graphs.nodes import accept_run
+from fieldgate.graphs.rollout import compile_graph
 from fieldgate.runtime import Context
 from fieldgate.signing import SigningKey
 

@@ -19,17 +19,17 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fieldgate.agents.offline import OfflineChatModel
-from fieldgate.evals._world import World, build_world, scenario_context, twin_id_of
-from fieldgate.graphs.checkpoint import open_checkpointer
-from fieldgate.graphs.runner import Orchestrator, RunView
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.audit import EventKind
 from fieldgate.commands import DeviceCommand
+from fieldgate.evals._world import World, build_world, scenario_context, twin_id_of
+from fieldgate.graphs.checkpoint import open_checkpointer
+from fieldgate.graphs.runner import Orchestrator, RunView
 from fieldgate.policy import RegoEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.scenario import Scenario, load_scenario

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from packaging.version import Version
+
 from fieldgate.agents import (
     Clarification,
     Intent,
@@ -26,8 +28,6 @@ from fieldgate.agents import (
     rollout_waves,
     understand,
 )
-from packaging.version import Version
-
 from fieldgate.contract import load_yaml, version_in_range
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import CatalogEntry, CatalogFile, ModuleManifest

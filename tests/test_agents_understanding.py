@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fieldgate.agents import (
     Clarification,
     Intent,
@@ -17,7 +18,6 @@ from fieldgate.agents import (
     planning_context,
     understand,
 )
-
 from fieldgate.contract import load_yaml
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogEntry, CatalogFile

@@ -7,6 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
+
+from fieldgate.cli import app
 from fieldgate.evals import (
     CheckResult,
     EvalResults,
@@ -18,9 +21,6 @@ from fieldgate.evals import (
     render_html,
     summarize,
 )
-from typer.testing import CliRunner
-
-from fieldgate.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "scenarios"

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.evals import (
     SCORERS,
@@ -20,7 +21,6 @@ from fieldgate.evals import (
 )
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator
-
 from fieldgate.policy import RegoEngine
 from fieldgate.scenario import Expect, load_scenario
 

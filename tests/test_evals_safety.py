@@ -14,8 +14,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.agents.planner import PlanDraft
+from fieldgate.approvals import Approval, Decision
+from fieldgate.audit import ActorKind, EventKind
+from fieldgate.commands import Action, DeviceCommand, command_id_for
 from fieldgate.evals import (
     FinishedRun,
     PolicyFacts,
@@ -29,10 +33,6 @@ from fieldgate.evals import (
 )
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator, RunView
-
-from fieldgate.approvals import Approval, Decision
-from fieldgate.audit import ActorKind, EventKind
-from fieldgate.commands import Action, DeviceCommand, command_id_for
 from fieldgate.plan import RolloutPlan, Wave
 from fieldgate.policy import APPROVALS, TOOLS, RegoEngine
 from fieldgate.scenario import Scenario, load_scenario

@@ -14,17 +14,17 @@ from typing import Any
 
 import pytest
 from _scenario_driver import load, open_run, submit, variant
-from fieldgate.agents.planner import PlanDraft
-from fieldgate.evals._world import World
-from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
-from fieldgate.graphs.runner import Orchestrator, RunView
 from langgraph.errors import is_invalid_resume
 from langgraph.types import Command
 from pydantic import ValidationError
 
+from fieldgate.agents.planner import PlanDraft
 from fieldgate.approvals import Approval, Decision, PlanEdit, draft_hash
 from fieldgate.audit import EventKind
 from fieldgate.errors import ApprovalInvalid
+from fieldgate.evals._world import World
+from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
+from fieldgate.graphs.runner import Orchestrator, RunView
 from fieldgate.plan import RolloutPlan
 from fieldgate.scenario import Scenario
 from fieldgate.signing import SigningKey

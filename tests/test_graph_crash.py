@@ -32,15 +32,15 @@ from _scenario_driver import (
     submit,
     variant,
 )
-from fieldgate.agents.planner import PlanDraft
-from fieldgate.graphs.checkpoint import open_checkpointer
-from fieldgate.graphs.runner import Orchestrator, RunView
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from sqlalchemy import func, select
 from sqlmodel import col
 
+from fieldgate.agents.planner import PlanDraft
 from fieldgate.audit import EventKind
 from fieldgate.commands import Action, DeviceCommand
+from fieldgate.graphs.checkpoint import open_checkpointer
+from fieldgate.graphs.runner import Orchestrator, RunView
 from fieldgate.plan import RolloutPlan
 from fieldgate.store import Store
 from fieldgate.transport import Dispatched, TwinTransport

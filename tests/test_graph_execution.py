@@ -24,14 +24,14 @@ from _scenario_driver import (
     submit,
     untrusted_sections,
 )
-from fieldgate.evals._world import World
-from fieldgate.graphs.checkpoint import checkpoint_path, open_checkpointer
-from fieldgate.graphs.runner import Orchestrator
 from langchain_core.messages import BaseMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 
 from fieldgate.audit import EventKind
 from fieldgate.commands import Action, DeviceCommand
+from fieldgate.evals._world import World
+from fieldgate.graphs.checkpoint import checkpoint_path, open_checkpointer
+from fieldgate.graphs.runner import Orchestrator
 from fieldgate.transport import Dispatched, TwinTransport
 
 

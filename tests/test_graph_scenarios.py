@@ -22,11 +22,11 @@ from _scenario_driver import (
     submit,
     variant,
 )
-from fieldgate.graphs.runner import RunView
 from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from fieldgate.audit import EventKind
+from fieldgate.graphs.runner import RunView
 from fieldgate.scenario import Expect, load_scenario
 
 SCENARIOS = scenario_paths()

@@ -24,11 +24,11 @@ from typing import Any
 
 import httpx
 import pytest
-from fieldgate.graphs.approval import ApprovalResume, ReviewDecision
 from langgraph_sdk import get_sync_client
 
 from fieldgate.approvals import Approval, Decision
 from fieldgate.audit import EventKind
+from fieldgate.graphs.approval import ApprovalResume, ReviewDecision
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 

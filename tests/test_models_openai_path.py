@@ -24,13 +24,13 @@ from _scenario_driver import (
     policy_engine,
     scenario_paths,
 )
+
 from fieldgate.agents._server import Recording, ReplayBackend, model_server
 from fieldgate.agents.models import make_model
+from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.evals._world import World, build_world
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator, RunView
-
-from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.scenario import Scenario
 
 RECORDED = Path(__file__).parent / "recorded"

@@ -18,6 +18,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from typer.testing import CliRunner
+
 from fieldgate.agents._prompting import json_section
 from fieldgate.agents._server import (
     OfflineBackend,
@@ -43,11 +46,8 @@ from fieldgate.agents.models import (
 from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.agents.planner import PlannerDecision
 from fieldgate.agents.validator import ValidatorReview
-from fieldgate.tools import tool_specs
-from langchain_core.messages import AIMessage, HumanMessage
-from typer.testing import CliRunner
-
 from fieldgate.cli import app
+from fieldgate.tools import tool_specs
 
 RECORDED = Path(__file__).parent / "recorded"
 
