@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import typer
@@ -13,6 +14,7 @@ from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+from fieldgate.cli._common import command_config
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.cli._rollout import (
     DbOption,
@@ -27,6 +29,7 @@ from fieldgate.cli._rollout import (
     refuse,
     roles_text,
 )
+from fieldgate.keyfiles import load_key
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -54,7 +57,7 @@ def _until(deadline: str | None, now: datetime) -> str:
 @handles_errors
 def list_(db: str = DbOption) -> None:
     """List the plans waiting for approval: what, where, who asked, who must still approve."""
-    from fieldgate.graphs.context import open_orchestrator
+    from fieldgate.graphs.compose import open_orchestrator
 
     with open_orchestrator(db) as orchestrator:
         store = orchestrator.ctx.store
@@ -118,7 +121,7 @@ def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
 def show(plan: str = PlanArgument, db: str = DbOption) -> None:
     """Show a plan as approvers read it: waves, dry run, policy verdict, who approved, what is
     missing, and the approval request as approval inboxes get it."""
-    from fieldgate.graphs.context import open_orchestrator
+    from fieldgate.graphs.compose import open_orchestrator
 
     with open_orchestrator(db) as orchestrator:
         run = find_run(orchestrator.ctx.store, plan)
@@ -154,21 +157,22 @@ def decide(
     approver: str,
     decision: Literal["approve", "reject"],
     comment: str = "",
+    *,
+    keys_dir: Path,
 ) -> tuple[RunView, bool]:
-    """Sign ``decision`` with ``approver``'s key and hand it to the run; say what it changed.
+    """Sign ``decision`` with ``approver``'s key (under ``keys_dir``) and hand it to the run;
+    say what it changed.
 
     Returns:
         The run after the decision, and whether the decision counted.
     """
-    from fieldgate.graphs.context import load_key
-
     store = orchestrator.ctx.store
     run = find_run(store, plan)
     view = orchestrator.view(run.thread_id)
     if not view.interrupts:
         state = f"{run.status}, {run.outcome}" if run.outcome else run.status
         refuse(f"plan {run.plan_id} is not awaiting approval (it is {state})")
-    key = load_key(approver)
+    key = load_key(keys_dir, approver)
     trusted = store.keys.for_owner(approver, "approver")
     if not trusted or trusted[-1].key_id != key.key_id:
         held = f"the database trusts {trusted[-1].key_id}" if trusted else "it trusts none"
@@ -223,10 +227,11 @@ def decide(
 def _decide_command(
     plan: str, approver: str, decision: Literal["approve", "reject"], comment: str, db: str | None
 ) -> None:
-    from fieldgate.graphs.context import open_orchestrator
+    from fieldgate.graphs.compose import open_orchestrator
 
-    with open_orchestrator(db) as orchestrator:
-        _, took = decide(orchestrator, plan, approver, decision, comment)
+    config = command_config(db)
+    with open_orchestrator(config=config) as orchestrator:
+        _, took = decide(orchestrator, plan, approver, decision, comment, keys_dir=config.keys_dir)
     if not took:
         raise typer.Exit(EXIT_FAILED)
 

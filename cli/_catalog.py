@@ -7,9 +7,10 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fieldgate.cli._common import current_user, open_store, read_catalog_file
+from fieldgate.cli._common import command_config, open_store, read_catalog_file
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.contract import parse_version
+from fieldgate.store import Store
 
 catalog_app = typer.Typer(help="Module manifests: import, list, show.", no_args_is_help=True)
 
@@ -25,10 +26,11 @@ def import_(
 ) -> None:
     """Import manifests; each file in one transaction, nothing stored from a bad file."""
     parsed = [(path, read_catalog_file(path)) for path in files]
-    with open_store(db) as store:
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
         for path, manifests in parsed:
             result = store.catalog.import_manifests(
-                [(m, None) for m in manifests], source=str(path), actor=actor or current_user()
+                [(m, None) for m in manifests], source=str(path), actor=actor or config.actor()
             )
             console.print(
                 f"{path}: {len(result.added)} added, {len(result.unchanged)} unchanged",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.markup import escape
 
-from fieldgate.cli._common import current_user
+from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, exit_code_for
 from fieldgate.cli._rollout import (
     DbOption,
@@ -23,6 +23,7 @@ from fieldgate.cli._rollout import (
     print_why,
     runs_table,
 )
+from fieldgate.config import Config
 from fieldgate.errors import FieldgateError
 
 if TYPE_CHECKING:
@@ -54,18 +55,17 @@ def submit_request(orchestrator: Orchestrator, request: str, requester: str) -> 
 
 
 class ChatSession:
-    """One chat: who asks, which database and model; a line at a time."""
+    """One chat: who asks, with which settings (database, model); a line at a time."""
 
-    def __init__(self, requester: str, db: str | None, model: str | None) -> None:
+    def __init__(self, requester: str, config: Config) -> None:
         self.requester = requester
-        self.db = db
-        self.model = model
+        self.config = config
 
     def _orchestrator(self) -> AbstractContextManager[Orchestrator]:
-        from fieldgate.graphs.context import open_orchestrator
+        from fieldgate.graphs.compose import open_orchestrator
 
         # Opened for every line: another process (a worker) moves the twin's clock on.
-        return open_orchestrator(self.db, self.model)
+        return open_orchestrator(config=self.config)
 
     def check(self) -> None:
         """Fail early when the database, the fleet or the model cannot be opened."""
@@ -129,12 +129,13 @@ def chat(
 
     Reads one request a line; works with piped input (echo "roll out …" | fieldgate chat).
     """
-    requester = actor or current_user()
-    if not requester.strip():
-        raise typer.BadParameter("the requester id is empty", param_hint="--as")
-    session = ChatSession(requester.strip(), db, model)
     interactive = sys.stdin.isatty()
     try:
+        config = command_config(db, model)
+        requester = (actor or config.actor()).strip()
+        if not requester:
+            raise typer.BadParameter("the requester id is empty", param_hint="--as")
+        session = ChatSession(requester, config)
         session.check()
     except FieldgateError as error:
         errors.print(f"[red]error: {escape(str(error))}[/]", highlight=False)

@@ -1,11 +1,10 @@
-"""What several commands share: opening the store, reading contract files, the acting user."""
+"""What several commands share: their settings, the store, contract files, the acting user."""
 
 from __future__ import annotations
 
-import getpass
-import os
 from pathlib import Path
 
+from fieldgate.config import Config
 from fieldgate.contract import read_yaml, validate_as
 from fieldgate.errors import InventoryInvalid, ManifestInvalid
 from fieldgate.fleet import FleetInventory
@@ -13,14 +12,14 @@ from fieldgate.manifest import CatalogFile, ModuleManifest
 from fieldgate.store import Store
 
 
+def command_config(db: str | None = None, model: str | None = None) -> Config:
+    """The settings of one command: the environment's, with its ``--db`` and ``--model``."""
+    return Config.from_env().choosing(db=db, model=model)
+
+
 def open_store(db: str | None) -> Store:
     """Open the database from ``--db`` or ``FIELDGATE_DB``."""
-    return Store.open(db)
-
-
-def current_user() -> str:
-    """Who runs the command (``FIELDGATE_USER``, else the login name)."""
-    return os.environ.get("FIELDGATE_USER") or getpass.getuser()
+    return Store.open(command_config(db).database_url)
 
 
 def read_catalog_file(path: Path) -> list[ModuleManifest]:

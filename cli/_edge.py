@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -18,9 +16,9 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from fieldgate.cli._common import open_store
+from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
-from fieldgate.config import home_dir
+from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, PASSWORD_ENV, Config
 from fieldgate.edge import (
     AgentSpec,
     Broker,
@@ -31,22 +29,15 @@ from fieldgate.edge import (
     run_agents,
 )
 from fieldgate.errors import FieldgateError, InputInvalid, NotFound
+from fieldgate.keyfiles import control_plane_key
 from fieldgate.plan import Selector
 from fieldgate.runtime import Settings
-from fieldgate.signing import key_id_of
+from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store import Store
-from fieldgate.transport import open_mqtt_transport
+from fieldgate.transport import Transport, open_mqtt_transport
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator
-
-BROKER_ENV = "FIELDGATE_BROKER"
-"""Broker URL used when ``--broker`` is not given."""
-CONTROL_KEY_ENV = "FIELDGATE_CONTROL_KEY"
-"""The control plane's public key (base64) for agents, when ``--control-key`` is not given."""
-PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
-"""The broker password, when ``--password`` is not given."""
-DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
 
 BrokerOption = typer.Option(
     None, "--broker", help=f"mqtt://[USER@]HOST[:PORT] or mqtts://… (default: {BROKER_ENV})."
@@ -69,34 +60,47 @@ FailInstallOption = typer.Option(
 )
 
 
+TlsFiles = tuple[Path | None, Path | None, Path | None]
+"""``--ca-file``, ``--cert-file`` and ``--key-file``."""
+
+
 def broker_settings(
-    url: str | None,
-    *,
+    config: Config,
+    url: str | None = None,
     version: str = "5",
-    ca_file: Path | None = None,
-    cert_file: Path | None = None,
-    key_file: Path | None = None,
+    tls: TlsFiles = (None, None, None),
     username: str | None = None,
     password: str | None = None,
     topic_root: str = "fieldgate",
 ) -> Broker:
-    """The broker from a URL (``--broker``, else ``FIELDGATE_BROKER``) and the TLS/auth options."""
+    """The broker from a URL (``--broker``, else ``config.broker_url``) and the TLS/auth options.
+
+    Args:
+        config: The settings (broker URL and password when the options do not give them).
+        url: ``--broker``.
+        version: ``--mqtt-version``.
+        tls: The CA bundle, client certificate and its key (:data:`TlsFiles`).
+        username: ``--username``.
+        password: ``--password`` (else ``config.mqtt_password``).
+        topic_root: ``--topic-root``.
+    """
+    ca_file, cert_file, key_file = tls
     return Broker.from_url(
-        url or os.environ.get(BROKER_ENV) or DEFAULT_BROKER,
+        url or config.broker_url,
         version=version,
         ca_file=str(ca_file) if ca_file else None,
         cert_file=str(cert_file) if cert_file else None,
         key_file=str(key_file) if key_file else None,
         tls=True if ca_file or cert_file else None,
         username=username,
-        password=password or os.environ.get(PASSWORD_ENV),
+        password=password or config.mqtt_password,
         topic_root=topic_root,
     )
 
 
 def _control_key(value: str | None) -> str:
-    """The control plane's public key from the option or the environment, checked."""
-    text = value or os.environ.get(CONTROL_KEY_ENV)
+    """The control plane's public key from the option (or ``FIELDGATE_CONTROL_KEY``), checked."""
+    text = value
     if not text:
         raise InputInvalid(
             "--control-key",
@@ -180,17 +184,10 @@ def agent(
     command ids with their results, the outbox of reports) and goes on working through
     broker restarts and lost links. Stop it with Ctrl-C or SIGTERM.
     """
-    broker = broker_settings(
-        broker_url,
-        version=mqtt_version,
-        ca_file=ca_file,
-        cert_file=cert_file,
-        key_file=key_file,
-        username=username,
-        password=password,
-        topic_root=topic_root,
-    )
-    key = _control_key(control_key)
+    config = command_config()
+    tls = (ca_file, cert_file, key_file)
+    broker = broker_settings(config, broker_url, mqtt_version, tls, username, password, topic_root)
+    key = _control_key(control_key or config.control_key)
     modules = _modules(install, "--install")
     spec = AgentSpec(
         broker=broker,
@@ -243,23 +240,19 @@ def up(
     Each device starts from what the fleet inventory says it runs. Crashed processes are
     started again. Ctrl-C stops them all.
     """
-    broker = broker_settings(
-        broker_url,
-        version=mqtt_version,
-        ca_file=ca_file,
-        cert_file=cert_file,
-        key_file=key_file,
-        username=username,
-        password=password,
-        topic_root=topic_root,
-    )
-    with open_store(db) as store:
+    config = command_config(db)
+    tls = (ca_file, cert_file, key_file)
+    broker = broker_settings(config, broker_url, mqtt_version, tls, username, password, topic_root)
+    with Store.open(config.database_url) as store:
         chosen = store.fleet.devices(Selector(sites=site, limit=devices))
         if not chosen:
             raise NotFound("the fleet has no devices to start; run `fieldgate init`")
-        key = _control_key(control_key) if control_key else _own_control_key(store)
+        if control_key:
+            key = _control_key(control_key)
+        else:  # this machine's, made on first use, as the worker does
+            key = control_plane_key(store, config.keys_dir).public_b64
     specs = [DeviceSpec(device_id=d.id, site=d.site, installed=dict(d.installed)) for d in chosen]
-    state_dir = state or home_dir() / "agents"
+    state_dir = state or config.home / "agents"
     fleet = LocalFleet(
         broker,
         state_dir,
@@ -294,20 +287,13 @@ def up(
     console.print("fleet up: stopped", highlight=False)
 
 
-def _own_control_key(store: Store) -> str:
-    """This machine's control-plane key (made on first use, as the worker does)."""
-    from fieldgate.graphs.context import control_key
-
-    return control_key(store).public_b64
-
-
 @contextmanager
 def open_mqtt_orchestrator(
     db_url: str | None = None,
     model: str | None = None,
-    freeze: bool = False,
-    settings: Settings | None = None,
     *,
+    config: Config | None = None,
+    settings: Settings | None = None,
     broker: Broker | None = None,
     client_id: str = "fieldgate-gateway",
     connect_timeout: float = 10.0,
@@ -318,34 +304,36 @@ def open_mqtt_orchestrator(
     plane's key, and the run fails closed when the broker cannot be reached.
 
     Args:
-        db_url: Database URL (default: ``FIELDGATE_DB``).
-        model: Model name (default: ``FIELDGATE_MODEL`` or the offline model).
-        freeze: Whether a change freeze is in force.
+        db_url: Database URL (default: ``config``'s).
+        model: Model name (default: ``config``'s).
+        config: The settings (default: :meth:`Config.from_env`).
         settings: Run limits (``max_soak`` caps soaks, which take real time here).
-        broker: The broker (default: ``FIELDGATE_BROKER`` or mqtt://127.0.0.1:1883).
+        broker: The broker (default: ``config.broker_url``).
         client_id: The gateway's persistent session; one per worker.
         connect_timeout: Seconds to wait for the broker.
 
     Raises:
         BrokerUnreachable: the broker cannot be reached; nothing was sent.
     """
-    from fieldgate.graphs.context import open_orchestrator
-    from fieldgate.policy import PolicyGate
+    from fieldgate.graphs.compose import open_orchestrator
 
-    broker = broker or broker_settings(None)
-    with open_orchestrator(db_url, model, freeze, settings) as orchestrator:
-        ctx = orchestrator.ctx
-        with open_mqtt_transport(
-            ctx.store,
-            broker,
-            control_key=ctx.control_key.public_b64,
+    config = (config or command_config()).choosing(db=db_url, model=model)
+    mqtt_broker = broker or broker_settings(config)
+
+    def open_transport(store: Store, key: SigningKey) -> AbstractContextManager[Transport]:
+        # The run's clock, and the policy log's, is then the broker's wall clock.
+        return open_mqtt_transport(
+            store,
+            mqtt_broker,
+            control_key=key.public_b64,
             client_id=client_id,
             connect_timeout=connect_timeout,
-        ) as transport:
-            # The policy log takes the run's clock: the broker's wall clock, not the twin's.
-            policy = PolicyGate(ctx.policy.engine, ctx.store.audit, clock=transport.now)
-            orchestrator.ctx = replace(ctx, transport=transport, policy=policy)
-            yield orchestrator
+        )
+
+    with open_orchestrator(
+        config=config, settings=settings, open_transport=open_transport
+    ) as orchestrator:
+        yield orchestrator
 
 
 def start_local_fleet(
@@ -353,8 +341,8 @@ def start_local_fleet(
     broker: Broker,
     state_dir: Path,
     *,
+    control_key: str,
     selector: Selector | None = None,
-    control_key: str | None = None,
     fail_installs: dict[str, list[str]] | None = None,
     per_process: int = 10,
     timeout: float = 60.0,
@@ -367,8 +355,8 @@ def start_local_fleet(
         store: The control plane's database (devices, their sites and modules).
         broker: The broker the agents use.
         state_dir: Where their state goes.
+        control_key: The public key they obey.
         selector: Which devices (default: all).
-        control_key: The key they obey (default: this machine's control-plane key).
         fail_installs: ``module@version`` refs whose install fails, by device id.
         per_process: Devices per process.
         timeout: Seconds to wait for every device to come online.
@@ -387,9 +375,8 @@ def start_local_fleet(
         )
         for d in devices
     ]
-    key = control_key or _own_control_key(store)
     fleet = LocalFleet(
-        broker, state_dir, key, specs, per_process=per_process, log_dir=state_dir / "logs"
+        broker, state_dir, control_key, specs, per_process=per_process, log_dir=state_dir / "logs"
     ).start()
     with HelloWatcher(broker) as watcher:
         if not watcher.wait(fleet.device_ids, timeout=timeout):
@@ -411,6 +398,7 @@ def edge_demo(
     db_url: str,
     state_dir: Path,
     *,
+    config: Config | None = None,
     broker: Broker | None = None,
     selector: Selector | None = None,
     fail_installs: dict[str, list[str]] | None = None,
@@ -421,22 +409,33 @@ def edge_demo(
     :data:`EDGE_DEMO_SETTINGS`. Only devices ``selector`` picks get agents: commands to
     others wait until the wave deadline, and maintenance windows are waited for in real
     time, so a demo over MQTT rolls out to ``schedule: now`` sites it started agents for.
+    The agents obey this machine's control-plane key (under ``config``'s home, default
+    :meth:`Config.from_env`).
 
     Raises:
         BrokerUnreachable: no broker answers at ``broker`` (default ``FIELDGATE_BROKER``).
     """
     from fieldgate.edge import BrokerUnreachable, reachable
 
-    broker = broker or broker_settings(None)
+    config = config or command_config()
+    broker = broker or broker_settings(config)
     if not reachable(broker):
         raise BrokerUnreachable(
             f"no MQTT broker at {broker.url}; start one with `mosquitto -d` or set {BROKER_ENV}"
         )
     with Store.open(db_url) as store:
+        key = control_plane_key(store, config.keys_dir).public_b64
         fleet = start_local_fleet(
-            store, broker, state_dir, selector=selector, fail_installs=fail_installs
+            store,
+            broker,
+            state_dir,
+            control_key=key,
+            selector=selector,
+            fail_installs=fail_installs,
         )
     try:
-        yield partial(open_mqtt_orchestrator, broker=broker, settings=EDGE_DEMO_SETTINGS)
+        yield partial(
+            open_mqtt_orchestrator, config=config, broker=broker, settings=EDGE_DEMO_SETTINGS
+        )
     finally:
         fleet.stop()

@@ -8,12 +8,12 @@ import typer
 import yaml
 from rich.table import Table
 
-from fieldgate.cli._common import current_user, open_store, read_inventory_file
+from fieldgate.cli._common import command_config, open_store, read_inventory_file
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.errors import NotFound
 from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
-from fieldgate.store import FleetSummary
+from fieldgate.store import FleetSummary, Store
 
 fleet_app = typer.Typer(help="Sites and devices: import, list, show, seed.", no_args_is_help=True)
 
@@ -53,10 +53,11 @@ def import_(
 ) -> None:
     """Import sites and devices; each file in one transaction, nothing stored from a bad file."""
     parsed = [(path, read_inventory_file(path)) for path in files]
-    with open_store(db) as store:
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
         for path, inventory in parsed:
             result = store.fleet.import_inventory(
-                inventory, source=str(path), actor=actor or current_user()
+                inventory, source=str(path), actor=actor or config.actor()
             )
             console.print(
                 f"{path}: {result.sites} sites, {result.devices} devices", highlight=False
@@ -131,9 +132,10 @@ def seed(
         out.write_text(yaml.safe_dump(document, sort_keys=False))
         console.print(f"wrote {len(inventory.devices)} devices at {sites} sites to {out}")
         return
-    with open_store(db) as store:
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
         result = store.fleet.import_inventory(
-            inventory, source=f"seed:{seed_value}", actor=current_user()
+            inventory, source=f"seed:{seed_value}", actor=config.actor()
         )
         console.print(f"seeded {result.devices} devices at {result.sites} sites")
         print_summary(store.fleet.summary())

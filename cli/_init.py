@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import typer
 from rich.markup import escape
 
 from fieldgate.cli._audit import print_verification
-from fieldgate.cli._common import current_user, open_store
+from fieldgate.cli._common import command_config
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.config import DEFAULT_MODEL, Config
 from fieldgate.errors import FieldgateError
 from fieldgate.plan import Selector
 from fieldgate.sample import DEMO_FACTORY_OWNER, demo_factory_key, load_sample, sample_path
@@ -47,12 +46,13 @@ def init(
     empty: bool = typer.Option(False, "--empty", help="Create the database without sample data."),
 ) -> None:
     """Create the database and load the shipped sample catalog and fleet."""
-    with open_store(db) as store:
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
         where = store.engine.url.render_as_string(hide_password=True)
         if empty:
             console.print(f"database ready: {where}")
             return
-        manifests, devices = load_sample_into(store, current_user())
+        manifests, devices = load_sample_into(store, config.actor())
         console.print(
             f"database ready: {where}\nsample loaded: {manifests} new manifests, {devices} devices",
             highlight=False,
@@ -65,22 +65,12 @@ DEMO_APPROVER = "saf-lee"
 """The safety approver of the demo (holds the safety role in the policy pack's roster)."""
 
 
-@contextmanager
-def _demo_environment(home: Path, url: str) -> Iterator[None]:
-    """Point FIELDGATE_HOME and FIELDGATE_DB at the demo's own; drop settings that change it."""
-    names = ("FIELDGATE_HOME", "FIELDGATE_DB", "FIELDGATE_ROSTER", "FIELDGATE_FREEZE")
-    saved = {name: os.environ.get(name) for name in (*names, "FIELDGATE_MODEL")}
-    os.environ.update({"FIELDGATE_HOME": str(home), "FIELDGATE_DB": url})
-    for name in ("FIELDGATE_ROSTER", "FIELDGATE_FREEZE", "FIELDGATE_MODEL"):
-        os.environ.pop(name, None)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+def _demo_config(home: Path, url: str) -> Config:
+    """The environment's settings with the demo's own home and database, and none of the
+    settings that would change its story (roster, freeze, model)."""
+    return replace(
+        Config.from_env(), home=home, db=url, roster={}, freeze=False, model=DEFAULT_MODEL
+    )
 
 
 def _step(number: int, title: str) -> None:
@@ -103,18 +93,19 @@ def _installed(store: Store, site: str, module: str) -> str:
     return f"{module} at {site} (fleet inventory): {text}"
 
 
-def _demo_story(url: str, home: Path) -> bool:
+def _demo_story(config: Config) -> bool:
     """The demo's steps, each about one screen; return whether the audit chain verified."""
     from fieldgate.cli._approvals import decide
     from fieldgate.cli._chat import submit_request
     from fieldgate.cli._keys import make_approver_key
     from fieldgate.cli._worker import summary, work_once
-    from fieldgate.graphs.context import default_twin, open_orchestrator
+    from fieldgate.graphs.compose import default_twin, open_orchestrator
 
+    url = config.database_url
     who = DEMO_REQUESTER
     console.rule("[bold]fieldgate demo")
     console.print(
-        f"database {url}, keys in {home / 'keys'}; offline model, in-process policy engine, "
+        f"database {url}, keys in {config.keys_dir}; offline model, in-process policy engine, "
         "fleet twin on a virtual clock",
         highlight=False,
     )
@@ -134,17 +125,17 @@ def _demo_story(url: str, home: Path) -> bool:
 
     _step(2, "a vague request: the planner asks back")
     _typed(f"fieldgate chat --as {who}   › roll out the new version")
-    with open_orchestrator(url, "offline") as orchestrator:
+    with open_orchestrator(config=config) as orchestrator:
         submit_request(orchestrator, "roll out the new version", who)
 
     _step(3, "policy says no: a change freeze is in force (rule D9)")
     _typed(f"FIELDGATE_FREEZE=1 fieldgate chat --as {who}   › roll out pump-logic 1.9.0 to rtm-05")
-    with open_orchestrator(url, "offline", freeze=True) as orchestrator:
+    with open_orchestrator(config=replace(config, freeze=True)) as orchestrator:
         submit_request(orchestrator, "roll out pump-logic 1.9.0 to rtm-05", who)
 
     _step(4, "a safety-class module: the plan waits for a safety approval")
     _typed(f"fieldgate chat --as {who}   › Roll out hvac-controller 2.4.1 to muc-01")
-    with open_orchestrator(url, "offline") as orchestrator:
+    with open_orchestrator(config=config) as orchestrator:
         plan_id = submit_request(
             orchestrator, "Roll out hvac-controller 2.4.1 to muc-01", who
         ).plan_id
@@ -153,23 +144,30 @@ def _demo_story(url: str, home: Path) -> bool:
     with Store.open(url) as store:
         for owner in (who, DEMO_APPROVER):
             _typed(f"fieldgate keys init --as {owner}")
-            key, path = make_approver_key(store, owner)
+            key, path = make_approver_key(store, owner, config.keys_dir)
             console.print(f"{key.key_id}: approver key of {owner} in {path}", highlight=False)
-    with open_orchestrator(url, "offline") as orchestrator:
+    with open_orchestrator(config=config) as orchestrator:
         _typed(f"fieldgate approvals approve {plan_id} --as {who}")
-        decide(orchestrator, plan_id, who, "approve", "looks fine to me")
+        decide(orchestrator, plan_id, who, "approve", "looks fine to me", keys_dir=config.keys_dir)
         _typed(f"fieldgate approvals approve {plan_id} --as {DEMO_APPROVER}")
-        decide(orchestrator, plan_id, DEMO_APPROVER, "approve", "maintenance window checked")
+        decide(
+            orchestrator,
+            plan_id,
+            DEMO_APPROVER,
+            "approve",
+            "maintenance window checked",
+            keys_dir=config.keys_dir,
+        )
 
     _step(6, "a worker executes it wave by wave, in muc-01's maintenance window")
     _typed("fieldgate worker --once")
-    with open_orchestrator(url, "offline") as orchestrator:
+    with open_orchestrator(config=config) as orchestrator:
         console.print(f"worker: {summary(work_once(orchestrator))}", highlight=False)
         console.print(_installed(orchestrator.ctx.store, "muc-01", "hvac-controller"))
 
     _step(7, "a canary fails: the rollout aborts and rolls back")
     _typed(f"fieldgate chat --as {who}   › Update air-quality-model to 1.2.0 at lyon-02")
-    with open_orchestrator(url, "offline") as orchestrator:
+    with open_orchestrator(config=config) as orchestrator:
         view = submit_request(orchestrator, "Update air-quality-model to 1.2.0 at lyon-02", who)
     with Store.open(url) as store:
         default_twin(store).add_faults([Fault(kind=FaultKind.install_fails, wave=1, count=1)])
@@ -178,7 +176,7 @@ def _demo_story(url: str, home: Path) -> bool:
         highlight=False,
     )
     _typed("fieldgate worker --once")
-    with open_orchestrator(url, "offline") as orchestrator:
+    with open_orchestrator(config=config) as orchestrator:
         console.print(f"worker: {summary(work_once(orchestrator))}", highlight=False)
         console.print(_installed(orchestrator.ctx.store, "lyon-02", "air-quality-model"))
     console.print(f"why: `fieldgate chat` › /why {view.plan_id}", highlight=False)
@@ -199,12 +197,13 @@ def _demo_story(url: str, home: Path) -> bool:
     return result.ok
 
 
-def _mqtt_story(url: str, home: Path) -> bool:
+def _mqtt_story(config: Config) -> bool:
     """The demo over a real MQTT broker: field agent processes install, one canary fails."""
     from fieldgate.cli._chat import submit_request
     from fieldgate.cli._edge import edge_demo
     from fieldgate.cli._worker import summary, work_once
 
+    url = config.database_url
     who = DEMO_REQUESTER
     console.rule("[bold]fieldgate demo over MQTT")
     with Store.open(url) as store:
@@ -218,7 +217,8 @@ def _mqtt_story(url: str, home: Path) -> bool:
     )
     with edge_demo(
         url,
-        home / "agents",
+        config.home / "agents",
+        config=config,
         selector=Selector(sites=[site], classes=["env-sensor"]),
         fail_installs={first: ["air-quality-model@1.2.0"]},
     ) as opener:
@@ -260,12 +260,12 @@ def demo(
         home = Path(tmp)
         path = keep or home / "demo.db"
         url = f"sqlite:///{path}"
-        with _demo_environment(home, url):
-            if transport == "mqtt":
-                ok = _mqtt_story(url, home)
-            elif transport == "twin":
-                ok = _demo_story(url, home)
-            else:
-                raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
+        config = _demo_config(home, url)
+        if transport == "mqtt":
+            ok = _mqtt_story(config)
+        elif transport == "twin":
+            ok = _demo_story(config)
+        else:
+            raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
     if not ok:
         raise typer.Exit(EXIT_FAILED)

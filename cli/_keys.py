@@ -11,10 +11,11 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from fieldgate.cli._common import open_store
+from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.cli._rollout import DbOption, refuse
 from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.keyfiles import CONTROL_PLANE, key_file, load_key, save_key
 from fieldgate.signing import SigningKey
 from fieldgate.store import KeyPurpose, Store
 
@@ -26,8 +27,6 @@ OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 
 
 def _owner(value: str) -> str:
-    from fieldgate.graphs.context import CONTROL_PLANE
-
     if not OWNER.match(value):
         raise typer.BadParameter(
             f"{value!r} is not an id: letters, digits and . _ @ - (at most 64), "
@@ -38,17 +37,18 @@ def _owner(value: str) -> str:
     return value
 
 
-def make_approver_key(store: Store, owner: str, force: bool = False) -> tuple[SigningKey, Path]:
-    """Generate ``owner``'s ed25519 key, trust its public half as an approver key, save it.
+def make_approver_key(
+    store: Store, owner: str, keys_dir: Path, force: bool = False
+) -> tuple[SigningKey, Path]:
+    """Generate ``owner``'s ed25519 key, trust its public half as an approver key, save it
+    under ``keys_dir``.
 
     Refuses to replace an existing key file unless ``force``.
     """
-    from fieldgate.graphs.context import keys_dir, load_key, save_key
-
-    path = keys_dir() / f"{owner}.key"
+    path = key_file(keys_dir, owner)
     if not force:
         try:
-            existing = load_key(owner)
+            existing = load_key(keys_dir, owner)
         except NotFound:
             pass
         else:
@@ -58,7 +58,7 @@ def make_approver_key(store: Store, owner: str, force: bool = False) -> tuple[Si
             )
     key = SigningKey.generate(owner)
     store.keys.trust(owner, key.public_b64, "approver")
-    save_key(key)
+    save_key(keys_dir, key)
     return key, path
 
 
@@ -70,8 +70,9 @@ def init(
     db: str = DbOption,
 ) -> None:
     """Make an approver's signing key, keep it in FIELDGATE_HOME/keys (0600), trust it."""
-    with open_store(db) as store:
-        key, path = make_approver_key(store, owner, force)
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
+        key, path = make_approver_key(store, owner, config.keys_dir, force)
     console.print(
         f"{key.key_id}: approver key of [bold]{escape(owner)}[/], private half in {path} (0600), "
         "public half trusted",
@@ -83,9 +84,8 @@ def init(
 @handles_errors
 def list_(db: str = DbOption) -> None:
     """List the trusted public keys and whether this machine holds the private half."""
-    from fieldgate.graphs.context import load_key
-
-    with open_store(db) as store:
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
         keys = [key for purpose in get_args(KeyPurpose) for key in store.keys.for_purpose(purpose)]
     table = Table(
         title=f"trusted keys: {len(keys)}",
@@ -97,7 +97,8 @@ def list_(db: str = DbOption) -> None:
         table.add_column(column)
     for key in keys:
         try:
-            here = "yes" if load_key(key.owner).key_id == key.key_id else "no (another key)"
+            held = load_key(config.keys_dir, key.owner)
+            here = "yes" if held.key_id == key.key_id else "no (another key)"
         except (NotFound, FieldgateError):  # no key file, or an owner that cannot have one
             here = "no"
         except ValueError:

@@ -6,10 +6,10 @@ import typer
 from rich.markup import escape
 
 from fieldgate.audit import ActorKind, EventKind
-from fieldgate.cli._common import current_user, open_store
+from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.cli._rollout import DbOption, find_run, refuse
-from fieldgate.store import OPEN_STATUSES
+from fieldgate.store import OPEN_STATUSES, Store
 
 
 @handles_errors
@@ -27,9 +27,10 @@ def stop(
     """
     if (plan is None) == (not every):
         refuse("name one PLAN or --all (not both)")
-    who = actor or current_user()
+    config = command_config(db)
+    who = actor or config.actor()
     reason = reason or ("released" if release else "stopped") + " from the command line"
-    with open_store(db) as store:
+    with Store.open(config.database_url) as store:
         scope = None
         if plan is not None:
             run = find_run(store, plan)

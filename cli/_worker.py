@@ -12,6 +12,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
+from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
 from fieldgate.cli._rollout import (
     DbOption,
@@ -211,19 +212,20 @@ def worker(
     """
     from contextlib import AbstractContextManager
 
-    from fieldgate.graphs.context import open_orchestrator
+    from fieldgate.graphs.compose import open_orchestrator
 
     if transport not in ("twin", "mqtt"):
         raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
+    config = command_config(db, model)
 
     def opened() -> AbstractContextManager[Orchestrator]:
         if transport == "mqtt":
             from fieldgate.cli._edge import broker_settings, open_mqtt_orchestrator
 
             return open_mqtt_orchestrator(
-                db, model, broker=broker_settings(broker), client_id=gateway_id
+                config=config, broker=broker_settings(config, broker), client_id=gateway_id
             )
-        return open_orchestrator(db, model)
+        return open_orchestrator(config=config)
 
     if not once:
         console.print(f"worker: polling every {interval:g}s; Ctrl-C stops", highlight=False)

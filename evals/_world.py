@@ -6,7 +6,10 @@ from dataclasses import dataclass, field
 
 from langchain_core.language_models import BaseChatModel
 
-from fieldgate.policy import PolicyEngine, PolicyGate
+from fieldgate.config import Config
+from fieldgate.graphs.compose import build_context
+from fieldgate.keyfiles import CONTROL_PLANE
+from fieldgate.policy import PolicyEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.scenario import Scenario
 from fieldgate.signing import SigningKey
@@ -15,7 +18,6 @@ from fieldgate.transport import TwinTransport
 from fieldgate.twin import FleetTwin
 
 FACTORY = "factory"
-CONTROL_PLANE = "control-plane"
 
 
 @dataclass
@@ -81,7 +83,14 @@ def build_world(
     for person, key in keys.items():
         store.keys.trust(person, key.public_b64, "approver")
     ctx = scenario_context(
-        scenario, seed, store, TwinTransport(twin), model, engine, model_name, settings
+        scenario,
+        seed,
+        store,
+        TwinTransport(twin),
+        model,
+        engine,
+        model_name=model_name,
+        settings=settings,
     )
     store.keys.trust(CONTROL_PLANE, ctx.control_key.public_b64, "control-plane")
     return World(scenario, seed, store, twin, ctx, keys)
@@ -96,26 +105,41 @@ def scenario_context(
     scenario: Scenario,
     seed: int,
     store: Store,
-    transport: TwinTransport,
-    model: BaseChatModel,
-    engine: PolicyEngine,
+    transport: TwinTransport | None = None,
+    model: BaseChatModel | None = None,
+    engine: PolicyEngine | None = None,
+    *,
     model_name: str = "offline",
     settings: Settings | None = None,
 ) -> Context:
     """The run context of one seeded run of ``scenario`` over its store and twin.
 
     Everything is derived from the scenario and the seed, so a process that reopens a
-    world made earlier (a restarted worker) gets the same control key and roster.
+    world made earlier (a restarted worker) gets the same control key and roster. No
+    setting comes from the environment, and people live on the twin's time.
+
+    Args:
+        scenario: The scenario.
+        seed: The seed of the run.
+        store: The store ``build_world`` filled.
+        transport: How commands reach devices (default: the run's stored twin).
+        model: The chat model (default: the one ``model_name`` names).
+        engine: The policy engine (default: the shipped pack in-process).
+        model_name: The model's name, for audit and reports.
+        settings: Run limits.
     """
-    control = SigningKey.from_seed(CONTROL_PLANE, f"{scenario.id}:{seed}:control".encode())
-    return Context(
-        store=store,
-        policy=PolicyGate(engine, store.audit, clock=transport.now),
+    if transport is None:
+        transport = TwinTransport(FleetTwin.load(store.engine, twin_id_of(scenario, seed)))
+    return build_context(
+        Config(),
+        store,
         transport=transport,
         model=model,
-        control_key=control,
+        model_name=model_name,
+        engine=engine,
+        control_key=SigningKey.from_seed(CONTROL_PLANE, f"{scenario.id}:{seed}:control".encode()),
         roster={person: list(roles) for person, roles in scenario.roster.items()},
         freeze=scenario.context.freeze,
-        model_name=model_name,
-        settings=settings or Settings(),
+        settings=settings,
+        people_clock=None,
     )

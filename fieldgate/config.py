@@ -1,19 +1,150 @@
-"""Where fieldgate keeps its state, read from the environment once per call site."""
+"""The one place that reads the environment: :class:`Config` and :meth:`Config.from_env`.
+
+Everything else takes a ``Config`` (or the values in it); commands read the environment
+once per invocation, the served graph once per process.
+"""
 
 from __future__ import annotations
 
+import getpass
+import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from fieldgate.errors import ConfigInvalid, ModelUnavailable
 
-def home_dir() -> Path:
-    """The directory for fieldgate's local state (``FIELDGATE_HOME``, default ``~/.fieldgate``)."""
-    return Path(os.environ.get("FIELDGATE_HOME") or Path.home() / ".fieldgate")
+DEFAULT_MODEL = "offline"
+DEFAULT_MODEL_TIMEOUT_S = 60.0
+"""Seconds one model request may take before the client gives up on it."""
+DEFAULT_MODEL_RETRIES = 2
+"""Retries of a request that timed out, was rate limited or hit a server error."""
+DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+BROKER_ENV = "FIELDGATE_BROKER"
+"""Broker URL used when ``--broker`` is not given."""
+CONTROL_KEY_ENV = "FIELDGATE_CONTROL_KEY"
+"""The control plane's public key (base64) for agents, when ``--control-key`` is not given."""
+PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
+"""The broker password, when ``--password`` is not given (and how agent processes get it)."""
 
 
-def database_url() -> str:
-    """The database URL (``FIELDGATE_DB``, default a SQLite file under the home directory)."""
-    url = os.environ.get("FIELDGATE_DB")
-    if url:
-        return url
-    return f"sqlite:///{home_dir() / 'fieldgate.db'}"
+def _default_home() -> Path:
+    return Path.home() / ".fieldgate"
+
+
+@dataclass(frozen=True)
+class Config:
+    """fieldgate's settings; :meth:`from_env` reads them, the defaults are the fields'."""
+
+    home: Path = field(default_factory=_default_home)
+    """``FIELDGATE_HOME``: local state (the default database, keys); ``~/.fieldgate``."""
+    db: str | None = None
+    """``FIELDGATE_DB``: the database URL; None: a SQLite file under :attr:`home`."""
+    user: str | None = None
+    """``FIELDGATE_USER``: who runs the command; None: the login name (:meth:`actor`)."""
+    model: str = DEFAULT_MODEL
+    """``FIELDGATE_MODEL``: the model every agent uses, ``offline`` or ``openai:NAME``."""
+    model_timeout_s: float = DEFAULT_MODEL_TIMEOUT_S
+    """``FIELDGATE_MODEL_TIMEOUT``: seconds one request to an ``openai:NAME`` model may take."""
+    model_retries: int = DEFAULT_MODEL_RETRIES
+    """``FIELDGATE_MODEL_RETRIES``: retries of a timeout, dropped connection, 429 or 5xx."""
+    openai_base_url: str | None = None
+    """``OPENAI_BASE_URL``: the OpenAI-compatible endpoint; None: OpenAI's own."""
+    openai_api_key: str | None = None
+    """``OPENAI_API_KEY``: the endpoint's key (local servers usually take any)."""
+    roster: dict[str, list[str]] = field(default_factory=dict)
+    """``FIELDGATE_ROSTER``: roles by person, read from that JSON file; empty: the pack's."""
+    freeze: bool = False
+    """``FIELDGATE_FREEZE``: ``1`` when a change freeze is in force."""
+    broker_url: str = DEFAULT_BROKER
+    """``FIELDGATE_BROKER``: the MQTT broker, ``mqtt://`` or ``mqtts://``."""
+    mqtt_password: str | None = None
+    """``FIELDGATE_MQTT_PASSWORD``: the broker password."""
+    control_key: str | None = None
+    """``FIELDGATE_CONTROL_KEY``: the control plane's public key a field agent obeys
+    (base64 or ``@FILE``, checked where it is used)."""
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
+        """Read the settings from ``environ`` (default: the process environment).
+
+        Raises:
+            ConfigInvalid: a variable holds a value that cannot be used (named in the
+                message with the rule).
+            ModelUnavailable: the model timeout or retries are not numbers it can use.
+        """
+        env = os.environ if environ is None else environ
+
+        def text(name: str) -> str | None:
+            return env.get(name) or None
+
+        home = text("FIELDGATE_HOME")
+        return cls(
+            home=Path(home) if home else _default_home(),
+            db=text("FIELDGATE_DB"),
+            user=text("FIELDGATE_USER"),
+            model=text("FIELDGATE_MODEL") or DEFAULT_MODEL,
+            model_timeout_s=_timeout(env.get("FIELDGATE_MODEL_TIMEOUT", "")),
+            model_retries=_retries(env.get("FIELDGATE_MODEL_RETRIES", "")),
+            openai_base_url=text("OPENAI_BASE_URL"),
+            openai_api_key=text("OPENAI_API_KEY"),
+            roster=_roster(text("FIELDGATE_ROSTER")),
+            freeze=env.get("FIELDGATE_FREEZE", "") == "1",
+            broker_url=text(BROKER_ENV) or DEFAULT_BROKER,
+            mqtt_password=text(PASSWORD_ENV),
+            control_key=text(CONTROL_KEY_ENV),
+        )
+
+    @property
+    def database_url(self) -> str:
+        """The database URL: :attr:`db`, else ``sqlite:///HOME/fieldgate.db``."""
+        return self.db or f"sqlite:///{self.home / 'fieldgate.db'}"
+
+    @property
+    def keys_dir(self) -> Path:
+        """Where private keys of this machine live (``HOME/keys``)."""
+        return self.home / "keys"
+
+    def actor(self) -> str:
+        """Who runs the command: :attr:`user`, else the login name."""
+        return self.user or getpass.getuser()
+
+    def choosing(self, db: str | None = None, model: str | None = None) -> Config:
+        """These settings with a command's ``--db`` and ``--model`` in place, when given."""
+        return replace(self, db=db or self.db, model=model or self.model)
+
+
+def _timeout(raw: str) -> float:
+    raw = raw.strip()
+    if not raw:
+        return DEFAULT_MODEL_TIMEOUT_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ModelUnavailable(f"FIELDGATE_MODEL_TIMEOUT={raw!r}: expected seconds above 0")
+    return seconds
+
+
+def _retries(raw: str) -> int:
+    raw = raw.strip()
+    if not raw:
+        return DEFAULT_MODEL_RETRIES
+    if not raw.isdigit():
+        raise ModelUnavailable(f"FIELDGATE_MODEL_RETRIES={raw!r}: expected a count of 0 or more")
+    return int(raw)
+
+
+def _roster(path: str | None) -> dict[str, list[str]]:
+    if not path:
+        return {}
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigInvalid(f"FIELDGATE_ROSTER: cannot read {path}: {exc}") from None
+    if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
+        raise ConfigInvalid(f"FIELDGATE_ROSTER: {path} must map people to lists of roles")
+    return {str(k): [str(r) for r in v] for k, v in data.items()}

@@ -66,3 +66,11 @@ class AuditBroken(FieldgateError):
 
 class StoreError(FieldgateError):
     """The database could not be opened or written."""
+
+
+class ConfigInvalid(FieldgateError):
+    """An environment variable holds a value fieldgate cannot use."""
+
+
+class ModelUnavailable(FieldgateError):
+    """The model named cannot be built here, or its settings are invalid."""

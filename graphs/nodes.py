@@ -56,7 +56,7 @@ def _context(runtime: Runtime[Context]) -> Context:
     """The run's context; a graph served by a LangGraph API server builds it from the env."""
     if runtime.context is not None:
         return runtime.context
-    from fieldgate.graphs.context import served_context
+    from fieldgate.graphs.compose import served_context
 
     return served_context()
 

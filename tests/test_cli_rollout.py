@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from fieldgate.audit import EventKind
 from fieldgate.cli import app
 from fieldgate.cli._worker import expire_overdue
-from fieldgate.graphs.context import default_twin, open_orchestrator
+from fieldgate.graphs.compose import default_twin, open_orchestrator
 from fieldgate.graphs.runner import Orchestrator
 from fieldgate.plan import Selector
 from fieldgate.store import Store

@@ -37,16 +37,14 @@ from fieldgate.agents._structured import (
     call_structured,
     total_tokens,
 )
-from fieldgate.agents.models import (
-    DEFAULT_RETRIES,
-    DEFAULT_TIMEOUT_S,
-    ModelUnavailable,
-    make_model,
-)
+from fieldgate.agents.models import make_model
 from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.agents.planner import PlannerDecision
 from fieldgate.agents.validator import ValidatorReview
 from fieldgate.cli import app
+from fieldgate.config import DEFAULT_MODEL_RETRIES as DEFAULT_RETRIES
+from fieldgate.config import DEFAULT_MODEL_TIMEOUT_S as DEFAULT_TIMEOUT_S
+from fieldgate.errors import ModelUnavailable
 from fieldgate.tools import tool_specs
 
 RECORDED = Path(__file__).parent / "recorded"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import signal
 import sys
 import threading
@@ -17,8 +16,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
+from fieldgate.config import Config
 from fieldgate.edge._agent import AgentSpec, open_agents, run_agents
-from fieldgate.edge._local import PASSWORD_ENV
 from fieldgate.errors import FieldgateError
 
 
@@ -31,17 +30,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s"
     )
     spec = AgentSpec.model_validate_json(args.spec.read_text())
-    password = os.environ.get(PASSWORD_ENV)
-    if password:
-        spec = spec.model_copy(update={"broker": replace(spec.broker, password=password)})
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
+        password = Config.from_env().mqtt_password
+        if password:
+            spec = spec.model_copy(update={"broker": replace(spec.broker, password=password)})
         agents = open_agents(spec)
     except FieldgateError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
     run_agents(agents, stop)
     return 0
 

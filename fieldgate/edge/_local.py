@@ -16,11 +16,9 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from fieldgate.config import PASSWORD_ENV
 from fieldgate.edge._agent import AgentSpec, DeviceSpec
 from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, new_client
-
-PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
-"""Environment variable that carries the broker password to agent processes."""
 
 
 class LocalFleet:

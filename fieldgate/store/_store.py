@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from fieldgate.config import database_url
+from fieldgate.config import Config
 from fieldgate.errors import StoreError
 from fieldgate.store._approvals import ApprovalStore
 from fieldgate.store._audit import AuditLog, install_audit_guards
@@ -59,7 +59,7 @@ class Store:
     @classmethod
     def open(cls, url: str | None = None) -> Store:
         """Open the database at ``url`` (default ``FIELDGATE_DB``) and create what is missing."""
-        store = cls(open_engine(url or database_url()))
+        store = cls(open_engine(url or Config.from_env().database_url))
         try:
             store.init()
         except BaseException:
