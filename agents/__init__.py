@@ -1,22 +1,13 @@
-"""Planner, validator and executor agents: prompts, structured outputs, the offline model.
+"""The planner, validator and executor agents, and the one place that builds their model.
 
-The deterministic brain of the planner lives here: :func:`planning_context` summarises the
-fleet and catalog, :func:`understand` resolves what the engineer typed into an :class:`Intent`
-or a :class:`Clarification`, and :func:`propose_plan` turns an intent into a compliant
-:class:`~fieldgate.plan.RolloutPlan` with a rationale for the approver.
+Each agent is a prompt, a structured answer and one entry point: :func:`run_planner` drafts a
+plan (:class:`PlanDraft`) or asks back, :func:`run_validator` reviews the deterministic
+findings and dry run (:class:`ValidatorReview`), and :func:`next_action` picks the executor's
+next tool call (:class:`ExecutorChoice`). :func:`planning_context` summarises the fleet and
+catalog they plan against, and :func:`make_model` builds the chat model they call. The offline
+model, which needs no network, is its own package: :mod:`fieldgate.agents.offline`.
 """
 
-from fieldgate.agents._planning import (
-    CANARY_MIN_TARGETS,
-    CANARY_PERCENT,
-    PlanningError,
-    canary_limit,
-    count_targets,
-    propose_plan,
-    rollback_waves,
-    rollout_waves,
-    wave_sizes,
-)
 from fieldgate.agents._summary import (
     CatalogItem,
     DeviceGroup,
@@ -24,34 +15,23 @@ from fieldgate.agents._summary import (
     SiteSummary,
     planning_context,
 )
-from fieldgate.agents._understanding import (
-    Clarification,
-    ClarificationReason,
-    Intent,
-    RequestFlags,
-    Scope,
-    understand,
-)
+from fieldgate.agents.executor import ExecutorChoice, next_action
+from fieldgate.agents.models import make_model
+from fieldgate.agents.planner import PlanDraft, PlannerDecision, run_planner
+from fieldgate.agents.validator import ValidatorReview, run_validator
 
 __all__ = [
-    "CANARY_MIN_TARGETS",
-    "CANARY_PERCENT",
     "CatalogItem",
-    "Clarification",
-    "ClarificationReason",
     "DeviceGroup",
-    "Intent",
+    "ExecutorChoice",
+    "PlanDraft",
+    "PlannerDecision",
     "PlanningContext",
-    "PlanningError",
-    "RequestFlags",
-    "Scope",
     "SiteSummary",
-    "canary_limit",
-    "count_targets",
+    "ValidatorReview",
+    "make_model",
+    "next_action",
     "planning_context",
-    "propose_plan",
-    "rollback_waves",
-    "rollout_waves",
-    "understand",
-    "wave_sizes",
+    "run_planner",
+    "run_validator",
 ]

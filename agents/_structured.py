@@ -24,6 +24,7 @@ from langchain_core.runnables import Runnable
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ValidationError
 
+from fieldgate.contract import validation_problems
 from fieldgate.errors import FieldgateError
 
 S = TypeVar("S", bound=BaseModel)
@@ -243,11 +244,4 @@ def call_structured(
         usage,
         errors,
         outputs,
-    )
-
-
-def validation_problems(exc: ValidationError) -> str:
-    """A validation error in one line: ``field: message`` per problem, without pydantic's URLs."""
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()
     )

@@ -45,7 +45,7 @@ def serve_model(
     FIELDGATE_MODEL=openai:offline run fieldgate through the real openai client path.
     """
     # Imported here: the core package never imports the agents at import time.
-    from fieldgate.agents._server import OfflineBackend, ReplayBackend, serve_forever
+    from fieldgate.agents.offline.server import OfflineBackend, ReplayBackend, serve_forever
 
     if verbose:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

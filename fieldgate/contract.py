@@ -100,8 +100,10 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def format_loc(loc: tuple[int | str, ...]) -> str:
-    """Render a pydantic error location as ``a.b[2].c``."""
+def format_loc(loc: tuple[int | str, ...], *, raw: bool = False) -> str:
+    """Render a pydantic error location as ``a.b[2].c``, or as pydantic does (``a.b.2.c``)."""
+    if raw:
+        return ".".join(str(part) for part in loc)
     out = ""
     for part in loc:
         if isinstance(part, int):
@@ -111,20 +113,36 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def problems_of(error: ValidationError) -> list[tuple[str, str]]:
-    """Turn a pydantic validation error into ``(field path, rule)`` pairs."""
+def problems_of(error: ValidationError, *, raw: bool = False) -> list[tuple[str, str]]:
+    """Turn a pydantic validation error into ``(field path, rule)`` pairs.
+
+    Contract files, which people write, get paths as ``a.b[2].c`` and fieldgate's wording of
+    the rule. With ``raw``, paths and rules stay as pydantic writes them (``a.b.2.c: Extra
+    inputs are not permitted``): the words a model or an API client wrote its JSON against.
+    """
     problems = []
     for item in error.errors():
         loc = tuple(
             p for p in item["loc"] if not (isinstance(p, str) and p.startswith("function-"))
         )
         message = item["msg"]
-        if item["type"] == "extra_forbidden":
+        if not raw and item["type"] == "extra_forbidden":
             message = "unknown key (not part of the fieldgate/v1 contract)"
-        elif message.startswith("Value error, "):
+        elif not raw:
             message = message.removeprefix("Value error, ")
-        problems.append((format_loc(loc), message))
+        problems.append((format_loc(loc, raw=raw), message))
     return problems
+
+
+def validation_problems(error: ValidationError) -> str:
+    """A validation error in one line, as pydantic words it: ``a.b.0: rule; a.c: rule``.
+
+    For JSON that a model or an API client wrote against a schema; contract files, which
+    people write, get :func:`problems_of`'s paths and wording.
+    """
+    return "; ".join(
+        f"{path}: {rule}" if path else rule for path, rule in problems_of(error, raw=True)
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

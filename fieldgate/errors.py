@@ -74,3 +74,22 @@ class ConfigInvalid(FieldgateError):
 
 class ModelUnavailable(FieldgateError):
     """The model named cannot be built here, or its settings are invalid."""
+
+
+# --- the offline model: its planner and its OpenAI-compatible server ---------------------
+
+
+class PlanningError(FieldgateError):
+    """An intent cannot become a plan with what the planner was given."""
+
+
+class RequestInvalid(FieldgateError):
+    """A chat-completions request the server cannot answer (sent back as HTTP 400)."""
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
+
+
+class RecordingInvalid(FieldgateError):
+    """A recorded-responses file does not follow its format."""

@@ -13,17 +13,13 @@ from pydantic import BaseModel, ValidationError
 from sqlmodel import Session
 
 from fieldgate.agents import planning_context
-from fieldgate.agents._structured import (
-    ModelFailed,
-    ModelOutputInvalid,
-    total_tokens,
-    validation_problems,
-)
+from fieldgate.agents._structured import ModelFailed, ModelOutputInvalid, total_tokens
 from fieldgate.agents.executor import next_action
 from fieldgate.agents.planner import PlanDraft, run_planner
-from fieldgate.agents.validator import DryRun, check_plan, dry_run, run_validator
+from fieldgate.agents.validator import run_validator
 from fieldgate.approvals import Approval, draft_hash
 from fieldgate.audit import ActorKind, EventKind
+from fieldgate.contract import validation_problems
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.fleet import Site
 from fieldgate.graphs.approval import ApprovalAnswer, ApprovalResume, approval_request
@@ -50,6 +46,7 @@ from fieldgate.tools import (
     rollback,
     tool_specs,
 )
+from fieldgate.validation import DryRun, check_plan, dry_run
 
 
 def _context(runtime: Runtime[Context]) -> Context:

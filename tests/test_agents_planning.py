@@ -13,22 +13,21 @@ from pathlib import Path
 import pytest
 from packaging.version import Version
 
-from fieldgate.agents import (
+from fieldgate.agents import PlanningContext, planning_context
+from fieldgate.agents.offline import (
     Clarification,
     Intent,
-    PlanningContext,
-    PlanningError,
     RequestFlags,
     Scope,
     canary_limit,
     count_targets,
-    planning_context,
     propose_plan,
     rollback_waves,
     rollout_waves,
     understand,
 )
 from fieldgate.contract import load_yaml, version_in_range
+from fieldgate.errors import PlanningError
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import CatalogEntry, CatalogFile, ModuleManifest
 from fieldgate.plan import (
@@ -762,7 +761,8 @@ def test_plans_are_deterministic(sample: World) -> None:
 _REPLAY = """
 import hashlib
 from datetime import UTC, datetime
-from fieldgate.agents import planning_context, propose_plan, understand
+from fieldgate.agents import planning_context
+from fieldgate.agents.offline import propose_plan, understand
 from fieldgate.contract import load_yaml
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogFile

@@ -10,14 +10,8 @@ from typing import Any
 
 import pytest
 
-from fieldgate.agents import (
-    Clarification,
-    Intent,
-    PlanningContext,
-    count_targets,
-    planning_context,
-    understand,
-)
+from fieldgate.agents import PlanningContext, planning_context
+from fieldgate.agents.offline import Clarification, Intent, count_targets, understand
 from fieldgate.contract import load_yaml
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogEntry, CatalogFile

@@ -183,7 +183,7 @@ def test_html_escapes_every_value() -> None:
 def test_openai_path_tokens_reach_the_eval_report(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from fieldgate.agents._server import model_server
+    from fieldgate.agents.offline.server import model_server
 
     with model_server() as base_url:
         monkeypatch.setenv("OPENAI_BASE_URL", base_url)

@@ -25,8 +25,8 @@ from _scenario_driver import (
     scenario_paths,
 )
 
-from fieldgate.agents._server import Recording, ReplayBackend, model_server
 from fieldgate.agents.models import make_model
+from fieldgate.agents.offline.server import Recording, ReplayBackend, model_server
 from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.evals._world import World, build_world
 from fieldgate.graphs.checkpoint import open_checkpointer

@@ -22,15 +22,6 @@ from langchain_core.messages import AIMessage, HumanMessage
 from typer.testing import CliRunner
 
 from fieldgate.agents._prompting import json_section
-from fieldgate.agents._server import (
-    OfflineBackend,
-    Recording,
-    RecordingInvalid,
-    ReplayBackend,
-    RequestInvalid,
-    model_server,
-    request_role,
-)
 from fieldgate.agents._structured import (
     ModelCallFailed,
     ModelOutputInvalid,
@@ -39,12 +30,19 @@ from fieldgate.agents._structured import (
 )
 from fieldgate.agents.models import make_model
 from fieldgate.agents.offline import OfflineChatModel
+from fieldgate.agents.offline.server import (
+    OfflineBackend,
+    Recording,
+    ReplayBackend,
+    model_server,
+    request_role,
+)
 from fieldgate.agents.planner import PlannerDecision
 from fieldgate.agents.validator import ValidatorReview
 from fieldgate.cli import app
 from fieldgate.config import DEFAULT_MODEL_RETRIES as DEFAULT_RETRIES
 from fieldgate.config import DEFAULT_MODEL_TIMEOUT_S as DEFAULT_TIMEOUT_S
-from fieldgate.errors import ModelUnavailable
+from fieldgate.errors import ModelUnavailable, RecordingInvalid, RequestInvalid
 from fieldgate.tools import tool_specs
 
 RECORDED = Path(__file__).parent / "recorded"

@@ -41,6 +41,7 @@ from fieldgate.contract import problems_of
 from fieldgate.edge._artifacts import ArtifactSource, ArtifactUnavailable, digest_of
 from fieldgate.edge._clock import HybridClock, wall_ms
 from fieldgate.edge._wire import MAX_PAYLOAD, Hello, check_segment, encode
+from fieldgate.epoch import to_us
 from fieldgate.errors import FieldgateError
 from fieldgate.signing import key_id_of, verify
 
@@ -75,10 +76,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 
 class DeviceStateInvalid(FieldgateError):
     """A device's state directory belongs to another device or trusts another control key."""
-
-
-def _us(moment: datetime) -> int:
-    return int(moment.timestamp() * 1_000_000)
 
 
 @dataclass(frozen=True)
@@ -329,7 +326,7 @@ class DeviceStore:
                     command.command_id,
                     command.module,
                     command.action.value,
-                    _us(command.issued_at),
+                    to_us(command.issued_at),
                     report.status.value,
                     encode(report).decode(),
                     time.time(),
@@ -468,7 +465,7 @@ class FieldDevice:
                 f"deadline {command.deadline.isoformat()} passed before the device started it",
             )
         latest = self.store.latest_issued(command.module)
-        if latest is not None and _us(command.issued_at) < latest:
+        if latest is not None and to_us(command.issued_at) < latest:
             return self._final(
                 command,
                 ReportStatus.rejected,

@@ -38,23 +38,36 @@ from datetime import UTC, datetime
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from pydantic import ValidationError
-from sqlalchemy import BigInteger, Text, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
-from sqlalchemy.orm import registry
-from sqlmodel import Field, SQLModel, col
+from sqlalchemy import select
 
-from fieldgate.audit import ActorKind, EventKind
+from fieldgate.batches import chunks
 from fieldgate.commands import DeviceCommand, DeviceReport
-from fieldgate.contract import problems_of
-from fieldgate.edge._device import REFUSED_PREFIX
-from fieldgate.edge._wire import MAX_PAYLOAD, Broker, Channel, Hello, connect_async, new_client
+from fieldgate.edge._ingest import (
+    DeviceView,
+    GatewayStats,
+    Rejection,
+    apply_state,
+    audit,
+    is_known,
+    match,
+    parse,
+    persist,
+)
+from fieldgate.edge._tables import (
+    COMMANDS,
+    DEVICES,
+    IN_LIST,
+    REJECTIONS,
+    EdgeRejectionRow,
+    EdgeTable,
+)
+from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, new_client
+from fieldgate.epoch import at_us, to_us
 from fieldgate.errors import FieldgateError
 from fieldgate.plan import Selector
 from fieldgate.signing import verify
-from fieldgate.store import NewEvent, Store
-from fieldgate.store._engine import for_writing, is_sqlite
+from fieldgate.store import Store
+from fieldgate.store._engine import for_writing
 
 log = logging.getLogger("fieldgate.edge.gateway")
 
@@ -71,104 +84,6 @@ class CommandUnsigned(FieldgateError):
     """A command to publish does not carry a valid control-plane signature."""
 
 
-class EdgeTable(SQLModel, registry=registry()):
-    """Base of the gateway's tables; its own metadata lets the gateway create exactly these."""
-
-
-class EdgeCommandRow(EdgeTable, table=True):
-    """One command the gateway published, and the first report that answered it."""
-
-    __tablename__ = "edge_commands"
-
-    command_id: str = Field(primary_key=True, max_length=64)
-    """Idempotency key."""
-    device_id: str = Field(index=True, max_length=128)
-    """Device addressed."""
-    site: str = Field(max_length=64)
-    """Its site (part of the topic)."""
-    plan_id: str = Field(sa_type=Text)
-    """Plan of the command."""
-    wave: int
-    """Wave index, from 0."""
-    action: str = Field(max_length=16)
-    """install, rollback or validate."""
-    module: str = Field(max_length=64)
-    """Module acted on."""
-    version: str = Field(sa_type=Text)
-    """Version named."""
-    deadline_us: int = Field(sa_type=BigInteger)
-    """The command's deadline, µs since the epoch."""
-    command: str = Field(sa_type=Text)
-    """The signed command as published (JSON)."""
-    dispatched_us: int = Field(sa_type=BigInteger)
-    """When it was first published."""
-    status: str | None = Field(default=None, max_length=16)
-    """Status of the report that answered it; None while outstanding."""
-    report: str | None = Field(default=None, sa_type=Text)
-    """That report (JSON)."""
-    reported_us: int | None = Field(default=None, sa_type=BigInteger)
-    """When that report was stored."""
-
-
-class EdgeDeviceRow(EdgeTable, table=True):
-    """The latest state a device reported, by its hybrid logical clock."""
-
-    __tablename__ = "edge_devices"
-
-    device_id: str = Field(primary_key=True, max_length=128)
-    site: str = Field(max_length=64)
-    online: bool
-    """Whether its last hello or will said online."""
-    seen_us: int = Field(sa_type=BigInteger)
-    """When the gateway last heard from it."""
-    hlc_wall: int = Field(sa_type=BigInteger)
-    """Clock reading of the state below (-1: none yet)."""
-    hlc_counter: int
-    installed: str = Field(sa_type=Text)
-    """Installed modules (JSON)."""
-    health: str | None = Field(default=None, sa_type=Text)
-    """Health (JSON)."""
-
-
-class EdgeRejectionRow(EdgeTable, table=True):
-    """Input the gateway did not accept, or a device's refusal of input it received."""
-
-    __tablename__ = "edge_rejections"
-
-    id: int | None = Field(default=None, primary_key=True)
-    at_us: int = Field(sa_type=BigInteger)
-    topic: str = Field(sa_type=Text)
-    device_id: str | None = Field(default=None, max_length=128)
-    """Device named by the topic, if any."""
-    source: str = Field(max_length=16)
-    """``gateway`` (the gateway refused it) or ``device`` (the device refused a command)."""
-    reason: str = Field(sa_type=Text)
-    payload: str = Field(sa_type=Text)
-    """The first KiB of the payload."""
-
-
-COMMANDS = EdgeCommandRow.__table__  # type: ignore[attr-defined]
-DEVICES = EdgeDeviceRow.__table__  # type: ignore[attr-defined]
-REJECTIONS = EdgeRejectionRow.__table__  # type: ignore[attr-defined]
-
-
-def _us(moment: datetime | None = None) -> int:
-    return int((moment or datetime.now(UTC)).timestamp() * 1_000_000)
-
-
-@dataclass
-class DeviceView:
-    """What the gateway knows of one device."""
-
-    device_id: str
-    site: str
-    installed: dict[str, str]
-    online: bool = False
-    seen_us: int = 0
-    hlc: tuple[int, int] = (-1, -1)
-    health: dict[str, Any] | None = None
-
-
 @dataclass
 class Outstanding:
     """A published command without a stored report."""
@@ -179,27 +94,6 @@ class Outstanding:
     payload: bytes
     deadline: datetime
     last_sent: float = 0.0
-
-
-@dataclass(frozen=True)
-class Rejection:
-    """One rejected input."""
-
-    topic: str
-    device_id: str | None
-    source: str
-    reason: str
-    payload: bytes
-
-
-@dataclass(frozen=True)
-class Incoming:
-    """A message that parsed: its topic, the site the topic names, and the document."""
-
-    topic: str
-    site: str
-    payload: bytes
-    document: DeviceReport | Hello
 
 
 @dataclass
@@ -214,20 +108,6 @@ class SendResult:
     """Sent before (the stored report when there is one); not published again."""
     unknown: list[str] = field(default_factory=list)
     """Addressed to a device the fleet does not have; not published."""
-
-
-@dataclass
-class GatewayStats:
-    """Counters since the gateway started."""
-
-    messages: int = 0
-    fresh: int = 0
-    duplicates: int = 0
-    stale: int = 0
-    rejected: int = 0
-    refusals: int = 0
-    resent: int = 0
-    connects: int = 0
 
 
 class Gateway:
@@ -366,7 +246,7 @@ class Gateway:
                     COMMANDS.c.deadline_us,
                 )
                 .where(COMMANDS.c.status.is_(None))
-                .where(COMMANDS.c.deadline_us > _us(now))
+                .where(COMMANDS.c.deadline_us > to_us(now))
             )
             for command_id, device_id, site, text, deadline_us in pending:
                 self._outstanding[command_id] = Outstanding(
@@ -374,7 +254,7 @@ class Gateway:
                     device_id,
                     site,
                     text.encode(),
-                    datetime.fromtimestamp(deadline_us / 1_000_000, UTC),
+                    at_us(deadline_us),
                 )
 
     # ------------------------------------------------------------------ network thread
@@ -455,9 +335,9 @@ class Gateway:
                     "action": command.action.value,
                     "module": command.module,
                     "version": command.version,
-                    "deadline_us": _us(command.deadline),
+                    "deadline_us": to_us(command.deadline),
                     "command": payload.decode(),
-                    "dispatched_us": _us(now),
+                    "dispatched_us": to_us(now),
                 }
             )
             entries.append(
@@ -544,7 +424,7 @@ class Gateway:
                 "health": dict(view.health or {}),
                 "installed": dict(view.installed),
                 "hlc": {"wall_ms": view.hlc[0], "counter": view.hlc[1]},
-                "at": datetime.fromtimestamp(view.seen_us / 1_000_000, UTC).isoformat(),
+                "at": at_us(view.seen_us).isoformat(),
             }
 
     def online(self) -> set[str]:
@@ -559,8 +439,7 @@ class Gateway:
         if not command_ids:
             return found
         with self._engine.connect() as conn:
-            for start in range(0, len(command_ids), 500):
-                chunk = command_ids[start : start + 500]
+            for chunk in chunks(command_ids, IN_LIST):
                 rows = conn.execute(
                     select(COMMANDS.c.command_id, COMMANDS.c.report).where(
                         COMMANDS.c.command_id.in_(chunk)
@@ -590,9 +469,8 @@ class Gateway:
             missing = sorted(d for d in device_ids if d not in self._views)
         if missing:
             devices = []
-            for start in range(0, len(missing), 500):
-                chunk = missing[start : start + 500]
-                devices += self.store.fleet.devices(Selector(devices=chunk))
+            for chunk in chunks(missing, IN_LIST):
+                devices += self.store.fleet.devices(Selector(devices=list(chunk)))
             with self._lock:
                 for device in devices:
                     self._views.setdefault(
@@ -654,17 +532,19 @@ class Gateway:
 
     def _ingest(self, batch: list[tuple[str, bytes]]) -> None:
         rejections: list[Rejection] = []
-        incoming = [m for topic, payload in batch if (m := self._parse(topic, payload, rejections))]
+        incoming = [
+            m for topic, payload in batch if (m := parse(self.broker, topic, payload, rejections))
+        ]
         views = self._ensure_views({m.document.device_id for m in incoming})
-        known = [m for m in incoming if self._known(m, views, rejections)]
+        known = [m for m in incoming if is_known(m, views, rejections)]
         reports = [m for m in known if isinstance(m.document, DeviceReport)]
         hellos = [m.document for m in known if isinstance(m.document, Hello)]
-        fresh, readings = self._match(reports, rejections)
-        changes, came_online = self._apply_state(readings, hellos, views)
-        self._persist(fresh, views, rejections)
+        fresh, readings = match(self._engine, reports, rejections, self.stats)
+        changes, came_online = apply_state(readings, hellos, views, self._lock, self.stats)
+        persist(self._writer, fresh, views, rejections, self._lock, self.stats)
         for device_id, module, version in changes:
             self.store.fleet.set_installed(device_id, module, version)
-        self._audit(rejections)
+        audit(self.store, rejections)
         with self._lock:
             for report in fresh:
                 self._outstanding.pop(report.command_id, None)
@@ -674,230 +554,3 @@ class Gateway:
         for entry in due:
             self._publish(entry, desired=False)
         self.stats.resent += len(due)
-
-    def _parse(self, topic: str, payload: bytes, rejections: list[Rejection]) -> Incoming | None:
-        where = self.broker.parse_topic(topic)
-        if where is None:
-            rejections.append(Rejection(topic, None, "gateway", "not a device topic", payload))
-            return None
-        site, device_id, channel = where
-        if channel is Channel.hello and not payload:
-            return None  # a cleared retained hello
-        if len(payload) > MAX_PAYLOAD:
-            reason = f"malformed {channel.value}: {len(payload)} bytes, more than {MAX_PAYLOAD}"
-            rejections.append(Rejection(topic, device_id, "gateway", reason, payload))
-            return None
-        model: type[DeviceReport] | type[Hello] = (
-            Hello if channel is Channel.hello else DeviceReport
-        )
-        try:
-            document = model.model_validate_json(payload)
-        except ValidationError as exc:
-            field_path, rule = problems_of(exc)[0]
-            reason = f"malformed {channel.value}: {field_path or 'payload'}: {rule}"
-            rejections.append(Rejection(topic, device_id, "gateway", reason, payload))
-            return None
-        said_site = document.site if isinstance(document, Hello) else site
-        if document.device_id != device_id or said_site != site:
-            reason = (
-                f"the {channel.value} on the topic of {site}/{device_id} speaks for "
-                f"{said_site}/{document.device_id}"
-            )
-            rejections.append(Rejection(topic, device_id, "gateway", reason, payload))
-            return None
-        return Incoming(topic, site, payload, document)
-
-    def _known(
-        self, message: Incoming, views: dict[str, DeviceView], rejections: list[Rejection]
-    ) -> bool:
-        device_id = message.document.device_id
-        view = views.get(device_id)
-        if view is None:
-            reason = f"unknown device {device_id!r}: not in the fleet"
-        elif message.site != view.site:
-            reason = f"device {device_id} is at site {view.site!r}, not {message.site!r}"
-        else:
-            return True
-        rejections.append(Rejection(message.topic, device_id, "gateway", reason, message.payload))
-        return False
-
-    def _match(
-        self, reports: list[Incoming], rejections: list[Rejection]
-    ) -> tuple[list[DeviceReport], list[DeviceReport]]:
-        """Sort reports: first answers, and every report that may move device state.
-
-        A report moves state when it answers a command sent to its device (the first time
-        or again) or is the device's refusal of input it could not authenticate (filed
-        with the device as its source: it answers no command). Every other report is
-        filed as rejected and changes nothing.
-        """
-        answers: list[tuple[Incoming, DeviceReport]] = []
-        readings: list[DeviceReport] = []
-        for message in reports:
-            report = message.document
-            assert isinstance(report, DeviceReport)
-            if report.command_id.startswith(REFUSED_PREFIX):
-                reason = f"{report.command_id}: {report.reason}"
-                rejections.append(
-                    Rejection(message.topic, report.device_id, "device", reason, message.payload)
-                )
-                self.stats.refusals += 1
-                readings.append(report)
-            else:
-                answers.append((message, report))
-        ids = sorted({r.command_id for _, r in answers})
-        ledger: dict[str, tuple[str, str | None]] = {}
-        with self._engine.connect() as conn:
-            for start in range(0, len(ids), 500):
-                rows = conn.execute(
-                    select(COMMANDS.c.command_id, COMMANDS.c.device_id, COMMANDS.c.status).where(
-                        COMMANDS.c.command_id.in_(ids[start : start + 500])
-                    )
-                )
-                ledger.update({cid: (device, status) for cid, device, status in rows})
-        fresh: list[DeviceReport] = []
-        taken: set[str] = set()
-        for message, report in answers:
-            entry = ledger.get(report.command_id)
-            if entry is None:
-                reason = f"report for {report.command_id}, a command the control plane never sent"
-            elif entry[0] != report.device_id:
-                reason = f"report for {report.command_id}, a command sent to {entry[0]}"
-            elif entry[1] is not None or report.command_id in taken:
-                self.stats.duplicates += 1
-                readings.append(report)
-                continue
-            else:
-                taken.add(report.command_id)
-                fresh.append(report)
-                readings.append(report)
-                continue
-            rejections.append(
-                Rejection(message.topic, report.device_id, "gateway", reason, message.payload)
-            )
-        self.stats.fresh += len(fresh)
-        return fresh, readings
-
-    def _apply_state(
-        self, reports: list[DeviceReport], hellos: list[Hello], views: dict[str, DeviceView]
-    ) -> tuple[list[tuple[str, str, str]], set[str]]:
-        """Move device views to newer readings; return fleet changes and who came online."""
-        readings: list[tuple[tuple[int, int], str, dict[str, str], dict[str, Any] | None]] = []
-        for report in reports:
-            hlc = (report.hlc.wall_ms, report.hlc.counter)
-            readings.append((hlc, report.device_id, report.installed, report.health.model_dump()))
-        for hello in hellos:
-            if hello.hlc is not None and hello.online:
-                hlc = (hello.hlc.wall_ms, hello.hlc.counter)
-                health = hello.health.model_dump() if hello.health else None
-                readings.append((hlc, hello.device_id, hello.installed, health))
-        changes: dict[tuple[str, str], str] = {}
-        came_online: set[str] = set()
-        seen = _us()
-        with self._lock:
-            for hello in hellos:
-                view = views[hello.device_id]
-                if hello.online and not view.online:
-                    came_online.add(hello.device_id)
-                view.online = hello.online
-                view.seen_us = seen
-            for report in reports:
-                # A report is proof of life, whatever order the hellos and wills came in.
-                view = views[report.device_id]
-                if not view.online:
-                    came_online.add(report.device_id)
-                view.online = True
-            for hlc, device_id, installed, health in sorted(readings, key=lambda r: r[0]):
-                view = views[device_id]
-                view.seen_us = seen
-                if hlc <= view.hlc:
-                    self.stats.stale += hlc < view.hlc
-                    continue
-                for module, version in installed.items():
-                    if view.installed.get(module) != version:
-                        changes[(device_id, module)] = version
-                view.installed = dict(installed)
-                view.health = health
-                view.hlc = hlc
-        return [(d, m, v) for (d, m), v in changes.items()], came_online
-
-    def _persist(
-        self,
-        fresh: list[DeviceReport],
-        views: dict[str, DeviceView],
-        rejections: list[Rejection],
-    ) -> None:
-        now = _us()
-        with self._writer.begin() as conn:
-            for report in fresh:
-                conn.execute(
-                    update(COMMANDS)
-                    .where(col(EdgeCommandRow.command_id) == report.command_id)
-                    .where(col(EdgeCommandRow.status).is_(None))
-                    .values(
-                        status=report.status.value, report=_json(report).decode(), reported_us=now
-                    )
-                )
-            with self._lock:
-                rows = [
-                    {
-                        "device_id": v.device_id,
-                        "site": v.site,
-                        "online": v.online,
-                        "seen_us": v.seen_us,
-                        "hlc_wall": v.hlc[0],
-                        "hlc_counter": v.hlc[1],
-                        "installed": json.dumps(v.installed, sort_keys=True),
-                        "health": json.dumps(v.health) if v.health is not None else None,
-                    }
-                    for v in views.values()
-                ]
-            _upsert(conn, rows)
-            if rejections:
-                conn.execute(
-                    REJECTIONS.insert(),
-                    [
-                        {
-                            "at_us": now,
-                            "topic": r.topic,
-                            "device_id": r.device_id,
-                            "source": r.source,
-                            "reason": r.reason,
-                            "payload": r.payload[:1024].decode("utf-8", "replace"),
-                        }
-                        for r in rejections
-                    ],
-                )
-        self.stats.rejected += sum(r.source == "gateway" for r in rejections)
-
-    def _audit(self, rejections: list[Rejection]) -> None:
-        events = [
-            NewEvent(
-                kind=EventKind.device_report,
-                actor_kind=ActorKind.device if r.device_id else ActorKind.system,
-                actor=r.device_id or "gateway",
-                payload={
-                    "refused" if r.source == "device" else "rejected": r.reason,
-                    "topic": r.topic,
-                },
-            )
-            for r in rejections
-        ]
-        if events:
-            self.store.audit.append_many(events)
-
-
-def _json(report: DeviceReport) -> bytes:
-    return report.model_dump_json().encode()
-
-
-def _upsert(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    dialect = sqlite if is_sqlite(conn) else postgresql
-    statement = dialect.insert(DEVICES)
-    statement = statement.on_conflict_do_update(
-        index_elements=["device_id"],
-        set_={c: statement.excluded[c] for c in rows[0] if c != "device_id"},
-    )
-    conn.execute(statement, rows)

@@ -16,6 +16,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
+from fieldgate.batches import chunks
 from fieldgate.config import PASSWORD_ENV
 from fieldgate.edge._agent import AgentSpec, DeviceSpec
 from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, new_client
@@ -59,10 +60,7 @@ class LocalFleet:
         self.broker = broker
         self.state_dir = state_dir
         self.log_dir = log_dir
-        self.groups = [
-            list(devices[start : start + per_process])
-            for start in range(0, len(devices), per_process)
-        ]
+        self.groups = [list(group) for group in chunks(devices, per_process)]
         self._spec = dict(
             control_key=control_key,
             apply_seconds=apply_seconds,

@@ -12,6 +12,14 @@ and :class:`OpaServerEngine` (an OPA server). Both fail closed. :class:`PolicyGa
 writes each decision to the audit log.
 """
 
+from fieldgate.policy._build import (
+    approvals_input,
+    relation_of,
+    rollout_input,
+    tool_input,
+    verify_approvals,
+    verify_artifact,
+)
 from fieldgate.policy._decision import (
     ApprovalNeed,
     ApprovalsDecision,
@@ -41,12 +49,6 @@ from fieldgate.policy._input import (
     RolloutInput,
     TargetGroup,
     ToolInput,
-    approvals_input,
-    relation_of,
-    rollout_input,
-    tool_input,
-    verify_approvals,
-    verify_artifact,
 )
 from fieldgate.policy._opa import OpaServerEngine
 from fieldgate.policy._pack import (

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +14,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col
 
+from fieldgate.batches import chunks
 from fieldgate.contract import Contract, parse_version
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Device, FleetInventory, Site
@@ -153,11 +153,6 @@ class InventoryImport:
     """Sites added or updated."""
     devices: int
     """Devices added or updated."""
-
-
-def _chunks(items: Sequence[str]) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), _CHUNK):
-        yield items[start : start + _CHUNK]
 
 
 def _upsert(session: Session, model: type[StoreTable], rows: list[dict[str, Any]]) -> None:
@@ -309,7 +304,7 @@ class FleetStore:
                     for s in inventory.sites
                 ],
             )
-            for chunk in _chunks(site_ids):
+            for chunk in chunks(site_ids, _CHUNK):
                 session.execute(delete(SiteLabelRow).where(col(SiteLabelRow.site_id).in_(chunk)))
             site_labels = [
                 {"site_id": s.id, "key": k, "value": v}
@@ -333,7 +328,7 @@ class FleetStore:
                     for d in devices
                 ],
             )
-            for chunk in _chunks(device_ids):
+            for chunk in chunks(device_ids, _CHUNK):
                 session.execute(
                     delete(DeviceLabelRow).where(col(DeviceLabelRow.device_id).in_(chunk))
                 )

@@ -9,38 +9,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
 
 from fieldgate.commands import Action, DeviceCommand, DeviceReport, Health, ReportStatus
+from fieldgate.epoch import at_ms, at_us, to_us
 from fieldgate.fleet import Device
 from fieldgate.scenario import Fault, FaultKind
 from fieldgate.twin._models import DeviceState, DispatchOutcome, Effect, EffectPhase
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_ONE_MS = timedelta(milliseconds=1)
-_ONE_US = timedelta(microseconds=1)
-
-
-def to_ms(at: datetime) -> int:
-    """Return ``at`` as whole milliseconds since the epoch."""
-    return (at - _EPOCH) // _ONE_MS
-
-
-def at_ms(ms: int) -> datetime:
-    """Return the UTC instant ``ms`` milliseconds after the epoch."""
-    return _EPOCH + timedelta(milliseconds=ms)
-
-
-def to_us(at: datetime) -> int:
-    """Return ``at`` as whole microseconds since the epoch."""
-    return (at - _EPOCH) // _ONE_US
-
-
-def at_us(us: int) -> datetime:
-    """Return the UTC instant ``us`` microseconds after the epoch."""
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def at_or_none(ms: int | None) -> datetime | None:

@@ -60,6 +60,7 @@ from fieldgate.commands import (
     DeviceReport,
     ReportStatus,
 )
+from fieldgate.epoch import at_ms, to_ms
 from fieldgate.errors import InputInvalid, NotFound, StoreError
 from fieldgate.fleet import Device, Site
 from fieldgate.scenario import Fault, FaultKind, Injection, Scenario
@@ -79,10 +80,8 @@ from fieldgate.twin._state import (
     FaultEntry,
     LedgerEntry,
     SimDevice,
-    at_ms,
     at_or_none,
     to_json,
-    to_ms,
 )
 from fieldgate.twin._tables import DEVICES as _DEVICES
 from fieldgate.twin._tables import EFFECTS as _EFFECTS

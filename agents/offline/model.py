@@ -21,11 +21,13 @@ from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 
-from fieldgate.agents._planning import PlanningError, propose_plan
 from fieldgate.agents._prompting import first_section, read_sections
 from fieldgate.agents._summary import PlanningContext
-from fieldgate.agents._understanding import Clarification, understand
+from fieldgate.agents.offline.intent import Clarification
+from fieldgate.agents.offline.planning import propose_plan
+from fieldgate.agents.offline.resolving import understand
 from fieldgate.contract import canonical_json, sha256_hex
+from fieldgate.errors import PlanningError
 
 _CHARS_PER_TOKEN = 4
 

@@ -18,9 +18,10 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
-from fieldgate.agents._understanding import Intent, Targets, select_groups
+from fieldgate.agents.offline.intent import Intent
+from fieldgate.agents.offline.targets import Targets, select_groups
 from fieldgate.contract import parse_version, version_in_range
-from fieldgate.errors import FieldgateError
+from fieldgate.errors import PlanningError
 from fieldgate.manifest import SafetyClass
 from fieldgate.plan import (
     AbortCriteria,
@@ -40,10 +41,6 @@ CANARY_PERCENT = 5
 CANARY_MIN_TARGETS = 10
 """Up to this many targets no canary is required."""
 _CAREFUL = frozenset({SafetyClass.high, SafetyClass.critical})
-
-
-class PlanningError(FieldgateError):
-    """An intent cannot become a plan with what the planner was given."""
 
 
 def canary_limit(targets: int) -> int:

@@ -1,0 +1,440 @@
+"""Read an engineer's request: what it names, before any of it is checked against the fleet.
+
+Only the engineer's own words come in here. Telemetry, labels, manifest descriptions and tickets
+are untrusted and never reach the reader, so nothing in them can name a target, a version or
+a flag.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+from fieldgate.agents._summary import PlanningContext
+from fieldgate.agents.offline.lexicon import Match, Role, Token
+from fieldgate.agents.offline.phrases import ARROWS, ENTITIES, SKIPPABLE, Phrases
+
+_SITE_LIKE = re.compile(r"^[a-z]{2,8}-?\d{1,4}$")
+_REGION_LIKE = re.compile(
+    r"^[a-z]{2}-(north|south|east|west|central|northeast|northwest|southeast|southwest)(-\d)?$"
+)
+_CLASS_HEADS = frozenset(
+    {"gw", "ctl", "ctrl", "sensor", "node", "gateway", "controller", "cam", "camera", "unit"}
+)
+_NOUNS = frozenset({Role.class_head, Role.generic})
+_PLACE_WORDS = frozenset(
+    {"site", "location", "plant", "station", "region", "facility", "depot", "campus"}
+)
+"""Words that only say the next id is a place: ``at site rtm-05``, ``in region eu-west``."""
+_PLACES = frozenset({Role.site, Role.region, Role.region_group, Role.device})
+
+
+@dataclass
+class Reading:
+    """Everything found in the request, before it is checked against the context."""
+
+    question: bool = False
+    verbs: list[Role] = field(default_factory=list)
+    weak_verb: bool = False
+    back: bool = False
+    modules: list[str] = field(default_factory=list)
+    module_words: list[str] = field(default_factory=list)
+    unknown_names: list[str] = field(default_factory=list)
+    held_back: str | None = None
+    """The words that hold the whole request back (``don't``, ``hold off``, ``not yet``)."""
+    versions: list[str] = field(default_factory=list)
+    to_versions: list[str] = field(default_factory=list)
+    """Versions after ``to`` or an arrow: the one to go to, when several are named."""
+    from_versions: list[str] = field(default_factory=list)
+    not_versions: list[str] = field(default_factory=list)
+    """Versions the engineer ruled out (``not 2.0.0``)."""
+    latest: bool = False
+    previous: bool = False
+    sites: list[str] = field(default_factory=list)
+    regions: list[str] = field(default_factory=list)
+    region_groups: list[str] = field(default_factory=list)
+    classes: list[str] = field(default_factory=list)
+    class_heads: list[tuple[str, list[str]]] = field(default_factory=list)
+    devices: list[str] = field(default_factory=list)
+    labels: dict[str, str] = field(default_factory=dict)
+    excluded_sites: list[str] = field(default_factory=list)
+    excluded_regions: list[str] = field(default_factory=list)
+    excluded_classes: list[str] = field(default_factory=list)
+    excluded_labels: dict[str, str] = field(default_factory=dict)
+    unsupported: list[str] = field(default_factory=list)
+    """Parts of the scope a selector cannot express (excluded devices or counts, memory)."""
+    unknown_sites: list[str] = field(default_factory=list)
+    unknown_classes: list[str] = field(default_factory=list)
+    everywhere: bool = False
+    limit: int | None = None
+    limit_share: Fraction | None = None
+    """A share of the targets to take (``half``, ``25%``)."""
+    limit_share_text: str = ""
+    vague_limit: str | None = None
+    wave_sizes: list[str] = field(default_factory=list)
+    """Wave or canary sizes the engineer asked for; the planner sizes waves itself."""
+    flags: dict[str, bool] = field(default_factory=dict)
+    ignored: list[str] = field(default_factory=list)
+
+
+class Reader(Phrases):
+    """Walk the matched phrases of one request and collect what they say."""
+
+    def __init__(self, tokens: list[Token], matches: list[Match], ctx: PlanningContext) -> None:
+        super().__init__(tokens, matches)
+        self.ctx = ctx
+        self.found = Reading()
+        self.used: set[int] = set()
+
+    def flag(self, name: str) -> None:
+        self.found.flags[name] = True
+
+    def read(self) -> Reading:
+        found = self.found
+        tokens = self.tokens
+        if any(t.text == "?" for t in tokens[-2:]):
+            first = self.matches[0] if self.matches else None
+            found.question = first is not None and first.role is Role.question
+        for index, m in enumerate(self.matches):
+            if index in self.used:
+                continue
+            if m.role in ENTITIES and self.excluded(index):
+                self.excluded_at.add(index)
+                self.read_excluded(index, m)
+            else:
+                self.read_one(index, m)
+        self.read_leftovers()
+        found.held_back = self.holding_back()
+        return found
+
+    def read_one(self, index: int, m: Match) -> None:
+        found = self.found
+        role = m.role
+        if role is Role.module:
+            found.modules.append(m.value)
+        elif role is Role.module_word:
+            found.module_words.append(m.value)
+        elif role is Role.site:
+            found.sites.append(m.value)
+        elif role is Role.region:
+            found.regions.append(m.value)
+        elif role is Role.region_group:
+            # "us" is a pronoun unless typed as "US"
+            if not (m.value == "us" and self.text(m) != "US"):
+                found.region_groups.append(m.value)
+        elif role is Role.device_class:
+            found.classes.append(m.value)
+        elif role is Role.label:
+            key, _, value = m.value.partition("=")
+            found.labels[key] = value
+        elif role is Role.class_head:
+            before = self.neighbour(index, -1, frozenset())
+            if before is None or before.role is not Role.device_class:
+                found.class_heads.append((self.text(m), m.value.split("|")))
+        elif role in (Role.rollout, Role.rollback):
+            found.verbs.append(role)
+        elif role is Role.weak_verb:
+            found.weak_verb = True
+        elif role is Role.back:
+            self.read_back(index)
+        elif role is Role.now:
+            self.flag("now")
+        elif role is Role.wait:
+            if self.negated(index):
+                self.flag("now")
+        elif role is Role.maintenance:
+            self.flag("now" if self.negated(index) else "in_maintenance")
+        elif role is Role.business_hours:
+            self.flag("in_maintenance" if self.negated(index) else "now")
+        elif role is Role.all_at_once:
+            if not self.negated(index):
+                self.flag("all_at_once")
+        elif role is Role.at_once:
+            earlier = self.matches[:index]
+            every = any(b.role is Role.everywhere or b.value in ("all", "every") for b in earlier)
+            self.flag("all_at_once" if every else "now")
+        elif role is Role.canary:
+            if self.negated(index):
+                self.flag("skip_canary")
+        elif role is Role.no_canary:
+            self.flag("skip_canary")
+        elif role is Role.staging:
+            if self.negated(index):
+                self.flag("all_at_once")
+        elif role is Role.health:
+            if self.negated(index):
+                self.flag("skip_health_gates")
+        elif role is Role.latest:
+            found.latest = True
+        elif role is Role.previous:
+            found.previous = True
+        elif role is Role.everywhere:
+            found.everywhere = True
+        elif role is Role.version:
+            self.read_version(index, m)
+        elif role is Role.fraction:
+            self.read_share(index, Fraction(m.value), self.text(m))
+        elif role is Role.device:
+            found.devices.append(m.value)
+        elif role in (Role.number, Role.number_word, Role.vague_number):
+            self.read_number(index, m)
+        elif role is Role.time:
+            found.ignored.append(self.text(m))
+
+    def read_excluded(self, index: int, m: Match) -> None:
+        """Record an entity the engineer wants left out."""
+        found = self.found
+        if m.role is Role.site:
+            found.excluded_sites.append(m.value)
+        elif m.role is Role.region:
+            found.excluded_regions.append(m.value)
+        elif m.role is Role.region_group:
+            found.excluded_regions += [r for r in self.ctx.regions if r.startswith(m.value + "-")]
+        elif m.role is Role.device_class:
+            found.excluded_classes.append(m.value)
+        elif m.role is Role.label:
+            key, _, value = m.value.partition("=")
+            found.excluded_labels[key] = value
+        else:
+            found.unsupported.append("leaving out " + self.text(m))
+
+    def read_version(self, index: int, m: Match) -> None:
+        """A version to go to, the one devices run (``from 1.8.0``), a ruled-out one, or a share.
+
+        With several versions named, the one after ``to`` or an arrow is the one to go to
+        (``from pump-logic 1.8.0 to 1.9.0``, ``back to 2.3.4, 2.4.1 is misbehaving``).
+        """
+        found = self.found
+        after = self.neighbour(index, 1, frozenset())
+        if after is not None and (after.role is Role.percent or after.value == "%"):
+            # "12.5%" reads as a version
+            self.read_share(index, Fraction(m.value) / 100, f"{self.text(m)}%")
+            return
+        plain = frozenset({Role.article, Role.version_word})
+        before = self.neighbour(index, -1, plain)
+        named_from = self.neighbour(index, -1, plain | {Role.module, Role.module_word})
+        following = (
+            self.neighbour(self.matches.index(after), 1, plain)
+            if after is not None and after.value in ARROWS
+            else None
+        )
+        if (
+            (following is not None and following.role is Role.version)
+            or (named_from is not None and named_from.role is Role.from_)
+            or (before is not None and before.role is Role.target_prep and before.value == "on")
+        ):
+            found.from_versions.append(m.value)
+        elif before is not None and (
+            before.role is Role.exclusion
+            or (before.role is Role.negation and not self.cancelled(self.matches.index(before)))
+        ):
+            found.not_versions.append(m.value)
+        else:
+            found.versions.append(m.value)
+            if before is not None and (
+                (before.role is Role.target_prep and before.value in ("to", "onto", "into"))
+                or before.value in ARROWS
+            ):
+                found.to_versions.append(m.value)
+
+    def read_share(self, index: int, share: Fraction, typed: str) -> None:
+        """``half of the pumps``, ``25% of``: a share of the targets, unless it sizes a wave."""
+        found = self.found
+        after = self.neighbour(index, 1, frozenset({Role.article, Role.percent, Role.punct}))
+        before = self.neighbour(index, -1, frozenset())
+        if before is not None and before.role is Role.comparison:
+            found.unsupported.append(f"{self.text(before)} {typed}")
+        elif after is not None and after.role is Role.time:
+            found.ignored.append(f"{typed} {self.text(after)}")
+            self.used.add(self.matches.index(after))
+        elif self.about_waves(index):
+            found.wave_sizes.append(typed)
+        else:
+            found.limit_share = share
+            found.limit_share_text = typed
+
+    def read_back(self, index: int) -> None:
+        """``put X back``, ``roll it back``, ``back to 1.8``: a rollback cue."""
+        before = self.matches[max(0, index - 4) : index]
+        after = self.neighbour(index, 1, frozenset())
+        if any(b.role in (Role.weak_verb, Role.rollout) for b in before) or (
+            after is None
+            or after.role in (Role.target_prep, Role.site_prep, Role.punct, Role.version)
+        ):
+            self.found.back = True
+
+    def read_number(self, index: int, m: Match) -> None:
+        """A number is a count, a percentage, a version, a time, or noise."""
+        found = self.found
+        value = int(m.value)
+        after = self.neighbour(index, 1, frozenset({Role.article}))
+        before = self.neighbour(index, -1, frozenset())
+        named = (Role.version_word, Role.module, Role.module_word)
+        if before is not None and before.role is Role.comparison:
+            unit = f" {self.text(after)}" if after is not None and after.role is Role.word else ""
+            found.unsupported.append(f"{self.text(before)} {self.text(m)}{unit}")
+            if unit and after is not None:
+                self.used.add(self.matches.index(after))
+        elif before is not None and before.role in named and m.role is Role.number:
+            # "version 2", "vision-inspect 2"
+            found.versions.append(m.value)
+        elif self.about_waves(index):
+            # "a canary of 5 devices", "a 10% canary": wave sizes are the planner's, not a limit
+            found.wave_sizes.append(self.text(m) + ("%" if after and after.value == "%" else ""))
+        elif after is not None and (after.role is Role.percent or after.value == "%"):
+            self.read_share(index, Fraction(value, 100), f"{value}%")
+        elif after is not None and (after.role is Role.time or after.value in (":", "h")):
+            found.ignored.append(f"{self.text(m)} {self.text(after)}")
+            self.used.add(self.matches.index(after))
+        elif after is not None and (
+            after.role in (Role.device_class, Role.class_head, Role.generic)
+            or (after.role is Role.word and self.tokens[after.start].plural)
+            or (before is not None and before.role is Role.limiter)
+        ):
+            found.limit = value
+            if m.role is Role.vague_number:
+                found.vague_limit = self.text(m)
+        elif before is not None and before.role is Role.limiter:
+            found.limit = value
+        elif m.role is Role.number:
+            found.ignored.append(self.text(m))
+
+    def about_waves(self, index: int) -> bool:
+        """Whether the number at ``index`` sizes a wave: ``canary of 5``, ``5-device canary``."""
+        waves = (Role.canary, Role.staging)
+        near = frozenset({Role.article, Role.filler, Role.limiter, Role.target_prep})
+        before = self.neighbour(index, -1, near)
+        if before is not None and before.role in waves:
+            return True
+        at = index + 1
+        noun = near | _NOUNS | {Role.percent, Role.punct, Role.device_class}
+        while at < len(self.matches) and at <= index + 3:
+            m = self.matches[at]
+            if m.role in waves:
+                return True
+            if m.role not in noun or (m.role is Role.punct and m.value != "%"):
+                return False
+            at += 1
+        return False
+
+    def read_leftovers(self) -> None:
+        """Decide what unmatched words are: a site by prefix, an unknown name, or noise."""
+        found = self.found
+        prefixes = Counter(re.sub(r"[-\d]+$", "", s.id) for s in self.ctx.sites)
+        by_prefix = {re.sub(r"[-\d]+$", "", s.id): s.id for s in self.ctx.sites}
+        compounds: dict[int, list[int]] = {}
+        for index, m in enumerate(self.matches):
+            if m.role is not Role.word:
+                continue
+            token = self.tokens[m.start]
+            if token.compound:
+                compounds.setdefault(token.piece, []).append(index)
+                continue
+            after = self.neighbour(index, 1, frozenset())
+            if m.value in _PLACE_WORDS and self.names_place(index):
+                continue
+            if m.value in by_prefix and prefixes[m.value] == 1:
+                if after is not None and after.role is Role.number:
+                    found.unknown_sites.append(f"{m.value}-{self.text(after)}")
+                else:
+                    found.sites.append(by_prefix[m.value])
+                continue
+            before, skipped = self.walk_back(index)
+            place = before is not None and before.role is Role.site_prep
+            towards = before is not None and before.role is Role.target_prep
+            if (place and not skipped & {"a", "an"}) or (towards and self.proper_noun(m)):
+                found.unknown_sites.append(token.raw)
+            elif towards and (token.plural or (after is not None and after.role in _NOUNS)):
+                found.unknown_classes.append(self.unknown_run(index))
+            else:
+                found.ignored.append(token.raw)
+        for piece, indexes in compounds.items():
+            raw = "-".join(t.raw for t in self.tokens if t.piece == piece).lower()
+            first = next(
+                i for i, m in enumerate(self.matches) if self.tokens[m.start].piece == piece
+            )
+            before, _ = self.walk_back(first)
+            towards = before is not None and before.role is Role.target_prep
+            last = self.tokens[max(self.matches[i].start for i in indexes)]
+            if _SITE_LIKE.match(raw) or _REGION_LIKE.match(raw):
+                found.unknown_sites.append(raw)
+            elif raw.split("-")[-1] in _CLASS_HEADS or (towards and last.plural):
+                found.unknown_classes.append(raw)
+            elif before is not None and before.role is Role.site_prep:
+                found.unknown_sites.append(raw)
+            elif any(t.piece == piece and t.kind == "word" for t in self.tokens):
+                found.unknown_names.append(raw)
+            else:
+                found.ignored.extend(self.text(self.matches[i]) for i in indexes)
+        if not found.modules and not found.module_words and not found.unknown_names:
+            found.unknown_names.extend(self.name_before_version())
+
+    def names_place(self, index: int) -> bool:
+        """Whether the place word at ``index`` only marks a place (``at site rtm-05``)."""
+        before = self.neighbour(index, -1, frozenset())
+        if before is not None and before.role in (*_PLACES, Role.label):
+            return True
+        after = self.neighbour(index, 1, frozenset())
+        if after is not None and after.value == ":":
+            after = self.neighbour(self.matches.index(after), 1, frozenset())
+        if after is None:
+            return False
+        if after.role in _PLACES:
+            return True
+        token = self.tokens[after.start]
+        raw = "-".join(t.raw for t in self.tokens if t.piece == token.piece).lower()
+        return token.compound and bool(_SITE_LIKE.match(raw) or _REGION_LIKE.match(raw))
+
+    def walk_back(self, index: int) -> tuple[Match | None, set[str]]:
+        """The nearest telling match before ``index``, past articles, numbers and unknown words.
+
+        Returns:
+            That match (None at the start) and the words skipped on the way.
+        """
+        skip = SKIPPABLE | {Role.number, Role.number_word, Role.word}
+        skipped: set[str] = set()
+        at = index - 1
+        while at >= 0 and self.matches[at].role in skip:
+            skipped.add(self.matches[at].value)
+            at -= 1
+        return (self.matches[at] if at >= 0 else None), skipped
+
+    def proper_noun(self, m: Match) -> bool:
+        """Whether the word is capitalised mid-sentence, like a place name (``Rotterdam``)."""
+        token = self.tokens[m.start]
+        if not token.raw[:1].isupper() or (token.raw.isupper() and len(token.raw) <= 2):
+            return False
+        return m.start > 0 and self.tokens[m.start - 1].text not in (".", "!", "?", ":")
+
+    def unknown_run(self, index: int) -> str:
+        """The run of unknown words ending at ``index``, e.g. ``weather stations``."""
+        start = index
+        while start > 0 and self.matches[start - 1].role is Role.word:
+            start -= 1
+        return " ".join(self.text(m) for m in self.matches[start : index + 1])
+
+    def name_before_version(self) -> list[str]:
+        """Unknown words right before the version or right after the verb: a module name."""
+        words: list[str] = []
+        for index, m in enumerate(self.matches):
+            if m.role is Role.version:
+                at = index - 1
+                while at >= 0 and self.matches[at].role in (Role.word, Role.version_word):
+                    if self.matches[at].role is Role.word:
+                        words.insert(0, self.tokens[self.matches[at].start].raw)
+                    at -= 1
+                if words:
+                    return ["-".join(w.lower() for w in words)]
+        for index, m in enumerate(self.matches):
+            if m.role in (Role.rollout, Role.rollback):
+                at = index + 1
+                while at < len(self.matches) and self.matches[at].role is Role.article:
+                    at += 1
+                while at < len(self.matches) and self.matches[at].role is Role.word:
+                    words.append(self.tokens[self.matches[at].start].raw)
+                    at += 1
+                if words:
+                    return ["-".join(w.lower() for w in words)]
+        return []

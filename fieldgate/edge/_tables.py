@@ -1,0 +1,113 @@
+"""The gateway's tables: the command ledger, device states and rejected input.
+
+They have their own metadata, so that the gateway creates exactly these.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import BigInteger, Text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+from sqlalchemy.orm import registry
+from sqlmodel import Field, SQLModel
+
+from fieldgate.store._engine import is_sqlite
+
+IN_LIST = 500
+"""Ids per ``IN (...)`` list in the gateway's queries."""
+
+
+class EdgeTable(SQLModel, registry=registry()):
+    """Base of the gateway's tables; its own metadata lets the gateway create exactly these."""
+
+
+class EdgeCommandRow(EdgeTable, table=True):
+    """One command the gateway published, and the first report that answered it."""
+
+    __tablename__ = "edge_commands"
+
+    command_id: str = Field(primary_key=True, max_length=64)
+    """Idempotency key."""
+    device_id: str = Field(index=True, max_length=128)
+    """Device addressed."""
+    site: str = Field(max_length=64)
+    """Its site (part of the topic)."""
+    plan_id: str = Field(sa_type=Text)
+    """Plan of the command."""
+    wave: int
+    """Wave index, from 0."""
+    action: str = Field(max_length=16)
+    """install, rollback or validate."""
+    module: str = Field(max_length=64)
+    """Module acted on."""
+    version: str = Field(sa_type=Text)
+    """Version named."""
+    deadline_us: int = Field(sa_type=BigInteger)
+    """The command's deadline, µs since the epoch."""
+    command: str = Field(sa_type=Text)
+    """The signed command as published (JSON)."""
+    dispatched_us: int = Field(sa_type=BigInteger)
+    """When it was first published."""
+    status: str | None = Field(default=None, max_length=16)
+    """Status of the report that answered it; None while outstanding."""
+    report: str | None = Field(default=None, sa_type=Text)
+    """That report (JSON)."""
+    reported_us: int | None = Field(default=None, sa_type=BigInteger)
+    """When that report was stored."""
+
+
+class EdgeDeviceRow(EdgeTable, table=True):
+    """The latest state a device reported, by its hybrid logical clock."""
+
+    __tablename__ = "edge_devices"
+
+    device_id: str = Field(primary_key=True, max_length=128)
+    site: str = Field(max_length=64)
+    online: bool
+    """Whether its last hello or will said online."""
+    seen_us: int = Field(sa_type=BigInteger)
+    """When the gateway last heard from it."""
+    hlc_wall: int = Field(sa_type=BigInteger)
+    """Clock reading of the state below (-1: none yet)."""
+    hlc_counter: int
+    installed: str = Field(sa_type=Text)
+    """Installed modules (JSON)."""
+    health: str | None = Field(default=None, sa_type=Text)
+    """Health (JSON)."""
+
+
+class EdgeRejectionRow(EdgeTable, table=True):
+    """Input the gateway did not accept, or a device's refusal of input it received."""
+
+    __tablename__ = "edge_rejections"
+
+    id: int | None = Field(default=None, primary_key=True)
+    at_us: int = Field(sa_type=BigInteger)
+    topic: str = Field(sa_type=Text)
+    device_id: str | None = Field(default=None, max_length=128)
+    """Device named by the topic, if any."""
+    source: str = Field(max_length=16)
+    """``gateway`` (the gateway refused it) or ``device`` (the device refused a command)."""
+    reason: str = Field(sa_type=Text)
+    payload: str = Field(sa_type=Text)
+    """The first KiB of the payload."""
+
+
+COMMANDS = EdgeCommandRow.__table__  # type: ignore[attr-defined]
+DEVICES = EdgeDeviceRow.__table__  # type: ignore[attr-defined]
+REJECTIONS = EdgeRejectionRow.__table__  # type: ignore[attr-defined]
+
+
+def upsert_devices(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert or update ``edge_devices`` rows by device id."""
+    if not rows:
+        return
+    dialect = sqlite if is_sqlite(conn) else postgresql
+    statement = dialect.insert(DEVICES)
+    statement = statement.on_conflict_do_update(
+        index_elements=["device_id"],
+        set_={c: statement.excluded[c] for c in rows[0] if c != "device_id"},
+    )
+    conn.execute(statement, rows)
