@@ -49,7 +49,7 @@ def default_twin(store: Store, seed: int = 0) -> FleetTwin:
         if not devices:
             raise FieldgateError("the database has no fleet yet; run `fieldgate init`") from None
         return FleetTwin.create(
-            store.engine, TWIN_ID, store.fleet.sites(), devices, seed, datetime.now(UTC)
+            store.engine, TWIN_ID, store.fleet.sites(), devices, seed, wall_clock()
         )
 
 
