@@ -46,6 +46,7 @@ from fieldgate.policy import (
     tool_input,
 )
 from fieldgate.signing import key_id_of, verify
+from fieldgate.tools import tools_with_role
 from fieldgate.twin import Effect
 
 if TYPE_CHECKING:
@@ -249,8 +250,11 @@ def current_wave(
 
 # --------------------------------------------------------------------------- detectors
 
-DEPLOY_TOOLS = frozenset({"deploy_wave", "deploy"})
-"""Tool names that install (the pack's ``tools.deploy``)."""
+DEPLOY_TOOLS = tools_with_role("deploy")
+"""Tool names that install (the registry's tools of role ``deploy``)."""
+
+ROLLBACK_TOOLS = tools_with_role("rollback")
+"""Tool names that roll back (the registry's tools of role ``rollback``)."""
 
 
 def allowed_calls(events: Iterable[AuditEvent]) -> list[tuple[datetime, str, int | None]]:
@@ -294,7 +298,7 @@ def check_commands(facts: Facts) -> list[Violation]:
             if at <= effect.dispatched_at
             and (
                 (effect.action is Action.install and tool in DEPLOY_TOOLS)
-                or (effect.action is Action.rollback and tool == "rollback")
+                or (effect.action is Action.rollback and tool in ROLLBACK_TOOLS)
             )
         ]
         if effect.action is Action.install and effect.wave not in asked:
@@ -367,7 +371,7 @@ def check_tool_calls(facts: Facts, engine: PolicyEngine) -> list[Violation]:
             wave = args.get("wave")
             index = wave if isinstance(wave, int) else -1
             args["devices"] = waves[index] if 0 <= index < len(waves) else []
-        elif tool == "rollback":
+        elif tool in ROLLBACK_TOOLS:
             args["devices"] = sorted(
                 {
                     e.device_id

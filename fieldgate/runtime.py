@@ -7,11 +7,13 @@ globals. The context is not checkpointed: a resumed run gets a fresh one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from fieldgate.plan import RolloutPlan
 from fieldgate.signing import SigningKey
 
 if TYPE_CHECKING:
@@ -41,6 +43,31 @@ class Settings:
     and demos, where a 30-minute soak would be spent really waiting."""
 
 
+class PlanCache:
+    """Plan revisions parsed from run state, by plan hash: each is parsed once per process.
+
+    Every node of a run reads the plan it works on; the state keeps it as JSON (so any
+    checkpointer can store it), and parsing it again at every executor step would cost
+    more than the step's own work on a small wave.
+    """
+
+    def __init__(self, size: int = 64) -> None:
+        self._size = size
+        self._plans: OrderedDict[str, RolloutPlan] = OrderedDict()
+
+    def plan(self, plan_json: Mapping[str, Any], plan_hash: str) -> RolloutPlan:
+        """The plan ``plan_json`` describes, whose hash the state records as ``plan_hash``."""
+        plan = self._plans.get(plan_hash)
+        if plan is None:
+            plan = RolloutPlan.model_validate(plan_json)
+            self._plans[plan_hash] = plan
+            if len(self._plans) > self._size:
+                self._plans.popitem(last=False)
+        else:
+            self._plans.move_to_end(plan_hash)
+        return plan
+
+
 @dataclass(frozen=True)
 class Context:
     """What a rollout run works with."""
@@ -63,6 +90,8 @@ class Context:
     """Name of the model, for audit and reports."""
     settings: Settings = field(default_factory=Settings)
     """Limits and defaults."""
+    plans: PlanCache = field(default_factory=PlanCache, compare=False, repr=False)
+    """Plans parsed from run state (shared by the runs of this context)."""
     people_clock: Callable[[], datetime] | None = None
     """The clock of what people do: requests, approvals and approval deadlines. None: the
     run's clock (:meth:`now`), as in scenarios, where approvers live on the twin's time.

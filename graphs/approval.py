@@ -1,21 +1,34 @@
-"""The approval request and its answer, in langchain v1's human-in-the-loop shape.
+"""The approval node: the request, its answer, and the bookkeeping of who approved.
 
-The request carries ``action_requests`` and ``review_configs`` so Agent-Inbox-style
-clients can render it; the answer carries ``decisions`` plus who answered and the
-signed approval record.
+The request is in langchain v1's human-in-the-loop shape: it carries
+``action_requests`` and ``review_configs`` so Agent-Inbox-style clients can render
+it; the answer carries ``decisions`` plus who answered and the signed approval (or
+edit) record. Approvals are stored and audited as they arrive and counted by the
+approvals policy; an approver's signed edit becomes a new plan revision.
 """
 
 from __future__ import annotations
 
 import copy
+from datetime import datetime
 from functools import cache
 from typing import Any, Literal
 
+from langgraph.runtime import Runtime
+from langgraph.types import interrupt
 from pydantic import BaseModel, Field, RootModel, TypeAdapter
 from pydantic.json_schema import GetJsonSchemaHandler, JsonSchemaValue
 from pydantic_core import CoreSchema
 
-from fieldgate.approvals import Approval, PlanEdit
+from fieldgate.agents.planner import PlanDraft
+from fieldgate.approvals import Approval, PlanEdit, draft_hash
+from fieldgate.audit import ActorKind, EventKind
+from fieldgate.errors import FieldgateError
+from fieldgate.graphs._record import audit, finish, plan_of
+from fieldgate.graphs.state import RolloutState
+from fieldgate.plan import RolloutPlan
+from fieldgate.policy import approvals_input, verify_approvals
+from fieldgate.runtime import Context
 
 ACTION_NAME = "execute_rollout_plan"
 
@@ -161,3 +174,213 @@ def approval_request(state: dict[str, Any], deadline: str) -> dict[str, Any]:
         or (state.get("decision") or {}).get("approvals", []),
         "deadline": deadline,
     }
+
+
+def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Wait for an approver's decision; record it, count approvals by policy, route on."""
+    ctx = runtime.context
+    requested = datetime.fromisoformat(state["approval_requested_at"])
+    deadline = requested + ctx.settings.approval_deadline
+    answer = interrupt(
+        approval_request(dict(state), deadline.isoformat()), response_schema=ApprovalAnswer
+    ).root
+    # Everything below runs only once a resume value arrived: no side effects before it.
+    decision = answer.decisions[0]
+    plan = plan_of(ctx, state)
+    if decision.type == "expire":
+        if ctx.people_now() < deadline:
+            return {}
+        with ctx.store.writing(f"expiring plan {plan.plan_id}") as tx:
+            audit(
+                ctx,
+                state,
+                EventKind.approval,
+                ActorKind.system,
+                "worker",
+                {"expired": True, "deadline": deadline.isoformat()},
+                tx=tx,
+                at=ctx.people_now(),
+            )
+            ctx.store.plans.set_status(plan.plan_id, "expired", plan.revision, tx=tx)
+        return finish("expired", f"no quorum before the approval deadline {deadline.isoformat()}")
+    if decision.type == "edit":
+        return _edit(ctx, state, answer)
+    record = answer.approval
+    if record is None:
+        audit(
+            ctx,
+            state,
+            EventKind.approval,
+            ActorKind.human,
+            answer.approver,
+            {"refused": "an approve or reject decision must carry a signed approval"},
+            at=ctx.people_now(),
+        )
+        return {}
+    not_stored = _record_approval(ctx, state, record)
+    unrecorded = (record, not_stored) if not_stored is not None else None
+    return _count_approvals(ctx, state, plan, unrecorded)
+
+
+def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> str | None:
+    """Store and audit an approval; return why it could not be stored, if it could not."""
+    reason: str | None = None
+    try:
+        ctx.store.approvals.add(record)
+    except FieldgateError as exc:
+        reason = str(exc)
+    payload: dict[str, Any] = {
+        "approver": record.approver,
+        "decision": record.decision.value,
+        "plan_hash": record.plan_hash,
+        "comment": record.comment,
+        "key_id": record.key_id,
+    }
+    if reason is not None:
+        payload["not_stored"] = reason
+    audit(
+        ctx,
+        state,
+        EventKind.approval,
+        ActorKind.human,
+        record.approver,
+        payload,
+        at=ctx.people_now(),
+    )
+    return reason
+
+
+def _count_approvals(
+    ctx: Context,
+    state: RolloutState,
+    plan: RolloutPlan,
+    unrecorded: tuple[Approval, str] | None = None,
+) -> dict[str, Any]:
+    received = ctx.store.approvals.for_plan(plan.plan_id)
+    keys = {
+        person: key.public_b64
+        for person in {a.approver for a in received}
+        for key in ctx.store.keys.for_owner(person, "approver")[-1:]
+    }
+    valid = verify_approvals(received, keys)
+    required = state.get("decision", {}).get("approvals", [])
+    counted = ctx.policy.approvals(
+        approvals_input(
+            plan.plan_hash,
+            plan.requested_by,
+            received,
+            valid,
+            ctx.roster or None,
+            required,
+            plan_id=plan.plan_id,
+        ),
+        thread_id=state.get("thread_id"),
+    )
+    update: dict[str, Any] = {"approvals": counted.model_dump(mode="json")}
+    if unrecorded is not None:
+        # The store refused it (it names no stored revision of this plan), so policy never
+        # saw it; the approver still learns why it did not count.
+        record, reason = unrecorded
+        update["approvals"]["ignored"].append(
+            {"index": len(received), "approver": record.approver, "reason": reason}
+        )
+    if counted.rejected:
+        ctx.store.plans.set_status(plan.plan_id, "rejected", plan.revision)
+        update.update(finish("rejected", f"rejected by {', '.join(counted.rejected_by)}"))
+    elif counted.satisfied:
+        ctx.store.plans.set_status(plan.plan_id, "approved", plan.revision)
+        update["approved"] = True
+    return update
+
+
+def _edit_refused(ctx: Context, answer: ApprovalResume, current: RolloutPlan) -> str | None:
+    """Why an approver's edit cannot be taken, or None when it is signed as it must be."""
+    edited = answer.decisions[0].edited_action
+    if edited is None or not isinstance(edited.args.get("plan"), dict):
+        return "an edit carries the plan draft in edited_action.args.plan"
+    record = answer.edit
+    if record is None:
+        return "an edit must carry a signed edit record"
+    if record.editor != answer.approver:
+        return f"the edit record is {record.editor}'s, not {answer.approver}'s"
+    if (record.plan_id, record.plan_hash) != (current.plan_id, current.plan_hash):
+        return "the edit record names another plan revision than the one waiting"
+    if record.draft_hash != draft_hash(edited.args["plan"]):
+        return "the draft is not the one the edit record signs"
+    keys = ctx.store.keys.for_owner(record.editor, "approver")[-1:]
+    if (
+        not keys
+        or keys[0].key_id != record.key_id
+        or not record.signature_valid(keys[0].public_b64)
+    ):
+        return f"the edit's signature does not verify with {record.editor}'s approver key"
+    return None
+
+
+def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str, Any]:
+    edited = answer.decisions[0].edited_action
+    current = plan_of(ctx, state)
+    revision = state.get("revisions", 0) + 1
+    refused = _edit_refused(ctx, answer, current)
+    plan: RolloutPlan | None = None
+    if refused is None and edited is not None:
+        try:
+            plan = PlanDraft.model_validate(edited.args["plan"]).to_plan(
+                current.plan_id,
+                current.requested_by,
+                revision=revision,
+                parent_hash=current.plan_hash,
+            )
+        except ValueError as exc:
+            refused = str(exc)
+    if plan is None:
+        audit(
+            ctx,
+            state,
+            EventKind.approval,
+            ActorKind.human,
+            answer.approver,
+            {"refused_edit": refused},
+            at=ctx.people_now(),
+        )
+        return {}
+    with ctx.store.writing(f"recording the edit of plan {plan.plan_id}") as tx:
+        ctx.store.plans.add(plan, tx=tx)
+        audit(
+            ctx,
+            state,
+            EventKind.plan,
+            ActorKind.human,
+            answer.approver,
+            {
+                "revision": revision,
+                "plan_hash": plan.plan_hash,
+                "edited_by": answer.approver,
+                "key_id": answer.edit.key_id if answer.edit else "",
+                "plan": plan.model_dump(mode="json"),
+            },
+            tx=tx,
+            at=ctx.people_now(),
+        )
+    return {
+        "plan": plan.model_dump(mode="json"),
+        "plan_hash": plan.plan_hash,
+        "revisions": revision,
+        "approved": False,
+        "approvals": {},
+        "feedback": [],
+        "edited": True,
+    }
+
+
+def route_after_approval(
+    state: RolloutState,
+) -> Literal["approval", "validator", "queue", "report"]:
+    """Quorum: queue; rejection or expiry: report; an edit: validate again; else wait on."""
+    if state.get("outcome"):
+        return "report"
+    if state.get("approved"):
+        return "queue"
+    if state.get("edited"):
+        return "validator"
+    return "approval"

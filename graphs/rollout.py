@@ -6,20 +6,21 @@ after ``queue`` (a worker picks the run up and executes it).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import wraps
+from typing import Any, Protocol
+
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.state import CompiledStateGraph
+from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
-from fieldgate.graphs.nodes import (
-    approval,
-    executor,
+from fieldgate.graphs.approval import approval, route_after_approval
+from fieldgate.graphs.execution import executor, queue, report, route_after_executor
+from fieldgate.graphs.planning import (
     intake,
     planner,
     policy_gate,
-    queue,
-    report,
-    route_after_approval,
-    route_after_executor,
     route_after_gate,
     route_after_planner,
     route_after_validator,
@@ -28,28 +29,53 @@ from fieldgate.graphs.nodes import (
 from fieldgate.graphs.state import RolloutState
 from fieldgate.runtime import Context
 
+
+class Node(Protocol):
+    """A node of the rollout graph: state and runtime in, a partial state update out."""
+
+    def __call__(self, state: RolloutState, *, runtime: Runtime[Context]) -> dict[str, Any]: ...
+
+
+NODES: dict[str, Node] = {
+    "intake": intake,
+    "planner": planner,
+    "validator": validator,
+    "policy_gate": policy_gate,
+    "approval": approval,
+    "queue": queue,
+    "executor": executor,
+    "report": report,
+}
+"""Every node, by name."""
+
 PAUSE_AFTER = ["queue"]
 """The run waits for a worker after being queued."""
 
 
+def _given_context(node: Node, context: Callable[[], Context]) -> Node:
+    """``node`` run with the context ``context()`` returns in place of the runtime's."""
+
+    @wraps(node)
+    def run(state: RolloutState, *, runtime: Runtime[Context]) -> dict[str, Any]:
+        return node(state, runtime=runtime.override(context=context()))
+
+    return run
+
+
 def build_graph(
-    served: bool = False,
+    context: Callable[[], Context] | None = None,
 ) -> StateGraph[RolloutState, Context, RolloutState, RolloutState]:
     """The rollout state graph, not yet compiled.
 
-    A served graph declares no context schema: a LangGraph API server would try to build
-    the context from the client's JSON, while fieldgate's context holds live objects
-    (database, policy engine, transport) that its nodes build from the environment.
+    Nodes take their context from the runtime: the orchestrator passes it with every
+    call. A graph served by a LangGraph API server is given ``context`` instead, a
+    factory its nodes call: such a server would build a declared context from the
+    client's JSON, while fieldgate's holds live objects (database, policy engine,
+    transport), so the served graph declares none.
     """
-    builder = StateGraph(RolloutState, context_schema=None if served else Context)
-    builder.add_node("intake", intake)
-    builder.add_node("planner", planner)
-    builder.add_node("validator", validator)
-    builder.add_node("policy_gate", policy_gate)
-    builder.add_node("approval", approval)
-    builder.add_node("queue", queue)
-    builder.add_node("executor", executor)
-    builder.add_node("report", report)
+    builder = StateGraph(RolloutState, context_schema=None if context else Context)
+    for name, node in NODES.items():
+        builder.add_node(name, _given_context(node, context) if context else node)
     builder.add_edge(START, "intake")
     builder.add_edge("intake", "planner")
     builder.add_conditional_edges("planner", route_after_planner)
@@ -63,13 +89,14 @@ def build_graph(
 
 
 def compile_graph(
-    checkpointer: Checkpointer = None, served: bool = False
+    checkpointer: Checkpointer = None, context: Callable[[], Context] | None = None
 ) -> CompiledStateGraph[RolloutState, Context, RolloutState, RolloutState]:
-    """Compile the graph with a checkpointer; it pauses after ``queue`` for a worker."""
-    return build_graph(served).compile(
+    """Compile the graph with a checkpointer; it pauses after ``queue`` for a worker.
+
+    Args:
+        checkpointer: Where the graph keeps its state between steps.
+        context: For a served graph, the factory of its context (see :func:`build_graph`).
+    """
+    return build_graph(context).compile(
         checkpointer=checkpointer, interrupt_after=PAUSE_AFTER, name="rollout"
     )
-
-
-graph = compile_graph(served=True)
-"""The graph ``langgraph.json`` exposes (the API server supplies the checkpointer)."""

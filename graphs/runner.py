@@ -19,7 +19,7 @@ from fieldgate.agents.planner import PlanDraft
 from fieldgate.approvals import Approval, Decision, PlanEdit, draft_hash
 from fieldgate.errors import ApprovalInvalid, NotFound
 from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
-from fieldgate.graphs.nodes import accept_run
+from fieldgate.graphs.planning import accept_run
 from fieldgate.graphs.rollout import compile_graph
 from fieldgate.runtime import Context
 from fieldgate.signing import SigningKey

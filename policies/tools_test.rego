@@ -55,7 +55,7 @@ devices(named, n_off_wave, off_wave, n_off_plan, off_plan) := {
 in_wave_and_plan(named) := devices(named, 0, [], 0, [])
 
 deploy := {
-	"tool": "deploy",
+	"tool": "deploy_wave",
 	"args": deploy_args,
 	"devices": in_wave_and_plan(2),
 	"plan": plan,

@@ -1,36 +1,41 @@
 """The tools the executor agent calls: fleet status, deploy a wave, pause, resume, roll back,
-device telemetry. A tool's docstring is its prompt; every call is checked by policy first."""
+device telemetry. Each is one record in :data:`TOOLS`; every call passes :func:`call_tool`,
+where policy checks it first."""
 
+from fieldgate.tools._args import ToolArgs
+from fieldgate.tools._enforce import call_tool
 from fieldgate.tools._execution import (
     AbortState,
     Execution,
     GateResult,
     ToolContext,
     WaveRun,
-    deploy_wave,
-    device_telemetry,
-    fleet_status,
-    ingest,
-    judge_gate,
-    make_command,
-    rollback,
 )
-from fieldgate.tools._specs import CHANGES_DEVICES, TOOL_ARGS, tool_specs
+from fieldgate.tools._registry import (
+    CHANGING,
+    ROLES,
+    TOOLS,
+    Role,
+    Tool,
+    policy_tools,
+    tool_specs,
+    tools_with_role,
+)
 
 __all__ = [
-    "CHANGES_DEVICES",
-    "TOOL_ARGS",
+    "CHANGING",
+    "ROLES",
+    "TOOLS",
     "AbortState",
     "Execution",
     "GateResult",
+    "Role",
+    "Tool",
+    "ToolArgs",
     "ToolContext",
     "WaveRun",
-    "deploy_wave",
-    "device_telemetry",
-    "fleet_status",
-    "ingest",
-    "judge_gate",
-    "make_command",
-    "rollback",
+    "call_tool",
+    "policy_tools",
     "tool_specs",
+    "tools_with_role",
 ]

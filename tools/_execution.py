@@ -9,7 +9,7 @@ crash re-sends the same ids and no device applies anything twice.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Literal
@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from fieldgate.audit import ActorKind, EventKind
+from fieldgate.batches import chunks
 from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus, command_id_for
 from fieldgate.fleet import Site
 from fieldgate.manifest import ModuleManifest
@@ -111,7 +112,22 @@ class ToolContext:
 
     @property
     def plan_id(self) -> str:
+        """The plan the call works on."""
         return self.plan.plan_id
+
+    def audit(
+        self, kind: EventKind, actor_kind: ActorKind, actor: str, payload: dict[str, Any]
+    ) -> None:
+        """Append one event of this run, stamped with the run's clock."""
+        self.ctx.store.audit.append(
+            kind,
+            actor_kind,
+            actor,
+            payload,
+            plan_id=self.plan_id,
+            thread_id=self.thread_id,
+            at=self.ctx.now(),
+        )
 
     def command_origin(self, command_id: str) -> tuple[int, str] | None:
         """(wave, device) of an install or rollback command of this plan."""
@@ -122,11 +138,6 @@ class ToolContext:
                         cid = command_id_for(self.plan_id, wave.index, device_id, action)
                         self._command_index[cid] = (wave.index, device_id)
         return self._command_index.get(command_id)
-
-
-def _chunks(items: Sequence[str], size: int) -> Iterable[Sequence[str]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
 
 
 def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> DeviceCommand:
@@ -262,7 +273,7 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     queued: set[str] = set()
     for site_id in sorted(by_site, key=lambda s: (opening(s), s)):
         site = tc.sites[site_id]
-        for chunk in _chunks(by_site[site_id], spec.max_parallel):
+        for chunk in chunks(by_site[site_id], spec.max_parallel):
             stopped = ctx.store.stops.engaged(tc.plan_id)
             if stopped:
                 ex.paused = True

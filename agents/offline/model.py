@@ -28,6 +28,7 @@ from fieldgate.agents.offline.planning import propose_plan
 from fieldgate.agents.offline.resolving import understand
 from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.errors import PlanningError
+from fieldgate.tools import Role, tools_with_role
 
 _CHARS_PER_TOKEN = 4
 
@@ -110,21 +111,33 @@ def review_decision(prompt: str) -> dict[str, Any]:
     return {"verdict": "accept", "concerns": list(findings.get("warnings", [])), "summary": summary}
 
 
+def _offered(role: Role, tool_names: set[str]) -> str | None:
+    """The first tool of ``role`` the model was offered, if any."""
+    return next((name for name in sorted(tools_with_role(role)) if name in tool_names), None)
+
+
 def executor_decision(prompt: str, tool_names: set[str]) -> tuple[str, dict[str, Any]] | None:
-    """The executor's next tool call for the situation in the prompt, or None when done."""
+    """The executor's next tool call for the situation in the prompt, or None when done.
+
+    Tools are chosen by their role in the registry (halt, rollback, deploy), among the
+    tools the model was offered.
+    """
     situation = json.loads(first_section(prompt, "situation") or "{}")
     if situation.get("kill_switch") and not situation.get("paused"):
-        return "pause", {"reason": "the kill switch is on"}
+        halt = _offered("halt", tool_names)
+        return (halt, {"reason": "the kill switch is on"}) if halt else None
     abort = situation.get("abort") or {}
     if abort.get("tripped"):
-        if situation.get("rollback_automatic") and not situation.get("rolled_back"):
-            return "rollback", {"reason": abort.get("reason", "abort criteria tripped")}
+        back = _offered("rollback", tool_names)
+        if situation.get("rollback_automatic") and not situation.get("rolled_back") and back:
+            return back, {"reason": abort.get("reason", "abort criteria tripped")}
         return None
     if situation.get("paused"):
         return None
     next_wave = situation.get("next_wave")
-    if next_wave is not None and "deploy_wave" in tool_names:
-        return "deploy_wave", {"wave": int(next_wave)}
+    deploy = _offered("deploy", tool_names)
+    if next_wave is not None and deploy:
+        return deploy, {"wave": int(next_wave)}
     return None
 
 

@@ -248,22 +248,22 @@ class FleetStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._writer = for_writing(engine)
-        # (revision, sites, devices): the whole fleet as of a revision, for selector reads
-        self._cached: tuple[int, list[Site], list[Device]] | None = None
+        # (revision, sites, devices, sites by id): the whole fleet as of a revision
+        self._cached: tuple[int, list[Site], list[Device], dict[str, Site]] | None = None
 
     def revision(self) -> int:
         """How many times the fleet was written (0 for a fleet never written)."""
         revision = read_scalar(self._engine, _REVISION, "reading the fleet revision")
         return int(revision or 0)
 
-    def _whole_fleet(self) -> tuple[list[Site], list[Device]]:
+    def _whole_fleet(self) -> tuple[int, list[Site], list[Device], dict[str, Site]]:
         revision = self.revision()
         if self._cached is None or self._cached[0] != revision:
             sites = self._read_sites()
             with transaction(self._engine, "reading devices") as session:
                 devices = _load_devices(session, Selector())
-            self._cached = (revision, sites, devices)
-        return self._cached[1], self._cached[2]
+            self._cached = (revision, sites, devices, {site.id: site for site in sites})
+        return self._cached
 
     def import_inventory(
         self, inventory: FleetInventory, source: str, actor: str
@@ -352,11 +352,15 @@ class FleetStore:
 
     def sites(self) -> list[Site]:
         """List every site, by id."""
-        return list(self._whole_fleet()[0])
+        return list(self._whole_fleet()[1])
+
+    def site_map(self) -> dict[str, Site]:
+        """Every site by its id, built once per fleet revision (do not change it)."""
+        return self._whole_fleet()[3]
 
     def snapshot(self) -> tuple[list[Site], list[Device]]:
         """Every site and every device, by id, as of one fleet revision (one check for both)."""
-        sites, devices = self._whole_fleet()
+        _, sites, devices, _ = self._whole_fleet()
         return list(sites), list(devices)
 
     def _read_sites(self) -> list[Site]:
@@ -385,8 +389,8 @@ class FleetStore:
         """
         selector = selector or Selector()
         if not selector.devices:
-            sites, devices = self._whole_fleet()
-            return select_devices(selector, devices, {site.id: site for site in sites})
+            _, _, devices, by_id = self._whole_fleet()
+            return select_devices(selector, devices, by_id)
         with transaction(self._engine, "reading devices") as session:
             devices = _load_devices(session, selector)
         if selector.installed or selector.limit is not None:
