@@ -176,6 +176,14 @@ def approval_request(state: dict[str, Any], deadline: str) -> dict[str, Any]:
     }
 
 
+SIGNED_APPROVAL_NEEDED = "an approve or reject decision must carry a signed approval"
+
+
+def _refused(ctx: Context, state: RolloutState, approver: str, payload: dict[str, Any]) -> None:
+    """Audit an answer that could not be taken, on people's clock."""
+    audit(ctx, state, EventKind.approval, ActorKind.human, approver, payload, at=ctx.people_now())
+
+
 def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Wait for an approver's decision; record it, count approvals by policy, route on."""
     ctx = runtime.context
@@ -207,15 +215,7 @@ def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         return _edit(ctx, state, answer)
     record = answer.approval
     if record is None:
-        audit(
-            ctx,
-            state,
-            EventKind.approval,
-            ActorKind.human,
-            answer.approver,
-            {"refused": "an approve or reject decision must carry a signed approval"},
-            at=ctx.people_now(),
-        )
+        _refused(ctx, state, answer.approver, {"refused": SIGNED_APPROVAL_NEEDED})
         return {}
     not_stored = _record_approval(ctx, state, record)
     unrecorded = (record, not_stored) if not_stored is not None else None
@@ -334,15 +334,7 @@ def _edit(ctx: Context, state: RolloutState, answer: ApprovalResume) -> dict[str
         except ValueError as exc:
             refused = str(exc)
     if plan is None:
-        audit(
-            ctx,
-            state,
-            EventKind.approval,
-            ActorKind.human,
-            answer.approver,
-            {"refused_edit": refused},
-            at=ctx.people_now(),
-        )
+        _refused(ctx, state, answer.approver, {"refused_edit": refused})
         return {}
     with ctx.store.writing(f"recording the edit of plan {plan.plan_id}") as tx:
         ctx.store.plans.add(plan, tx=tx)
