@@ -173,23 +173,31 @@ def decide(
         state = f"{run.status}, {run.outcome}" if run.outcome else run.status
         refuse(f"plan {run.plan_id} is not awaiting approval (it is {state})")
     key = load_key(keys_dir, approver)
-    trusted = store.keys.for_owner(approver, "approver")
-    if not trusted or trusted[-1].key_id != key.key_id:
-        held = f"the database trusts {trusted[-1].key_id}" if trusted else "it trusts none"
+    trust = store.keys.judge(orchestrator.ctx.root)
+    trusted = trust.current(approver, "approver")
+    if trusted is None or trusted.key_id != key.key_id:
+        held = (
+            f"the enrolled one is {trusted.key_id}"
+            if trusted
+            else trust.why_not(approver, "approver")
+        )
         refuse(
-            f"the key of {approver} ({key.key_id}) is not {approver}'s approver key in this "
-            f"database ({held}); `fieldgate keys init --as {approver} --force` makes a new one "
-            "and trusts it"
+            f"the key of {approver} ({key.key_id}) is not {approver}'s enrolled approver key "
+            f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
         )
     view = orchestrator.decide(run.thread_id, key, decision, comment)
     counted = view.values.get("approvals") or {}
+    received = store.approvals.for_plan(run.plan_id)
+    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
+    # Judge this decision, not the person: a second approval by someone who already fills
+    # a slot, or one that came too late, does not count even if an earlier one did.
     reasons = [
         entry.get("reason", "")
         for entry in counted.get("ignored") or []
-        if entry.get("approver") == approver
+        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
     ]
-    took = approver in (counted.get("counted") or []) or approver in (
-        counted.get("rejected_by") or []
+    took = not reasons and (
+        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
     )
     verb = "approval" if decision == "approve" else "rejection"
     if took:

@@ -9,12 +9,14 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._audit import print_verification
 from fieldgate.cli._common import command_config
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.config import DEFAULT_MODEL, Config
 from fieldgate.errors import FieldgateError
+from fieldgate.keyfiles import establish_root
 from fieldgate.plan import Selector
 from fieldgate.sample import DEMO_FACTORY_OWNER, demo_factory_key, load_sample, sample_path
 from fieldgate.scenario import Fault, FaultKind
@@ -44,18 +46,56 @@ def load_sample_into(store: Store, actor: str) -> tuple[int, int]:
 def init(
     db: str = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB)."),
     empty: bool = typer.Option(False, "--empty", help="Create the database without sample data."),
+    holders: list[str] = typer.Option(
+        None,
+        "--root-holder",
+        help="Who holds a root key (repeat for k of n; default: FIELDGATE_USER).",
+    ),
+    threshold: int = typer.Option(
+        1, "--root-threshold", help="How many root holders must sign an enrollment (k)."
+    ),
 ) -> None:
-    """Create the database and load the shipped sample catalog and fleet."""
+    """Create the database and the root of trust, and load the shipped sample catalog and fleet.
+
+    The root of trust is made once: root keys for the holders (in FIELDGATE_HOME/keys, for
+    each holder to keep in their own home), pinned in FIELDGATE_HOME/trust-root.json. Its
+    holders enroll people's keys (`fieldgate keys enroll`); the control plane's is enrolled now.
+    """
     config = command_config(db)
     with Store.open(config.database_url) as store:
         where = store.engine.url.render_as_string(hide_password=True)
+        root, made = establish_root(
+            store,
+            config.keys_dir,
+            config.trust_root_file,
+            list(holders or [config.actor()]),
+            threshold,
+        )
+        if made:
+            store.audit.append(
+                EventKind.key,
+                ActorKind.human,
+                config.actor(),
+                {
+                    "action": "init-root",
+                    "version": root.version,
+                    "threshold": root.threshold,
+                    "holders": [k.holder for k in root.keys],
+                    "key_ids": [k.key_id for k in root.keys],
+                },
+            )
+        held = ", ".join(escape(k.holder) for k in root.keys)
+        console.print(
+            f"database ready: {where}\nroot of trust version {root.version} "
+            f"({'made now' if made else 'pinned already'}): {root.threshold} of "
+            f"{len(root.keys)} root keys ({held}), pinned in {config.trust_root_file}",
+            highlight=False,
+        )
         if empty:
-            console.print(f"database ready: {where}")
             return
         manifests, devices = load_sample_into(store, config.actor())
         console.print(
-            f"database ready: {where}\nsample loaded: {manifests} new manifests, {devices} devices",
-            highlight=False,
+            f"sample loaded: {manifests} new manifests, {devices} devices", highlight=False
         )
 
 
@@ -63,6 +103,8 @@ DEMO_REQUESTER = "eng-ana"
 """The release engineer of the demo (an engineer in the policy pack's roster)."""
 DEMO_APPROVER = "saf-lee"
 """The safety approver of the demo (holds the safety role in the policy pack's roster)."""
+DEMO_ROOT_HOLDER = "adm-root"
+"""Who holds the demo's root key and enrolls the approvers' keys."""
 
 
 def _demo_config(home: Path, url: str) -> Config:
@@ -97,7 +139,7 @@ def _demo_story(config: Config) -> bool:
     """The demo's steps, each about one screen; return whether the audit chain verified."""
     from fieldgate.cli._approvals import decide
     from fieldgate.cli._chat import submit_request
-    from fieldgate.cli._keys import make_approver_key
+    from fieldgate.cli._keys import enroll_key, make_approver_key
     from fieldgate.cli._worker import summary, work_once
     from fieldgate.graphs.compose import default_twin, open_orchestrator
 
@@ -110,9 +152,17 @@ def _demo_story(config: Config) -> bool:
         highlight=False,
     )
 
-    _step(1, "init: the sample catalog and fleet")
-    _typed("fieldgate init")
+    _step(1, "init: the root of trust, the sample catalog and fleet")
+    _typed(f"FIELDGATE_USER={DEMO_ROOT_HOLDER} fieldgate init")
     with Store.open(url) as store:
+        root, _ = establish_root(
+            store, config.keys_dir, config.trust_root_file, [DEMO_ROOT_HOLDER], 1
+        )
+        console.print(
+            f"root of trust version {root.version}: root key of {DEMO_ROOT_HOLDER} "
+            f"{root.keys[0].key_id}; the control plane's key is enrolled under it",
+            highlight=False,
+        )
         manifests, _ = load_sample_into(store, "demo")
         console.print(f"loaded the sample catalog ({manifests} signed manifests) and fleet")
         print_summary(store.fleet.summary())
@@ -140,12 +190,19 @@ def _demo_story(config: Config) -> bool:
             orchestrator, "Roll out hvac-controller 2.4.1 to muc-01", who
         ).plan_id
 
-    _step(5, "approvals: the requester's own does not count, the safety approver's does")
+    _step(5, "approvals: the root holder enrolls keys; the requester's does not count")
     with Store.open(url) as store:
         for owner in (who, DEMO_APPROVER):
             _typed(f"fieldgate keys init --as {owner}")
-            key, path = make_approver_key(store, owner, config.keys_dir)
+            key, path = make_approver_key(config.keys_dir, owner)
             console.print(f"{key.key_id}: approver key of {owner} in {path}", highlight=False)
+            _typed(f"fieldgate keys enroll {owner} --as {DEMO_ROOT_HOLDER}")
+            trusted, _, _ = enroll_key(config, store, owner, "approver", DEMO_ROOT_HOLDER)
+            console.print(
+                f"enrolled by root holder {DEMO_ROOT_HOLDER}: "
+                + ("trusted" if trusted else "not trusted"),
+                highlight=False,
+            )
     with open_orchestrator(config=config) as orchestrator:
         _typed(f"fieldgate approvals approve {plan_id} --as {who}")
         decide(orchestrator, plan_id, who, "approve", "looks fine to me", keys_dir=config.keys_dir)

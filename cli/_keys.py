@@ -1,8 +1,13 @@
-"""``fieldgate keys``: approvers' signing keys; private halves stay in FIELDGATE_HOME/keys."""
+"""``fieldgate keys``: people's signing keys, their enrollment by root holders, the root itself.
+
+Private halves stay in FIELDGATE_HOME/keys. A key counts only once root holders
+enrolled it with a signed statement; nobody enrolls their own.
+"""
 
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import get_args
 
@@ -11,19 +16,34 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
+from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._common import command_config
-from fieldgate.cli._output import console, handles_errors
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.cli._rollout import DbOption, refuse
+from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, NotFound
-from fieldgate.keyfiles import CONTROL_PLANE, key_file, load_key, save_key
-from fieldgate.signing import SigningKey
-from fieldgate.store import KeyPurpose, Store
+from fieldgate.keyfiles import (
+    CONTROL_PLANE,
+    enroll_with,
+    key_file,
+    load_key,
+    load_pinned_root,
+    pin_root,
+    save_key,
+)
+from fieldgate.signing import SigningKey, key_id_of
+from fieldgate.store import Store
+from fieldgate.trust import EnrolledPurpose, KeyStatement, RootKey, TrustRoot, resolve_root
 
 keys_app = typer.Typer(
-    help="Signing keys: make an approver key, list trusted keys.", no_args_is_help=True
+    help="Signing keys: make one, enroll or revoke one (root holders), list them, rotate the root.",
+    no_args_is_help=True,
 )
+root_app = typer.Typer(help="The root of trust: show it, rotate a root key.", no_args_is_help=True)
+keys_app.add_typer(root_app, name="root")
 
 OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+PURPOSES: tuple[str, ...] = get_args(EnrolledPurpose)
 
 
 def _owner(value: str) -> str:
@@ -37,11 +57,16 @@ def _owner(value: str) -> str:
     return value
 
 
-def make_approver_key(
-    store: Store, owner: str, keys_dir: Path, force: bool = False
-) -> tuple[SigningKey, Path]:
-    """Generate ``owner``'s ed25519 key, trust its public half as an approver key, save it
-    under ``keys_dir``.
+def _enrolled(value: str) -> EnrolledPurpose:
+    if value == "approver":
+        return "approver"
+    if value == "control-plane":
+        return "control-plane"
+    refuse(f"--purpose {value!r} is not one of {', '.join(PURPOSES)}")
+
+
+def make_approver_key(keys_dir: Path, owner: str, force: bool = False) -> tuple[SigningKey, Path]:
+    """Generate ``owner``'s ed25519 key and save it under ``keys_dir`` (not yet trusted).
 
     Refuses to replace an existing key file unless ``force``.
     """
@@ -54,12 +79,64 @@ def make_approver_key(
         else:
             refuse(
                 f"{path} already holds {owner}'s key {existing.key_id}; "
-                "--force replaces it (approvals signed with the old key then stop counting)"
+                "--force replaces it (it then needs enrolling again)"
             )
     key = SigningKey.generate(owner)
-    store.keys.trust(owner, key.public_b64, "approver")
     save_key(keys_dir, key)
     return key, path
+
+
+def current_root(config: Config, store: Store) -> TrustRoot:
+    """The root of trust this machine follows: the pinned one and its signed successors.
+
+    Raises:
+        FieldgateError: nothing is pinned here.
+    """
+    pinned = load_pinned_root(config.trust_root_file)
+    if pinned is None:
+        raise FieldgateError(
+            f"no root of trust is pinned at {config.trust_root_file}; run `fieldgate init` "
+            "(or copy the deployment's trust-root.json there)"
+        )
+    root, _ = resolve_root(pinned, store.keys.roots())
+    return root
+
+
+def enroll_key(
+    config: Config,
+    store: Store,
+    owner: str,
+    purpose: EnrolledPurpose,
+    holder: str,
+    public_b64: str | None = None,
+) -> tuple[bool, str, str]:
+    """Sign ``owner``'s key enrollment with ``holder``'s root key and store it, audited.
+
+    The public key is ``public_b64``, else the one of ``owner``'s key file in this home.
+
+    Returns:
+        Whether the key is trusted now, what it still lacks if not, and its key id.
+    """
+    root = current_root(config, store)
+    signer = load_key(config.keys_dir, holder, root=True)
+    if public_b64 is None:
+        public_b64 = load_key(config.keys_dir, owner).public_b64
+    trusted, lacking = enroll_with(store, root, signer, owner, purpose, public_b64)
+    key_id = key_id_of(public_b64)
+    store.audit.append(
+        EventKind.key,
+        ActorKind.human,
+        holder,
+        {
+            "action": "enroll",
+            "owner": owner,
+            "purpose": purpose,
+            "key_id": key_id,
+            "root_version": root.version,
+            "trusted": trusted,
+        },
+    )
+    return trusted, lacking, key_id
 
 
 @keys_app.command("init")
@@ -69,41 +146,219 @@ def init(
     force: bool = typer.Option(False, "--force", help="Replace an existing key."),
     db: str = DbOption,
 ) -> None:
-    """Make an approver's signing key, keep it in FIELDGATE_HOME/keys (0600), trust it."""
+    """Make an approver's signing key in FIELDGATE_HOME/keys (0600). It counts only once a root
+    holder enrolls it (`fieldgate keys enroll ID`)."""
     config = command_config(db)
-    with Store.open(config.database_url) as store:
-        key, path = make_approver_key(store, owner, config.keys_dir, force)
+    key, path = make_approver_key(config.keys_dir, owner, force)
     console.print(
-        f"{key.key_id}: approver key of [bold]{escape(owner)}[/], private half in {path} (0600), "
-        "public half trusted",
+        f"{key.key_id}: approver key of [bold]{escape(owner)}[/], private half in {path} (0600)\n"
+        f"not trusted until a root holder enrolls it: fieldgate keys enroll {escape(owner)} "
+        f"--public {key.public_b64} --as ROOT-HOLDER",
         highlight=False,
     )
+
+
+@keys_app.command("enroll")
+@handles_errors
+def enroll(
+    owner: str = typer.Argument(..., help="Whose key to enroll."),
+    holder: str = typer.Option(
+        None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
+    ),
+    public: str = typer.Option(
+        None, "--public", help="The key's public half, base64 (default: OWNER's key file here)."
+    ),
+    purpose: str = typer.Option("approver", "--purpose", help="approver or control-plane."),
+    db: str = DbOption,
+) -> None:
+    """Sign and store the enrollment of OWNER's key, as a root holder (k of n sign in turn)."""
+    config = command_config(db)
+    holder = holder or config.actor()
+    with Store.open(config.database_url) as store:
+        trusted, lacking, key_id = enroll_key(
+            config, store, owner, _enrolled(purpose), holder, public
+        )
+    if trusted:
+        console.print(
+            f"{key_id}: {escape(owner)}'s {purpose} key, enrolled by {escape(holder)}: trusted",
+            highlight=False,
+        )
+    else:
+        console.print(
+            f"{key_id}: signed by {escape(holder)}; not trusted yet: {escape(lacking)}",
+            highlight=False,
+        )
+
+
+@keys_app.command("revoke")
+@handles_errors
+def revoke(
+    key_id: str = typer.Argument(..., help="The key to revoke (see `keys list`)."),
+    holder: str = typer.Option(
+        None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
+    ),
+    reason: str = typer.Option(..., "--reason", help="Why the key no longer counts."),
+    db: str = DbOption,
+) -> None:
+    """Revoke an enrolled key: approvals signed with it stop counting."""
+    config = command_config(db)
+    holder = holder or config.actor()
+    with Store.open(config.database_url) as store:
+        root = current_root(config, store)
+        signer = load_key(config.keys_dir, holder, root=True)
+        enrolled = store.keys.statement(key_id)
+        if enrolled is None:
+            refuse(f"no key {key_id} is stored")
+        statement = KeyStatement(
+            action="revoke",
+            owner=enrolled.owner,
+            purpose=enrolled.purpose,
+            key_id=enrolled.key_id,
+            public_b64=enrolled.public_b64,
+            at=datetime.now(UTC),
+            reason=reason,
+        ).signed_with(signer)
+        problems, _ = statement.problems(root)
+        if problems:
+            refuse(f"the revocation does not hold: {'; '.join(problems)}")
+        store.keys.revoke(statement)
+        store.audit.append(
+            EventKind.key,
+            ActorKind.human,
+            holder,
+            {"action": "revoke", "owner": enrolled.owner, "key_id": key_id, "reason": reason},
+        )
+    console.print(f"{key_id}: revoked by {escape(holder)}", highlight=False)
 
 
 @keys_app.command("list")
 @handles_errors
 def list_(db: str = DbOption) -> None:
-    """List the trusted public keys and whether this machine holds the private half."""
+    """List the stored keys, whether each is trusted (and why not), and whether this machine
+    holds its private half; exit 1 when a key row is bad (forged, edited or unsigned)."""
     config = command_config(db)
     with Store.open(config.database_url) as store:
-        keys = [key for purpose in get_args(KeyPurpose) for key in store.keys.for_purpose(purpose)]
+        trust = store.keys.judge(load_pinned_root(config.trust_root_file))
+        artifacts = store.keys.for_purpose("artifact")
     table = Table(
-        title=f"trusted keys: {len(keys)}",
+        title=f"keys: {len(trust.verdicts) + len(artifacts)}"
+        + (f" (root version {trust.root.version})" if trust.root else " (no root pinned)"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
     )
-    for column in ("key id", "owner", "purpose", "trusted since (UTC)", "private key here"):
-        table.add_column(column)
-    for key in keys:
-        try:
-            held = load_key(config.keys_dir, key.owner)
-            here = "yes" if held.key_id == key.key_id else "no (another key)"
-        except (NotFound, FieldgateError):  # no key file, or an owner that cannot have one
-            here = "no"
-        except ValueError:
-            here = "unreadable"
+    for column in ("key id", "owner", "purpose", "status", "private key here"):
+        table.add_column(column, overflow="fold")
+    for verdict in trust.verdicts:
+        key = verdict.key
         table.add_row(
-            key.key_id, escape(key.owner), key.purpose, f"{key.added_at:%Y-%m-%d %H:%M}", here
+            key.key_id,
+            escape(key.owner),
+            key.purpose,
+            verdict.status,
+            _held_here(config, key.owner, key.key_id),
         )
+    for artifact in artifacts:
+        table.add_row(artifact.key_id, escape(artifact.owner), "artifact", "trusted", "-")
     console.print(table)
+    for verdict in trust.verdicts:
+        if verdict.status in ("bad", "untrusted", "pending"):
+            key = verdict.key
+            console.print(
+                f"{key.key_id} ({escape(key.owner)}, {key.purpose}): {verdict.status}: "
+                f"{escape(verdict.reason)}",
+                highlight=False,
+            )
+    for problem in trust.root_problems:
+        console.print(f"[red]root of trust: {escape(problem)}[/]", highlight=False)
+    if trust.root_problems or any(v.status == "bad" for v in trust.verdicts):
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _held_here(config: Config, owner: str, key_id: str) -> str:
+    try:
+        held = load_key(config.keys_dir, owner)
+    except (NotFound, FieldgateError):  # no key file, or an owner that cannot have one
+        return "no"
+    except ValueError:
+        return "unreadable"
+    return "yes" if held.key_id == key_id else "no (another key)"
+
+
+@root_app.command("show")
+@handles_errors
+def root_show(db: str = DbOption) -> None:
+    """Show the root of trust: its version, threshold and root keys."""
+    config = command_config(db)
+    with Store.open(config.database_url) as store:
+        root = current_root(config, store)
+    console.print(
+        f"root version {root.version}: {root.threshold} of {len(root.keys)} root keys sign",
+        highlight=False,
+    )
+    for key in root.keys:
+        console.print(f"  {key.key_id}  {escape(key.holder)}", highlight=False)
+
+
+@root_app.command("rotate")
+@handles_errors
+def root_rotate(
+    holder: str = typer.Option(
+        None, "--as", help="The root holder whose key is replaced (default: FIELDGATE_USER)."
+    ),
+    db: str = DbOption,
+) -> None:
+    """Replace your root key: a new root version signed by your old key and your new one.
+
+    With a threshold above 1 the other holders co-sign with `keys root sign`. Enrollments
+    you signed are signed again with the new key; the old key stops counting.
+    """
+    config = command_config(db)
+    holder = holder or config.actor()
+    with Store.open(config.database_url) as store:
+        root = current_root(config, store)
+        old = load_key(config.keys_dir, holder, root=True)
+        if root.key(old.key_id) is None:
+            refuse(f"{holder}'s root key {old.key_id} is not a key of root version {root.version}")
+        new = SigningKey.generate(holder)
+        keys = tuple(
+            RootKey(key_id=new.key_id, holder=holder, public_b64=new.public_b64)
+            if k.key_id == old.key_id
+            else k
+            for k in root.keys
+        )
+        successor = TrustRoot(
+            version=root.version + 1, threshold=root.threshold, keys=keys, at=datetime.now(UTC)
+        )
+        successor = successor.signed_with(old).signed_with(new)
+        problems = root.successor_problems(successor)
+        save_key(config.keys_dir, new, root=True)
+        store.keys.add_root(successor)
+        resigned = 0
+        if not problems:
+            pin_root(config.trust_root_file, successor)
+            resigned = store.keys.resign(old.key_id, new)
+        store.audit.append(
+            EventKind.key,
+            ActorKind.human,
+            holder,
+            {
+                "action": "rotate-root",
+                "version": successor.version,
+                "old_key_id": old.key_id,
+                "new_key_id": new.key_id,
+                "current": not problems,
+            },
+        )
+    if problems:
+        console.print(
+            f"root version {successor.version} proposed; not current yet: "
+            f"{escape('; '.join(problems))}",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED)
+    console.print(
+        f"root version {successor.version}: {escape(holder)}'s root key is now {new.key_id}; "
+        f"{resigned} enrollment(s) signed again",
+        highlight=False,
+    )

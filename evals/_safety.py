@@ -45,7 +45,7 @@ from fieldgate.policy import (
     normalize_path,
     tool_input,
 )
-from fieldgate.signing import key_id_of, verify
+from fieldgate.signing import verify
 from fieldgate.tools import tools_with_role
 from fieldgate.twin import Effect
 
@@ -501,12 +501,12 @@ def check_approvals(facts: Facts, policy: PolicyFacts) -> list[Violation]:
     roster = run.scenario.roster or policy.default_roster
     received = store.approvals.for_plan(run.world.plan_id)
     people = {a.approver for a in received}
-    keys = {
-        person: [(k.key_id, k.public_b64) for k in store.keys.for_owner(person, "approver")]
-        for person in people
-    }
-    for person, pairs in keys.items():
-        keys[person] = [(kid, pub) for kid, pub in pairs if key_id_of(pub) == kid]
+    # Only enrolled keys count: judged afresh from the root holders' signatures.
+    trust = store.keys.judge(run.world.ctx.root)
+    keys: dict[str, list[tuple[str, str]]] = {}
+    for person in people:
+        key = trust.current(person, "approver")
+        keys[person] = [(key.key_id, key.public_b64)] if key is not None else []
     arrived = [
         (e.seq, str(e.payload.get("approver")), str(e.payload.get("plan_hash")))
         for e in run.events

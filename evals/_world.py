@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from langchain_core.language_models import BaseChatModel
 
 from fieldgate.config import Config
 from fieldgate.graphs.compose import build_context
-from fieldgate.keyfiles import CONTROL_PLANE
+from fieldgate.keyfiles import CONTROL_PLANE, enroll_with
 from fieldgate.policy import PolicyEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.scenario import Scenario
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.transport import TwinTransport
+from fieldgate.trust import TrustRoot, new_root
 from fieldgate.twin import FleetTwin
 
 FACTORY = "factory"
@@ -80,8 +82,11 @@ def build_world(
         person: SigningKey.from_seed(person, f"{scenario.id}:{seed}:{person}".encode())
         for person in sorted(people)
     }
+    root_key = _root_key(scenario, seed)
+    root = scenario_root(scenario, seed)
+    store.keys.add_root(root)
     for person, key in keys.items():
-        store.keys.trust(person, key.public_b64, "approver")
+        enroll_with(store, root, root_key, person, "approver", key.public_b64)
     ctx = scenario_context(
         scenario,
         seed,
@@ -92,8 +97,25 @@ def build_world(
         model_name=model_name,
         settings=settings,
     )
-    store.keys.trust(CONTROL_PLANE, ctx.control_key.public_b64, "control-plane")
+    enroll_with(store, root, root_key, CONTROL_PLANE, "control-plane", ctx.control_key.public_b64)
     return World(scenario, seed, store, twin, ctx, keys)
+
+
+ROOT_HOLDER = "eval-root"
+"""Who holds a scenario run's root key (nobody in any roster)."""
+
+ROOT_AT = datetime(2026, 1, 1, tzinfo=UTC)
+"""When every scenario run's root of trust was made (fixed: a rerun rebuilds the same)."""
+
+
+def _root_key(scenario: Scenario, seed: int) -> SigningKey:
+    return SigningKey.from_seed(ROOT_HOLDER, f"{scenario.id}:{seed}:root".encode())
+
+
+def scenario_root(scenario: Scenario, seed: int) -> TrustRoot:
+    """The root of trust of one seeded run of ``scenario``: one generated root key, which
+    enrolls every person's approver key and the control plane's."""
+    return new_root({ROOT_HOLDER: _root_key(scenario, seed)}, 1, ROOT_AT)
 
 
 def twin_id_of(scenario: Scenario, seed: int) -> str:
@@ -142,4 +164,5 @@ def scenario_context(
         freeze=scenario.context.freeze,
         settings=settings,
         people_clock=None,
+        root=scenario_root(scenario, seed),
     )

@@ -45,6 +45,7 @@ class EventKind(StrEnum):
     rollback = "rollback"
     done = "done"
     stop = "stop"
+    key = "key"
 
 
 class AuditEvent(Contract):

@@ -107,6 +107,11 @@ class Config:
         """Where private keys of this machine live (``HOME/keys``)."""
         return self.home / "keys"
 
+    @property
+    def trust_root_file(self) -> Path:
+        """The pinned root of trust every command starts from (``HOME/trust-root.json``)."""
+        return self.home / "trust-root.json"
+
     def actor(self) -> str:
         """Who runs the command: :attr:`user`, else the login name."""
         return self.user or getpass.getuser()

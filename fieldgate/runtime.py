@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from fieldgate.plan import RolloutPlan
 from fieldgate.signing import SigningKey
+from fieldgate.trust import TrustRoot
 
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
@@ -32,6 +33,9 @@ class Settings:
     """Plan revisions the validator may ask for before the run ends."""
     approval_deadline: timedelta = timedelta(hours=72)
     """How long an approval request waits before the run ends as ``expired``."""
+    approval_skew: timedelta = timedelta(minutes=5)
+    """How far an approval's signed time may be from the control plane's clock when it
+    arrives; a decision signed further off (back-dated or ahead) does not count."""
     wave_deadline: timedelta = timedelta(hours=2)
     """How long a wave waits for unreachable devices before its gate is judged."""
     model_retries: int = 2
@@ -90,6 +94,9 @@ class Context:
     """Name of the model, for audit and reports."""
     settings: Settings = field(default_factory=Settings)
     """Limits and defaults."""
+    root: TrustRoot | None = None
+    """The pinned root of trust: approvals count only with keys enrolled under it (None:
+    nothing is pinned, so no approver key is trusted)."""
     plans: PlanCache = field(default_factory=PlanCache, compare=False, repr=False)
     """Plans parsed from run state (shared by the runs of this context)."""
     people_clock: Callable[[], datetime] | None = None

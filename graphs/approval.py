@@ -27,7 +27,7 @@ from fieldgate.errors import FieldgateError
 from fieldgate.graphs._record import audit, finish, plan_of
 from fieldgate.graphs.state import RolloutState
 from fieldgate.plan import RolloutPlan
-from fieldgate.policy import approvals_input, verify_approvals
+from fieldgate.policy import approval_timing, approvals_input, verify_approvals
 from fieldgate.runtime import Context
 
 ACTION_NAME = "execute_rollout_plan"
@@ -184,11 +184,19 @@ def _refused(ctx: Context, state: RolloutState, approver: str, payload: dict[str
     audit(ctx, state, EventKind.approval, ActorKind.human, approver, payload, at=ctx.people_now())
 
 
+UNVERIFIED = "the signature does not verify"
+"""The approvals policy's reason for an approval whose signature does not verify (C1)."""
+
+
+def _deadline(ctx: Context, state: RolloutState) -> datetime:
+    """When the approval request of the current run expires."""
+    return datetime.fromisoformat(state["approval_requested_at"]) + ctx.settings.approval_deadline
+
+
 def approval(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Wait for an approver's decision; record it, count approvals by policy, route on."""
     ctx = runtime.context
-    requested = datetime.fromisoformat(state["approval_requested_at"])
-    deadline = requested + ctx.settings.approval_deadline
+    deadline = _deadline(ctx, state)
     answer = interrupt(
         approval_request(dict(state), deadline.isoformat()), response_schema=ApprovalAnswer
     ).root
@@ -226,7 +234,7 @@ def _record_approval(ctx: Context, state: RolloutState, record: Approval) -> str
     """Store and audit an approval; return why it could not be stored, if it could not."""
     reason: str | None = None
     try:
-        ctx.store.approvals.add(record)
+        ctx.store.approvals.add(record, received_at=ctx.people_now())
     except FieldgateError as exc:
         reason = str(exc)
     payload: dict[str, Any] = {
@@ -256,13 +264,17 @@ def _count_approvals(
     plan: RolloutPlan,
     unrecorded: tuple[Approval, str] | None = None,
 ) -> dict[str, Any]:
-    received = ctx.store.approvals.for_plan(plan.plan_id)
-    keys = {
-        person: key.public_b64
-        for person in {a.approver for a in received}
-        for key in ctx.store.keys.for_owner(person, "approver")[-1:]
-    }
+    arrived = ctx.store.approvals.received(plan.plan_id)
+    received = [approval for approval, _ in arrived]
+    trust = ctx.store.keys.judge(ctx.root)
+    keys = trust.public_keys("approver")
     valid = verify_approvals(received, keys)
+    deadline = _deadline(ctx, state)
+    skew = ctx.settings.approval_skew
+    timing = {
+        index: approval_timing(approval, at, deadline, skew)
+        for index, (approval, at) in enumerate(arrived)
+    }
     required = state.get("decision", {}).get("approvals", [])
     counted = ctx.policy.approvals(
         approvals_input(
@@ -273,10 +285,16 @@ def _count_approvals(
             ctx.roster or None,
             required,
             plan_id=plan.plan_id,
+            timing=timing,
         ),
         thread_id=state.get("thread_id"),
     )
     update: dict[str, Any] = {"approvals": counted.model_dump(mode="json")}
+    for entry in update["approvals"]["ignored"]:
+        # Name why a signature did not verify when the approver has no enrolled key.
+        person = entry.get("approver", "")
+        if entry.get("reason") == UNVERIFIED and person not in keys:
+            entry["reason"] = f"{UNVERIFIED}: {trust.why_not(person, 'approver')}"
     if unrecorded is not None:
         # The store refused it (it names no stored revision of this plan), so policy never
         # saw it; the approver still learns why it did not count.
@@ -307,12 +325,12 @@ def _edit_refused(ctx: Context, answer: ApprovalResume, current: RolloutPlan) ->
         return "the edit record names another plan revision than the one waiting"
     if record.draft_hash != draft_hash(edited.args["plan"]):
         return "the draft is not the one the edit record signs"
-    keys = ctx.store.keys.for_owner(record.editor, "approver")[-1:]
-    if (
-        not keys
-        or keys[0].key_id != record.key_id
-        or not record.signature_valid(keys[0].public_b64)
-    ):
+    trust = ctx.store.keys.judge(ctx.root)
+    key = trust.current(record.editor, "approver")
+    if key is None:
+        why = trust.why_not(record.editor, "approver")
+        return f"{record.editor} has no trusted approver key: {why}"
+    if key.key_id != record.key_id or not record.signature_valid(key.public_b64):
         return f"the edit's signature does not verify with {record.editor}'s approver key"
     return None
 

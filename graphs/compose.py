@@ -20,12 +20,13 @@ from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator
-from fieldgate.keyfiles import control_plane_key
+from fieldgate.keyfiles import control_plane_key, load_pinned_root
 from fieldgate.policy import PolicyEngine, PolicyGate, RegoEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.transport import Transport, TwinTransport
+from fieldgate.trust import TrustRoot
 from fieldgate.twin import FleetTwin
 
 TWIN_ID = "default"
@@ -66,6 +67,7 @@ def build_context(
     freeze: bool | None = None,
     settings: Settings | None = None,
     people_clock: Callable[[], datetime] | None = wall_clock,
+    root: TrustRoot | None = None,
 ) -> Context:
     """The run context over ``store``; what is not given comes from ``config``.
 
@@ -83,6 +85,7 @@ def build_context(
         settings: Run limits (default: :class:`Settings`).
         people_clock: The clock of requests and approvals (default: the wall clock;
             None: the run's clock, as in scenarios).
+        root: The root of trust (default: the one pinned under ``config.home``).
     """
     name = model_name or config.model
     transport = transport or TwinTransport(default_twin(store))
@@ -97,6 +100,7 @@ def build_context(
         model_name=name,
         settings=settings or Settings(),
         people_clock=people_clock,
+        root=root or load_pinned_root(config.trust_root_file),
     )
 
 

@@ -82,6 +82,26 @@ problem contains {"index": i, "approver": a.approver, "reason": reason} if {
 }
 
 # METADATA
+# title: C8 deadline
+# description: An approval counts only when it was signed and received before the approval deadline.
+problem contains {"index": i, "approver": a.approver, "reason": reason} if {
+	some i
+	a := input.approvals[i]
+	a.in_time == false
+	reason := "it was signed or received after the approval deadline"
+}
+
+# METADATA
+# title: C9 clock skew
+# description: An approval counts only when its signed time is within the allowed skew of the control plane's clock.
+problem contains {"index": i, "approver": a.approver, "reason": reason} if {
+	some i
+	a := input.approvals[i]
+	a.within_skew == false
+	reason := "its signed time is too far from the control plane's clock (back-dated or ahead)"
+}
+
+# METADATA
 # title: C4 roster roles
 # description: Roles come from the roster; an approver holding none of the needed roles does not count.
 problem contains {"index": i, "approver": a.approver, "reason": reason} if {

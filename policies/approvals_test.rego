@@ -192,3 +192,23 @@ test_incomplete_input_is_not_satisfied if {
 	d.satisfied == false
 	count(d.errors) == 1
 }
+
+test_an_approval_after_the_deadline_does_not_count if {
+	late := object.union(approve("saf-lee"), {"in_time": false})
+	d := count_approvals(needs(safety_1, [late]))
+	d.satisfied == false
+	ignored_for(d, 0, "after the approval deadline")
+}
+
+test_an_approval_signed_too_far_from_the_clock_does_not_count if {
+	skewed := object.union(approve("saf-lee"), {"within_skew": false})
+	d := count_approvals(needs(safety_1, [skewed]))
+	d.satisfied == false
+	ignored_for(d, 0, "too far from the control plane's clock")
+}
+
+test_a_timely_approval_still_counts if {
+	timely := object.union(approve("saf-lee"), {"in_time": true, "within_skew": true})
+	d := count_approvals(needs(safety_1, [timely]))
+	d.satisfied == true
+}

@@ -50,6 +50,13 @@ def require_mqtt() -> None:
     require_service("Mosquitto", MQTT_HOST, MQTT_PORT)
 
 
+@pytest.fixture(autouse=True)
+def _own_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test gets its own FIELDGATE_HOME (keys, the pinned root of trust), never the
+    user's ~/.fieldgate; a test that sets its own replaces it."""
+    monkeypatch.setenv("FIELDGATE_HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture
 def pg_url() -> Iterator[str]:
     """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""

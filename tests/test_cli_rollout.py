@@ -7,6 +7,7 @@ devices are the fleet twin. Nothing is mocked.
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import os
 import stat
 import subprocess
@@ -117,11 +118,18 @@ def test_chat_refuses_an_unknown_model(db: str) -> None:
     assert "use 'offline' or 'openai:NAME'" in out
 
 
-def test_keys_init_saves_a_private_key_and_trusts_it(db: str, tmp_path: Path) -> None:
+def test_keys_init_saves_a_private_key_that_counts_once_a_root_holder_enrolls_it(
+    db: str, tmp_path: Path
+) -> None:
     code, out = invoke("keys", "init", "--as", "saf-lee")
     assert code == 0, out
     path = tmp_path / "home" / "keys" / "saf-lee.key"
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert "not trusted until a root holder enrolls it" in out
+    with Store.open(db) as store:
+        assert store.keys.for_owner("saf-lee", "approver") == []
+    code, out = invoke("keys", "enroll", "saf-lee", "--as", getpass.getuser())
+    assert code == 0 and "trusted" in out, out
     with Store.open(db) as store:
         (trusted,) = store.keys.for_owner("saf-lee", "approver")
     assert trusted.key_id in out
@@ -129,9 +137,18 @@ def test_keys_init_saves_a_private_key_and_trusts_it(db: str, tmp_path: Path) ->
     assert code == 2 and "--force" in out
     assert invoke("keys", "init", "--as", "saf-lee", "--force")[0] == 0
     code, out = invoke("keys", "list")
-    assert code == 0 and "saf-lee" in out and "approver" in out
+    assert code == 0 and "saf-lee" in out and "approver" in out and "trusted" in out
+    assert "no (another key)" in out
     assert invoke("keys", "init", "--as", "../evil")[0] == 2
     assert invoke("keys", "init", "--as", "control-plane")[0] == 2
+
+
+def enroll(*people: str) -> None:
+    """Make each person's key and have the root holder (who ran ``init``) enroll it."""
+    for person in people:
+        assert invoke("keys", "init", "--as", person)[0] == 0
+        code, out = invoke("keys", "enroll", person, "--as", getpass.getuser())
+        assert code == 0 and "trusted" in out, out
 
 
 def test_approvals_flow_with_own_approval_missing_key_and_reject(db: str) -> None:
@@ -143,8 +160,7 @@ def test_approvals_flow_with_own_approval_missing_key_and_reject(db: str) -> Non
     assert code == 2
     assert "no key for 'saf-lee'" in out and "fieldgate keys init --as saf-lee" in out
 
-    for person in ("eng-ana", "saf-lee"):
-        assert invoke("keys", "init", "--as", person)[0] == 0
+    enroll("eng-ana", "saf-lee")
     code, out = invoke("approvals", "approve", plan, "--as", "eng-ana", "--comment", "mine")
     assert code == 1, out
     assert "does not count" in out and "the requester cannot decide on their own plan" in out

@@ -79,6 +79,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     env.pop("FIELDGATE_ROSTER", None)
     _run(env, "init")
     _run(env, "keys", "init", "--as", "saf-lee")
+    _run(env, "keys", "enroll", "saf-lee")  # by the root holder who ran init
     # The repository's langgraph.json with its paths made absolute, so that the server's
     # own state (.langgraph_api) goes to the test's directory and not the checkout.
     config = json.loads((ROOT / "langgraph.json").read_text())

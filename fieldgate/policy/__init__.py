@@ -13,6 +13,7 @@ writes each decision to the audit log.
 """
 
 from fieldgate.policy._build import (
+    approval_timing,
     approvals_input,
     relation_of,
     rollout_input,
@@ -92,6 +93,7 @@ __all__ = [
     "ToolDecision",
     "ToolInput",
     "Violation",
+    "approval_timing",
     "approvals_input",
     "check_v1",
     "default_policy_dir",

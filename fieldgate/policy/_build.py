@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from fieldgate.approvals import Approval
@@ -271,6 +271,15 @@ def verify_approvals(approvals: Sequence[Approval], keys: Mapping[str, str]) -> 
     return results
 
 
+def approval_timing(
+    approval: Approval, received_at: datetime, deadline: datetime, skew: timedelta
+) -> tuple[bool, bool]:
+    """Whether ``approval`` came in time (signed and received by ``deadline``), and whether
+    its signed time lay within ``skew`` of the control plane's clock when it arrived."""
+    in_time = approval.at <= deadline and received_at <= deadline
+    return in_time, abs(approval.at - received_at) <= skew
+
+
 def approvals_input(
     plan_hash: str,
     requester: str,
@@ -280,6 +289,7 @@ def approvals_input(
     required: Sequence[Any],
     *,
     plan_id: str | None = None,
+    timing: Mapping[int, tuple[bool, bool]] | None = None,
 ) -> ApprovalsInput:
     """Build the approval count's input.
 
@@ -294,6 +304,9 @@ def approvals_input(
         required: the rollout decision's ``approvals``: objects or mappings with ``role``
             and ``count`` (reasons are ignored).
         plan_id: plan id, for the record.
+        timing: per approval (by position), whether it came in time and whether its
+            signed time was within the allowed skew (see :func:`approval_timing`);
+            approvals it leaves out are taken as timely.
     """
     valid = (
         dict(enumerate(signature_valid))
@@ -319,6 +332,8 @@ def approvals_input(
                 decision=approval.decision.value,
                 signature_valid=bool(valid.get(index, False)),
                 claimed_roles=list(approval.roles),
+                in_time=(timing or {}).get(index, (True, True))[0],
+                within_skew=(timing or {}).get(index, (True, True))[1],
             )
             for index, approval in enumerate(approvals)
         ],

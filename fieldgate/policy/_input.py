@@ -230,6 +230,11 @@ class ApprovalFact(Contract):
     """Whether the signature verifies with the approver's key (checked in Python)."""
     claimed_roles: list[str]
     """Roles the approval claims; never counted, kept for the record."""
+    in_time: bool = True
+    """Whether it was signed and received before the approval deadline (checked in Python)."""
+    within_skew: bool = True
+    """Whether its signed time was within the allowed skew of the control plane's clock
+    when it arrived (checked in Python)."""
 
 
 class RoleNeed(Contract):

@@ -12,7 +12,14 @@ from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.errors import ApprovalInvalid
 from fieldgate.store._engine import for_writing, transaction
 from fieldgate.store._plans import PlanRow
-from fieldgate.store._table import StoreTable, from_json_text, json_text, utc_now, utc_time_field
+from fieldgate.store._table import (
+    StoreTable,
+    as_utc,
+    from_json_text,
+    json_text,
+    utc_now,
+    utc_time_field,
+)
 
 
 class ApprovalRow(StoreTable, table=True):
@@ -59,8 +66,11 @@ class ApprovalStore:
         self._engine = engine
         self._writer = for_writing(engine)
 
-    def add(self, approval: Approval) -> Approval:
+    def add(self, approval: Approval, received_at: datetime | None = None) -> Approval:
         """Store ``approval``; the identical approval received again is stored once.
+
+        ``received_at`` is when it arrived on the control plane's clock of what people do
+        (default: now); the approval deadline and the clock skew are judged against it.
 
         The signature is not judged here (the roster and policy do that), but the
         approval must name a stored plan revision.
@@ -95,7 +105,7 @@ class ApprovalStore:
                         key_id=approval.key_id,
                         signature=approval.signature,
                         approval_hash=approval_hash,
-                        received_at=utc_now(),
+                        received_at=received_at or utc_now(),
                     )
                 )
         return approval
@@ -107,3 +117,10 @@ class ApprovalStore:
             query = query.where(ApprovalRow.plan_hash == plan_hash)
         with transaction(self._engine, f"reading approvals of plan {plan_id}") as session:
             return [_approval(row) for row in session.exec(query.order_by(col(ApprovalRow.id)))]
+
+    def received(self, plan_id: str) -> list[tuple[Approval, datetime]]:
+        """The plan's approvals as received, each with when it arrived."""
+        query = select(ApprovalRow).where(ApprovalRow.plan_id == plan_id)
+        with transaction(self._engine, f"reading approvals of plan {plan_id}") as session:
+            rows = session.exec(query.order_by(col(ApprovalRow.id)))
+            return [(_approval(row), as_utc(row.received_at)) for row in rows]

@@ -1,4 +1,10 @@
-"""Trusted public keys: who may sign artifacts, approvals and device commands."""
+"""Trusted public keys: who may sign artifacts, approvals and device commands.
+
+Approver and control-plane keys are stored with the root holders' signed enrollment
+statement (see :mod:`fieldgate.trust`), the root of trust's versions and the signed
+revocations next to them; whether a row counts is judged from those signatures every
+time a key is used, never from the row alone.
+"""
 
 from __future__ import annotations
 
@@ -13,9 +19,10 @@ from sqlalchemy.engine import Engine
 from sqlmodel import Field, col, select
 
 from fieldgate.errors import NotFound, StoreError
-from fieldgate.signing import key_id_of
+from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store._engine import for_writing, read_rows, transaction
 from fieldgate.store._table import StoreTable, as_utc, utc_now, utc_time_field
+from fieldgate.trust import KeyStatement, KeyTrust, StoredKey, TrustRoot, judge_keys, resolve_root
 
 KeyPurpose = Literal["artifact", "approver", "control-plane"]
 """What a key is trusted to sign: artifacts (factory), approvals, or device commands."""
@@ -49,11 +56,46 @@ class TrustedKeyRow(StoreTable, table=True):
     purpose: str
     public_b64: str
     added_at: datetime = utc_time_field()
+    statement_json: str = ""
+    """The signed enrollment statement (JSON), for approver and control-plane keys."""
+
+    def stored(self) -> StoredKey:
+        """The row with its statement, for judging (a garbled statement reads as none)."""
+        statement = None
+        if self.statement_json:
+            try:
+                statement = KeyStatement.model_validate_json(self.statement_json)
+            except ValueError:
+                statement = None
+        return StoredKey(self.key_id, self.owner, self.purpose, self.public_b64, statement)
 
     def to_key(self) -> TrustedKey:
         """Return the row as a :class:`TrustedKey`."""
         purpose: KeyPurpose = self.purpose  # type: ignore[assignment]
         return TrustedKey(self.key_id, self.owner, purpose, self.public_b64, as_utc(self.added_at))
+
+
+class TrustRootRow(StoreTable, table=True):
+    """One version of the root of trust, as signed."""
+
+    __tablename__ = "trust_root"
+
+    version: int = Field(primary_key=True)
+    root_json: str
+
+
+class KeyRevocationRow(StoreTable, table=True):
+    """A signed revocation of a key."""
+
+    __tablename__ = "key_revocation"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key_id: str = Field(index=True)
+    statement_json: str
+
+
+ENROLLED: tuple[str, ...] = ("approver", "control-plane")
+"""The purposes whose keys are trusted only through a root-signed enrollment."""
 
 
 _KEY_COLUMNS = (
@@ -143,3 +185,118 @@ class KeyStore:
         with transaction(self._engine, f"reading the keys of {owner}") as session:
             query = query.order_by(col(TrustedKeyRow.added_at), col(TrustedKeyRow.key_id))
             return [row.to_key() for row in session.exec(query)]
+
+    def enroll(self, statement: KeyStatement) -> KeyStatement:
+        """Store an enrollment, or add the signatures of a co-signer to the stored one.
+
+        Returns the statement as stored, with every signature it carries so far.
+
+        Raises:
+            StoreError: the key is malformed, or already stored as another owner's or
+                purpose's key, or under another statement.
+        """
+        if statement.action != "enroll":
+            raise StoreError("an enrollment statement must have action enroll")
+        _check_public_key(statement.public_b64)
+        with transaction(self._writer, f"enrolling key {statement.key_id}") as session:
+            row = session.get(TrustedKeyRow, statement.key_id)
+            if row is None:
+                session.add(
+                    TrustedKeyRow(
+                        key_id=statement.key_id,
+                        owner=statement.owner,
+                        purpose=statement.purpose,
+                        public_b64=statement.public_b64,
+                        added_at=utc_now(),
+                        statement_json=statement.model_dump_json(),
+                    )
+                )
+                return statement
+            stored = row.stored().statement
+            if stored is None and (row.owner, row.purpose, row.public_b64) == (
+                statement.owner,
+                statement.purpose,
+                statement.public_b64,
+            ):
+                # A key stored before it was enrolled (the control plane's, made on first use).
+                row.statement_json = statement.model_dump_json()
+                session.add(row)
+                return statement
+            if stored is None or stored.digest != statement.digest:
+                raise StoreError(
+                    f"key {statement.key_id} is already stored as {row.owner}'s {row.purpose} "
+                    "key under another statement"
+                )
+            signatures = {s.key_id: s for s in (*stored.signatures, *statement.signatures)}
+            merged = stored.model_copy(update={"signatures": tuple(signatures.values())})
+            row.statement_json = merged.model_dump_json()
+            session.add(row)
+            return merged
+
+    def statement(self, key_id: str) -> KeyStatement | None:
+        """The enrollment stored with key ``key_id`` (for a co-signer to sign), if any."""
+        with transaction(self._engine, f"reading key {key_id}") as session:
+            row = session.get(TrustedKeyRow, key_id)
+            return row.stored().statement if row is not None else None
+
+    def revoke(self, statement: KeyStatement) -> None:
+        """Store a signed revocation."""
+        if statement.action != "revoke":
+            raise StoreError("a revocation statement must have action revoke")
+        with transaction(self._writer, f"revoking key {statement.key_id}") as session:
+            session.add(
+                KeyRevocationRow(
+                    key_id=statement.key_id, statement_json=statement.model_dump_json()
+                )
+            )
+
+    def add_root(self, root: TrustRoot) -> None:
+        """Store one version of the root of trust (a version already stored stays)."""
+        with transaction(self._writer, f"storing root version {root.version}") as session:
+            if session.get(TrustRootRow, root.version) is None:
+                session.add(TrustRootRow(version=root.version, root_json=root.model_dump_json()))
+
+    def roots(self) -> list[TrustRoot]:
+        """Every stored root version that parses, oldest first."""
+        with transaction(self._engine, "reading the root of trust") as session:
+            rows = session.exec(select(TrustRootRow).order_by(col(TrustRootRow.version))).all()
+            texts = [row.root_json for row in rows]
+        roots = []
+        for text in texts:
+            try:
+                roots.append(TrustRoot.model_validate_json(text))
+            except ValueError:
+                continue
+        return roots
+
+    def judge(self, pinned: TrustRoot | None) -> KeyTrust:
+        """Every approver and control-plane key judged under the root that follows from the
+        pinned one (see :func:`fieldgate.trust.judge_keys`)."""
+        with transaction(self._engine, "reading enrolled keys") as session:
+            query = select(TrustedKeyRow).where(col(TrustedKeyRow.purpose).in_(ENROLLED))
+            rows = [row.stored() for row in session.exec(query.order_by(col(TrustedKeyRow.key_id)))]
+            texts = [r.statement_json for r in session.exec(select(KeyRevocationRow))]
+        revocations = []
+        for text in texts:
+            try:
+                revocations.append(KeyStatement.model_validate_json(text))
+            except ValueError:
+                continue
+        if pinned is None:
+            return judge_keys(None, rows, revocations)
+        root, problems = resolve_root(pinned, self.roots())
+        return judge_keys(root, rows, revocations, problems)
+
+    def resign(self, old_key_id: str, new: SigningKey) -> int:
+        """Sign again with ``new`` every enrollment that ``old_key_id`` signed (a root key
+        rotation); return how many."""
+        count = 0
+        with transaction(self._writer, "signing enrollments with a rotated root key") as session:
+            for row in session.exec(select(TrustedKeyRow)).all():
+                statement = row.stored().statement
+                if statement is None or all(s.key_id != old_key_id for s in statement.signatures):
+                    continue
+                row.statement_json = statement.signed_with(new).model_dump_json()
+                session.add(row)
+                count += 1
+        return count
