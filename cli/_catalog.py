@@ -7,7 +7,14 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from fieldgate.cli._common import command_config, open_store, read_catalog_file
+from fieldgate.audit import EventKind
+from fieldgate.cli._common import (
+    audit_change,
+    command_config,
+    file_digest,
+    open_store,
+    read_catalog_file,
+)
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.contract import parse_version
 from fieldgate.store import Store
@@ -29,8 +36,21 @@ def import_(
     config = command_config(db)
     with Store.open(config.database_url) as store:
         for path, manifests in parsed:
+            who = actor or config.actor()
             result = store.catalog.import_manifests(
-                [(m, None) for m in manifests], source=str(path), actor=actor or config.actor()
+                [(m, None) for m in manifests], source=str(path), actor=who
+            )
+            audit_change(
+                store,
+                EventKind.catalog,
+                who,
+                {
+                    "action": "import",
+                    "source": str(path),
+                    "digest": file_digest(path),
+                    "added": result.added,
+                    "unchanged": len(result.unchanged),
+                },
             )
             console.print(
                 f"{path}: {len(result.added)} added, {len(result.unchanged)} unchanged",

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
+from typing import Any
 
+from fieldgate.audit import ActorKind, EventKind
 from fieldgate.config import Config
 from fieldgate.contract import read_yaml, validate_as
 from fieldgate.errors import InventoryInvalid, ManifestInvalid
@@ -35,3 +38,13 @@ def read_inventory_file(path: Path) -> FleetInventory:
     return validate_as(
         FleetInventory, read_yaml(path, InventoryInvalid), str(path), InventoryInvalid
     )
+
+
+def file_digest(path: Path) -> str:
+    """``sha256:`` and the hex digest of a file's bytes, for the audit record of an import."""
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def audit_change(store: Store, kind: EventKind, actor: str, payload: dict[str, Any]) -> None:
+    """Audit a change a person made from the command line (an import, a seed)."""
+    store.audit.append(kind, ActorKind.human, actor, payload)

@@ -8,7 +8,14 @@ import typer
 import yaml
 from rich.table import Table
 
-from fieldgate.cli._common import command_config, open_store, read_inventory_file
+from fieldgate.audit import EventKind
+from fieldgate.cli._common import (
+    audit_change,
+    command_config,
+    file_digest,
+    open_store,
+    read_inventory_file,
+)
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.errors import NotFound
 from fieldgate.plan import Selector
@@ -56,8 +63,19 @@ def import_(
     config = command_config(db)
     with Store.open(config.database_url) as store:
         for path, inventory in parsed:
-            result = store.fleet.import_inventory(
-                inventory, source=str(path), actor=actor or config.actor()
+            who = actor or config.actor()
+            result = store.fleet.import_inventory(inventory, source=str(path), actor=who)
+            audit_change(
+                store,
+                EventKind.fleet,
+                who,
+                {
+                    "action": "import",
+                    "source": str(path),
+                    "digest": file_digest(path),
+                    "sites": result.sites,
+                    "devices": result.devices,
+                },
             )
             console.print(
                 f"{path}: {result.sites} sites, {result.devices} devices", highlight=False
@@ -136,6 +154,17 @@ def seed(
     with Store.open(config.database_url) as store:
         result = store.fleet.import_inventory(
             inventory, source=f"seed:{seed_value}", actor=config.actor()
+        )
+        audit_change(
+            store,
+            EventKind.fleet,
+            config.actor(),
+            {
+                "action": "seed",
+                "seed": seed_value,
+                "sites": result.sites,
+                "devices": result.devices,
+            },
         )
         console.print(f"seeded {result.devices} devices at {result.sites} sites")
         print_summary(store.fleet.summary())

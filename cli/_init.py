@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._audit import print_verification
-from fieldgate.cli._common import command_config
+from fieldgate.cli._common import audit_change, command_config, file_digest
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.config import DEFAULT_MODEL, Config
@@ -31,14 +31,21 @@ def load_sample_into(store: Store, actor: str) -> tuple[int, int]:
     """
     sample = load_sample()
     store.keys.trust(DEMO_FACTORY_OWNER, demo_factory_key().public_b64, "artifact")
+    catalog, inventory = sample_path("catalog.yaml"), sample_path("fleet.yaml")
     added = store.catalog.import_manifests(
-        [(m, None) for m in sample.catalog.modules],
-        source=str(sample_path("catalog.yaml")),
-        actor=actor,
+        [(m, None) for m in sample.catalog.modules], source=str(catalog), actor=actor
     )
-    fleet = store.fleet.import_inventory(
-        sample.fleet, source=str(sample_path("fleet.yaml")), actor=actor
-    )
+    fleet = store.fleet.import_inventory(sample.fleet, source=str(inventory), actor=actor)
+    for kind, path, counts in (
+        (EventKind.catalog, catalog, {"added": added.added}),
+        (EventKind.fleet, inventory, {"sites": fleet.sites, "devices": fleet.devices}),
+    ):
+        audit_change(
+            store,
+            kind,
+            actor,
+            {"action": "import", "source": str(path), "digest": file_digest(path), **counts},
+        )
     return len(added.added), fleet.devices
 
 

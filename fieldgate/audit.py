@@ -46,6 +46,9 @@ class EventKind(StrEnum):
     done = "done"
     stop = "stop"
     key = "key"
+    catalog = "catalog"
+    fleet = "fleet"
+    settings = "settings"
 
 
 class AuditEvent(Contract):

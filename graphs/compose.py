@@ -16,7 +16,9 @@ from functools import cache
 from langchain_core.language_models import BaseChatModel
 
 from fieldgate.agents.models import make_model
+from fieldgate.audit import ActorKind, EventKind
 from fieldgate.config import Config
+from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator
@@ -104,6 +106,21 @@ def build_context(
     )
 
 
+def audit_settings(store: Store, config: Config) -> bool:
+    """Audit the roster and the freeze this command runs with, when they differ from the
+    last ones audited (a changed roster file, a freeze turned on); return whether they did.
+    """
+    settings = {"roster": config.roster, "freeze": config.freeze}
+    digest = sha256_hex(canonical_json(settings))
+    last = store.audit.events(kinds=[EventKind.settings])
+    if last and last[-1].payload.get("digest") == digest:
+        return False
+    store.audit.append(
+        EventKind.settings, ActorKind.human, config.actor(), {**settings, "digest": digest}
+    )
+    return True
+
+
 @contextmanager
 def open_orchestrator(
     db_url: str | None = None,
@@ -131,6 +148,7 @@ def open_orchestrator(
             ctx = build_context(
                 config, store, transport=transport, control_key=key, settings=settings
             )
+            audit_settings(store, config)
             yield Orchestrator(ctx, checkpointer)
 
 

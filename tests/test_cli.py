@@ -37,11 +37,11 @@ def test_init_loads_sample_and_is_idempotent(db_url: str) -> None:
     code, out = invoke("init", "--db", db_url)
     assert code == 0, out
     assert "23 new manifests, 314 devices" in out and "made now" in out
-    # The root of trust is made once, and audited.
-    assert counts(db_url) == (23, 314, 9, 1)
+    # The root of trust is made once; it and both imports are audited.
+    assert counts(db_url) == (23, 314, 9, 3)
     code, out = invoke("init", "--db", db_url)
     assert code == 0 and "0 new manifests" in out and "pinned already" in out
-    assert counts(db_url) == (23, 314, 9, 1)
+    assert counts(db_url) == (23, 314, 9, 5)
 
 
 def test_bad_inventory_exits_2_names_field_and_stores_nothing(db_url: str, tmp_path: Path) -> None:

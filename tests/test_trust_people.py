@@ -8,6 +8,7 @@ init`` by the root holder, ``keys init`` by a person, ``keys enroll`` by the roo
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -350,3 +351,54 @@ def test_a_forged_root_version_in_the_database_is_refused_and_named(
     plan = deployment.ask()
     view = _approve_with(SigningKey(owner="saf-ola", private=mallory.private), plan, deployment)
     assert not view.values.get("approved")
+
+
+# --------------------------------------------------------------------------- coverage
+
+
+def test_init_imports_seeding_and_key_changes_are_audited_with_digests(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    inventory = tmp_path / "fleet.yaml"
+    assert (
+        invoke("fleet", "seed", "--sites", "1", "--devices-per-site", "2", "--out", str(inventory))[
+            0
+        ]
+        == 0
+    )
+    assert invoke("fleet", "import", str(inventory))[0] == 0
+    assert invoke("fleet", "seed", "--sites", "1", "--devices-per-site", "2", "--seed", "7")[0] == 0
+    deployment.enroll("saf-lee")
+    with deployment.store() as store:
+        events = [(e.kind.value, e.payload.get("action"), e.actor) for e in store.audit.events()]
+        imports = [e.payload for e in store.audit.events() if e.kind in ("catalog", "fleet")]
+    assert events == [
+        ("key", "init-root", ROOT_HOLDER),
+        ("catalog", "import", ROOT_HOLDER),
+        ("fleet", "import", ROOT_HOLDER),
+        ("fleet", "import", ROOT_HOLDER),
+        ("fleet", "seed", ROOT_HOLDER),
+        ("key", "enroll", ROOT_HOLDER),
+    ]
+    digest = "sha256:" + hashlib.sha256(inventory.read_bytes()).hexdigest()
+    assert imports[2]["source"] == str(inventory) and imports[2]["digest"] == digest
+    assert all(p["digest"].startswith("sha256:") for p in imports if p["action"] == "import")
+
+
+def test_a_changed_roster_or_freeze_is_audited_once(deployment: Deployment, tmp_path: Path) -> None:
+    def settings_events() -> list[dict[str, object]]:
+        with deployment.store() as store:
+            return [e.payload for e in store.audit.events(kinds=["settings"])]
+
+    assert invoke("approvals", "list")[0] == 0
+    assert invoke("approvals", "list")[0] == 0
+    assert [e["freeze"] for e in settings_events()] == [False]
+    roster = tmp_path / "roster.json"
+    roster.write_text('{"saf-lee": ["safety"], "eng-ana": ["engineer"]}')
+    deployment.monkeypatch.setenv("FIELDGATE_ROSTER", str(roster))
+    deployment.monkeypatch.setenv("FIELDGATE_FREEZE", "1")
+    assert invoke("approvals", "list")[0] == 0
+    assert invoke("approvals", "list")[0] == 0
+    events = settings_events()
+    assert len(events) == 2 and events[1]["freeze"] is True
+    assert events[1]["roster"] == {"saf-lee": ["safety"], "eng-ana": ["engineer"]}
