@@ -16,6 +16,7 @@ from functools import cache
 from langchain_core.language_models import BaseChatModel
 
 from fieldgate.agents.models import make_model
+from fieldgate.audit_witness import AuditWitness
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.graphs.checkpoint import open_checkpointer
@@ -66,6 +67,7 @@ def build_context(
     freeze: bool | None = None,
     settings: Settings | None = None,
     people_clock: Callable[[], datetime] | None = wall_clock,
+    witness: AuditWitness | None = None,
 ) -> Context:
     """The run context over ``store``; what is not given comes from ``config``.
 
@@ -83,6 +85,9 @@ def build_context(
         settings: Run limits (default: :class:`Settings`).
         people_clock: The clock of requests and approvals (default: the wall clock;
             None: the run's clock, as in scenarios).
+        witness: Checkpoints the audit log into the witness file at every run's end and
+            every N events (default: none; :func:`configured_witness` makes the
+            configured one).
     """
     name = model_name or config.model
     transport = transport or TwinTransport(default_twin(store))
@@ -97,7 +102,15 @@ def build_context(
         model_name=name,
         settings=settings or Settings(),
         people_clock=people_clock,
+        witness=witness,
     )
+
+
+def configured_witness(config: Config, store: Store) -> AuditWitness:
+    """The audit witness ``config`` names, already counting appends to ``store``'s log."""
+    witness = AuditWitness.from_config(config, store)
+    witness.watch(store)
+    return witness
 
 
 @contextmanager
@@ -122,10 +135,16 @@ def open_orchestrator(
     url = config.database_url
     with Store.open(url) as store:
         key = control_plane_key(store, config.keys_dir)
+        witness = configured_witness(config, store)
         opened = open_transport(store, key) if open_transport else nullcontext(None)
         with opened as transport, open_checkpointer(url) as checkpointer:
             ctx = build_context(
-                config, store, transport=transport, control_key=key, settings=settings
+                config,
+                store,
+                transport=transport,
+                control_key=key,
+                settings=settings,
+                witness=witness,
             )
             yield Orchestrator(ctx, checkpointer)
 
@@ -138,4 +157,5 @@ def served_context() -> Context:
     fieldgate context, so the nodes build one from the environment, once per process.
     """
     config = Config.from_env()
-    return build_context(config, Store.open(config.database_url))
+    store = Store.open(config.database_url)
+    return build_context(config, store, witness=configured_witness(config, store))
