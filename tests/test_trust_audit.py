@@ -331,3 +331,102 @@ def test_a_garbled_witness_is_bad_input_named_by_file_and_line(
     code, out = verify(db_url)
     assert code == 2, out
     assert f"{path}: no witness file here, but the database holds 1 checkpoints" in out
+
+
+# -- the restricted PostgreSQL role ------------------------------------------------------------
+
+
+@pytest.fixture
+def app_role(pg_url: str) -> Iterator[str]:
+    """A role name for this test; dropped with everything it owns afterwards."""
+    import uuid
+
+    import psycopg
+
+    from tests.conftest import PG_DSN
+
+    name = "fg_app_" + uuid.uuid4().hex[:10]
+    yield name
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(f'DROP OWNED BY "{name}"')
+            conn.execute(f'DROP ROLE "{name}"')
+
+
+def make_role(pg_url: str, role: str) -> str:
+    code, out = invoke("db", "roles", "--admin-url", pg_url, "--app-role", role)
+    assert code == 0, out
+    assert f"role {role}: not superuser; audit_event: SELECT, INSERT;" in out
+    return out.split("FIELDGATE_DB=", 1)[1].strip()
+
+
+@pytest.mark.postgres
+def test_the_app_role_cannot_rewrite_the_audit_log_or_skip_its_guards(
+    pg_url: str, app_role: str, home: Path
+) -> None:
+    app_url = make_role(pg_url, app_role)
+    assert f"{app_role}@" in app_url and "search_path" in app_url
+    with Store.open(app_url) as store:
+        fill(store, 6)
+        checkpoint(app_url)
+        refused = {
+            "UPDATE audit_event SET actor = 'mallory'": "permission denied for table audit_event",
+            "DELETE FROM audit_event WHERE seq > 3": "permission denied for table audit_event",
+            "TRUNCATE audit_event": "permission denied for table audit_event",
+            "DELETE FROM audit_head": "permission denied for table audit_head",
+            "DELETE FROM audit_checkpoint": "permission denied for table audit_checkpoint",
+            "UPDATE audit_checkpoint SET seq = 1": "permission denied for table audit_checkpoint",
+            "SET session_replication_role = replica": (
+                'permission denied to set parameter "session_replication_role"'
+            ),
+            "DROP TRIGGER audit_event_append_only ON audit_event": "must be owner",
+        }
+        for statement, reason in refused.items():
+            with pytest.raises(Exception, match=reason), store.engine.begin() as conn:
+                conn.exec_driver_sql(statement)
+        with store.engine.connect() as conn:
+            superuser = conn.exec_driver_sql(
+                "SELECT rolsuper FROM pg_roles WHERE rolname = current_user"
+            )
+            assert superuser.scalar() is False
+    code, out = verify(app_url)
+    assert code == 0 and "6 events verified; the witnessed checkpoint at sequence 6" in out, out
+
+
+@pytest.mark.postgres
+def test_a_rollout_runs_as_the_app_role(
+    pg_url: str, app_role: str, home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app_url = make_role(pg_url, app_role)
+    monkeypatch.setenv("FIELDGATE_DB", app_url)
+    for name in ("FIELDGATE_USER", "FIELDGATE_MODEL", "FIELDGATE_FREEZE", "FIELDGATE_ROSTER"):
+        monkeypatch.delenv(name, raising=False)
+    code, out = invoke("init")
+    assert code == 0, out
+    request = "Roll out hvac-controller 2.4.1 to muc-01\n"
+    result = runner.invoke(app, ["chat", "--as", "eng-ana"], input=request)
+    assert result.exit_code == 0, result.output
+    with Store.open(app_url) as store:
+        plan_id = store.runs.list()[-1].plan_id
+    assert invoke("keys", "init", "--as", "saf-lee")[0] == 0
+    assert invoke("approvals", "approve", plan_id, "--as", "saf-lee")[0] == 0
+    code, out = invoke("worker", "--once")
+    assert code == 0, out
+    code, out = verify(app_url)
+    assert code == 0 and "matches" in out, out
+    # Running it again (after an upgrade, say) keeps the rights as they were.
+    assert make_role(pg_url, app_role) == app_url
+
+
+def test_roles_need_postgresql_and_a_plain_name(sqlite_url: str) -> None:
+    code, out = invoke("db", "roles", "--admin-url", sqlite_url, "--app-role", "fieldgate_app")
+    assert code == 2
+    assert out.strip() == (
+        "--admin-url: database roles need PostgreSQL (postgresql+psycopg://…); SQLite has none"
+    )
+    never_reached = "postgresql://admin@127.0.0.1:9/none"
+    code, out = invoke(
+        "db", "roles", "--admin-url", never_reached, "--app-role", 'x"; DROP TABLE y'
+    )
+    assert code == 2
+    assert out.strip().startswith("--app-role: 'x\"; DROP TABLE y' is not a role name")
