@@ -8,6 +8,7 @@ from fieldgate.cli._approvals import approvals_app
 from fieldgate.cli._audit import audit_app
 from fieldgate.cli._catalog import catalog_app
 from fieldgate.cli._chat import chat
+from fieldgate.cli._db import db_app
 from fieldgate.cli._edge import agent, up
 from fieldgate.cli._eval import eval_app
 from fieldgate.cli._fleet import fleet_app
@@ -39,6 +40,7 @@ app.add_typer(fleet_app, name="fleet")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(db_app, name="db")
 app.command("serve-model")(serve_model)
 
 app.add_typer(policy_app, name="policy")

@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 from enum import StrEnum
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from fieldgate.audit import EventKind
-from fieldgate.cli._common import open_store
+from fieldgate.audit_witness import AnchorResult, AuditWitness, verify_anchored
+from fieldgate.cli._common import command_config, open_store
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
-from fieldgate.store import VerifyResult
+from fieldgate.config import Config
+from fieldgate.keyfiles import load_pinned_root
+from fieldgate.store import Store, VerifyResult
 
-audit_app = typer.Typer(help="The audit log: show, verify, export.", no_args_is_help=True)
+audit_app = typer.Typer(
+    help="The audit log: show, verify, checkpoint, export.", no_args_is_help=True
+)
 
 DbOption = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB).")
+WitnessOption = typer.Option(
+    None,
+    "--witness",
+    help="The audit witness file (default: FIELDGATE_AUDIT_WITNESS, else "
+    "FIELDGATE_HOME/audit-witness.jsonl).",
+)
 
 
 class ExportFormat(StrEnum):
@@ -65,15 +78,71 @@ def print_verification(result: VerifyResult) -> None:
         )
 
 
+def _config(db: str | None, witness: Path | None) -> Config:
+    config = command_config(db)
+    return replace(config, audit_witness=witness) if witness else config
+
+
+def print_anchoring(result: AnchorResult) -> None:
+    """Say whether the chain verified against the witness and, if not, what was tampered."""
+    if not result.chain.ok:
+        print_verification(result.chain)
+    elif result.ok:
+        console.print(
+            f"[green]audit chain ok[/]: {result.chain.count} events verified; {result.reason}",
+            highlight=False,
+        )
+    else:
+        console.print(f"[bold red]audit log tampered[/]: {result.reason}", highlight=False)
+
+
 @audit_app.command("verify")
 @handles_errors
-def verify(db: str = DbOption) -> None:
-    """Walk the hash chain and name the first broken sequence number; exit 1 if broken."""
-    with open_store(db) as store:
-        result = store.audit.verify()
-    print_verification(result)
-    if not result.ok:
+def verify(db: str = DbOption, witness: Path = WitnessOption) -> None:
+    """Walk the hash chain, then check it against the latest witnessed checkpoint.
+
+    Names the first broken sequence number, events missing after a checkpoint, a
+    rewrite the checkpoint's head hash no longer matches, a checkpoint whose signature
+    does not verify with an enrolled control-plane key, a witness whose head moved
+    backwards, and key rows that are forged, edited or unsigned. Exit 0 when all is well,
+    1 when the log was tampered with, 2 when the witness file cannot be read.
+    """
+    config = _config(db, witness)
+    root = load_pinned_root(config.trust_root_file)
+    with Store.open(config.database_url) as store:
+        result = verify_anchored(store, config.witness_path, root)
+        trust = store.keys.judge(root) if root is not None else None
+    print_anchoring(result)
+    bad = [v for v in trust.verdicts if v.status == "bad"] if trust else []
+    for verdict in bad:
+        key = verdict.key
+        console.print(
+            f"[bold red]key row bad[/]: {key.key_id} ({escape(key.owner)}, {key.purpose}): "
+            f"{escape(verdict.reason)}",
+            highlight=False,
+        )
+    for problem in trust.root_problems if trust else []:
+        console.print(f"[bold red]root of trust[/]: {escape(problem)}", highlight=False)
+    if not result.ok or bad or (trust and trust.root_problems):
         raise typer.Exit(EXIT_FAILED)
+
+
+@audit_app.command("checkpoint")
+@handles_errors
+def checkpoint(db: str = DbOption, witness: Path = WitnessOption) -> None:
+    """Sign the chain's head with the control plane's key; keep it in the store and the witness.
+
+    Refused (exit 1) when the chain no longer extends the last witnessed checkpoint.
+    """
+    config = _config(db, witness)
+    with Store.open(config.database_url) as store:
+        made = AuditWitness.from_config(config, store).checkpoint(store)
+    where = config.witness_path
+    console.print(
+        f"checkpoint {made.checkpoint_id}: sequence {made.seq}, head {made.head_hash[:16]}…, "
+        f"signed by {made.key_id}, witnessed in {where}",
+        highlight=False,
+    )
 
 
 @audit_app.command("export")

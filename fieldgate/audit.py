@@ -83,3 +83,30 @@ class AuditEvent(Contract):
 def chain_hash(prev_hash: str, body: dict[str, Any]) -> str:
     """The hash of an event whose other fields are ``body``, following ``prev_hash``."""
     return sha256_hex(prev_hash.encode("ascii") + canonical_json(body))
+
+
+class AuditCheckpoint(Contract):
+    """A signed statement of the chain's head, like a transparency log's signed tree head.
+
+    The control plane signs it; a copy goes to the store and one to the witness file
+    outside the database, against which ``audit verify`` checks the chain.
+    """
+
+    checkpoint_id: str = Field(min_length=1)
+    """Unique id of this checkpoint."""
+    log_id: str = Field(min_length=1)
+    """The audit log it is about (each database's log has its own id)."""
+    seq: int = Field(ge=0)
+    """Sequence number of the head event (0: the empty log)."""
+    head_hash: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """Hash of the head event (``GENESIS_HASH`` for the empty log)."""
+    at: datetime
+    """When it was made (UTC)."""
+    key_id: str = Field(min_length=1)
+    """The control-plane key that signed it."""
+    signature: str = ""
+    """ed25519 signature over :meth:`signed_body`, base64."""
+
+    def signed_body(self) -> dict[str, Any]:
+        """What the signature covers: every field but the signature."""
+        return self.model_dump(mode="json", exclude={"signature"})

@@ -21,11 +21,19 @@ DEFAULT_MODEL_TIMEOUT_S = 60.0
 DEFAULT_MODEL_RETRIES = 2
 """Retries of a request that timed out, was rate limited or hit a server error."""
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+DEFAULT_CHECKPOINT_EVERY = 1000
+"""Audit events between two signed checkpoints of the chain's head."""
+WITNESS_FILE = "audit-witness.jsonl"
+"""Name of the audit witness file under ``FIELDGATE_HOME``."""
 
 BROKER_ENV = "FIELDGATE_BROKER"
 """Broker URL used when ``--broker`` is not given."""
 CONTROL_KEY_ENV = "FIELDGATE_CONTROL_KEY"
 """The control plane's public key (base64) for agents, when ``--control-key`` is not given."""
+WITNESS_ENV = "FIELDGATE_AUDIT_WITNESS"
+"""The audit witness file, in place of ``HOME/audit-witness.jsonl``."""
+CHECKPOINT_EVERY_ENV = "FIELDGATE_AUDIT_CHECKPOINT_EVERY"
+"""Audit events between two signed checkpoints."""
 PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
 """The broker password, when ``--password`` is not given (and how agent processes get it)."""
 
@@ -65,6 +73,11 @@ class Config:
     control_key: str | None = None
     """``FIELDGATE_CONTROL_KEY``: the control plane's public key a field agent obeys
     (base64 or ``@FILE``, checked where it is used)."""
+    audit_witness: Path | None = None
+    """``FIELDGATE_AUDIT_WITNESS``: the append-only file outside the database that signed
+    checkpoints of the audit chain go to; None: ``HOME/audit-witness.jsonl``."""
+    audit_checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
+    """``FIELDGATE_AUDIT_CHECKPOINT_EVERY``: audit events between two checkpoints."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -95,6 +108,8 @@ class Config:
             broker_url=text(BROKER_ENV) or DEFAULT_BROKER,
             mqtt_password=text(PASSWORD_ENV),
             control_key=text(CONTROL_KEY_ENV),
+            audit_witness=Path(witness) if (witness := text(WITNESS_ENV)) else None,
+            audit_checkpoint_every=_checkpoint_every(env.get(CHECKPOINT_EVERY_ENV, "")),
         )
 
     @property
@@ -111,6 +126,11 @@ class Config:
     def trust_root_file(self) -> Path:
         """The pinned root of trust every command starts from (``HOME/trust-root.json``)."""
         return self.home / "trust-root.json"
+
+    @property
+    def witness_path(self) -> Path:
+        """The audit witness file: :attr:`audit_witness`, else ``HOME/audit-witness.jsonl``."""
+        return self.audit_witness or self.home / WITNESS_FILE
 
     def actor(self) -> str:
         """Who runs the command: :attr:`user`, else the login name."""
@@ -140,6 +160,17 @@ def _retries(raw: str) -> int:
         return DEFAULT_MODEL_RETRIES
     if not raw.isdigit():
         raise ModelUnavailable(f"FIELDGATE_MODEL_RETRIES={raw!r}: expected a count of 0 or more")
+    return int(raw)
+
+
+def _checkpoint_every(raw: str) -> int:
+    raw = raw.strip()
+    if not raw:
+        return DEFAULT_CHECKPOINT_EVERY
+    if not raw.isdigit() or int(raw) == 0:
+        raise ConfigInvalid(
+            f"FIELDGATE_AUDIT_CHECKPOINT_EVERY={raw!r}: expected a count of events above 0"
+        )
     return int(raw)
 
 

@@ -39,6 +39,10 @@ class ScenarioInvalid(InputInvalid):
     """A scenario file does not follow the scenario format."""
 
 
+class WitnessInvalid(InputInvalid):
+    """The audit witness file cannot be read, or a line of it is not a checkpoint."""
+
+
 class NotFound(FieldgateError):
     """A named module, version, device, site or plan does not exist."""
 

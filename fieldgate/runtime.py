@@ -20,6 +20,7 @@ from fieldgate.trust import TrustRoot
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+    from fieldgate.audit_witness import AuditWitness
     from fieldgate.policy import PolicyGate
     from fieldgate.store import Store
     from fieldgate.transport import Transport
@@ -105,6 +106,14 @@ class Context:
     The command line sets the wall clock: its twin's virtual clock leaps ahead to a
     maintenance window when a rollout waits for one, and must not expire another run's
     approval request early."""
+    witness: AuditWitness | None = None
+    """Signs checkpoints of the audit chain's head into the witness file; None: no
+    checkpoints (scenarios, whose worlds live in throwaway databases)."""
+
+    def checkpoint_audit(self) -> None:
+        """Write a signed checkpoint of the audit chain's head, when there is a witness."""
+        if self.witness is not None:
+            self.witness.checkpoint(self.store)
 
     def now(self) -> datetime:
         """The run's clock: the transport's (virtual with the twin)."""

@@ -17,6 +17,7 @@ from langchain_core.language_models import BaseChatModel
 
 from fieldgate.agents.models import make_model
 from fieldgate.audit import ActorKind, EventKind
+from fieldgate.audit_witness import AuditWitness
 from fieldgate.config import Config
 from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.errors import FieldgateError, NotFound
@@ -70,6 +71,7 @@ def build_context(
     settings: Settings | None = None,
     people_clock: Callable[[], datetime] | None = wall_clock,
     root: TrustRoot | None = None,
+    witness: AuditWitness | None = None,
 ) -> Context:
     """The run context over ``store``; what is not given comes from ``config``.
 
@@ -88,6 +90,9 @@ def build_context(
         people_clock: The clock of requests and approvals (default: the wall clock;
             None: the run's clock, as in scenarios).
         root: The root of trust (default: the one pinned under ``config.home``).
+        witness: Checkpoints the audit log into the witness file at every run's end and
+            every N events (default: none; :func:`configured_witness` makes the
+            configured one).
     """
     name = model_name or config.model
     transport = transport or TwinTransport(default_twin(store))
@@ -103,6 +108,7 @@ def build_context(
         settings=settings or Settings(),
         people_clock=people_clock,
         root=root or load_pinned_root(config.trust_root_file),
+        witness=witness,
     )
 
 
@@ -119,6 +125,13 @@ def audit_settings(store: Store, config: Config) -> bool:
         EventKind.settings, ActorKind.human, config.actor(), {**settings, "digest": digest}
     )
     return True
+
+
+def configured_witness(config: Config, store: Store) -> AuditWitness:
+    """The audit witness ``config`` names, already counting appends to ``store``'s log."""
+    witness = AuditWitness.from_config(config, store)
+    witness.watch(store)
+    return witness
 
 
 @contextmanager
@@ -143,10 +156,16 @@ def open_orchestrator(
     url = config.database_url
     with Store.open(url) as store:
         key = control_plane_key(store, config.keys_dir)
+        witness = configured_witness(config, store)
         opened = open_transport(store, key) if open_transport else nullcontext(None)
         with opened as transport, open_checkpointer(url) as checkpointer:
             ctx = build_context(
-                config, store, transport=transport, control_key=key, settings=settings
+                config,
+                store,
+                transport=transport,
+                control_key=key,
+                settings=settings,
+                witness=witness,
             )
             audit_settings(store, config)
             yield Orchestrator(ctx, checkpointer)
@@ -160,4 +179,5 @@ def served_context() -> Context:
     fieldgate context, so the nodes build one from the environment, once per process.
     """
     config = Config.from_env()
-    return build_context(config, Store.open(config.database_url))
+    store = Store.open(config.database_url)
+    return build_context(config, store, witness=configured_witness(config, store))

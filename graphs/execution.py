@@ -193,7 +193,8 @@ def _give_up(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any
 
 
 def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """Close the run: the outcome goes to the audit log, the runs table and the plan."""
+    """Close the run: the outcome goes to the audit log, the runs table and the plan;
+    then the audit chain's head is checkpointed."""
     ctx = runtime.context
     outcome = state.get("outcome", "failed")
     reasons = state.get("reasons", [])
@@ -220,6 +221,7 @@ def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         if state.get("plan"):
             plan = plan_of(ctx, state)
             store.plans.set_status(plan.plan_id, outcome, plan.revision, tx=tx)
+    ctx.checkpoint_audit()
     return {}
 
 

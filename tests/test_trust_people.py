@@ -180,6 +180,8 @@ def test_an_edited_key_row_makes_its_owner_count_for_nothing(deployment: Deploym
     assert "the row does not match its signed enrollment (edited)" in reason
     code, out = invoke("keys", "list")
     assert code == 1 and "bad: the row does not match its signed enrollment" in out, out
+    code, out = invoke("audit", "verify")
+    assert code == 1 and "key row bad" in out and "saf-lee" in out, out
 
 
 def test_an_unsigned_newer_row_shadows_nothing_and_voids_its_owner(

@@ -1,4 +1,4 @@
-"""Stores through SQLModel: catalog, keys, fleet, plans, approvals and the audit log.
+"""Stores through SQLModel: catalog, keys, fleet, plans, approvals, the audit log, checkpoints.
 
 One database URL (``FIELDGATE_DB``) holds them all, SQLite or PostgreSQL with the
 same code::
@@ -11,6 +11,7 @@ same code::
 from fieldgate.store._approvals import ApprovalStore
 from fieldgate.store._audit import AuditLog, NewEvent, VerifyResult
 from fieldgate.store._catalog import CatalogRecord, CatalogStore, ImportResult
+from fieldgate.store._checkpoints import AUDIT_TABLES, CheckpointStore, WatchedAuditLog
 from fieldgate.store._engine import open_engine
 from fieldgate.store._fleet import FleetStore, FleetSummary, InventoryImport
 from fieldgate.store._keys import KeyPurpose, KeyStore, TrustedKey
@@ -19,11 +20,13 @@ from fieldgate.store._runs import OPEN_STATUSES, Run, RunStore, StopStore
 from fieldgate.store._store import Store
 
 __all__ = [
+    "AUDIT_TABLES",
     "OPEN_STATUSES",
     "ApprovalStore",
     "AuditLog",
     "CatalogRecord",
     "CatalogStore",
+    "CheckpointStore",
     "FleetStore",
     "FleetSummary",
     "ImportResult",
@@ -39,5 +42,6 @@ __all__ = [
     "Store",
     "TrustedKey",
     "VerifyResult",
+    "WatchedAuditLog",
     "open_engine",
 ]

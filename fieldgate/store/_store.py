@@ -14,8 +14,14 @@ from sqlmodel import Session
 from fieldgate.config import Config
 from fieldgate.errors import StoreError
 from fieldgate.store._approvals import ApprovalStore
-from fieldgate.store._audit import AuditLog, install_audit_guards
+from fieldgate.store._audit import install_audit_guards
 from fieldgate.store._catalog import CatalogStore
+from fieldgate.store._checkpoints import (
+    CheckpointStore,
+    WatchedAuditLog,
+    install_checkpoint_guards,
+    owns_audit_tables,
+)
 from fieldgate.store._engine import (
     for_writing,
     is_sqlite,
@@ -49,8 +55,10 @@ class Store:
         """Plan revisions."""
         self.approvals = ApprovalStore(engine)
         """Signed approvals."""
-        self.audit = AuditLog(engine)
+        self.audit = WatchedAuditLog(engine)
         """The hash-chained audit log."""
+        self.checkpoints = CheckpointStore(engine, self.audit)
+        """Signed checkpoints of the audit chain's head (the store's copy)."""
         self.runs = RunStore(engine)
         """Rollout runs, recorded before they start."""
         self.stops = StopStore(engine)
@@ -68,13 +76,16 @@ class Store:
         return store
 
     def init(self) -> None:
-        """Create the tables, the audit triggers and the audit head if missing (idempotent)."""
+        """Create the tables, the audit triggers, head and log id if missing (idempotent)."""
         try:
             with for_writing(self.engine).begin() as conn:
                 if not is_sqlite(conn):
                     conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK})
                 StoreTable.metadata.create_all(conn)
-                install_audit_guards(conn)
+                # A restricted role (``fieldgate db roles``) finds the guards its owner made.
+                if owns_audit_tables(conn):
+                    install_audit_guards(conn)
+                    install_checkpoint_guards(conn)
         except SQLAlchemyError as exc:
             where = self.engine.url.render_as_string(hide_password=True)
             raise StoreError(f"cannot open the database {where}: {reason_of(exc)}") from exc
