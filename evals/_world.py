@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from langchain_core.language_models import BaseChatModel
 
+from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.config import Config
+from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.compose import build_context
+from fieldgate.graphs.runner import Orchestrator
 from fieldgate.keyfiles import CONTROL_PLANE
 from fieldgate.policy import PolicyEngine
 from fieldgate.runtime import Context, Settings
@@ -94,6 +99,30 @@ def build_world(
     )
     store.keys.trust(CONTROL_PLANE, ctx.control_key.public_b64, "control-plane")
     return World(scenario, seed, store, twin, ctx, keys)
+
+
+@contextmanager
+def open_run(
+    scenario: Scenario,
+    db_url: str,
+    engine: PolicyEngine,
+    *,
+    model: BaseChatModel | None = None,
+    seed: int = 0,
+    settings: Settings | None = None,
+) -> Iterator[tuple[World, Orchestrator]]:
+    """Build the scenario's world on ``db_url`` and an orchestrator with its checkpointer.
+
+    The offline model answers unless ``model`` is given; the store closes on exit.
+    """
+    world = build_world(
+        scenario, db_url, seed, model or OfflineChatModel(), engine, settings=settings
+    )
+    try:
+        with open_checkpointer(db_url) as checkpointer:
+            yield world, Orchestrator(world.ctx, checkpointer)
+    finally:
+        world.store.close()
 
 
 def twin_id_of(scenario: Scenario, seed: int) -> str:
