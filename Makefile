@@ -2,24 +2,33 @@
 VENV ?= .venv
 PYTHON ?= python3
 BIN = $(VENV)/bin
+# The package is installed as a strict editable install: setuptools links each of its files
+# into build/__editable__.*/fieldgate/, laid out the way it imports (package-dir maps agents/,
+# graphs/, ... into fieldgate.*), and that tree is what Python and plain `mypy` read. Edits
+# show through the links; a file added or removed needs a new link tree, so the install
+# reruns whenever a package directory's listing changes.
+PACKAGE_DIRS := $(shell find fieldgate cli agents graphs tools evals policies -type d -not -name __pycache__)
 
 .PHONY: setup demo test lint bench clean
 
 setup: $(VENV)/.installed
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml $(PACKAGE_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 	touch $@
 
 demo: setup
 	$(BIN)/fieldgate demo
 
+# lint-imports runs from build/ so that the package it finds is the link tree and not the
+# checkout's bare core fieldgate/ (it puts its working directory first on sys.path).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	MYPY=$(BIN)/mypy scripts/typecheck
+	$(BIN)/mypy
+	cd build && $(abspath $(BIN))/lint-imports $(CURDIR)/pyproject.toml
 
 test: lint
 	$(BIN)/pytest
@@ -32,4 +41,4 @@ bench: setup
 	$(BIN)/python bench/transport.py
 
 clean:
-	rm -rf $(VENV) .typecheck .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -31,8 +31,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypedDict
@@ -40,18 +39,38 @@ from typing import Any, TypedDict
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import BaseMessage
 from langchain_core.outputs import ChatResult
-from langgraph.checkpoint.sqlite import SqliteSaver
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import interrupt
 from pydantic import Field
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-# The scenario driver the graph tests use: worlds from scenarios, and the recording model.
-from _scenario_driver import RecordingModel, load, open_run, prompt_text, variant
-
 from fieldgate.agents.offline import OfflineChatModel
+from fieldgate.agents.offline.recording import RecordingModel, prompt_text
 from fieldgate.audit import EventKind
-from fieldgate.scenario import Scenario
+from fieldgate.evals._world import World
+from fieldgate.evals._world import open_run as open_world_run
+from fieldgate.graphs.checkpoint import open_checkpointer
+from fieldgate.graphs.runner import Orchestrator
+from fieldgate.policy import RegoEngine
+from fieldgate.scenario import Scenario, load_scenario, variant
+
+SCENARIOS = Path(__file__).resolve().parents[2] / "shared" / "scenarios"
+"""The shared scenarios (``../shared/scenarios`` beside the repository)."""
+ENGINE = RegoEngine()
+"""The in-process Rego engine, loaded once (loading the pack takes a while)."""
+
+
+def load(name: str) -> Scenario:
+    """One shared scenario by file stem, e.g. ``safety-approval``."""
+    return load_scenario(SCENARIOS / f"{name}.yaml")
+
+
+def open_run(
+    scenario: Scenario, db_url: str, model: OfflineChatModel
+) -> AbstractContextManager[tuple[World, Orchestrator]]:
+    """The scenario's world on ``db_url`` and an orchestrator over its checkpointer."""
+    return open_world_run(scenario, db_url, ENGINE, model=model)
+
 
 NODES = ["intake", "planner", "validator", "policy_gate", "approval", "queue", "executor", "report"]
 
@@ -118,7 +137,7 @@ class BareState(TypedDict, total=False):
     outcome: str
 
 
-def bare_graph(sample: dict[str, Any], checkpointer: SqliteSaver) -> Any:
+def bare_graph(sample: dict[str, Any], checkpointer: BaseCheckpointSaver[str]) -> Any:
     """Eight nodes wired like the rollout graph, returning slices of ``sample``."""
 
     def part(*keys: str) -> dict[str, Any]:
@@ -163,20 +182,6 @@ def bare_graph(sample: dict[str, Any], checkpointer: SqliteSaver) -> Any:
     return builder.compile(checkpointer=checkpointer, interrupt_after=["queue"])
 
 
-@contextmanager
-def sqlite_saver(path: Path) -> Iterator[SqliteSaver]:
-    """A SqliteSaver on ``path``, set up the way ``open_checkpointer`` sets it up."""
-    import sqlite3
-
-    connection = sqlite3.connect(str(path), check_same_thread=False, timeout=30)
-    try:
-        saver = SqliteSaver(connection)
-        saver.setup()
-        yield saver
-    finally:
-        connection.close()
-
-
 @dataclass
 class Timings:
     """Wall and CPU seconds of each timed plan on one side."""
@@ -205,8 +210,9 @@ def overhead(plans: int, warmup: int) -> None:
     policy_ms: list[float] = []
     events_per_plan: list[int] = []
     with (
-        open_run(scenario, f"sqlite:///{workdir}/fieldgate.db", model=model) as (world, orch),
-        sqlite_saver(workdir / "bare.checkpoints.sqlite") as saver,
+        open_run(scenario, f"sqlite:///{workdir}/fieldgate.db", model) as (world, orch),
+        # What fieldgate opens for a SQLite database: a SqliteSaver on bare.checkpoints.sqlite.
+        open_checkpointer(f"sqlite:///{workdir}/bare.db") as saver,
     ):
         sample = orch.submit(scenario.request, scenario.actor, plan_id="sample").values
         graph = bare_graph(sample, saver)
@@ -290,7 +296,7 @@ def characters(devices: int) -> dict[str, Any]:
     scenario = scaled(per_group)
     workdir = Path(tempfile.mkdtemp(prefix="fg-bench-chars-"))
     model = CountingModel()
-    with open_run(scenario, f"sqlite:///{workdir}/fieldgate.db", model=model) as (world, orch):
+    with open_run(scenario, f"sqlite:///{workdir}/fieldgate.db", model) as (world, orch):
         view = orch.submit(scenario.request, scenario.actor, plan_id="chars")
         planning_calls = len(model.sent)
         for person in ("saf-lee", "rm-kim", "cmp-ivo"):

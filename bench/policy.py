@@ -40,7 +40,7 @@ import statistics
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogEntry
@@ -170,6 +170,19 @@ def thousand_device_input(devices: int = 1000) -> RolloutInput:
     return build_input(world(devices))
 
 
+# The figures of the tools decision at one device count; "build + decide" is not a name.
+ToolFigures = TypedDict(
+    "ToolFigures",
+    {
+        "devices": int,
+        "call_devices": int,
+        "input_bytes": int,
+        "decide": dict[str, float],
+        "build + decide": dict[str, float],
+    },
+)
+
+
 def last_wave_call(w: dict[str, Any]) -> tuple[Callable[[], ToolInput], int]:
     """The executor's check of ``deploy_wave`` for the plan's last wave; and its device count."""
     plan: RolloutPlan = w["plan"]
@@ -260,24 +273,24 @@ def main() -> None:
         ),
         "query() per call": best(query_per_call, max(20, args.decisions // 50)),
     }
-    tools = []
-    for devices in (int(n) for n in args.tool_devices.split(",")):
+
+    def tool_figures(devices: int) -> ToolFigures:
         build, called = last_wave_call(world(devices))
         call = input_document(build())
         allowed = engine.decide(TOOLS, call)
         assert allowed["allow"] is True, allowed["reason"]
-        tools.append(
-            {
-                "devices": devices,
-                "call_devices": called,
-                "input_bytes": len(json.dumps(call)),
-                "decide": best(lambda call=call: engine.decide(TOOLS, call), args.decisions),
-                "build + decide": best(
-                    lambda build=build: engine.decide(TOOLS, input_document(build())),
-                    max(50, args.decisions // 10),
-                ),
-            }
-        )
+        return {
+            "devices": devices,
+            "call_devices": called,
+            "input_bytes": len(json.dumps(call)),
+            "decide": best(lambda: engine.decide(TOOLS, call), args.decisions),
+            "build + decide": best(
+                lambda: engine.decide(TOOLS, input_document(build())),
+                max(50, args.decisions // 10),
+            ),
+        }
+
+    tools = [tool_figures(int(n)) for n in args.tool_devices.split(",")]
     p50s = [t["decide"]["p50_ms"] for t in tools]
     flat = max(p50s) <= 2 * min(p50s)
     summary = {

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from langchain_core.language_models import BaseChatModel
 
+from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.config import Config
+from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.compose import build_context
+from fieldgate.graphs.runner import Orchestrator
 from fieldgate.keyfiles import CONTROL_PLANE, enroll_with
 from fieldgate.policy import PolicyEngine
 from fieldgate.runtime import Context, Settings
@@ -116,6 +121,30 @@ def scenario_root(scenario: Scenario, seed: int) -> TrustRoot:
     """The root of trust of one seeded run of ``scenario``: one generated root key, which
     enrolls every person's approver key and the control plane's."""
     return new_root({ROOT_HOLDER: _root_key(scenario, seed)}, 1, ROOT_AT)
+
+
+@contextmanager
+def open_run(
+    scenario: Scenario,
+    db_url: str,
+    engine: PolicyEngine,
+    *,
+    model: BaseChatModel | None = None,
+    seed: int = 0,
+    settings: Settings | None = None,
+) -> Iterator[tuple[World, Orchestrator]]:
+    """Build the scenario's world on ``db_url`` and an orchestrator with its checkpointer.
+
+    The offline model answers unless ``model`` is given; the store closes on exit.
+    """
+    world = build_world(
+        scenario, db_url, seed, model or OfflineChatModel(), engine, settings=settings
+    )
+    try:
+        with open_checkpointer(db_url) as checkpointer:
+            yield world, Orchestrator(world.ctx, checkpointer)
+    finally:
+        world.store.close()
 
 
 def twin_id_of(scenario: Scenario, seed: int) -> str:

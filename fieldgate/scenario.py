@@ -7,7 +7,7 @@ import re
 from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -245,3 +245,10 @@ class Scenario(Contract):
 def load_scenario(path: str | Path) -> Scenario:
     """Load and check one scenario file."""
     return load_yaml(path, Scenario, ScenarioInvalid)
+
+
+def variant(scenario: Scenario, **changes: Any) -> Scenario:
+    """A copy of ``scenario`` with top-level keys replaced (validated like a scenario file)."""
+    data = scenario.model_dump(mode="json", by_alias=True, exclude_none=True)
+    data.update(changes)
+    return Scenario.model_validate(data)

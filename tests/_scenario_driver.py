@@ -1,9 +1,10 @@
 """Drive scenarios through the rollout graph, record what models are sent, reopen a world.
 
-Used by the ``test_graph_*`` tests and by ``bench/graph.py``. Run as a script it is a
-worker process (``python tests/_scenario_driver.py worker …``): it reopens a world over
-an existing database and checkpoint file and works one queued run, so a test can
-SIGKILL it and start it again.
+Used by the ``test_graph_*`` tests; what a benchmark needs as well (the recording model,
+scenario variants, opening a run) lives in the package and is re-exported here. Run as a
+script it is a worker process (``python tests/_scenario_driver.py worker …``): it reopens
+a world over an existing database and checkpoint file and works one queued run, so a test
+can SIGKILL it and start it again.
 """
 
 from __future__ import annotations
@@ -19,29 +20,28 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from langchain_core.callbacks import CallbackManagerForLLMRun
-from langchain_core.messages import AIMessage, BaseMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from pydantic import Field
+from langchain_core.messages import BaseMessage
 
 from fieldgate.agents.offline import OfflineChatModel
+from fieldgate.agents.offline.recording import RecordingModel as RecordingModel
+from fieldgate.agents.offline.recording import ScriptedCall as ScriptedCall
+from fieldgate.agents.offline.recording import prompt_text
 from fieldgate.audit import EventKind
 from fieldgate.commands import DeviceCommand
-from fieldgate.evals._world import World, build_world, scenario_context, twin_id_of
+from fieldgate.evals._world import World, scenario_context, twin_id_of
+from fieldgate.evals._world import open_run as open_world_run
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator, RunView
 from fieldgate.policy import RegoEngine
 from fieldgate.runtime import Context, Settings
 from fieldgate.scenario import Scenario, load_scenario
+from fieldgate.scenario import variant as variant
 from fieldgate.store import Store
 from fieldgate.transport import Dispatched, TwinTransport
 from fieldgate.twin import FleetTwin
 
 SCENARIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "scenarios"
 """The six shared scenarios (``../shared/scenarios`` beside the repository)."""
-
-ScriptedCall = tuple[str, dict[str, Any]] | None
-"""One scripted executor answer: a tool call, or None for an answer without a tool call."""
 
 _FENCE = re.compile(r"<untrusted_data[^>]*>\n.*?\n</untrusted_data>", re.DOTALL)
 
@@ -67,18 +67,6 @@ def multi_wave() -> Scenario:
     return variant(load("canary-fails-rollback"), faults=[], expect={})
 
 
-def variant(scenario: Scenario, **changes: Any) -> Scenario:
-    """A copy of ``scenario`` with top-level keys replaced (validated like a scenario file)."""
-    data = scenario.model_dump(mode="json", by_alias=True, exclude_none=True)
-    data.update(changes)
-    return Scenario.model_validate(data)
-
-
-def prompt_text(messages: Sequence[BaseMessage]) -> str:
-    """Everything a model was sent in one call, as text."""
-    return "\n".join(m.content if isinstance(m.content, str) else repr(m.content) for m in messages)
-
-
 def outside_untrusted(text: str) -> str:
     """``text`` without its ``<untrusted_data …>`` sections."""
     return _FENCE.sub("", text)
@@ -87,55 +75,6 @@ def outside_untrusted(text: str) -> str:
 def untrusted_sections(text: str) -> list[str]:
     """The ``<untrusted_data …>`` sections of ``text``."""
     return _FENCE.findall(text)
-
-
-class RecordingModel(OfflineChatModel):
-    """The offline model, recording every call; executor answers can be scripted or delayed."""
-
-    sent: list[list[BaseMessage]] = Field(default_factory=list)
-    """The messages of every call, in order."""
-    script: list[ScriptedCall] = Field(default_factory=list)
-    """Executor answers given before the offline executor takes over, in order."""
-    before_executor: Callable[[list[BaseMessage]], None] | None = None
-    """Called with the messages of every executor call before it is answered."""
-
-    def _generate(
-        self,
-        messages: list[BaseMessage],
-        stop: list[str] | None = None,
-        run_manager: CallbackManagerForLLMRun | None = None,
-        **kwargs: Any,
-    ) -> ChatResult:
-        self.sent.append(list(messages))
-        names = {t["function"]["name"] for t in kwargs.get("tools") or [] if "function" in t}
-        if "deploy_wave" in names:
-            if self.before_executor is not None:
-                self.before_executor(messages)
-            if self.script:
-                return _scripted(self.script.pop(0), len(self.sent))
-        return super()._generate(messages, stop, run_manager, **kwargs)
-
-    def characters(self) -> int:
-        """Characters sent to the model so far."""
-        return sum(len(prompt_text(m)) for m in self.sent)
-
-    def prompts(self) -> list[str]:
-        """Every call's messages as text."""
-        return [prompt_text(m) for m in self.sent]
-
-
-def _scripted(call: ScriptedCall, number: int) -> ChatResult:
-    if call is None:
-        message = AIMessage(content="Done.")
-    else:
-        name, args = call
-        message = AIMessage(
-            content="",
-            tool_calls=[
-                {"name": name, "args": args, "id": f"scripted-{number}", "type": "tool_call"}
-            ],
-        )
-    return ChatResult(generations=[ChatGeneration(message=message)])
 
 
 # --------------------------------------------------------------------------- worlds and runs
@@ -150,20 +89,11 @@ def open_run(
     seed: int = 0,
     settings: Settings | None = None,
 ) -> Iterator[tuple[World, Orchestrator]]:
-    """Build the scenario's world on ``db_url`` and an orchestrator with its checkpointer."""
-    world = build_world(
-        scenario,
-        db_url,
-        seed,
-        model or OfflineChatModel(),
-        policy_engine(),
-        settings=settings,
-    )
-    try:
-        with open_checkpointer(db_url) as checkpointer:
-            yield world, Orchestrator(world.ctx, checkpointer)
-    finally:
-        world.store.close()
+    """Build the scenario's world on ``db_url`` and an orchestrator, with the shared engine."""
+    with open_world_run(
+        scenario, db_url, policy_engine(), model=model, seed=seed, settings=settings
+    ) as opened:
+        yield opened
 
 
 def submit(world: World, orchestrator: Orchestrator) -> RunView:

@@ -108,7 +108,7 @@ def test_catalog_and_fleet_views(sqlite_url: str) -> None:
 
 def test_fleet_seed_is_reproducible(sqlite_url: str, tmp_path: Path) -> None:
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
-    for out in (first, second):
+    for path in (first, second):
         code, _ = invoke(
             "fleet",
             "seed",
@@ -119,7 +119,7 @@ def test_fleet_seed_is_reproducible(sqlite_url: str, tmp_path: Path) -> None:
             "--seed",
             "7",
             "--out",
-            str(out),
+            str(path),
         )
         assert code == 0
     assert first.read_text() == second.read_text()

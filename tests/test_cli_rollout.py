@@ -16,6 +16,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from langgraph.checkpoint.base import BaseCheckpointSaver
 from typer.testing import CliRunner
 
 from fieldgate.audit import EventKind
@@ -214,7 +215,9 @@ def test_approval_deadlines_run_on_peoples_time_not_the_twins_leaps(db: str) -> 
         later = dataclasses.replace(
             orchestrator.ctx, people_clock=lambda: requested + timedelta(hours=73)
         )
-        late = Orchestrator(later, orchestrator.graph.checkpointer)
+        saver = orchestrator.graph.checkpointer
+        assert isinstance(saver, BaseCheckpointSaver)
+        late = Orchestrator(later, saver)
         assert expire_overdue(late) == [plan]
         assert late.view(plan).outcome == "expired"
         expired = late.ctx.store.audit.events(plan_id=plan, kinds=[EventKind.approval])[-1]

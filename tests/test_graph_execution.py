@@ -8,7 +8,7 @@ import sqlite3
 from collections.abc import Sequence
 from typing import Any
 
-import httpx
+import httpx2
 import openai
 import pytest
 from _scenario_driver import (
@@ -208,7 +208,7 @@ def test_an_executor_that_stops_answering_mid_rollout_leaves_nothing_half_way(
         if len(calls) >= 2:
             if pull_switch:
                 worlds[0].store.stops.engage(worlds[0].plan_id, "op-ola", "storm warning")
-            raise openai.APITimeoutError(request=httpx.Request("POST", "http://model.invalid"))
+            raise openai.APITimeoutError(request=httpx2.Request("POST", "http://model.invalid"))
 
     model = RecordingModel(before_executor=model_gone)
     with open_run(multi_wave(), sqlite_url, model=model) as (world, orchestrator):

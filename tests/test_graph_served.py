@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import pytest
 from langgraph_sdk import get_sync_client
+from langgraph_sdk.schema import ThreadState
 
 from fieldgate.approvals import Approval, Decision
 from fieldgate.audit import EventKind
@@ -131,6 +132,13 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         log.close()
 
 
+def _values(state: ThreadState) -> dict[str, Any]:
+    """The graph state of a thread; the SDK also allows a list, which this graph never has."""
+    values = state["values"]
+    assert isinstance(values, dict)
+    return values
+
+
 def _signed(values: dict[str, Any], home: str) -> dict[str, Any]:
     """saf-lee's signed approval of the plan revision in ``values``, as an interrupt answer."""
     key_file = Path(home) / "keys" / "saf-lee.key"  # made by `fieldgate keys init --as saf-lee`
@@ -165,7 +173,7 @@ def test_an_api_client_reads_the_approval_interrupt_and_resumes_it(served: Serve
     assert request["review_configs"][0]["allowed_decisions"] == ["approve", "edit", "reject"]
     assert request["approvals_missing"] == [{"role": "safety", "count": 1}]
     assert pending["response_schema"]["required"] == ["decisions", "approver"]
-    values = state["values"]
+    values = _values(state)
     assert values["plan_hash"] == request["plan_hash"]
 
     # A decision without a signed approval is refused: the run keeps waiting.
@@ -173,7 +181,7 @@ def test_an_api_client_reads_the_approval_interrupt_and_resumes_it(served: Serve
     client.runs.wait(thread_id, "rollout", command={"resume": {pending["id"]: unsigned}})
     state = client.threads.get_state(thread_id)
     assert state["next"] == ["approval"]
-    assert not state["values"].get("approved")
+    assert not _values(state).get("approved")
     (pending,) = state["interrupts"]
 
     # A signed approval by a safety approver fills the quorum: the run is queued.
@@ -182,8 +190,8 @@ def test_an_api_client_reads_the_approval_interrupt_and_resumes_it(served: Serve
     client.runs.wait(thread_id, "rollout", command={"resume": {pending["id"]: answer}})
     state = client.threads.get_state(thread_id)
     assert state["next"] == ["executor"]
-    assert state["values"]["approved"] is True
-    assert state["values"]["approvals"]["counted"] == ["saf-lee"]
+    assert _values(state)["approved"] is True
+    assert _values(state)["approvals"]["counted"] == ["saf-lee"]
 
     # The run, its request and both answers are on fieldgate's own record.
     with Store.open(served.db_url) as store:

@@ -26,7 +26,7 @@ from _scenario_driver import (
 )
 
 from fieldgate.agents.models import make_model
-from fieldgate.agents.offline.server import Recording, ReplayBackend, model_server
+from fieldgate.agents.offline.server import Recording, ReplayBackend, Role, model_server
 from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.evals._world import World, build_world
 from fieldgate.graphs.checkpoint import open_checkpointer
@@ -134,16 +134,16 @@ def test_shared_scenarios_pass_through_the_openai_client(
 ) -> None:
     run = run_replay(no_recording(), path.stem)
     assert expect_failures(run.world, run.view) == []
-    tokens = run.view.values["tokens"]
+    tokens: dict[Role, dict[str, int]] = run.view.values["tokens"]
     assert tokens["planner"]["input"] > 0 and tokens["planner"]["calls"] == 1
     # Every request went through the server, and its usage is what the state counts.
     for node in tokens:
-        usage = run.backend.usage(node)  # type: ignore[arg-type]
+        usage = run.backend.usage(node)
         assert (tokens[node]["input"], tokens[node]["output"]) == (
             usage["prompt_tokens"],
             usage["completion_tokens"],
         )
-        assert tokens[node]["calls"] == len(run.backend.requests(node))  # type: ignore[arg-type]
+        assert tokens[node]["calls"] == len(run.backend.requests(node))
     if run.view.outcome is not None:
         done = run.done()
         assert done["model"] == MODEL and done["tokens"] == tokens
@@ -156,9 +156,10 @@ def test_streaming_client_counts_tokens_too(run_replay: Callable[..., Run]) -> N
     assert expect_failures(run.world, run.view) == []
     assert all(e.request.get("stream") for e in run.backend.exchanges)
     assert run.backend.exchanges[0].request["stream_options"] == {"include_usage": True}
-    tokens = run.view.values["tokens"]
-    for node in ("planner", "validator", "executor"):
-        usage = run.backend.usage(node)  # type: ignore[arg-type]
+    tokens: dict[Role, dict[str, int]] = run.view.values["tokens"]
+    roles: tuple[Role, ...] = ("planner", "validator", "executor")
+    for node in roles:
+        usage = run.backend.usage(node)
         assert tokens[node]["input"] == usage["prompt_tokens"] > 0
         assert tokens[node]["output"] == usage["completion_tokens"] > 0
 
