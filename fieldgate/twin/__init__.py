@@ -3,7 +3,7 @@
 The twin is the default edge transport: it takes device commands, runs them on
 simulated devices in simulated time, injects faults, and answers with device
 reports. Its state, clock and effect ledger live in the store, so a restarted
-worker continues the same simulated fleet. See ``_twin`` for how it simulates.
+worker continues the same simulated fleet. See ``_simulation`` for how it simulates.
 """
 
 from fieldgate.twin._draws import DURATION_SECONDS, SLOW_FACTOR

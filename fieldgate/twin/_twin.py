@@ -1,39 +1,8 @@
 """The fleet twin: simulated sites and devices on a virtual clock, written through to the store.
 
-How the simulation reads:
-
-- **Clock.** Virtual, in whole milliseconds (UTC). It moves only through
-  :meth:`FleetTwin.advance` and :meth:`FleetTwin.settle`.
-- **Devices run one command at a time**, in dispatch order. A command starts when
-  its device is reachable and idle, runs for a duration drawn from the seed and the
-  command id (install 2-6 min, rollback 1-3 min, validate 10-30 s; five times as
-  long when a ``slow`` fault holds the device at the start), then the device
-  reports. A command started after its deadline is not run: it reports ``expired``.
-- **install** sets the module to the command's version and reports healthy, unless
-  an ``install_fails`` fault holds the device when the install completes (report
-  ``failed``, the old version stays, health not ok) or a ``health_degrades`` fault does
-  (the version is installed but health is not ok, and stays so for every later
-  ``validate`` until a rollback or a clean install).
-- **rollback** sets the module to the command's version (``DeviceCommand.version``
-  is required, so a rollback returns to a named version; removing a module is not
-  expressible) and reports healthy: it is the way back from a failed or degraded
-  install.
-- **validate** reports the current health and changes nothing.
-- **offline** makes a device unreachable: commands sent to it are queued and start
-  when it returns; a command that completes while its device is offline keeps its
-  report until the device returns.
-- **Faults** by device list take hold when added; faults by wave take hold when
-  that wave is dispatched. ``Fault.wave`` counts from 1 as in scenarios, while
-  ``dispatch(..., wave=)`` and ``DeviceCommand.wave`` count from 0: a fault with
-  ``wave: 1`` takes hold at ``dispatch(commands, wave=0)``. Its devices are those
-  the call's install commands address; with ``count: C`` it picks, among them, the
-  C with the lowest rank drawn from the seed (when a wave is dispatched in several
-  calls, the fault picks from each call until C devices are hit). ``duration_minutes``
-  bounds ``offline`` and ``slow`` (and any kind), counted from when the fault takes hold.
-- **Determinism.** Every draw is a hash of the seed and what it is about (see
-  ``_draws``); events at one instant are handled in (kind, device id, command id)
-  order. The same seed and the same calls give the same reports and ledger, and a
-  twin loaded after a restart continues exactly as one that never stopped.
+:class:`FleetTwin` is what callers hold: it checks their arguments, hands the work to
+the :class:`~fieldgate.twin._simulation.Simulation` (see ``_simulation`` for how devices
+behave and faults take hold) and writes each call's changes through with ``_stored``.
 
 Every mutating call (``create``, ``add_faults``, ``dispatch``, ``advance``, ``settle``,
 ``set_note``, ``set_label``) writes its changes through in one transaction before it
@@ -43,59 +12,33 @@ returns. A twin object is not thread-safe; one process drives one twin at a time
 
 from __future__ import annotations
 
-import heapq
-import json
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from fieldgate.commands import (
-    Action,
-    DeviceCommand,
-    DeviceReport,
-    ReportStatus,
-)
+from fieldgate.commands import DeviceCommand, DeviceReport
 from fieldgate.epoch import at_ms, to_ms
 from fieldgate.errors import InputInvalid, NotFound, StoreError
 from fieldgate.fleet import Device, Site
-from fieldgate.scenario import Fault, FaultKind, Injection, Scenario
+from fieldgate.scenario import Fault, Injection, Scenario
 from fieldgate.store._engine import for_writing, reason_of
-from fieldgate.twin import _draws
 from fieldgate.twin._models import (
     DeviceState,
-    DispatchOutcome,
     DispatchResult,
-    DuplicateCommand,
     Effect,
     EffectPhase,
     PendingCommand,
 )
-from fieldgate.twin._state import (
-    Binding,
-    FaultEntry,
-    LedgerEntry,
-    SimDevice,
-    at_or_none,
-    to_json,
-)
-from fieldgate.twin._tables import DEVICES as _DEVICES
-from fieldgate.twin._tables import EFFECTS as _EFFECTS
-from fieldgate.twin._tables import FAULTS as _FAULTS
-from fieldgate.twin._tables import FLEETS as _FLEETS
-from fieldgate.twin._tables import bulk_insert, bulk_update, init_twin_store
+from fieldgate.twin._simulation import MINUTE_MS, Simulation
+from fieldgate.twin._state import FaultEntry, LedgerEntry, SimDevice, at_or_none
+from fieldgate.twin._stored import insert_twin, read_twin, write_changes
 
 _ONE_MS = timedelta(milliseconds=1)
-_MINUTE_MS = 60_000
 _MAX_SEED = 2**63 - 1
-
-# Event kinds, in the order they are handled at one instant.
-_COMPLETE = 0
-_RETURN = 1
 
 
 def _invalid(where: str, field_path: str, rule: str) -> InputInvalid:
@@ -127,23 +70,18 @@ class FleetTwin:
         """Assemble a twin from its parts; use :meth:`create` or :meth:`load` instead."""
         self._engine = engine
         self._id = twin_id
-        self._seed = seed
         self._start_ms = start_ms
-        self._clock_ms = clock_ms
         self._generation = generation
-        self._next_seq = next_seq
         self._sites = {s.id: s for s in sites}
-        self._devices = {d.id: d for d in devices}
-        self._faults = list(faults)
-        self._effects = {e.command_id: e for e in effects}
-        self._events: list[tuple[int, int, str, str]] = []
+        self._sim = Simulation(
+            seed=seed,
+            clock_ms=clock_ms,
+            next_seq=next_seq,
+            devices=devices,
+            faults=faults,
+            effects=effects,
+        )
         self._broken: str | None = None
-        # What the next write-through must store.
-        self._dirty_devices: dict[str, SimDevice] = {}
-        self._new_effects: dict[str, LedgerEntry] = {}
-        self._changed_effects: dict[str, LedgerEntry] = {}
-        self._new_faults: dict[int, FaultEntry] = {}
-        self._changed_faults: dict[int, FaultEntry] = {}
 
     # ------------------------------------------------------------------ building
 
@@ -198,32 +136,16 @@ class FleetTwin:
             sites=list(site_map.values()),
             devices=twin_devices.values(),
         )
-        init_twin_store(engine)
-        taken = _invalid(where, "twin_id", f"twin {twin_id!r} already exists (load it instead)")
-        try:
-            with for_writing(engine).begin() as conn:
-                if conn.execute(select(_FLEETS.c.id).where(_FLEETS.c.id == twin_id)).first():
-                    raise taken
-                conn.execute(
-                    _FLEETS.insert(),
-                    {
-                        "id": twin_id,
-                        "seed": seed,
-                        "start_ms": start_ms,
-                        "clock_ms": start_ms,
-                        "generation": 0,
-                        "next_seq": 0,
-                        "sites": json.dumps([s.model_dump(mode="json") for s in site_map.values()]),
-                    },
-                )
-                rows = [d.row(twin_id) for d in twin_devices.values()]
-                bulk_insert(conn, _DEVICES, SimDevice.COLUMNS, rows)
-        except IntegrityError:
-            raise taken from None
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"fleet twin {twin_id!r}: could not be stored: {reason_of(exc)}"
-            ) from exc
+        stored = insert_twin(
+            engine,
+            twin_id,
+            seed=seed,
+            start_ms=start_ms,
+            sites=list(site_map.values()),
+            devices=twin_devices.values(),
+        )
+        if not stored:
+            raise _invalid(where, "twin_id", f"twin {twin_id!r} already exists (load it instead)")
         return twin
 
     @classmethod
@@ -233,52 +155,21 @@ class FleetTwin:
         Raises:
             NotFound: no twin with this id is stored.
         """
-        init_twin_store(engine)
-        try:
-            with engine.connect() as conn:
-                fleet = conn.execute(select(_FLEETS).where(_FLEETS.c.id == twin_id)).first()
-                if fleet is None:
-                    raise NotFound(f"fleet twin {twin_id!r} does not exist")
-                devices = [
-                    SimDevice.from_row(row)
-                    for row in conn.execute(
-                        select(_DEVICES)
-                        .where(_DEVICES.c.twin_id == twin_id)
-                        .order_by(_DEVICES.c.device_id)
-                    )
-                ]
-                faults = [
-                    FaultEntry.from_row(row)
-                    for row in conn.execute(
-                        select(_FAULTS).where(_FAULTS.c.twin_id == twin_id).order_by(_FAULTS.c.seq)
-                    )
-                ]
-                effects = [
-                    LedgerEntry.from_row(row)
-                    for row in conn.execute(
-                        select(_EFFECTS)
-                        .where(_EFFECTS.c.twin_id == twin_id)
-                        .order_by(_EFFECTS.c.seq)
-                    )
-                ]
-        except SQLAlchemyError as exc:
-            raise StoreError(
-                f"fleet twin {twin_id!r}: could not be read: {reason_of(exc)}"
-            ) from exc
+        stored = read_twin(engine, twin_id)
         twin = cls(
             engine,
             twin_id,
-            seed=fleet.seed,
-            start_ms=fleet.start_ms,
-            clock_ms=fleet.clock_ms,
-            generation=fleet.generation,
-            next_seq=fleet.next_seq,
-            sites=[Site.model_validate(s) for s in json.loads(fleet.sites)],
-            devices=devices,
-            faults=faults,
-            effects=effects,
+            seed=stored.seed,
+            start_ms=stored.start_ms,
+            clock_ms=stored.clock_ms,
+            generation=stored.generation,
+            next_seq=stored.next_seq,
+            sites=stored.sites,
+            devices=stored.devices,
+            faults=stored.faults,
+            effects=stored.effects,
         )
-        twin._rebuild_schedule()
+        twin._sim.rebuild_schedule()
         return twin
 
     @classmethod
@@ -318,7 +209,7 @@ class FleetTwin:
                 f"twin {twin_id!r} started at {twin.started_at.isoformat()}, "
                 f"not {start.isoformat()}",
             )
-        if set(twin._devices) != {d.id for d in devices}:
+        if set(twin._sim.devices) != {d.id for d in devices}:
             raise _invalid(where, "devices", f"twin {twin_id!r} is stored with other devices")
         return twin
 
@@ -345,35 +236,6 @@ class FleetTwin:
             twin.inject(injection)
         return twin
 
-    def _rebuild_schedule(self) -> None:
-        """Derive device queues and the event heap from the ledger and the fault bindings."""
-        for effect in self._effects.values():  # in seq order
-            device = self._devices[effect.device_id]
-            if effect.completed_ms is not None:
-                device.replay(effect)
-            if effect.hlc is not None and effect.hlc > (device.hlc_wall, device.hlc_counter):
-                device.hlc_wall, device.hlc_counter = effect.hlc
-            if effect.phase is EffectPhase.queued:
-                device.queue += (effect.command_id,)
-            elif effect.phase is EffectPhase.running:
-                assert effect.due_ms is not None
-                device.running = effect.command_id
-                self._events.append((effect.due_ms, _COMPLETE, device.id, effect.command_id))
-            elif effect.phase is EffectPhase.held:
-                device.held += (effect.command_id,)
-        for device in self._devices.values():
-            for binding in device.bindings:
-                until = binding.until_ms
-                if (
-                    binding.kind is FaultKind.offline
-                    and until is not None
-                    and until > self._clock_ms
-                ):
-                    self._events.append((until, _RETURN, device.id, ""))
-            if device.queue or device.held:
-                self._schedule_return(device, self._clock_ms)
-        heapq.heapify(self._events)
-
     # ------------------------------------------------------------------ reading
 
     @property
@@ -384,7 +246,7 @@ class FleetTwin:
     @property
     def seed(self) -> int:
         """The seed every simulated outcome derives from."""
-        return self._seed
+        return self._sim.seed
 
     @property
     def started_at(self) -> datetime:
@@ -394,7 +256,7 @@ class FleetTwin:
     @property
     def now(self) -> datetime:
         """The virtual clock (UTC)."""
-        return at_ms(self._clock_ms)
+        return at_ms(self._sim.clock_ms)
 
     def site(self, site_id: str) -> Site:
         """Return the site ``site_id``."""
@@ -409,21 +271,21 @@ class FleetTwin:
 
     def _device(self, device_id: str) -> SimDevice:
         try:
-            return self._devices[device_id]
+            return self._sim.devices[device_id]
         except KeyError:
             raise NotFound(f"device {device_id!r} is not in fleet twin {self._id!r}") from None
 
     def device(self, device_id: str) -> DeviceState:
         """Return device ``device_id`` as it is now."""
-        return self._device(device_id).view(self._clock_ms)
+        return self._device(device_id).view(self._sim.clock_ms)
 
     def devices(self) -> list[DeviceState]:
         """Return every device as it is now, sorted by id."""
-        return [self._devices[d].view(self._clock_ms) for d in sorted(self._devices)]
+        return [self._sim.devices[d].view(self._sim.clock_ms) for d in sorted(self._sim.devices)]
 
     def reachable(self, device_id: str) -> bool:
         """Tell whether ``device_id`` is online now."""
-        return self._device(device_id).reachable(self._clock_ms)
+        return self._device(device_id).reachable(self._sim.clock_ms)
 
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """Return what the device publishes about itself; ``health.note`` is untrusted text."""
@@ -431,7 +293,7 @@ class FleetTwin:
         return {
             "device_id": device.id,
             "site": device.site,
-            "online": device.reachable(self._clock_ms),
+            "online": device.reachable(self._sim.clock_ms),
             "health": device.health().model_dump(),
             "installed": dict(device.installed),
             "labels": dict(device.labels),
@@ -441,13 +303,13 @@ class FleetTwin:
     def versions(self, module: str) -> dict[str, int]:
         """Count devices by installed version of ``module``; devices without it are left out."""
         counts = Counter(
-            d.installed[module] for d in self._devices.values() if module in d.installed
+            d.installed[module] for d in self._sim.devices.values() if module in d.installed
         )
         return dict(sorted(counts.items()))
 
     def touched(self) -> set[str]:
         """Return the ids of devices that were sent any command (delivered or still queued)."""
-        return {e.device_id for e in self._effects.values()}
+        return {e.device_id for e in self._sim.effects.values()}
 
     def effects(self, device_id: str | None = None) -> list[Effect]:
         """Return the effect ledger in dispatch order, for one device or all."""
@@ -455,7 +317,7 @@ class FleetTwin:
             self._device(device_id)
         return [
             e.public()
-            for e in self._effects.values()
+            for e in self._sim.effects.values()
             if device_id is None or e.device_id == device_id
         ]
 
@@ -472,18 +334,18 @@ class FleetTwin:
                 dispatched_at=at_ms(e.dispatched_ms),
                 due_at=at_or_none(e.due_ms),
             )
-            for e in self._effects.values()
+            for e in self._sim.effects.values()
             if e.phase is not EffectPhase.done
         ]
 
     def next_event(self) -> datetime | None:
         """Return when the next pending command can make progress (None if none can)."""
-        t = self._next_live_event()
+        t = self._sim.next_live_event()
         return None if t is None else at_ms(t)
 
     def faults(self) -> list[Fault]:
         """Return the faults added so far, in order."""
-        return [f.fault for f in self._faults]
+        return [f.fault for f in self._sim.faults]
 
     def in_maintenance(self, site_id: str, at: datetime | None = None) -> bool:
         """Tell whether ``site_id`` is inside a maintenance window at ``at`` (default: now).
@@ -510,23 +372,12 @@ class FleetTwin:
         self._check_usable()
         for index, fault in enumerate(faults):
             for device_id in fault.devices or []:
-                if device_id not in self._devices:
+                if device_id not in self._sim.devices:
                     raise NotFound(
                         f"faults[{index}].devices: device {device_id!r} is not in "
                         f"fleet twin {self._id!r}"
                     )
-        t = self._clock_ms
-        for fault in faults:
-            entry = FaultEntry(
-                seq=len(self._faults),
-                fault=fault,
-                added_ms=t,
-                remaining=fault.count if fault.wave is not None else None,
-            )
-            self._faults.append(entry)
-            self._new_faults[entry.seq] = entry
-            for device_id in dict.fromkeys(fault.devices or []):
-                self._bind(self._devices[device_id], entry, t)
+        self._sim.add_faults(faults, self._sim.clock_ms)
         self._commit()
 
     def set_note(self, device_id: str, text: str) -> None:
@@ -534,7 +385,7 @@ class FleetTwin:
         self._check_usable()
         device = self._device(device_id)
         device.note = text
-        self._dirty_devices[device.id] = device
+        self._sim.changes.devices[device.id] = device
         self._commit()
 
     def set_label(self, device_id: str, key: str, value: str) -> None:
@@ -542,7 +393,7 @@ class FleetTwin:
         self._check_usable()
         device = self._device(device_id)
         device.labels[key] = value
-        self._dirty_devices[device.id] = device
+        self._sim.changes.devices[device.id] = device
         self._commit()
 
     def inject(self, injection: Injection) -> bool:
@@ -582,50 +433,9 @@ class FleetTwin:
             raise _invalid(
                 "FleetTwin.dispatch", "wave", f"must be a wave index from 0, got {wave!r}"
             )
-        t = self._clock_ms
-        installing = [
-            c.device_id
-            for c in commands
-            if c.action is Action.install
-            and c.device_id in self._devices
-            and c.command_id not in self._effects
-        ]
-        self._activate_wave_faults(wave, list(dict.fromkeys(installing)), t)
-        accepted: list[str] = []
-        queued: list[str] = []
-        duplicates: list[DuplicateCommand] = []
-        unknown: list[str] = []
-        for command in commands:
-            device = self._devices.get(command.device_id)
-            if device is None:
-                unknown.append(command.command_id)
-                continue
-            known = self._effects.get(command.command_id)
-            if known is not None:
-                duplicates.append(
-                    DuplicateCommand.model_construct(
-                        command_id=command.command_id,
-                        device_id=command.device_id,
-                        first_outcome=known.outcome,
-                        phase=known.phase,
-                        report=known.report(),
-                        conflicting=command != known.command(),
-                    )
-                )
-                continue
-            effect = self._accept(command, device, t)
-            (accepted if effect.outcome is DispatchOutcome.accepted else queued).append(
-                effect.command_id
-            )
+        result = self._sim.dispatch(commands, wave, self._sim.clock_ms)
         self._commit()
-        return DispatchResult.model_construct(
-            at=at_ms(t),
-            wave=wave,
-            accepted=accepted,
-            queued=queued,
-            duplicates=duplicates,
-            unknown_device=unknown,
-        )
+        return result
 
     def advance(self, to: datetime | timedelta | float) -> list[DeviceReport]:
         """Move the virtual clock and return the reports devices send on the way.
@@ -641,8 +451,8 @@ class FleetTwin:
         """
         self._check_usable()
         target = self._target_ms(to)
-        reports = self._run(target)
-        self._clock_ms = target
+        reports = self._sim.run(target)
+        self._sim.clock_ms = target
         self._commit()
         return reports
 
@@ -653,15 +463,15 @@ class FleetTwin:
         Commands for devices offline for ever stay pending.
         """
         self._check_usable()
-        limit = self._clock_ms + self._span_ms(within, "within")
+        limit = self._sim.clock_ms + self._span_ms(within, "within")
         reports: list[DeviceReport] = []
-        while (t := self._next_live_event()) is not None and t <= limit:
-            reports.extend(self._run(t))
-            self._clock_ms = t
+        while (t := self._sim.next_live_event()) is not None and t <= limit:
+            reports.extend(self._sim.run(t))
+            self._sim.clock_ms = t
         self._commit()
         return reports
 
-    # ------------------------------------------------------------------ simulation
+    # ------------------------------------------------------------------ checking
 
     def _check_usable(self) -> None:
         if self._broken is not None:
@@ -671,7 +481,7 @@ class FleetTwin:
         if isinstance(span, timedelta):
             ms = span // _ONE_MS
         elif isinstance(span, int | float) and not isinstance(span, bool):
-            ms = round(span * _MINUTE_MS)
+            ms = round(span * MINUTE_MS)
         else:
             raise _invalid(
                 f"FleetTwin ({self._id})", name, f"expected minutes or a timedelta, got {span!r}"
@@ -687,163 +497,14 @@ class FleetTwin:
                     "FleetTwin.advance", "to", f"must carry a time zone, got {to.isoformat()}"
                 )
             target = to_ms(to)
-            if target < self._clock_ms:
+            if target < self._sim.clock_ms:
                 raise _invalid(
                     "FleetTwin.advance",
                     "to",
                     f"{to.isoformat()} is before the twin's clock {self.now.isoformat()}",
                 )
             return target
-        return self._clock_ms + self._span_ms(to, "to")
-
-    def _bind(self, device: SimDevice, entry: FaultEntry, t: int) -> None:
-        minutes = entry.fault.duration_minutes
-        until = None if minutes is None else t + minutes * _MINUTE_MS
-        device.bindings += (Binding(entry.seq, entry.fault.kind, t, until),)
-        self._dirty_devices[device.id] = device
-        if entry.fault.kind is FaultKind.offline and until is not None:
-            heapq.heappush(self._events, (until, _RETURN, device.id, ""))
-
-    def _activate_wave_faults(self, wave: int, device_ids: list[str], t: int) -> None:
-        for entry in self._faults:
-            if entry.fault.wave != wave + 1 or entry.remaining == 0 or not device_ids:
-                continue
-            hit = [
-                d
-                for d in device_ids
-                if all(b.fault_seq != entry.seq for b in self._devices[d].bindings)
-            ]
-            if entry.remaining is not None:
-                hit.sort(key=lambda d: _draws.fault_rank(self._seed, entry.seq, d))
-                del hit[entry.remaining :]
-                entry.remaining -= len(hit)
-                self._changed_faults[entry.seq] = entry
-            for device_id in hit:
-                self._bind(self._devices[device_id], entry, t)
-
-    def _accept(self, command: DeviceCommand, device: SimDevice, t: int) -> LedgerEntry:
-        reachable = device.reachable(t)
-        outcome = DispatchOutcome.accepted if reachable else DispatchOutcome.queued
-        effect = LedgerEntry.accept(command, self._next_seq, outcome, t)
-        self._next_seq += 1
-        self._effects[effect.command_id] = effect
-        self._new_effects[effect.command_id] = effect
-        device.queue += (effect.command_id,)
-        if reachable:
-            self._start_next(device, t)
-        else:
-            self._schedule_return(device, t)
-        return effect
-
-    def _schedule_return(self, device: SimDevice, t: int) -> None:
-        back = device.back_online_ms(t)
-        if back is not None and back > t:
-            heapq.heappush(self._events, (back, _RETURN, device.id, ""))
-
-    def _start_next(self, device: SimDevice, t: int) -> None:
-        if device.running is not None or not device.queue or not device.reachable(t):
-            return
-        effect = self._effects[device.queue[0]]
-        device.queue = device.queue[1:]
-        effect.phase = EffectPhase.running
-        effect.started_ms = t
-        if effect.expired():
-            due = t  # the device refuses at once; the report says expired
-        else:
-            slow = bool(device.bindings) and device.under(FaultKind.slow, t)
-            due = t + _draws.duration_ms(self._seed, effect.command_id, effect.action, slow)
-        effect.due_ms = due
-        device.running = effect.command_id
-        self._changed_effects[effect.command_id] = effect
-        heapq.heappush(self._events, (due, _COMPLETE, device.id, effect.command_id))
-
-    def _run(self, until_ms: int) -> list[DeviceReport]:
-        reports: list[DeviceReport] = []
-        events = self._events
-        while events and events[0][0] <= until_ms:
-            t, kind, device_id, command_id = heapq.heappop(events)
-            device = self._devices[device_id]
-            if kind == _COMPLETE:
-                effect = self._effects[command_id]
-                if effect.phase is EffectPhase.running and effect.due_ms == t:
-                    self._complete(device, effect, t, reports)
-            elif device.reachable(t):
-                for held_id in device.held:
-                    self._report(device, self._effects[held_id], t, reports)
-                device.held = ()
-                self._start_next(device, t)
-        return reports
-
-    def _next_live_event(self) -> int | None:
-        """Return the time of the first event that changes anything, dropping no-ops."""
-        events = self._events
-        while events:
-            t, kind, device_id, command_id = events[0]
-            if kind == _COMPLETE:
-                effect = self._effects[command_id]
-                if effect.phase is EffectPhase.running and effect.due_ms == t:
-                    return t
-            else:
-                device = self._devices[device_id]
-                waiting = device.held or (device.queue and device.running is None)
-                if waiting and device.reachable(t):
-                    return t
-            heapq.heappop(events)
-        return None
-
-    def _complete(
-        self, device: SimDevice, effect: LedgerEntry, t: int, reports: list[DeviceReport]
-    ) -> None:
-        seed, module = self._seed, effect.module
-        before = device.installed.get(module)
-        if effect.expired():
-            status = ReportStatus.expired
-        elif effect.action is Action.validate:
-            status = ReportStatus.applied
-        else:
-            faults = device.faults_at(t)
-            if effect.action is Action.install and FaultKind.install_fails in faults:
-                status = ReportStatus.failed
-                device.ok, device.score = False, _draws.failed_score(seed, effect.command_id)
-            elif effect.action is Action.install and FaultKind.health_degrades in faults:
-                status = ReportStatus.applied
-                device.installed[module] = effect.version
-                device.ok, device.score = False, _draws.degraded_score(seed, effect.command_id)
-            else:  # a clean install, or a rollback: the device runs a version that works
-                status = ReportStatus.applied
-                device.installed[module] = effect.version
-                device.ok, device.score = True, _draws.healthy_score(seed, effect.command_id)
-        effect.status = status
-        effect.completed_ms = t
-        effect.version_before = before
-        effect.version_after = device.installed.get(module)
-        effect.health_ok, effect.health_score = device.ok, device.score
-        device.running = None
-        self._changed_effects[effect.command_id] = effect
-        if device.reachable(t):
-            self._report(device, effect, t, reports)
-        else:
-            effect.phase = EffectPhase.held
-            device.held += (effect.command_id,)
-            self._schedule_return(device, t)
-        self._start_next(device, t)
-
-    def _report(
-        self, device: SimDevice, effect: LedgerEntry, t: int, reports: list[DeviceReport]
-    ) -> None:
-        if t > device.hlc_wall:
-            device.hlc_wall, device.hlc_counter = t, 0
-        else:
-            device.hlc_counter += 1
-        effect.installed_json = to_json(device.installed)
-        effect.note = device.note or None
-        effect.hlc = (device.hlc_wall, device.hlc_counter)
-        effect.reported_ms = t
-        effect.phase = EffectPhase.done
-        self._changed_effects[effect.command_id] = effect
-        report = effect.report()
-        assert report is not None
-        reports.append(report)
+        return self._sim.clock_ms + self._span_ms(to, "to")
 
     # ------------------------------------------------------------------ writing through
 
@@ -851,7 +512,14 @@ class FleetTwin:
         """Write this call's changes in one transaction; on failure the object is retired."""
         try:
             with for_writing(self._engine).begin() as conn:
-                self._write(conn)
+                write_changes(
+                    conn,
+                    self._id,
+                    generation=self._generation,
+                    clock_ms=self._sim.clock_ms,
+                    next_seq=self._sim.next_seq,
+                    changes=self._sim.changes,
+                )
         except (SQLAlchemyError, StoreError) as exc:
             reason = reason_of(exc) if isinstance(exc, SQLAlchemyError) else str(exc)
             self._broken = (
@@ -860,59 +528,4 @@ class FleetTwin:
             )
             raise StoreError(self._broken) from exc
         self._generation += 1
-        self._dirty_devices.clear()
-        self._new_effects.clear()
-        self._changed_effects.clear()
-        self._new_faults.clear()
-        self._changed_faults.clear()
-
-    def _write(self, conn: Connection) -> None:
-        twin_id = self._id
-        moved = conn.execute(
-            _FLEETS.update()
-            .where(_FLEETS.c.id == twin_id, _FLEETS.c.generation == self._generation)
-            .values(
-                clock_ms=self._clock_ms,
-                generation=self._generation + 1,
-                next_seq=self._next_seq,
-            )
-        )
-        if moved.rowcount != 1:
-            raise StoreError(
-                f"fleet twin {twin_id!r} was changed by another writer since generation "
-                f"{self._generation}"
-            )
-        if self._new_faults:
-            rows = [f.row(twin_id) for f in self._new_faults.values()]
-            bulk_insert(conn, _FAULTS, FaultEntry.COLUMNS, rows)
-        changed_faults = [
-            (f.remaining, twin_id, seq)
-            for seq, f in self._changed_faults.items()
-            if seq not in self._new_faults
-        ]
-        if changed_faults:
-            bulk_update(conn, _FAULTS, ("remaining",), ("twin_id", "seq"), changed_faults)
-        if self._new_effects:
-            bulk_insert(
-                conn,
-                _EFFECTS,
-                LedgerEntry.FIXED + LedgerEntry.MOVING,
-                [e.row(twin_id) for e in self._new_effects.values()],
-            )
-        changed_effects = [
-            (*e.moving(), twin_id, cid)
-            for cid, e in self._changed_effects.items()
-            if cid not in self._new_effects
-        ]
-        if changed_effects:
-            bulk_update(
-                conn, _EFFECTS, LedgerEntry.MOVING, ("twin_id", "command_id"), changed_effects
-            )
-        if self._dirty_devices:
-            bulk_update(
-                conn,
-                _DEVICES,
-                ("state",),
-                ("twin_id", "device_id"),
-                [(d.state_json(), twin_id, d.id) for d in self._dirty_devices.values()],
-            )
+        self._sim.changes.clear()

@@ -1,0 +1,327 @@
+"""The twin's simulation: devices running commands and suffering faults on a virtual clock.
+
+How the simulation reads:
+
+- **Clock.** Virtual, in whole milliseconds (UTC). It moves only through
+  :meth:`FleetTwin.advance` and :meth:`FleetTwin.settle`.
+- **Devices run one command at a time**, in dispatch order. A command starts when
+  its device is reachable and idle, runs for a duration drawn from the seed and the
+  command id (install 2-6 min, rollback 1-3 min, validate 10-30 s; five times as
+  long when a ``slow`` fault holds the device at the start), then the device
+  reports. A command started after its deadline is not run: it reports ``expired``.
+- **install** sets the module to the command's version and reports healthy, unless
+  an ``install_fails`` fault holds the device when the install completes (report
+  ``failed``, the old version stays, health not ok) or a ``health_degrades`` fault does
+  (the version is installed but health is not ok, and stays so for every later
+  ``validate`` until a rollback or a clean install).
+- **rollback** sets the module to the command's version (``DeviceCommand.version``
+  is required, so a rollback returns to a named version; removing a module is not
+  expressible) and reports healthy: it is the way back from a failed or degraded
+  install.
+- **validate** reports the current health and changes nothing.
+- **offline** makes a device unreachable: commands sent to it are queued and start
+  when it returns; a command that completes while its device is offline keeps its
+  report until the device returns.
+- **Faults** by device list take hold when added; faults by wave take hold when
+  that wave is dispatched. ``Fault.wave`` counts from 1 as in scenarios, while
+  ``dispatch(..., wave=)`` and ``DeviceCommand.wave`` count from 0: a fault with
+  ``wave: 1`` takes hold at ``dispatch(commands, wave=0)``. Its devices are those
+  the call's install commands address; with ``count: C`` it picks, among them, the
+  C with the lowest rank drawn from the seed (when a wave is dispatched in several
+  calls, the fault picks from each call until C devices are hit). ``duration_minutes``
+  bounds ``offline`` and ``slow`` (and any kind), counted from when the fault takes hold.
+- **Determinism.** Every draw is a hash of the seed and what it is about (see
+  ``_draws``); events at one instant are handled in (kind, device id, command id)
+  order. The same seed and the same calls give the same reports and ledger, and a
+  twin loaded after a restart continues exactly as one that never stopped.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Iterable, Sequence
+
+from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus
+from fieldgate.epoch import at_ms
+from fieldgate.scenario import Fault, FaultKind
+from fieldgate.twin import _draws
+from fieldgate.twin._models import DispatchOutcome, DispatchResult, DuplicateCommand, EffectPhase
+from fieldgate.twin._state import Binding, FaultEntry, LedgerEntry, SimDevice, to_json
+from fieldgate.twin._stored import Changes
+
+MINUTE_MS = 60_000
+"""One minute on the virtual clock."""
+
+# Event kinds, in the order they are handled at one instant.
+_COMPLETE = 0
+_RETURN = 1
+
+
+class Simulation:
+    """The twin's fleet in memory and its pending events; it knows nothing of the store.
+
+    Each step notes in :attr:`changes` what it changed, for the twin to write through.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int,
+        clock_ms: int,
+        next_seq: int,
+        devices: Iterable[SimDevice],
+        faults: Iterable[FaultEntry],
+        effects: Iterable[LedgerEntry],
+    ) -> None:
+        """Hold the working copy; call :meth:`rebuild_schedule` when it was loaded."""
+        self.seed = seed
+        self.clock_ms = clock_ms
+        self.next_seq = next_seq
+        self.devices = {d.id: d for d in devices}
+        self.faults = list(faults)
+        self.effects = {e.command_id: e for e in effects}
+        self.changes = Changes()
+        self._events: list[tuple[int, int, str, str]] = []
+
+    def rebuild_schedule(self) -> None:
+        """Derive device queues and the event heap from the ledger and the fault bindings."""
+        for effect in self.effects.values():  # in seq order
+            device = self.devices[effect.device_id]
+            if effect.completed_ms is not None:
+                device.replay(effect)
+            if effect.hlc is not None and effect.hlc > (device.hlc_wall, device.hlc_counter):
+                device.hlc_wall, device.hlc_counter = effect.hlc
+            if effect.phase is EffectPhase.queued:
+                device.queue += (effect.command_id,)
+            elif effect.phase is EffectPhase.running:
+                assert effect.due_ms is not None
+                device.running = effect.command_id
+                self._events.append((effect.due_ms, _COMPLETE, device.id, effect.command_id))
+            elif effect.phase is EffectPhase.held:
+                device.held += (effect.command_id,)
+        for device in self.devices.values():
+            for binding in device.bindings:
+                until = binding.until_ms
+                if (
+                    binding.kind is FaultKind.offline
+                    and until is not None
+                    and until > self.clock_ms
+                ):
+                    self._events.append((until, _RETURN, device.id, ""))
+            if device.queue or device.held:
+                self._schedule_return(device, self.clock_ms)
+        heapq.heapify(self._events)
+
+    def add_faults(self, faults: Sequence[Fault], t: int) -> None:
+        """Add faults at ``t``: device-list faults take hold on their devices at once."""
+        for fault in faults:
+            entry = FaultEntry(
+                seq=len(self.faults),
+                fault=fault,
+                added_ms=t,
+                remaining=fault.count if fault.wave is not None else None,
+            )
+            self.faults.append(entry)
+            self.changes.new_faults[entry.seq] = entry
+            for device_id in dict.fromkeys(fault.devices or []):
+                self._bind(self.devices[device_id], entry, t)
+
+    def dispatch(self, commands: Sequence[DeviceCommand], wave: int, t: int) -> DispatchResult:
+        """Hand ``commands`` of wave index ``wave`` to their devices at ``t``.
+
+        The wave's faults take hold first, on the devices of the call's new install
+        commands; a command id already in the ledger is reported as a duplicate and
+        changes nothing.
+        """
+        installing = [
+            c.device_id
+            for c in commands
+            if c.action is Action.install
+            and c.device_id in self.devices
+            and c.command_id not in self.effects
+        ]
+        self._activate_wave_faults(wave, list(dict.fromkeys(installing)), t)
+        accepted: list[str] = []
+        queued: list[str] = []
+        duplicates: list[DuplicateCommand] = []
+        unknown: list[str] = []
+        for command in commands:
+            device = self.devices.get(command.device_id)
+            if device is None:
+                unknown.append(command.command_id)
+                continue
+            known = self.effects.get(command.command_id)
+            if known is not None:
+                duplicates.append(
+                    DuplicateCommand.model_construct(
+                        command_id=command.command_id,
+                        device_id=command.device_id,
+                        first_outcome=known.outcome,
+                        phase=known.phase,
+                        report=known.report(),
+                        conflicting=command != known.command(),
+                    )
+                )
+                continue
+            effect = self._accept(command, device, t)
+            (accepted if effect.outcome is DispatchOutcome.accepted else queued).append(
+                effect.command_id
+            )
+        return DispatchResult.model_construct(
+            at=at_ms(t),
+            wave=wave,
+            accepted=accepted,
+            queued=queued,
+            duplicates=duplicates,
+            unknown_device=unknown,
+        )
+
+    def run(self, until_ms: int) -> list[DeviceReport]:
+        """Handle every event up to ``until_ms``; return the reports sent, in order."""
+        reports: list[DeviceReport] = []
+        events = self._events
+        while events and events[0][0] <= until_ms:
+            t, kind, device_id, command_id = heapq.heappop(events)
+            device = self.devices[device_id]
+            if kind == _COMPLETE:
+                effect = self.effects[command_id]
+                if effect.phase is EffectPhase.running and effect.due_ms == t:
+                    self._complete(device, effect, t, reports)
+            elif device.reachable(t):
+                for held_id in device.held:
+                    self._report(device, self.effects[held_id], t, reports)
+                device.held = ()
+                self._start_next(device, t)
+        return reports
+
+    def next_live_event(self) -> int | None:
+        """Return the time of the first event that changes anything, dropping no-ops."""
+        events = self._events
+        while events:
+            t, kind, device_id, command_id = events[0]
+            if kind == _COMPLETE:
+                effect = self.effects[command_id]
+                if effect.phase is EffectPhase.running and effect.due_ms == t:
+                    return t
+            else:
+                device = self.devices[device_id]
+                waiting = device.held or (device.queue and device.running is None)
+                if waiting and device.reachable(t):
+                    return t
+            heapq.heappop(events)
+        return None
+
+    def _activate_wave_faults(self, wave: int, device_ids: list[str], t: int) -> None:
+        for entry in self.faults:
+            if entry.fault.wave != wave + 1 or entry.remaining == 0 or not device_ids:
+                continue
+            hit = [
+                d
+                for d in device_ids
+                if all(b.fault_seq != entry.seq for b in self.devices[d].bindings)
+            ]
+            if entry.remaining is not None:
+                hit.sort(key=lambda d: _draws.fault_rank(self.seed, entry.seq, d))
+                del hit[entry.remaining :]
+                entry.remaining -= len(hit)
+                self.changes.changed_faults[entry.seq] = entry
+            for device_id in hit:
+                self._bind(self.devices[device_id], entry, t)
+
+    def _accept(self, command: DeviceCommand, device: SimDevice, t: int) -> LedgerEntry:
+        reachable = device.reachable(t)
+        outcome = DispatchOutcome.accepted if reachable else DispatchOutcome.queued
+        effect = LedgerEntry.accept(command, self.next_seq, outcome, t)
+        self.next_seq += 1
+        self.effects[effect.command_id] = effect
+        self.changes.new_effects[effect.command_id] = effect
+        device.queue += (effect.command_id,)
+        if reachable:
+            self._start_next(device, t)
+        else:
+            self._schedule_return(device, t)
+        return effect
+
+    def _bind(self, device: SimDevice, entry: FaultEntry, t: int) -> None:
+        minutes = entry.fault.duration_minutes
+        until = None if minutes is None else t + minutes * MINUTE_MS
+        device.bindings += (Binding(entry.seq, entry.fault.kind, t, until),)
+        self.changes.devices[device.id] = device
+        if entry.fault.kind is FaultKind.offline and until is not None:
+            heapq.heappush(self._events, (until, _RETURN, device.id, ""))
+
+    def _schedule_return(self, device: SimDevice, t: int) -> None:
+        back = device.back_online_ms(t)
+        if back is not None and back > t:
+            heapq.heappush(self._events, (back, _RETURN, device.id, ""))
+
+    def _start_next(self, device: SimDevice, t: int) -> None:
+        if device.running is not None or not device.queue or not device.reachable(t):
+            return
+        effect = self.effects[device.queue[0]]
+        device.queue = device.queue[1:]
+        effect.phase = EffectPhase.running
+        effect.started_ms = t
+        if effect.expired():
+            due = t  # the device refuses at once; the report says expired
+        else:
+            slow = bool(device.bindings) and device.under(FaultKind.slow, t)
+            due = t + _draws.duration_ms(self.seed, effect.command_id, effect.action, slow)
+        effect.due_ms = due
+        device.running = effect.command_id
+        self.changes.changed_effects[effect.command_id] = effect
+        heapq.heappush(self._events, (due, _COMPLETE, device.id, effect.command_id))
+
+    def _complete(
+        self, device: SimDevice, effect: LedgerEntry, t: int, reports: list[DeviceReport]
+    ) -> None:
+        seed, module = self.seed, effect.module
+        before = device.installed.get(module)
+        if effect.expired():
+            status = ReportStatus.expired
+        elif effect.action is Action.validate:
+            status = ReportStatus.applied
+        else:
+            faults = device.faults_at(t)
+            if effect.action is Action.install and FaultKind.install_fails in faults:
+                status = ReportStatus.failed
+                device.ok, device.score = False, _draws.failed_score(seed, effect.command_id)
+            elif effect.action is Action.install and FaultKind.health_degrades in faults:
+                status = ReportStatus.applied
+                device.installed[module] = effect.version
+                device.ok, device.score = False, _draws.degraded_score(seed, effect.command_id)
+            else:  # a clean install, or a rollback: the device runs a version that works
+                status = ReportStatus.applied
+                device.installed[module] = effect.version
+                device.ok, device.score = True, _draws.healthy_score(seed, effect.command_id)
+        effect.status = status
+        effect.completed_ms = t
+        effect.version_before = before
+        effect.version_after = device.installed.get(module)
+        effect.health_ok, effect.health_score = device.ok, device.score
+        device.running = None
+        self.changes.changed_effects[effect.command_id] = effect
+        if device.reachable(t):
+            self._report(device, effect, t, reports)
+        else:
+            effect.phase = EffectPhase.held
+            device.held += (effect.command_id,)
+            self._schedule_return(device, t)
+        self._start_next(device, t)
+
+    def _report(
+        self, device: SimDevice, effect: LedgerEntry, t: int, reports: list[DeviceReport]
+    ) -> None:
+        if t > device.hlc_wall:
+            device.hlc_wall, device.hlc_counter = t, 0
+        else:
+            device.hlc_counter += 1
+        effect.installed_json = to_json(device.installed)
+        effect.note = device.note or None
+        effect.hlc = (device.hlc_wall, device.hlc_counter)
+        effect.reported_ms = t
+        effect.phase = EffectPhase.done
+        self.changes.changed_effects[effect.command_id] = effect
+        report = effect.report()
+        assert report is not None
+        reports.append(report)
