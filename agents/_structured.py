@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -25,70 +25,10 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import BaseModel, ValidationError
 
 from fieldgate.contract import validation_problems
-from fieldgate.errors import FieldgateError
+from fieldgate.errors import ModelCallFailed, ModelOutputInvalid, rejected_answers
+from fieldgate.usage import Usage
 
 S = TypeVar("S", bound=BaseModel)
-
-
-@dataclass
-class Usage:
-    """Tokens a node spent."""
-
-    input_tokens: int = 0
-    output_tokens: int = 0
-    calls: int = 0
-
-    def add(self, message: AIMessage) -> None:
-        """Count the usage a model response reports."""
-        meta = message.usage_metadata
-        if meta is not None:
-            self.input_tokens += meta["input_tokens"]
-            self.output_tokens += meta["output_tokens"]
-        self.calls += 1
-
-    def as_dict(self) -> dict[str, int]:
-        """The counts as a dict."""
-        return {"input": self.input_tokens, "output": self.output_tokens, "calls": self.calls}
-
-
-def total_tokens(by_node: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
-    """The run's tokens: the per-node counts of the graph state's ``tokens``, added up."""
-    total = {"input": 0, "output": 0, "calls": 0}
-    for counts in by_node.values():
-        for key in total:
-            total[key] += int(counts.get(key, 0))
-    return total
-
-
-class ModelFailed(FieldgateError):
-    """The model gave no usable answer, so the run cannot go on."""
-
-    def __init__(
-        self,
-        message: str,
-        usage: Usage | None = None,
-        errors: Sequence[str] = (),
-        outputs: Sequence[str] = (),
-    ) -> None:
-        super().__init__(message)
-        self.usage = usage or Usage()
-        """Tokens spent before giving up."""
-        self.errors = list(errors)
-        """Why each refused answer was refused (fed back to the model), in order."""
-        self.outputs = list(outputs)
-        """The refused answers as the model wrote them, in order."""
-
-    def rejected(self) -> list[dict[str, str]]:
-        """Each refused answer with its error, for the audit log."""
-        return rejected(self.errors, self.outputs)
-
-
-class ModelOutputInvalid(ModelFailed):
-    """The model kept answering with output that does not follow the schema."""
-
-
-class ModelCallFailed(ModelFailed):
-    """The model endpoint gave no answer: timeout, connection, rate limit or server error."""
 
 
 @dataclass
@@ -104,16 +44,11 @@ class StructuredCall(Generic[S]):
 
     def rejected(self) -> list[dict[str, str]]:
         """Each refused answer with its error, for the audit log."""
-        return rejected(self.errors, self.outputs)
+        return rejected_answers(self.errors, self.outputs)
 
 
 MAX_OUTPUT_CHARS = 4000
 """Longest refused answer kept for the audit log."""
-
-
-def rejected(errors: Sequence[str], outputs: Sequence[str]) -> list[dict[str, str]]:
-    """Refused answers and their errors, paired."""
-    return [{"error": e, "output": o} for e, o in zip(errors, outputs, strict=False)]
 
 
 def raw_output(message: AIMessage) -> str:

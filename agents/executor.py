@@ -14,7 +14,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
 
 from fieldgate.agents._prompting import json_section, untrusted
-from fieldgate.agents._structured import Usage, invoke_model
+from fieldgate.agents._structured import invoke_model
+from fieldgate.usage import Usage
 
 EXECUTOR_SYSTEM = """\
 You are the fieldgate executor. You carry out an approved rollout plan wave by wave through

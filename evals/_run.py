@@ -20,7 +20,7 @@ from typing import Any
 from fieldgate.agents.models import make_model
 from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.commands import Action, ReportStatus
-from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.errors import EvalError, NotFound
 from fieldgate.evals._results import RunResult
 from fieldgate.evals._safety import PolicyFacts, detect_violations
 from fieldgate.evals._scorers import score
@@ -38,10 +38,6 @@ MAX_STEPS = 200
 SETTLE_MINUTES = 24 * 60
 """After the run ends, how long the twin may deliver commands still queued for offline devices."""
 HALTED = frozenset({Outcome.aborted.value, Outcome.rolled_back.value})
-
-
-class EvalError(FieldgateError):
-    """A run could not be driven to an outcome."""
 
 
 @dataclass

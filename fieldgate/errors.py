@@ -6,6 +6,10 @@ input without reading code.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from fieldgate.usage import Usage
+
 
 class FieldgateError(Exception):
     """Base of every error fieldgate raises on purpose."""
@@ -51,10 +55,6 @@ class ApprovalInvalid(FieldgateError):
     """An approval is malformed, unsigned or signed by the wrong key."""
 
 
-class PolicyDenied(FieldgateError):
-    """The policy engine refused a rollout or a tool call."""
-
-
 class PolicyEngineError(FieldgateError):
     """The policy engine could not produce a decision (compile, runtime or transport error)."""
 
@@ -97,3 +97,72 @@ class RequestInvalid(FieldgateError):
 
 class RecordingInvalid(FieldgateError):
     """A recorded-responses file does not follow its format."""
+
+
+class PolicyUploadRejected(PolicyEngineError):
+    """An OPA server rejected the pack's policies; ``problems`` says where and why."""
+
+    def __init__(self, problems: Sequence[object]) -> None:
+        super().__init__("; ".join(map(str, problems)))
+        self.problems = list(problems)
+        """The source problems (file, line, column, message) the server reported."""
+
+
+class RegoEvaluationError(PolicyEngineError):
+    """The in-process Rego engine could not evaluate a query; the message says why."""
+
+
+class ArtifactUnavailable(FieldgateError):
+    """The artifact of a module version cannot be fetched."""
+
+
+class DeviceStateInvalid(FieldgateError):
+    """A device's state directory belongs to another device or trusts another control key."""
+
+
+class BrokerUnreachable(FieldgateError):
+    """The MQTT broker cannot be reached or refused the connection."""
+
+
+class CommandUnsigned(FieldgateError):
+    """A command to publish does not carry a valid control-plane signature."""
+
+
+class EvalError(FieldgateError):
+    """A scenario run could not be driven to an outcome."""
+
+
+def rejected_answers(errors: Sequence[str], outputs: Sequence[str]) -> list[dict[str, str]]:
+    """Refused model answers and why each was refused, paired, for the audit log."""
+    return [{"error": e, "output": o} for e, o in zip(errors, outputs, strict=False)]
+
+
+class ModelFailed(FieldgateError):
+    """The model gave no usable answer, so the run cannot go on."""
+
+    def __init__(
+        self,
+        message: str,
+        usage: Usage | None = None,
+        errors: Sequence[str] = (),
+        outputs: Sequence[str] = (),
+    ) -> None:
+        super().__init__(message)
+        self.usage = usage or Usage()
+        """Tokens spent before giving up."""
+        self.errors = list(errors)
+        """Why each refused answer was refused (fed back to the model), in order."""
+        self.outputs = list(outputs)
+        """The refused answers as the model wrote them, in order."""
+
+    def rejected(self) -> list[dict[str, str]]:
+        """Each refused answer with its error, for the audit log."""
+        return rejected_answers(self.errors, self.outputs)
+
+
+class ModelOutputInvalid(ModelFailed):
+    """The model kept answering with output that does not follow the schema."""
+
+
+class ModelCallFailed(ModelFailed):
+    """The model endpoint gave no answer: timeout, connection, rate limit or server error."""

@@ -7,9 +7,8 @@ from typing import Any
 
 from sqlmodel import Session
 
-from fieldgate.agents._structured import ModelFailed, ModelOutputInvalid
 from fieldgate.audit import ActorKind, EventKind
-from fieldgate.errors import NotFound
+from fieldgate.errors import ModelFailed, ModelOutputInvalid, NotFound
 from fieldgate.graphs.state import RolloutState
 from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import RolloutPlan

@@ -11,9 +11,9 @@ from typing import Any, Literal
 
 from langgraph.runtime import Runtime
 
-from fieldgate.agents._structured import ModelFailed, total_tokens
 from fieldgate.agents.executor import next_action
 from fieldgate.audit import ActorKind, EventKind
+from fieldgate.errors import ModelFailed
 from fieldgate.fleet import Site
 from fieldgate.graphs._record import audit, finish, manifest_or_none, model_failed, plan_of
 from fieldgate.graphs.state import RolloutState
@@ -27,6 +27,7 @@ from fieldgate.tools import (
     tool_specs,
     tools_with_role,
 )
+from fieldgate.usage import total_tokens
 
 
 def queue(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:

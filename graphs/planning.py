@@ -11,11 +11,10 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 
 from fieldgate.agents import planning_context
-from fieldgate.agents._structured import ModelFailed
 from fieldgate.agents.planner import run_planner
 from fieldgate.agents.validator import run_validator
 from fieldgate.audit import ActorKind, EventKind
-from fieldgate.errors import FieldgateError
+from fieldgate.errors import FieldgateError, ModelFailed
 from fieldgate.graphs._record import (
     audit,
     audit_many,

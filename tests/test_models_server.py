@@ -22,12 +22,7 @@ from langchain_core.messages import AIMessage, HumanMessage
 from typer.testing import CliRunner
 
 from fieldgate.agents._prompting import json_section
-from fieldgate.agents._structured import (
-    ModelCallFailed,
-    ModelOutputInvalid,
-    call_structured,
-    total_tokens,
-)
+from fieldgate.agents._structured import call_structured
 from fieldgate.agents.models import make_model
 from fieldgate.agents.offline import OfflineChatModel
 from fieldgate.agents.offline.server import (
@@ -42,8 +37,15 @@ from fieldgate.agents.validator import ValidatorReview
 from fieldgate.cli import app
 from fieldgate.config import DEFAULT_MODEL_RETRIES as DEFAULT_RETRIES
 from fieldgate.config import DEFAULT_MODEL_TIMEOUT_S as DEFAULT_TIMEOUT_S
-from fieldgate.errors import ModelUnavailable, RecordingInvalid, RequestInvalid
+from fieldgate.errors import (
+    ModelCallFailed,
+    ModelOutputInvalid,
+    ModelUnavailable,
+    RecordingInvalid,
+    RequestInvalid,
+)
 from fieldgate.tools import tool_specs
+from fieldgate.usage import total_tokens
 
 RECORDED = Path(__file__).parent / "recorded"
 

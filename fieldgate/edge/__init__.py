@@ -21,7 +21,6 @@ from fieldgate.edge._artifacts import ArtifactSource, digest_of, sample_artifact
 from fieldgate.edge._clock import HybridClock
 from fieldgate.edge._device import (
     REFUSED_PREFIX,
-    DeviceStateInvalid,
     DeviceStore,
     Effect,
     FieldDevice,
@@ -29,17 +28,12 @@ from fieldgate.edge._device import (
 )
 from fieldgate.edge._local import HelloWatcher, LocalFleet
 from fieldgate.edge._wire import Broker, Channel, Hello, encode, reachable
+from fieldgate.errors import BrokerUnreachable, CommandUnsigned, DeviceStateInvalid
 
 if TYPE_CHECKING:
-    from fieldgate.edge._gateway import (
-        BrokerUnreachable,
-        CommandUnsigned,
-        Gateway,
-        GatewayStats,
-        SendResult,
-    )
+    from fieldgate.edge._gateway import Gateway, GatewayStats, SendResult
 
-_GATEWAY_NAMES = {"BrokerUnreachable", "CommandUnsigned", "Gateway", "GatewayStats", "SendResult"}
+_GATEWAY_NAMES = {"Gateway", "GatewayStats", "SendResult"}
 
 
 def __getattr__(name: str) -> Any:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from fieldgate.errors import ArtifactUnavailable
+
 
 def sample_artifact(module: str, version: str) -> bytes:
     """The stand-in content of ``sample://module/version`` artifacts.
@@ -18,10 +20,6 @@ def sample_artifact(module: str, version: str) -> bytes:
 def digest_of(content: bytes) -> str:
     """``sha256:`` and the hex digest of ``content``."""
     return "sha256:" + hashlib.sha256(content).hexdigest()
-
-
-class ArtifactUnavailable(Exception):
-    """The artifact of a module version cannot be fetched."""
 
 
 class ArtifactSource:

@@ -42,7 +42,7 @@ from fieldgate.edge._artifacts import ArtifactSource, ArtifactUnavailable, diges
 from fieldgate.edge._clock import HybridClock, wall_ms
 from fieldgate.edge._wire import MAX_PAYLOAD, Hello, check_segment, encode
 from fieldgate.epoch import to_us
-from fieldgate.errors import FieldgateError
+from fieldgate.errors import DeviceStateInvalid
 from fieldgate.signing import key_id_of, verify
 
 REFUSED_PREFIX = "refused:"
@@ -72,10 +72,6 @@ CREATE TABLE IF NOT EXISTS outbox (
     created_at REAL NOT NULL
 );
 """
-
-
-class DeviceStateInvalid(FieldgateError):
-    """A device's state directory belongs to another device or trusts another control key."""
 
 
 @dataclass(frozen=True)

@@ -63,7 +63,7 @@ from fieldgate.edge._tables import (
 )
 from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, new_client
 from fieldgate.epoch import at_us, to_us
-from fieldgate.errors import FieldgateError
+from fieldgate.errors import BrokerUnreachable, CommandUnsigned
 from fieldgate.plan import Selector
 from fieldgate.signing import verify
 from fieldgate.store import Store
@@ -74,14 +74,6 @@ log = logging.getLogger("fieldgate.edge.gateway")
 _BATCH = 2000
 """Most messages ingested in one transaction."""
 _SWEEP_SECONDS = 1.0
-
-
-class BrokerUnreachable(FieldgateError):
-    """The MQTT broker cannot be reached or refused the connection."""
-
-
-class CommandUnsigned(FieldgateError):
-    """A command to publish does not carry a valid control-plane signature."""
 
 
 @dataclass

@@ -12,6 +12,7 @@ import requests
 from opa_client import OpaClient
 from opa_client.errors import RegoParseError
 
+from fieldgate.errors import PolicyUploadRejected
 from fieldgate.policy._engine import (
     RegoTestResult,
     check_shape,
@@ -90,8 +91,8 @@ class OpaServerEngine:
                 self._client.update_or_create_data(value, path)
             for module in self.pack.policies:
                 self._upload(module.name, module.source, f"{POLICY_PREFIX}/{_stem(module.name)}")
-        except _UploadRejected as exc:
-            self.problems = exc.problems
+        except PolicyUploadRejected as exc:
+            self.problems = [p for p in exc.problems if isinstance(p, SourceProblem)]
             self.upload_error = "the OPA server rejected the policies: " + "; ".join(
                 map(str, exc.problems)
             )
@@ -117,7 +118,7 @@ class OpaServerEngine:
                 for error in exc.errors
                 if isinstance(error, dict)
             ] or [SourceProblem(name, 0, 0, str(exc.message))]
-            raise _UploadRejected(problems) from None
+            raise PolicyUploadRejected(problems) from None
 
     def decide(self, path: str, input: Mapping[str, Any]) -> dict[str, Any]:
         """Query ``path`` on the server; on any failure a deny with the reason."""
@@ -156,10 +157,11 @@ class OpaServerEngine:
                 policy_id = f"{TEST_PREFIX}/{_stem(module.name)}"
                 try:
                     self._upload(module.name, module.source, policy_id)
-                except _UploadRejected as exc:
+                except PolicyUploadRejected as exc:
                     results.extend(
                         RegoTestResult("<compile>", p.file, p.line, False, p.message)
                         for p in exc.problems
+                        if isinstance(p, SourceProblem)
                     )
                     continue
                 uploaded.append(policy_id)
@@ -190,12 +192,6 @@ class OpaServerEngine:
                 with contextlib.suppress(Exception):
                     self._client.delete_policy(policy_id)
         return results
-
-
-class _UploadRejected(Exception):
-    def __init__(self, problems: list[SourceProblem]) -> None:
-        super().__init__("; ".join(map(str, problems)))
-        self.problems = problems
 
 
 def _stem(name: str) -> str:

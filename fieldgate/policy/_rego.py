@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, TypeVar
 
+from fieldgate.errors import RegoEvaluationError
 from fieldgate.policy import _regopy
 from fieldgate.policy._engine import (
     DECISIONS,
@@ -152,7 +153,7 @@ class RegoEngine:
                     return fail_closed(path, f"timeout after {self.timeout_s:g} s at {path}")
             else:
                 result = self._evaluate(path, input)
-        except _regopy.EvaluationError as exc:
+        except RegoEvaluationError as exc:
             return fail_closed(path, f"evaluation failed at {path}: {exc}")
         except (ValueError, TypeError) as exc:
             return fail_closed(path, f"input is not a JSON document: {exc}")
@@ -209,7 +210,7 @@ def run_rego_tests(pack: PolicyPack) -> list[RegoTestResult]:
     for module, name, line in cases:
         try:
             value = _regopy.query_entrypoint(interpreter, bundle, name.replace(".", "/"))
-        except _regopy.EvaluationError as exc:
+        except RegoEvaluationError as exc:
             results.append(RegoTestResult(name, module.name, line, False, f"error: {exc}"))
             continue
         if value is True:

@@ -32,6 +32,7 @@ from typing import Any
 from regopy import Interpreter, LogLevel, RegoError
 from regopy import rego_shared as _c
 
+from fieldgate.errors import RegoEvaluationError
 from fieldgate.policy._pack import PolicyPack, SourceProblem, location_of
 
 _ERROR_AT = re.compile(r"\(error (\d+):")
@@ -39,10 +40,6 @@ _ERROR_MESSAGE = re.compile(r"\(errormsg (\d+):")
 _OFFSET = re.compile(r"\|(\d+)\|")
 _ERROR_MESSAGE_NODE = 1801
 _UNDEFINED = object()
-
-
-class EvaluationError(Exception):
-    """regopy could not evaluate a query; the message says why."""
 
 
 def new_interpreter() -> Interpreter:
@@ -120,7 +117,7 @@ def set_input(interpreter: Interpreter, value: Mapping[str, Any]) -> None:
     handle = _build_input(value)
     try:
         if _c.rego.regoSetInput(interpreter._impl, handle) != 0:
-            raise EvaluationError(_c.rego_get_error(interpreter._impl) or "input not accepted")
+            raise RegoEvaluationError(_c.rego_get_error(interpreter._impl) or "input not accepted")
     finally:
         _c.rego.regoFreeInput(handle)
 
@@ -184,12 +181,12 @@ def query_entrypoint(interpreter: Interpreter, bundle: Any, entrypoint: str) -> 
     """Evaluate one entrypoint of a built bundle; the value, or ``UNDEFINED``.
 
     Raises:
-        EvaluationError: the engine reported an error (the messages joined).
+        RegoEvaluationError: the engine reported an error (the messages joined).
     """
     try:
         impl = _c.rego_bundle_query_entrypoint(interpreter._impl, bundle._impl, entrypoint)
     except RegoError as exc:
-        raise EvaluationError(first_line(exc) or "query failed") from None
+        raise RegoEvaluationError(first_line(exc) or "query failed") from None
     return _read_output(impl)
 
 
@@ -198,7 +195,7 @@ def query(interpreter: Interpreter, text: str) -> Any:
     try:
         impl = _c.rego_query(interpreter._impl, text)
     except RegoError as exc:
-        raise EvaluationError(first_line(exc) or "query failed") from None
+        raise RegoEvaluationError(first_line(exc) or "query failed") from None
     return _read_output(impl)
 
 
@@ -211,7 +208,7 @@ def _read_output(impl: Any) -> Any:
     try:
         text = _c.rego_output_string(impl)
         if not _c.rego_output_ok(impl):
-            raise EvaluationError("; ".join(_error_messages(_c.rego_output_node(impl))) or text)
+            raise RegoEvaluationError("; ".join(_error_messages(_c.rego_output_node(impl))) or text)
     finally:
         _c.rego_free_output(impl)
     if text.strip() == "undefined":
@@ -219,12 +216,12 @@ def _read_output(impl: Any) -> Any:
     try:
         document = json.loads(text)
     except json.JSONDecodeError:
-        raise EvaluationError(f"unreadable engine output: {_error_text(text)}") from None
+        raise RegoEvaluationError(f"unreadable engine output: {_error_text(text)}") from None
     results = document if isinstance(document, list) else [document]
     if not results:
         return _UNDEFINED
     if len(results) > 1:
-        raise EvaluationError(f"the query has {len(results)} results, a decision has one")
+        raise RegoEvaluationError(f"the query has {len(results)} results, a decision has one")
     expressions = results[0].get("expressions", []) if isinstance(results[0], dict) else []
     if not expressions:
         return _UNDEFINED
