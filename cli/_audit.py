@@ -14,6 +14,7 @@ from fieldgate.audit import EventKind
 from fieldgate.cli._common import open_store
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.store import VerifyResult
+from fieldgate.terminal import shown
 
 audit_app = typer.Typer(help="The audit log: show, verify, export.", no_args_is_help=True)
 
@@ -37,7 +38,9 @@ def show(
     """List audit events in order."""
     with open_store(db) as store:
         events = store.audit.events(plan_id=plan, kinds=kind or None, limit=limit or None)
-    table = Table(title=f"audit: {len(events)} events" + (f" of plan {plan}" if plan else ""))
+    table = Table(
+        title=f"audit: {len(events)} events" + (f" of plan {shown(plan)}" if plan else "")
+    )
     for column in ("seq", "time (UTC)", "plan", "actor", "kind", "payload"):
         table.add_column(column, overflow="fold")
     for event in events:
@@ -45,10 +48,10 @@ def show(
         table.add_row(
             str(event.seq),
             f"{event.at:%Y-%m-%d %H:%M:%S}",
-            event.plan_id or "-",
-            f"{event.actor_kind.value}:{event.actor}",
+            shown(event.plan_id or "-"),
+            f"{event.actor_kind.value}:{shown(event.actor)}",
             event.kind.value,
-            payload if len(payload) <= 160 else payload[:157] + "…",
+            shown(payload if len(payload) <= 160 else payload[:157] + "…"),
         )
     console.print(table)
 
@@ -60,7 +63,7 @@ def print_verification(result: VerifyResult) -> None:
     else:
         console.print(
             f"[bold red]audit chain broken at sequence {result.first_broken_seq}[/]: "
-            f"{result.reason} ({result.count} events verified before it)",
+            f"{shown(result.reason)} ({result.count} events verified before it)",
             highlight=False,
         )
 

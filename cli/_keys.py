@@ -8,7 +8,6 @@ from typing import get_args
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from fieldgate.cli._common import command_config
@@ -18,6 +17,7 @@ from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.keyfiles import CONTROL_PLANE, key_file, load_key, save_key
 from fieldgate.signing import SigningKey
 from fieldgate.store import KeyPurpose, Store
+from fieldgate.terminal import shown
 
 keys_app = typer.Typer(
     help="Signing keys: make an approver key, list trusted keys.", no_args_is_help=True
@@ -74,7 +74,7 @@ def init(
     with Store.open(config.database_url) as store:
         key, path = make_approver_key(store, owner, config.keys_dir, force)
     console.print(
-        f"{key.key_id}: approver key of [bold]{escape(owner)}[/], private half in {path} (0600), "
+        f"{key.key_id}: approver key of [bold]{shown(owner)}[/], private half in {path} (0600), "
         "public half trusted",
         highlight=False,
     )
@@ -104,6 +104,6 @@ def list_(db: str = DbOption) -> None:
         except ValueError:
             here = "unreadable"
         table.add_row(
-            key.key_id, escape(key.owner), key.purpose, f"{key.added_at:%Y-%m-%d %H:%M}", here
+            key.key_id, shown(key.owner), key.purpose, f"{key.added_at:%Y-%m-%d %H:%M}", here
         )
     console.print(table)
