@@ -13,7 +13,7 @@ from rich.table import Table
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.cli._rollout import DbOption, refuse
-from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.errors import FieldgateError, InputInvalid, NotFound
 from fieldgate.keyfiles import CONTROL_PLANE, key_file, load_key, save_key
 from fieldgate.signing import SigningKey
 from fieldgate.store import KeyPurpose, Store
@@ -99,10 +99,10 @@ def list_(db: str = DbOption) -> None:
         try:
             held = load_key(config.keys_dir, key.owner)
             here = "yes" if held.key_id == key.key_id else "no (another key)"
-        except (NotFound, FieldgateError):  # no key file, or an owner that cannot have one
-            here = "no"
-        except ValueError:
+        except InputInvalid:  # a file that holds no key
             here = "unreadable"
+        except FieldgateError:  # no key file, or an owner that cannot have one
+            here = "no"
         table.add_row(
             key.key_id, shown(key.owner), key.purpose, f"{key.added_at:%Y-%m-%d %H:%M}", here
         )

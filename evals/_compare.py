@@ -11,6 +11,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
+from fieldgate.contract import read_text
 from fieldgate.errors import InputInvalid
 from fieldgate.evals._results import EvalResults, ScenarioResult
 from fieldgate.terminal import shown
@@ -65,12 +66,11 @@ class Comparison:
 def read_results(path: str | Path) -> EvalResults:
     """Read a ``results.json`` file, naming the file on any problem."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputInvalid(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    text = read_text(path)
     try:
         return EvalResults.from_json(text)
+    except RecursionError:
+        raise InputInvalid(source, [("", "nested too deeply to read")]) from None
     except ValueError as exc:
         first = str(exc).splitlines()[0]
         raise InputInvalid(source, [("", f"not a fieldgate eval results.json ({first})")]) from None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.errors import FieldgateError, InputInvalid, NotFound
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 
@@ -29,11 +29,30 @@ def save_key(keys_dir: Path, key: SigningKey) -> Path:
 
 
 def load_key(keys_dir: Path, owner: str) -> SigningKey:
-    """Read the private key of ``owner`` (made by ``fieldgate keys init --as OWNER``)."""
+    """Read the private key of ``owner`` (made by ``fieldgate keys init --as OWNER``).
+
+    Raises:
+        NotFound: there is no key file.
+        InputInvalid: the file is not a key as ``keys init`` writes it, naming the file.
+    """
     path = key_file(keys_dir, owner)
     if not path.exists():
         raise NotFound(f"no key for {owner!r} at {path}; run `fieldgate keys init --as {owner}`")
-    return SigningKey.from_private_b64(owner, path.read_text().strip())
+    try:
+        return SigningKey.from_private_b64(owner, path.read_bytes().decode("ascii").strip())
+    except ValueError:  # not ASCII, not base64, or not 32 bytes: binascii and cryptography say so
+        raise InputInvalid(
+            str(path),
+            [
+                (
+                    "",
+                    "not a private key (expected the base64 of 32 bytes, as `fieldgate keys "
+                    f"init` writes it); `fieldgate keys init --as {owner} --force` makes a new one",
+                )
+            ],
+        ) from None
+    except OSError as exc:
+        raise InputInvalid(str(path), [("", f"cannot read file: {exc.strerror or exc}")]) from None
 
 
 def control_plane_key(store: Store, keys_dir: Path) -> SigningKey:
