@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Literal
 import typer
 from rich import box
 from rich.markdown import Markdown
-from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -30,6 +29,7 @@ from fieldgate.cli._rollout import (
     roles_text,
 )
 from fieldgate.keyfiles import load_key
+from fieldgate.terminal import shown
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -81,10 +81,10 @@ def list_(db: str = DbOption) -> None:
             missing = (view.values.get("approvals") or {}).get("missing") or []
             age = ago((datetime.now(UTC) - run.created_at).total_seconds())
             table.add_row(
-                f"{run.plan_id}\n{plan.get('module')} {plan.get('version')}",
-                str((view.values.get("findings") or {}).get("targets", "?")),
+                f"{shown(run.plan_id)}\n{shown(plan.get('module'))} {shown(plan.get('version'))}",
+                shown((view.values.get("findings") or {}).get("targets", "?")),
                 roles_text(missing).replace(", ", "\n"),
-                f"{escape(run.actor)}\n{age} ago",
+                f"{shown(run.actor)}\n{age} ago",
                 _until(approval_deadline(view), now),
             )
     if not waiting:
@@ -106,12 +106,12 @@ def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
         table.add_column(column, overflow="fold")
     for approval in received:
         table.add_row(
-            escape(approval.approver),
+            shown(approval.approver),
             approval.decision.value,
             "this one" if approval.plan_hash == plan_hash else "[dim]an older one[/]",
-            approval.key_id,
+            shown(approval.key_id),
             f"{approval.at:%Y-%m-%d %H:%M}",
-            escape(approval.comment) or "-",
+            shown(approval.comment) or "-",
         )
     console.print(table)
 
@@ -127,13 +127,13 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
         run = find_run(orchestrator.ctx.store, plan)
         view = orchestrator.view(run.thread_id)
         console.print(
-            f"[bold]{run.plan_id}[/] requested by [bold]{escape(run.actor)}[/]: "
-            f"“{escape(run.request)}”",
+            f"[bold]{shown(run.plan_id)}[/] requested by [bold]{shown(run.actor)}[/]: "
+            f"“{shown(run.request)}”",
             highlight=False,
         )
         values = view.values
         if values.get("plan"):
-            console.print(f"plan hash {values.get('plan_hash')}", highlight=False)
+            console.print(f"plan hash {shown(values.get('plan_hash'))}", highlight=False)
             print_plan(values)
             print_dry_run(values)
             print_verdict(values)
@@ -143,9 +143,16 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
             request = view.interrupts[0].value
             description = (request.get("action_requests") or [{}])[0].get("description", "")
             # Its bold-labelled lines are meant as lines, not as one paragraph.
-            description = re.sub(r"\n(?=\*\*)", "\n\n", description)
+            description = re.sub(
+                r"\n(?=\*\*)", "\n\n", shown(description, multiline=True, markup=False)
+            )
+            # A link in the untrusted text stays visible text, never a hidden terminal hyperlink.
             console.print(
-                Panel(Markdown(description), title="approval request", title_align="left"),
+                Panel(
+                    Markdown(description, hyperlinks=False),
+                    title="approval request",
+                    title_align="left",
+                ),
                 soft_wrap=False,
             )
         print_status(view, run)
@@ -202,13 +209,13 @@ def decide(
     verb = "approval" if decision == "approve" else "rejection"
     if took:
         console.print(
-            f"signed {verb} by [bold]{escape(approver)}[/] ({key.key_id}): [green]counts[/]",
+            f"signed {verb} by [bold]{shown(approver)}[/] ({key.key_id}): [green]counts[/]",
             highlight=False,
         )
     else:
         console.print(
-            f"signed {verb} by [bold]{escape(approver)}[/] ({key.key_id}): "
-            f"[bold yellow]does not count[/] — {escape('; '.join(reasons) or 'see policy')}",
+            f"signed {verb} by [bold]{shown(approver)}[/] ({key.key_id}): "
+            f"[bold yellow]does not count[/] — {shown('; '.join(reasons) or 'see policy')}",
             highlight=False,
         )
     if view.outcome == "rejected":

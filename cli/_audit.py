@@ -9,7 +9,6 @@ from enum import StrEnum
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from fieldgate.audit import EventKind
@@ -19,6 +18,7 @@ from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.config import Config
 from fieldgate.keyfiles import load_pinned_root
 from fieldgate.store import Store, VerifyResult
+from fieldgate.terminal import shown
 
 audit_app = typer.Typer(
     help="The audit log: show, verify, checkpoint, export.", no_args_is_help=True
@@ -50,7 +50,9 @@ def show(
     """List audit events in order."""
     with open_store(db) as store:
         events = store.audit.events(plan_id=plan, kinds=kind or None, limit=limit or None)
-    table = Table(title=f"audit: {len(events)} events" + (f" of plan {plan}" if plan else ""))
+    table = Table(
+        title=f"audit: {len(events)} events" + (f" of plan {shown(plan)}" if plan else "")
+    )
     for column in ("seq", "time (UTC)", "plan", "actor", "kind", "payload"):
         table.add_column(column, overflow="fold")
     for event in events:
@@ -58,10 +60,10 @@ def show(
         table.add_row(
             str(event.seq),
             f"{event.at:%Y-%m-%d %H:%M:%S}",
-            event.plan_id or "-",
-            f"{event.actor_kind.value}:{event.actor}",
+            shown(event.plan_id or "-"),
+            f"{event.actor_kind.value}:{shown(event.actor)}",
             event.kind.value,
-            payload if len(payload) <= 160 else payload[:157] + "…",
+            shown(payload if len(payload) <= 160 else payload[:157] + "…"),
         )
     console.print(table)
 
@@ -73,7 +75,7 @@ def print_verification(result: VerifyResult) -> None:
     else:
         console.print(
             f"[bold red]audit chain broken at sequence {result.first_broken_seq}[/]: "
-            f"{result.reason} ({result.count} events verified before it)",
+            f"{shown(result.reason)} ({result.count} events verified before it)",
             highlight=False,
         )
 
@@ -117,12 +119,12 @@ def verify(db: str = DbOption, witness: Path = WitnessOption) -> None:
     for verdict in bad:
         key = verdict.key
         console.print(
-            f"[bold red]key row bad[/]: {key.key_id} ({escape(key.owner)}, {key.purpose}): "
-            f"{escape(verdict.reason)}",
+            f"[bold red]key row bad[/]: {key.key_id} ({shown(key.owner)}, {key.purpose}): "
+            f"{shown(verdict.reason)}",
             highlight=False,
         )
     for problem in trust.root_problems if trust else []:
-        console.print(f"[bold red]root of trust[/]: {escape(problem)}", highlight=False)
+        console.print(f"[bold red]root of trust[/]: {shown(problem)}", highlight=False)
     if not result.ok or bad or (trust and trust.root_problems):
         raise typer.Exit(EXIT_FAILED)
 

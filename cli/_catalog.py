@@ -18,6 +18,7 @@ from fieldgate.cli._common import (
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.contract import parse_version
 from fieldgate.store import Store
+from fieldgate.terminal import shown
 
 catalog_app = typer.Typer(help="Module manifests: import, list, show.", no_args_is_help=True)
 
@@ -53,13 +54,16 @@ def import_(
                 },
             )
             console.print(
-                f"{path}: {len(result.added)} added, {len(result.unchanged)} unchanged",
+                f"{shown(path)}: {len(result.added)} added, {len(result.unchanged)} unchanged",
                 highlight=False,
             )
             for ref in result.added:
                 record = store.catalog.record(*ref.split("@", 1))
                 if not record.signature_valid:
-                    console.print(f"  [yellow]warning:[/] {ref}: {record.signature_note}")
+                    console.print(
+                        f"  [yellow]warning:[/] {shown(ref)}: {shown(record.signature_note)}",
+                        highlight=False,
+                    )
 
 
 @catalog_app.command("list")
@@ -75,10 +79,10 @@ def list_(db: str = DbOption) -> None:
     for record in records:
         m = record.manifest
         table.add_row(
-            m.name,
-            m.version,
+            shown(m.name),
+            shown(m.version),
             m.safety.value,
-            ", ".join(m.device_classes),
+            shown(", ".join(m.device_classes)),
             "[green]valid[/]" if record.signature_valid else "[red]no[/]",
             "[green]ok[/]" if record.digest_matches else "[red]mismatch[/]",
         )
@@ -100,19 +104,24 @@ def show(
             store.catalog.record(name, "0")  # raises NotFound naming the module
     for record in records:
         m = record.manifest
-        table = Table(title=m.ref, show_header=False)
+        table = Table(title=shown(m.ref), show_header=False)
         table.add_column("field", style="bold")
         table.add_column("value")
         table.add_row("safety", m.safety.value)
-        table.add_row("device classes", ", ".join(m.device_classes))
-        table.add_row("arch", ", ".join(m.arch))
+        requires = ", ".join(f"{r.module} {r.range}" for r in m.requires)
+        table.add_row("device classes", shown(", ".join(m.device_classes)))
+        table.add_row("arch", shown(", ".join(m.arch)))
         table.add_row("min memory", f"{m.min_memory_mb} MiB")
-        table.add_row("requires", ", ".join(f"{r.module} {r.range}" for r in m.requires) or "-")
+        table.add_row("requires", shown(requires) or "-")
         table.add_row("downgrade allowed", "yes" if m.downgrade_allowed else "no")
-        table.add_row("artifact", f"{m.artifact.uri}\n{m.artifact.digest}")
-        table.add_row("signature", record.signature_note)
-        table.add_row("digest check", "ok" if record.digest_matches else record.observed_digest)
-        table.add_row("imported", f"{record.imported_at:%Y-%m-%d %H:%M:%S} UTC by {record.actor}")
-        table.add_row("from", record.source)
-        table.add_row("description (untrusted)", m.description or "-")
+        table.add_row("artifact", f"{shown(m.artifact.uri)}\n{shown(m.artifact.digest)}")
+        table.add_row("signature", shown(record.signature_note))
+        table.add_row(
+            "digest check", "ok" if record.digest_matches else shown(record.observed_digest)
+        )
+        table.add_row(
+            "imported", f"{record.imported_at:%Y-%m-%d %H:%M:%S} UTC by {shown(record.actor)}"
+        )
+        table.add_row("from", shown(record.source))
+        table.add_row("description (untrusted)", shown(m.description, multiline=True) or "-")
         console.print(table)

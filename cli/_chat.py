@@ -9,7 +9,6 @@ from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, exit_code_for
@@ -25,6 +24,7 @@ from fieldgate.cli._rollout import (
 )
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError
+from fieldgate.terminal import shown
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -138,23 +138,23 @@ def chat(
         session = ChatSession(requester, config)
         session.check()
     except FieldgateError as error:
-        errors.print(f"[red]error: {escape(str(error))}[/]", highlight=False)
+        errors.print(f"[red]error: {shown(error, multiline=True)}[/]", highlight=False)
         raise typer.Exit(exit_code_for(error)) from None
     if interactive:
         console.print(
-            f"fieldgate chat as [bold]{escape(session.requester)}[/]; /help lists the commands, "
+            f"fieldgate chat as [bold]{shown(session.requester)}[/]; /help lists the commands, "
             "/quit or Ctrl-D leaves",
             highlight=False,
         )
     try:
         for line in _lines(interactive):
             if not interactive and line.strip() and not line.lstrip().startswith(("/", "#")):
-                console.rule(f"[bold]› {escape(line.strip())}", align="left")
+                console.rule(f"[bold]› {shown(line.strip())}", align="left")
             try:
                 if not session.handle(line):
                     break
             except FieldgateError as error:
                 for message in str(error).splitlines():
-                    errors.print(f"[red]error: {escape(message)}[/]", highlight=False)
+                    errors.print(f"[red]error: {shown(message)}[/]", highlight=False)
     except KeyboardInterrupt:
         console.print()

@@ -116,7 +116,7 @@ def _control_key(value: str | None) -> str:
     if text.startswith("@"):
         try:
             text = Path(text[1:]).read_text().strip()
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:
             raise InputInvalid("--control-key", [("", f"cannot read {text[1:]}: {exc}")]) from None
     try:
         raw = base64.b64decode(text, validate=True)

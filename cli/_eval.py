@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
-from rich.markup import escape
 
 from fieldgate.cli._output import EXIT_FAILED, EXIT_INPUT, console, errors, handles_errors
+from fieldgate.terminal import shown
 
 if TYPE_CHECKING:
     from fieldgate.evals import ScenarioResult
@@ -25,8 +25,8 @@ def _progress(result: ScenarioResult) -> None:
     style = "green" if result.passes == runs else "red"
     note = f", [red]{violations} safety violation(s)[/]" if violations else ""
     errors.print(
-        f"[{style}]{result.passes}/{runs}[/] {escape(result.id)} "
-        f"[dim]({escape(', '.join(dict.fromkeys(r.outcome for r in result.runs)))})[/]{note}",
+        f"[{style}]{result.passes}/{runs}[/] {shown(result.id)} "
+        f"[dim]({shown(', '.join(dict.fromkeys(r.outcome for r in result.runs)))})[/]{note}",
         highlight=False,
     )
 
@@ -64,7 +64,7 @@ def run(
     suite = load_suite(paths)
     for problem in suite.errors:
         for line in problem.error.splitlines():
-            errors.print(f"[red]{escape(line)}[/]", highlight=False)
+            errors.print(f"[red]{shown(line)}[/]", highlight=False)
     out.mkdir(parents=True, exist_ok=True)
     results = run_suite(
         suite,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 import yaml
@@ -21,6 +22,7 @@ from fieldgate.errors import NotFound
 from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
 from fieldgate.store import FleetSummary, Store
+from fieldgate.terminal import shown
 
 fleet_app = typer.Typer(help="Sites and devices: import, list, show, seed.", no_args_is_help=True)
 
@@ -38,10 +40,10 @@ def print_summary(summary: FleetSummary) -> None:
     table.add_column("by region")
     table.add_column("by class")
     table.add_column("installed")
-    regions = [f"{k}: {v}" for k, v in sorted(summary.by_region.items())]
-    classes = [f"{k}: {v}" for k, v in sorted(summary.by_class.items())]
+    regions = [f"{shown(k)}: {v}" for k, v in sorted(summary.by_region.items())]
+    classes = [f"{shown(k)}: {v}" for k, v in sorted(summary.by_class.items())]
     installed = [
-        f"{module} {version}: {count}"
+        f"{shown(module)} {shown(version)}: {count}"
         for module, versions in sorted(summary.installed.items())
         for version, count in sorted(versions.items())
     ]
@@ -78,7 +80,7 @@ def import_(
                 },
             )
             console.print(
-                f"{path}: {result.sites} sites, {result.devices} devices", highlight=False
+                f"{shown(path)}: {result.sites} sites, {result.devices} devices", highlight=False
             )
 
 
@@ -99,13 +101,20 @@ def list_(
     table = Table(title=f"{len(devices)} devices match")
     for column in ("device", "site", "class", "arch", "memory", "installed"):
         table.add_column(column)
-    shown = devices if limit == 0 else devices[:limit]
-    for d in shown:
+    listed = devices if limit == 0 else devices[:limit]
+    for d in listed:
         installed = ", ".join(f"{m} {v}" for m, v in sorted(d.installed.items()))
-        table.add_row(d.id, d.site, d.device_class, d.arch, f"{d.memory_mb} MiB", installed)
+        table.add_row(
+            shown(d.id),
+            shown(d.site),
+            shown(d.device_class),
+            shown(d.arch),
+            f"{d.memory_mb} MiB",
+            shown(installed),
+        )
     console.print(table)
-    if len(shown) < len(devices):
-        console.print(f"… {len(devices) - len(shown)} more (use --limit 0 to see all)")
+    if len(listed) < len(devices):
+        console.print(f"… {len(devices) - len(listed)} more (use --limit 0 to see all)")
 
 
 @fleet_app.command("show")
@@ -120,10 +129,12 @@ def show(
         if ident in sites:
             site = sites[ident]
             devices = store.fleet.devices(Selector(sites=[ident]))
+            labels = ", ".join(f"{k}={v}" for k, v in sorted(site.labels.items()))
             console.print(
-                f"[bold]{site.id}[/] {site.kind.value} site in {site.region}, {site.timezone}, "
-                f"maintenance {', '.join(site.maintenance) or 'none'}, "
-                f"labels {site.labels or '-'}, {len(devices)} devices",
+                f"[bold]{shown(site.id)}[/] {site.kind.value} site in {shown(site.region)}, "
+                f"{shown(site.timezone)}, "
+                f"maintenance {shown(', '.join(site.maintenance)) or 'none'}, "
+                f"labels {shown(labels) or '-'}, {len(devices)} devices",
                 highlight=False,
             )
             return
@@ -131,7 +142,18 @@ def show(
             device = store.fleet.device(ident)
         except NotFound:
             raise NotFound(f"no device or site named {ident!r}") from None
-    console.print_json(data=device.model_dump(mode="json", by_alias=True))
+    console.print_json(data=_shown_data(device.model_dump(mode="json", by_alias=True)))
+
+
+def _shown_data(value: Any) -> Any:
+    # JSON escapes C0 controls itself, but not C1 or bidi controls: every string, keys too.
+    if isinstance(value, str):
+        return shown(value, markup=False)
+    if isinstance(value, dict):
+        return {_shown_data(k): _shown_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_shown_data(v) for v in value]
+    return value
 
 
 @fleet_app.command("seed")

@@ -7,7 +7,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import typer
-from rich.markup import escape
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._audit import print_verification
@@ -21,6 +20,7 @@ from fieldgate.plan import Selector
 from fieldgate.sample import DEMO_FACTORY_OWNER, demo_factory_key, load_sample, sample_path
 from fieldgate.scenario import Fault, FaultKind
 from fieldgate.store import Store
+from fieldgate.terminal import shown
 
 
 def load_sample_into(store: Store, actor: str) -> tuple[int, int]:
@@ -91,7 +91,7 @@ def init(
                     "key_ids": [k.key_id for k in root.keys],
                 },
             )
-        held = ", ".join(escape(k.holder) for k in root.keys)
+        held = ", ".join(shown(k.holder) for k in root.keys)
         console.print(
             f"database ready: {where}\nroot of trust version {root.version} "
             f"({'made now' if made else 'pinned already'}): {root.threshold} of "
@@ -128,7 +128,7 @@ def _step(number: int, title: str) -> None:
 
 
 def _typed(text: str) -> None:
-    console.print(f"[dim]$[/] [bold]{escape(text)}[/]", highlight=False)
+    console.print(f"[dim]$[/] [bold]{shown(text)}[/]", highlight=False)
 
 
 def _installed(store: Store, site: str, module: str) -> str:

@@ -13,7 +13,6 @@ from typing import get_args
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from fieldgate.audit import ActorKind, EventKind
@@ -21,7 +20,7 @@ from fieldgate.cli._common import command_config
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.cli._rollout import DbOption, refuse
 from fieldgate.config import Config
-from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.errors import FieldgateError, InputInvalid, NotFound
 from fieldgate.keyfiles import (
     CONTROL_PLANE,
     enroll_with,
@@ -33,6 +32,7 @@ from fieldgate.keyfiles import (
 )
 from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store import Store
+from fieldgate.terminal import shown
 from fieldgate.trust import EnrolledPurpose, KeyStatement, RootKey, TrustRoot, resolve_root
 
 keys_app = typer.Typer(
@@ -151,8 +151,8 @@ def init(
     config = command_config(db)
     key, path = make_approver_key(config.keys_dir, owner, force)
     console.print(
-        f"{key.key_id}: approver key of [bold]{escape(owner)}[/], private half in {path} (0600)\n"
-        f"not trusted until a root holder enrolls it: fieldgate keys enroll {escape(owner)} "
+        f"{key.key_id}: approver key of [bold]{shown(owner)}[/], private half in {path} (0600)\n"
+        f"not trusted until a root holder enrolls it: fieldgate keys enroll {shown(owner)} "
         f"--public {key.public_b64} --as ROOT-HOLDER",
         highlight=False,
     )
@@ -180,12 +180,12 @@ def enroll(
         )
     if trusted:
         console.print(
-            f"{key_id}: {escape(owner)}'s {purpose} key, enrolled by {escape(holder)}: trusted",
+            f"{key_id}: {shown(owner)}'s {purpose} key, enrolled by {shown(holder)}: trusted",
             highlight=False,
         )
     else:
         console.print(
-            f"{key_id}: signed by {escape(holder)}; not trusted yet: {escape(lacking)}",
+            f"{key_id}: signed by {shown(holder)}; not trusted yet: {shown(lacking)}",
             highlight=False,
         )
 
@@ -228,7 +228,7 @@ def revoke(
             holder,
             {"action": "revoke", "owner": enrolled.owner, "key_id": key_id, "reason": reason},
         )
-    console.print(f"{key_id}: revoked by {escape(holder)}", highlight=False)
+    console.print(f"{key_id}: revoked by {shown(holder)}", highlight=False)
 
 
 @keys_app.command("list")
@@ -253,24 +253,24 @@ def list_(db: str = DbOption) -> None:
         key = verdict.key
         table.add_row(
             key.key_id,
-            escape(key.owner),
+            shown(key.owner),
             key.purpose,
             verdict.status,
             _held_here(config, key.owner, key.key_id),
         )
     for artifact in artifacts:
-        table.add_row(artifact.key_id, escape(artifact.owner), "artifact", "trusted", "-")
+        table.add_row(artifact.key_id, shown(artifact.owner), "artifact", "trusted", "-")
     console.print(table)
     for verdict in trust.verdicts:
         if verdict.status in ("bad", "untrusted", "pending"):
             key = verdict.key
             console.print(
-                f"{key.key_id} ({escape(key.owner)}, {key.purpose}): {verdict.status}: "
-                f"{escape(verdict.reason)}",
+                f"{key.key_id} ({shown(key.owner)}, {key.purpose}): {verdict.status}: "
+                f"{shown(verdict.reason)}",
                 highlight=False,
             )
     for problem in trust.root_problems:
-        console.print(f"[red]root of trust: {escape(problem)}[/]", highlight=False)
+        console.print(f"[red]root of trust: {shown(problem)}[/]", highlight=False)
     if trust.root_problems or any(v.status == "bad" for v in trust.verdicts):
         raise typer.Exit(EXIT_FAILED)
 
@@ -278,10 +278,10 @@ def list_(db: str = DbOption) -> None:
 def _held_here(config: Config, owner: str, key_id: str) -> str:
     try:
         held = load_key(config.keys_dir, owner)
-    except (NotFound, FieldgateError):  # no key file, or an owner that cannot have one
-        return "no"
-    except ValueError:
+    except InputInvalid:  # a file that holds no key
         return "unreadable"
+    except FieldgateError:  # no key file, or an owner that cannot have one
+        return "no"
     return "yes" if held.key_id == key_id else "no (another key)"
 
 
@@ -297,7 +297,7 @@ def root_show(db: str = DbOption) -> None:
         highlight=False,
     )
     for key in root.keys:
-        console.print(f"  {key.key_id}  {escape(key.holder)}", highlight=False)
+        console.print(f"  {key.key_id}  {shown(key.holder)}", highlight=False)
 
 
 @root_app.command("rotate")
@@ -310,8 +310,9 @@ def root_rotate(
 ) -> None:
     """Replace your root key: a new root version signed by your old key and your new one.
 
-    With a threshold above 1 the other holders co-sign with `keys root sign`. Enrollments
-    you signed are signed again with the new key; the old key stops counting.
+    With a threshold above 1 the other holders co-sign it with `keys root sign VERSION`.
+    Enrollments you signed are signed again with the new key; the old key stops counting
+    once the new version is current.
     """
     config = command_config(db)
     holder = holder or config.actor()
@@ -334,10 +335,10 @@ def root_rotate(
         problems = root.successor_problems(successor)
         save_key(config.keys_dir, new, root=True)
         store.keys.add_root(successor)
-        resigned = 0
+        # Signed again now: the new key's signatures count once the new version is current.
+        resigned = store.keys.resign(old.key_id, new)
         if not problems:
             pin_root(config.trust_root_file, successor)
-            resigned = store.keys.resign(old.key_id, new)
         store.audit.append(
             EventKind.key,
             ActorKind.human,
@@ -353,12 +354,52 @@ def root_rotate(
     if problems:
         console.print(
             f"root version {successor.version} proposed; not current yet: "
-            f"{escape('; '.join(problems))}",
+            f"{shown('; '.join(problems))}",
             highlight=False,
         )
         raise typer.Exit(EXIT_FAILED)
     console.print(
-        f"root version {successor.version}: {escape(holder)}'s root key is now {new.key_id}; "
+        f"root version {successor.version}: {shown(holder)}'s root key is now {new.key_id}; "
         f"{resigned} enrollment(s) signed again",
         highlight=False,
     )
+
+
+@root_app.command("sign")
+@handles_errors
+def root_sign(
+    version: int = typer.Argument(..., help="The proposed root version to co-sign."),
+    holder: str = typer.Option(
+        None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
+    ),
+    db: str = DbOption,
+) -> None:
+    """Co-sign a proposed root version with your root key (k of n rotate the root together)."""
+    config = command_config(db)
+    holder = holder or config.actor()
+    with Store.open(config.database_url) as store:
+        root = current_root(config, store)
+        proposed = next((r for r in store.keys.roots() if r.version == version), None)
+        if proposed is None or version != root.version + 1:
+            refuse(f"no root version {version} is proposed (the current one is {root.version})")
+        signer = load_key(config.keys_dir, holder, root=True)
+        if root.key(signer.key_id) is None and proposed.key(signer.key_id) is None:
+            refuse(f"{holder}'s root key {signer.key_id} is in neither root version")
+        signed = store.keys.cosign_root(proposed.signed_with(signer))
+        problems = root.successor_problems(signed)
+        if not problems:
+            pin_root(config.trust_root_file, signed)
+        store.audit.append(
+            EventKind.key,
+            ActorKind.human,
+            holder,
+            {"action": "sign-root", "version": version, "current": not problems},
+        )
+    if problems:
+        console.print(
+            f"root version {version} signed by {shown(holder)}; not current yet: "
+            f"{shown('; '.join(problems))}",
+            highlight=False,
+        )
+        raise typer.Exit(EXIT_FAILED)
+    console.print(f"root version {version} is current", highlight=False)

@@ -8,9 +8,9 @@ from typing import ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 
 from fieldgate.errors import FieldgateError, InputInvalid, NotFound
+from fieldgate.terminal import shown
 
 console = Console(soft_wrap=True)
 """Standard output."""
@@ -42,7 +42,7 @@ def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
             # one problem a line, never wrapped, so that tools and people can grep it
             prefix = "" if isinstance(error, InputInvalid) else "error: "
             for line in str(error).splitlines():
-                errors.print(f"[red]{prefix}{escape(line)}[/]", highlight=False, soft_wrap=True)
+                errors.print(f"[red]{prefix}{shown(line)}[/]", highlight=False, soft_wrap=True)
             raise typer.Exit(exit_code_for(error)) from None
 
     return run

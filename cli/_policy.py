@@ -10,7 +10,6 @@ from typing import Any
 from urllib.parse import unquote, urlparse
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from fieldgate.cli._common import open_store, read_catalog_file, read_inventory_file
@@ -37,6 +36,7 @@ from fieldgate.policy import (
 )
 from fieldgate.scenario import load_scenario
 from fieldgate.signing import SigningKey
+from fieldgate.terminal import shown
 
 policy_app = typer.Typer(
     help="The Rego policy pack: run its tests, evaluate a plan, list its rules.",
@@ -78,8 +78,8 @@ def test(
         if result.passed and quiet:
             continue
         mark = "[green]PASS[/]" if result.passed else "[red]FAIL[/]"
-        why = f": {escape(result.message)}" if result.message else ""
-        console.print(f"{mark} {escape(result.where)} {escape(result.name)}{why}", highlight=False)
+        why = f": {shown(result.message)}" if result.message else ""
+        console.print(f"{mark} {shown(result.where)} {shown(result.name)}{why}", highlight=False)
     passed = len(results) - len(failed)
     console.print(f"{passed} passed, {len(failed)} failed", highlight=False)
     if failed or not results:
@@ -95,7 +95,7 @@ def show(directory: Path = DirOption) -> None:
     width = max((len(r.title) for r in rules), default=0)
     for rule in rules:
         console.print(
-            f"{escape(rule.title):<{width}}  {escape(rule.description)}  "
+            f"{shown(rule.title):<{width}}  {shown(rule.description)}  "
             f"[dim]({rule.file}:{rule.line} {rule.package}.{rule.rule})[/]",
             highlight=False,
             soft_wrap=True,
@@ -298,7 +298,7 @@ def _print(
     else:
         verdict = "[green]allowed[/]"
     console.print(
-        f"[bold]{escape(plan.ref)}[/] plan {escape(plan.plan_id)} rev {plan.revision}: {verdict} "
+        f"[bold]{shown(plan.ref)}[/] plan {shown(plan.plan_id)} rev {plan.revision}: {verdict} "
         f"({decision.targets} targets, {len(inp.waves)} waves; "
         f"{engine.name}, policy {engine.revision[:12]})",
         highlight=False,
@@ -308,11 +308,11 @@ def _print(
     table.add_column("rule")
     table.add_column("detail")
     for violation in sorted(decision.violations, key=lambda v: (_rule_order(v.rule), v.message)):
-        table.add_row("[red]deny[/]", violation.rule, escape(violation.message))
+        table.add_row("[red]deny[/]", shown(violation.rule), shown(violation.message))
     for warning in decision.warn:
-        table.add_row("[yellow]warn[/]", "", escape(warning))
+        table.add_row("[yellow]warn[/]", "", shown(warning))
     for need in decision.approvals:
-        table.add_row("[cyan]approve[/]", f"{need.role} ×{need.count}", escape(need.reason))
+        table.add_row("[cyan]approve[/]", f"{shown(need.role)} ×{need.count}", shown(need.reason))
     if table.row_count:
         console.print(table)
 

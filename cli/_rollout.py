@@ -11,13 +11,13 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich import box
-from rich.markup import escape
 from rich.table import Table
 
 from fieldgate.audit import AuditEvent, EventKind
 from fieldgate.cli._output import EXIT_INPUT, console, errors
 from fieldgate.errors import NotFound
 from fieldgate.store import Run, Store
+from fieldgate.terminal import shown
 
 if TYPE_CHECKING:  # the graph loads langgraph: only commands that run it import it
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -43,7 +43,7 @@ ModelOption = typer.Option(
 
 def refuse(message: str) -> NoReturn:
     """Stop the command: ``message`` on stderr, exit code 2 (bad input or an unknown name)."""
-    errors.print(f"[red]error: {escape(message)}[/]", highlight=False)
+    errors.print(f"[red]error: {shown(message)}[/]", highlight=False)
     raise typer.Exit(EXIT_INPUT)
 
 
@@ -102,7 +102,7 @@ def ago(seconds: float) -> str:
 
 def roles_text(needs: list[dict[str, Any]]) -> str:
     """``[{role: safety, count: 1}]`` → ``1× safety``."""
-    return ", ".join(f"{n.get('count', 1)}× {n.get('role')}" for n in needs) or "none"
+    return ", ".join(f"{n.get('count', 1)}× {shown(n.get('role'))}" for n in needs) or "none"
 
 
 def selector_text(selector: dict[str, Any]) -> str:
@@ -127,21 +127,21 @@ def selector_text(selector: dict[str, Any]) -> str:
 
 def print_rationale(revision: int | None, rationale: str) -> None:
     """The planner's rationale, a line at a time."""
-    console.print(f"[bold]planner[/] (revision {revision}):", highlight=False)
+    console.print(f"[bold]planner[/] (revision {shown(revision)}):", highlight=False)
     for line in rationale.splitlines():
-        console.print(f"  [dim]│[/] {escape(line)}", highlight=False)
+        console.print(f"  [dim]│[/] {shown(line)}", highlight=False)
 
 
 def print_review(review: dict[str, Any]) -> None:
     """The validator model's verdict on a revision."""
-    verdict = review.get("verdict", "?")
+    verdict = shown(review.get("verdict", "?"))
     colour = "green" if verdict == "accept" else "yellow"
     console.print(
-        f"[bold]validator:[/] [{colour}]{verdict}[/] — {escape(review.get('summary', ''))}",
+        f"[bold]validator:[/] [{colour}]{verdict}[/] — {shown(review.get('summary', ''))}",
         highlight=False,
     )
     for concern in review.get("concerns") or []:
-        console.print(f"  [yellow]•[/] {escape(concern)}", highlight=False)
+        console.print(f"  [yellow]•[/] {shown(concern)}", highlight=False)
 
 
 def plan_table(values: dict[str, Any]) -> Table:
@@ -150,8 +150,8 @@ def plan_table(values: dict[str, Any]) -> Table:
     sizes = (values.get("findings") or {}).get("wave_sizes") or []
     forecast = (values.get("dry_run") or {}).get("waves") or []
     table = Table(
-        title=f"plan {plan.get('plan_id')} r{plan.get('revision')}: "
-        f"{plan.get('module')} {plan.get('version')} ({plan.get('intent')})",
+        title=f"plan {shown(plan.get('plan_id'))} r{shown(plan.get('revision'))}: "
+        f"{shown(plan.get('module'))} {shown(plan.get('version'))} ({shown(plan.get('intent'))})",
         title_justify="left",
         box=box.SIMPLE_HEAD,
         show_edge=False,
@@ -162,14 +162,14 @@ def plan_table(values: dict[str, Any]) -> Table:
         gate = wave.get("health_gate") or {}
         predicted = forecast[index].get("minutes") if index < len(forecast) else None
         table.add_row(
-            f"{index + 1} {wave.get('name')}",
+            f"{index + 1} {shown(wave.get('name'))}",
             str(sizes[index]) if index < len(sizes) else "?",
             str(wave.get("max_parallel")),
             f"≥{percent(gate.get('min_success_rate'))} healthy, "
-            f"≤{gate.get('max_failures', '?')} failed"
+            f"≤{shown(gate.get('max_failures', '?'))} failed"
             if gate
             else "[red]none[/]",
-            f"{gate.get('soak_minutes', 0)} min",
+            f"{shown(gate.get('soak_minutes', 0))} min",
             f"{predicted} min" if predicted is not None else "-",
         )
     return table
@@ -183,13 +183,18 @@ def print_plan(values: dict[str, Any]) -> None:
     abort = plan.get("abort") or {}
     schedule = plan.get("schedule") or {}
     console.print(
-        f"  targets: {escape(selector_text(plan.get('target') or {}))}\n"
-        f"  schedule: {schedule.get('mode', '?')}"
-        + (f", not before {when(schedule['not_before'])}" if schedule.get("not_before") else "")
+        f"  targets: {shown(selector_text(plan.get('target') or {}))}\n"
+        f"  schedule: {shown(schedule.get('mode', '?'))}"
+        + (
+            f", not before {shown(when(schedule['not_before']))}"
+            if schedule.get("not_before")
+            else ""
+        )
         + f"; abort when more than {percent(abort.get('failure_threshold'))} of executed "
         "devices fail; rollback to "
         + (
-            f"{rollback.get('version')} ({'automatic' if rollback.get('automatic') else 'manual'})"
+            f"{shown(rollback.get('version'))} "
+            f"({'automatic' if rollback.get('automatic') else 'manual'})"
             if rollback.get("version")
             else "[yellow]none[/]"
         ),
@@ -210,9 +215,9 @@ def print_dry_run(values: dict[str, Any]) -> None:
         highlight=False,
     )
     for problem in findings.get("problems") or []:
-        console.print(f"  [red]problem:[/] {escape(problem)}", highlight=False)
+        console.print(f"  [red]problem:[/] {shown(problem)}", highlight=False)
     for warning in findings.get("warnings") or []:
-        console.print(f"  [yellow]warning:[/] {escape(warning)}", highlight=False)
+        console.print(f"  [yellow]warning:[/] {shown(warning)}", highlight=False)
     if values.get("review"):
         print_review(values["review"])
 
@@ -229,13 +234,13 @@ def print_verdict(values: dict[str, Any]) -> None:
     else:
         console.print("[bold]policy:[/] [bold red]denied[/]", highlight=False)
     for message in decision.get("deny") or []:
-        console.print(f"  [red]deny:[/] {escape(message)}", highlight=False)
+        console.print(f"  [red]deny:[/] {shown(message)}", highlight=False)
     for message in decision.get("warn") or []:
-        console.print(f"  [yellow]warn:[/] {escape(message)}", highlight=False)
+        console.print(f"  [yellow]warn:[/] {shown(message)}", highlight=False)
     for need in decision.get("approvals") or []:
         console.print(
-            f"  [cyan]needs:[/] {need.get('count')}× {need.get('role')} — "
-            f"{escape(need.get('reason', ''))}",
+            f"  [cyan]needs:[/] {shown(need.get('count'))}× {shown(need.get('role'))} — "
+            f"{shown(need.get('reason', ''))}",
             highlight=False,
         )
 
@@ -246,7 +251,8 @@ def print_approvals(values: dict[str, Any]) -> None:
     if "counted" not in counted:  # nobody decided yet: the status line says what is missing
         return
     console.print(
-        "[bold]approvals:[/] counted: " + (", ".join(counted.get("counted") or []) or "nobody yet"),
+        "[bold]approvals:[/] counted: "
+        + (shown(", ".join(counted.get("counted") or [])) or "nobody yet"),
         highlight=False,
     )
     reasons: dict[str, list[str]] = {}
@@ -254,12 +260,12 @@ def print_approvals(values: dict[str, Any]) -> None:
         reasons.setdefault(entry.get("approver", "?"), []).append(entry.get("reason", ""))
     for approver, why in reasons.items():
         console.print(
-            f"  [yellow]did not count:[/] {escape(approver)} — {escape('; '.join(why))}",
+            f"  [yellow]did not count:[/] {shown(approver)} — {shown('; '.join(why))}",
             highlight=False,
         )
     if counted.get("rejected_by"):
         console.print(
-            f"  [red]rejected by:[/] {', '.join(counted['rejected_by'])}", highlight=False
+            f"  [red]rejected by:[/] {shown(', '.join(counted['rejected_by']))}", highlight=False
         )
     if counted.get("missing"):
         console.print(f"  [cyan]missing:[/] {roles_text(counted['missing'])}", highlight=False)
@@ -283,12 +289,12 @@ def print_status(view: RunView, run: Run | None = None) -> None:
         clarification = values.get("clarification") or {}
         console.print(
             f"[bold yellow]needs clarification:[/] "
-            f"{escape(clarification.get('question') or '; '.join(reasons))}",
+            f"{shown(clarification.get('question') or '; '.join(reasons))}",
             highlight=False,
         )
         if clarification.get("candidates"):
             console.print(
-                f"  candidates: {escape(', '.join(clarification['candidates']))}", highlight=False
+                f"  candidates: {shown(', '.join(clarification['candidates']))}", highlight=False
             )
         console.print("  say it again with the details; nothing was planned", highlight=False)
         return
@@ -296,7 +302,7 @@ def print_status(view: RunView, run: Run | None = None) -> None:
         colour = "green" if outcome == "completed" else "red"
         console.print(
             f"[bold]{plan_id}:[/] [bold {colour}]{outcome}[/]"
-            + (f" — {escape('; '.join(reasons))}" if reasons else ""),
+            + (f" — {shown('; '.join(reasons))}" if reasons else ""),
             highlight=False,
         )
         return
@@ -358,13 +364,13 @@ def execution_table(execution: dict[str, Any]) -> Table:
         colour = {"passed": "green", "failed": "red", "halted": "red"}.get(status, "dim")
         gate = wave.get("gate") or {}
         table.add_row(
-            f"{wave.get('index', 0) + 1} {wave.get('name')}",
-            f"[{colour}]{status}[/]",
+            f"{wave.get('index', 0) + 1} {shown(wave.get('name'))}",
+            f"[{colour}]{shown(status)}[/]",
             str(total),
             str(applied),
             str(failed),
             str(unreachable),
-            escape(gate.get("reason", "")) if gate else "-",
+            shown(gate.get("reason", "")) if gate else "-",
         )
     return table
 
@@ -386,10 +392,10 @@ def runs_table(runs: list[Run], title: str = "plans") -> Table:
             run.outcome or run.status, "red" if run.outcome else "default"
         )
         table.add_row(
-            run.plan_id,
+            shown(run.plan_id),
             f"[{colour}]{run.outcome or run.status}[/]",
-            escape(run.actor),
-            escape(run.request),
+            shown(run.actor),
+            shown(run.request),
         )
     return table
 
@@ -398,23 +404,23 @@ def _why_line(event: AuditEvent) -> list[str]:
     payload = event.payload
     kind = event.kind
     if kind is EventKind.request:
-        return [f"[bold]request[/] by {escape(event.actor)}: “{escape(payload.get('text', ''))}”"]
+        return [f"[bold]request[/] by {shown(event.actor)}: “{shown(payload.get('text', ''))}”"]
     if kind is EventKind.rationale and "clarification" in payload:
-        return [f"[bold]planner asked:[/] {escape(payload['clarification'])}"]
+        return [f"[bold]planner asked:[/] {shown(payload['clarification'])}"]
     if kind is EventKind.rationale and "rationale" in payload:
-        lines = [f"[bold]planner[/], revision {payload.get('revision')}:"]
-        lines += [f"  [dim]│[/] {escape(line)}" for line in payload["rationale"].splitlines()]
+        lines = [f"[bold]planner[/], revision {shown(payload.get('revision'))}:"]
+        lines += [f"  [dim]│[/] {shown(line)}" for line in payload["rationale"].splitlines()]
         return lines
     if kind is EventKind.rationale and "error" in payload:
-        return [f"[bold red]planner failed:[/] {escape(payload['error'])}"]
+        return [f"[bold red]planner failed:[/] {shown(payload['error'])}"]
     if kind is EventKind.validation and "verdict" in payload:
         findings = payload.get("findings") or {}
         lines = [
-            f"[bold]validator[/] on {str(payload.get('plan_hash', ''))[:12]}: "
-            f"{payload.get('verdict')} — {escape(payload.get('summary', ''))}"
+            f"[bold]validator[/] on {shown(str(payload.get('plan_hash', ''))[:12])}: "
+            f"{shown(payload.get('verdict'))} — {shown(payload.get('summary', ''))}"
         ]
-        lines += [f"  concern: {escape(c)}" for c in payload.get("concerns") or []]
-        lines += [f"  problem: {escape(p)}" for p in findings.get("problems") or []]
+        lines += [f"  concern: {shown(c)}" for c in payload.get("concerns") or []]
+        lines += [f"  problem: {shown(p)}" for p in findings.get("problems") or []]
         return lines
     if kind is EventKind.policy_decision:
         return _why_policy(payload)
@@ -426,22 +432,22 @@ def _why_line(event: AuditEvent) -> list[str]:
         )
         verdict = "[green]allowed[/]" if payload.get("allow") else "[red]refused[/]"
         return [
-            f"[bold]executor[/] {payload.get('tool')}({escape(args)}): {verdict} — "
-            f"{escape(str(payload.get('reason', '')))}"
+            f"[bold]executor[/] {shown(payload.get('tool'))}({shown(args)}): {verdict} — "
+            f"{shown(str(payload.get('reason', '')))}"
         ]
     if kind is EventKind.approval:
         if payload.get("expired"):
             return [f"[bold]approval expired[/] at {when(payload.get('deadline'))}"]
         if "decision" in payload:
-            comment = f" — “{escape(payload['comment'])}”" if payload.get("comment") else ""
-            return [f"[bold]{payload['decision']}[/] by {escape(event.actor)}{comment}"]
+            comment = f" — “{shown(payload['comment'])}”" if payload.get("comment") else ""
+            return [f"[bold]{shown(payload['decision'])}[/] by {shown(event.actor)}{comment}"]
         return []
     if kind in (EventKind.abort, EventKind.rollback, EventKind.stop):
         detail = payload.get("reason") or payload.get("to_version") or ""
-        return [f"[bold red]{kind.value}[/]: {escape(str(detail))}"]
+        return [f"[bold red]{kind.value}[/]: {shown(str(detail))}"]
     if kind is EventKind.done:
         reasons = "; ".join(payload.get("reasons") or [])
-        return [f"[bold]outcome: {payload.get('outcome')}[/] — {escape(reasons)}"]
+        return [f"[bold]outcome: {shown(payload.get('outcome'))}[/] — {shown(reasons)}"]
     return []
 
 
@@ -450,11 +456,11 @@ def _why_policy(payload: dict[str, Any]) -> list[str]:
     path = payload.get("path", "")
     if path.endswith("rollout.decision"):
         verdict = "[green]allow[/]" if result.get("allow") else "[red]deny[/]"
-        lines = [f"[bold]policy[/] ({path}): {verdict}"]
-        lines += [f"  deny: {escape(m)}" for m in result.get("deny") or []]
-        lines += [f"  warn: {escape(m)}" for m in result.get("warn") or []]
+        lines = [f"[bold]policy[/] ({shown(path)}): {verdict}"]
+        lines += [f"  deny: {shown(m)}" for m in result.get("deny") or []]
+        lines += [f"  warn: {shown(m)}" for m in result.get("warn") or []]
         lines += [
-            f"  needs {a.get('count')}× {a.get('role')}: {escape(a.get('reason', ''))}"
+            f"  needs {shown(a.get('count'))}× {shown(a.get('role'))}: {shown(a.get('reason', ''))}"
             for a in result.get("approvals") or []
         ]
         return lines
@@ -463,9 +469,10 @@ def _why_policy(payload: dict[str, Any]) -> list[str]:
             f"{i.get('approver')}: {i.get('reason')}" for i in result.get("ignored") or []
         )
         return [
-            f"[bold]approvals policy:[/] counted {', '.join(result.get('counted') or []) or '-'}"
-            f", missing {roles_text(result.get('missing') or [])}"
-            + (f"; not counted: {escape(ignored)}" if ignored else "")
+            "[bold]approvals policy:[/] counted "
+            + (shown(", ".join(result.get("counted") or [])) or "-")
+            + f", missing {roles_text(result.get('missing') or [])}"
+            + (f"; not counted: {shown(ignored)}" if ignored else "")
         ]
     return []  # tool calls: `fieldgate audit show PLAN` lists every one
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import typer
-from rich.markup import escape
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.cli._rollout import DbOption, find_run, refuse
 from fieldgate.store import OPEN_STATUSES, Store
+from fieldgate.terminal import shown
 
 
 @handles_errors
@@ -62,16 +62,16 @@ def stop(
         ]
     if release:
         console.print(
-            f"kill switch for {target} [green]released[/] by {escape(who)}; dispatch may go on",
+            f"kill switch for {target} [green]released[/] by {shown(who)}; dispatch may go on",
             highlight=False,
         )
         if scope is None:
             console.print("  (switches pulled for single plans stay engaged)", highlight=False)
         return
     console.print(
-        f"kill switch for {target} [bold red]engaged[/] by {escape(who)}: {escape(reason)}\n"
+        f"kill switch for {target} [bold red]engaged[/] by {shown(who)}: {shown(reason)}\n"
         "  dispatch halts within one executor step; no device command is sent while it holds",
         highlight=False,
     )
     for run in affected:
-        console.print(f"  affects {run.plan_id} ({run.status})", highlight=False)
+        console.print(f"  affects {shown(run.plan_id)} ({run.status})", highlight=False)

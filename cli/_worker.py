@@ -9,7 +9,6 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 
 from fieldgate.cli._common import command_config
@@ -24,6 +23,7 @@ from fieldgate.cli._rollout import (
 )
 from fieldgate.errors import FieldgateError
 from fieldgate.store import Run
+from fieldgate.terminal import shown
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -47,7 +47,7 @@ class WaveProgress:
         )
         self.tasks: list[TaskID] = [
             self.progress.add_task(
-                f"wave {index + 1} {wave.get('name')}",
+                f"wave {index + 1} {shown(wave.get('name'))}",
                 total=sizes[index] if index < len(sizes) else None,
                 note="[dim]pending[/]",
             )
@@ -93,14 +93,14 @@ class WaveProgress:
             self.progress.update(task, note=note)
         abort = execution.get("abort") or {}
         if abort.get("tripped"):
-            self._say_once("abort", f"[bold red]abort:[/] {escape(abort.get('reason', ''))}")
+            self._say_once("abort", f"[bold red]abort:[/] {shown(abort.get('reason', ''))}")
         if execution.get("rolled_back"):
             back = len(execution.get("touched") or []) - len(execution.get("rollback_failed") or [])
             self._say_once(
                 "rollback",
-                f"[bold yellow]rolled back[/] {back} device(s) to {self.rollback_version}"
+                f"[bold yellow]rolled back[/] {back} device(s) to {shown(self.rollback_version)}"
                 + (
-                    f"; not confirmed: {', '.join(execution['rollback_failed'])}"
+                    f"; not confirmed: {shown(', '.join(execution['rollback_failed']))}"
                     if execution.get("rollback_failed")
                     else ""
                 ),
@@ -127,8 +127,8 @@ def execute(orchestrator: Orchestrator, run: Run) -> RunView:
     view = orchestrator.view(run.thread_id)
     plan = view.values.get("plan") or {}
     console.rule(
-        f"[bold]{run.plan_id}[/]: {plan.get('module')} {plan.get('version')}, "
-        f"requested by {escape(run.actor)}",
+        f"[bold]{shown(run.plan_id)}[/]: {shown(plan.get('module'))} {shown(plan.get('version'))}, "
+        f"requested by {shown(run.actor)}",
         align="left",
     )
     with WaveProgress(view.values) as progress:
@@ -164,7 +164,9 @@ def work_once(orchestrator: Orchestrator) -> WorkDone:
             view = execute(orchestrator, run)
         except FieldgateError as error:
             # One broken run must not stop the others; it stays open for the next pass.
-            errors.print(f"[red]error: {run.plan_id}: {escape(str(error))}[/]", highlight=False)
+            errors.print(
+                f"[red]error: {run.plan_id}: {shown(error, multiline=True)}[/]", highlight=False
+            )
             done.outcomes[run.plan_id] = "error"
             continue
         done.outcomes[run.plan_id] = view.outcome or view.status

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from rich import box
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fieldgate.contract import read_text
 from fieldgate.errors import InputInvalid
 from fieldgate.evals._results import EvalResults, ScenarioResult
+from fieldgate.terminal import shown
 
 
 class Change(StrEnum):
@@ -65,12 +66,11 @@ class Comparison:
 def read_results(path: str | Path) -> EvalResults:
     """Read a ``results.json`` file, naming the file on any problem."""
     source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise InputInvalid(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    text = read_text(path)
     try:
         return EvalResults.from_json(text)
+    except RecursionError:
+        raise InputInvalid(source, [("", "nested too deeply to read")]) from None
     except ValueError as exc:
         first = str(exc).splitlines()[0]
         raise InputInvalid(source, [("", f"not a fieldgate eval results.json ({first})")]) from None
@@ -188,7 +188,7 @@ def comparison_report(comparison: Comparison, show_unchanged: bool = False) -> G
         if c.change is Change.unchanged and not show_unchanged:
             continue
         table.add_row(
-            escape(c.id),
+            shown(c.id),
             Text(c.change.value, style=_STYLE[c.change]),
             f"{_figure(c.old_pass_1)} → {_figure(c.new_pass_1)}",
             f"{_figure(c.old_pass_k)} → {_figure(c.new_pass_k)}",
@@ -197,7 +197,7 @@ def comparison_report(comparison: Comparison, show_unchanged: bool = False) -> G
     totals = Table(title="summary", title_justify="left", box=box.SIMPLE_HEAD)
     for column in ("", "old", "new"):
         totals.add_column(column)
-    totals.add_row("model", escape(old.model), escape(new.model))
+    totals.add_row("model", shown(old.model), shown(new.model))
     totals.add_row("k", str(old.k), str(new.k))
     totals.add_row("scenarios", str(old.scenarios), str(new.scenarios))
     totals.add_row("pass^1", f"{old.pass_1:.3f}", f"{new.pass_1:.3f}")
@@ -212,7 +212,7 @@ def comparison_report(comparison: Comparison, show_unchanged: bool = False) -> G
     )
     parts: list[Table | Text] = [table]
     parts.extend(
-        Text(line, style="red" if ": regression:" in line else "green")
+        Text(shown(line, markup=False), style="red" if ": regression:" in line else "green")
         for line in change_lines(comparison)
     )
     parts += [totals, Text(counts, style="red" if comparison.regressions else "green")]

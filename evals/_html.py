@@ -2,6 +2,8 @@
 
 Scenario text is untrusted (the injection suites put ``<script>`` in it on purpose), so every
 value goes through :func:`html.escape`; nothing is inserted raw but the page's own markup.
+Control and bidi characters are first made visible by :func:`fieldgate.terminal.shown`, as
+in the terminal, so that a bidi override cannot reorder what a reviewer reads.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from html import escape
 from typing import Any
 
 from fieldgate.evals._results import EvalResults, RunResult, ScenarioResult
+from fieldgate.terminal import shown
 
 PAYLOAD_CHARS = 400
 """Longest payload shown in an audit row before it is cut (the cut is marked)."""
@@ -34,13 +37,14 @@ section.scenario.failing{border-left-color:#b42318}section.scenario.passing{bord
 
 
 def _e(value: Any) -> str:
-    """Escape any value for HTML text (``<``, ``>`` and ``&``)."""
-    return escape(value if isinstance(value, str) else _json(value), quote=False)
+    """Escape any value for HTML text (``<``, ``>`` and ``&``; controls and bidi made visible)."""
+    text = value if isinstance(value, str) else _json(value)
+    return escape(shown(text, multiline=True, markup=False), quote=False)
 
 
 def _attr(value: str) -> str:
     """Escape a value for a double-quoted attribute (quotes as well)."""
-    return escape(value, quote=True)
+    return escape(shown(value, markup=False), quote=True)
 
 
 def _json(value: Any, indent: int | None = None) -> str:

@@ -8,11 +8,11 @@ from typing import Any
 
 from rich import box
 from rich.console import Group
-from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from fieldgate.evals._results import CheckResult, EvalResults, ScenarioResult
+from fieldgate.terminal import shown
 
 
 def _short(value: Any, limit: int = 60) -> str:
@@ -51,7 +51,7 @@ def scenario_table(results: EvalResults) -> Table:
     """One row per scenario: passes, pass^k, outcomes and safety violations."""
     k = results.summary.k
     table = Table(
-        title=f"fieldgate eval · {results.summary.model} · k={k}",
+        title=f"fieldgate eval · {shown(results.summary.model)} · k={k}",
         title_justify="left",
         box=box.SIMPLE_HEAD,
     )
@@ -65,16 +65,16 @@ def scenario_table(results: EvalResults) -> Table:
         ok = result.passes == len(result.runs)
         violations = sum(r.safety_violations for r in result.runs)
         table.add_row(
-            escape(result.id),
-            result.category,
+            shown(result.id),
+            shown(result.category),
             Text(f"{result.passes}/{len(result.runs)}", style="green" if ok else "red"),
             f"{result.pass_k:.2f}",
-            escape(_outcomes(result)),
+            shown(_outcomes(result)),
             Text(str(violations), style="red bold" if violations else "dim"),
         )
     for error in results.errors:
         table.add_row(
-            escape(Path(error.file).name), "-", Text("error", style="red bold"), "-", "not run", "-"
+            shown(Path(error.file).name), "-", Text("error", style="red bold"), "-", "not run", "-"
         )
     return table
 
@@ -87,7 +87,7 @@ def category_table(results: EvalResults) -> Table:
         table.add_column(column, justify="left" if column == "category" else "right")
     for name, figures in summary.by_category.items():
         table.add_row(
-            name,
+            shown(name),
             str(figures.scenarios),
             f"{figures.pass_1:.3f}",
             f"{figures.pass_k:.3f}",
@@ -128,6 +128,6 @@ def terminal_report(results: EvalResults) -> Group:
     parts: list[Table | Text] = [scenario_table(results)]
     if failures:
         parts.append(Text("failures", style="bold"))
-        parts.extend(Text(line, style="red") for line in failures)
+        parts.extend(Text(shown(line, markup=False), style="red") for line in failures)
     parts += [category_table(results), summary_text(results)]
     return Group(*parts)

@@ -179,7 +179,7 @@ def _roster(path: str | None) -> dict[str, list[str]]:
         return {}
     try:
         data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: not UTF-8, not JSON
         raise ConfigInvalid(f"FIELDGATE_ROSTER: cannot read {path}: {exc}") from None
     if not isinstance(data, dict) or not all(isinstance(v, list) for v in data.values()):
         raise ConfigInvalid(f"FIELDGATE_ROSTER: {path} must map people to lists of roles")

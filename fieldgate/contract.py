@@ -148,13 +148,33 @@ def validation_problems(error: ValidationError) -> str:
 M = TypeVar("M", bound=BaseModel)
 
 
-def read_yaml(path: str | Path, error: type[InputInvalid] = InputInvalid) -> Any:
-    """Read one YAML document, naming the file and the line on a syntax error."""
+def read_text(path: str | Path, error: type[InputInvalid] = InputInvalid) -> str:
+    """Read a UTF-8 text file; a file that cannot be read or is not UTF-8 raises ``error``."""
     source = str(path)
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise error(source, [("", f"cannot read file: {exc.strerror or exc}")]) from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise error(
+            source, [("", f"not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})")]
+        ) from None
+
+
+def _too_deep(source: str, error: type[InputInvalid]) -> InputInvalid:
+    return error(source, [("", "nested too deeply to read")])
+
+
+def read_yaml(path: str | Path, error: type[InputInvalid] = InputInvalid) -> Any:
+    """Read one YAML document, naming the file and the line on a syntax error.
+
+    Every way a file can fail to be a YAML document (unreadable, not UTF-8, bad syntax,
+    nesting deep enough to exhaust the parser's stack) raises ``error`` naming the file.
+    """
+    source = str(path)
+    text = read_text(path, error)
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -162,6 +182,22 @@ def read_yaml(path: str | Path, error: type[InputInvalid] = InputInvalid) -> Any
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
         problem = getattr(exc, "problem", None) or str(exc)
         raise error(source, [(where, f"invalid YAML: {problem}")]) from None
+    except RecursionError:
+        raise _too_deep(source, error) from None
+
+
+def read_json(path: str | Path, error: type[InputInvalid] = InputInvalid) -> Any:
+    """Read one JSON document; every way it can fail raises ``error`` naming the file."""
+    source = str(path)
+    text = read_text(path, error)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise error(
+            source, [(f"line {exc.lineno}, column {exc.colno}", f"invalid JSON: {exc.msg}")]
+        ) from None
+    except RecursionError:
+        raise _too_deep(source, error) from None
 
 
 def validate_as(
@@ -176,6 +212,8 @@ def validate_as(
         return model.model_validate(data)
     except ValidationError as exc:
         raise error(source, problems_of(exc)) from None
+    except RecursionError:
+        raise _too_deep(source, error) from None
 
 
 def load_yaml(path: str | Path, model: type[M], error: type[InputInvalid] = InputInvalid) -> M:

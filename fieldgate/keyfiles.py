@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.errors import FieldgateError, InputInvalid, NotFound
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.trust import EnrolledPurpose, TrustRoot, enrollment, new_root
@@ -39,13 +39,32 @@ def save_key(keys_dir: Path, key: SigningKey, *, root: bool = False) -> Path:
 
 
 def load_key(keys_dir: Path, owner: str, *, root: bool = False) -> SigningKey:
-    """Read the private key of ``owner`` (made by ``fieldgate keys init --as OWNER``)."""
+    """Read the private key of ``owner`` (their root key, with ``root``).
+
+    Raises:
+        NotFound: there is no key file.
+        InputInvalid: the file is not a key as ``keys init`` writes it, naming the file.
+    """
     path = key_file(keys_dir, owner, root=root)
     if not path.exists():
         if root:
             raise NotFound(f"{owner} holds no root key here ({path})")
         raise NotFound(f"no key for {owner!r} at {path}; run `fieldgate keys init --as {owner}`")
-    return SigningKey.from_private_b64(owner, path.read_text().strip())
+    try:
+        return SigningKey.from_private_b64(owner, path.read_bytes().decode("ascii").strip())
+    except ValueError:  # not ASCII, not base64, or not 32 bytes: binascii and cryptography say so
+        raise InputInvalid(
+            str(path),
+            [
+                (
+                    "",
+                    "not a private key (expected the base64 of 32 bytes, as `fieldgate keys "
+                    f"init` writes it); `fieldgate keys init --as {owner} --force` makes a new one",
+                )
+            ],
+        ) from None
+    except OSError as exc:
+        raise InputInvalid(str(path), [("", f"cannot read file: {exc.strerror or exc}")]) from None
 
 
 def load_pinned_root(path: Path) -> TrustRoot | None:

@@ -404,3 +404,27 @@ def test_a_changed_roster_or_freeze_is_audited_once(deployment: Deployment, tmp_
     events = settings_events()
     assert len(events) == 2 and events[1]["freeze"] is True
     assert events[1]["roster"] == {"saf-lee": ["safety"], "eng-ana": ["engineer"]}
+
+
+def test_k_of_n_root_holders_rotate_the_root_together(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FIELDGATE_DB", db_url)
+    deployment = Deployment(db_url, tmp_path / "admins", monkeypatch)
+    deployment.act_as("adm-a")
+    holders = ["--root-holder", "adm-a", "--root-holder", "adm-b", "--root-threshold", "2"]
+    assert invoke("init", *holders)[0] == 0
+    assert invoke("keys", "init", "--as", "saf-lee")[0] == 0
+    for holder in ("adm-a", "adm-b"):
+        assert invoke("keys", "enroll", "saf-lee", "--as", holder)[0] == 0
+    code, out = invoke("keys", "root", "rotate", "--as", "adm-a")
+    assert code == 1 and "not current yet" in out and "it needs 2" in out, out
+    code, out = invoke("keys", "list")
+    assert code == 1 and "root version 2" in out, out  # proposed, refused until co-signed
+    code, out = invoke("keys", "root", "sign", "2", "--as", "adm-b")
+    assert code == 0 and "root version 2 is current" in out, out
+    code, out = invoke("keys", "list")
+    assert code == 0 and "(root version 2)" in out, out
+    plan = deployment.ask()
+    code, out = invoke("approvals", "approve", plan, "--as", "saf-lee")
+    assert code == 0 and "quorum is reached" in out, out

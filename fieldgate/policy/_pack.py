@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from typing import Any
 
 import yaml
 
-from fieldgate.contract import canonical_json
-from fieldgate.errors import PolicyEngineError
+from fieldgate.contract import canonical_json, read_json, read_text
+from fieldgate.errors import InputInvalid, PolicyEngineError
 
 DATA_FILE = "data.json"
 """Name of the data document in a pack directory."""
@@ -147,22 +146,17 @@ class PolicyPack:
         if not path.is_dir():
             raise PolicyEngineError(f"{path}: policy directory does not exist")
         modules = tuple(
-            PolicyModule(file.name, file.read_text(encoding="utf-8"))
-            for file in sorted(path.glob("*.rego"))
+            PolicyModule(file.name, read_text(file)) for file in sorted(path.glob("*.rego"))
         )
         if not modules:
             raise PolicyEngineError(f"{path}: no *.rego policy files")
         data_path = path / DATA_FILE
         data: Any = {}
         if data_path.exists():
-            try:
-                data = json.loads(data_path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise PolicyEngineError(
-                    f"{data_path}:{exc.lineno}:{exc.colno}: invalid JSON: {exc.msg}"
-                ) from None
+            data = read_json(data_path)
             if not isinstance(data, dict):
-                raise PolicyEngineError(f"{data_path}: the data document must be a JSON object")
+                problem = ("", "the data document must be a JSON object")
+                raise InputInvalid(str(data_path), [problem])
         return cls(modules, data, path)
 
     def with_data(self, overrides: Mapping[str, Any]) -> PolicyPack:
@@ -249,7 +243,7 @@ def _annotated_rules(module: PolicyModule) -> list[RuleInfo]:
             index += 1
         try:
             meta = yaml.safe_load("\n".join(block)) or {}
-        except yaml.YAMLError:
+        except (yaml.YAMLError, RecursionError):
             meta = {}
         if not isinstance(meta, dict) or "title" not in meta or index >= len(lines):
             continue

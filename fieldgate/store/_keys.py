@@ -256,6 +256,23 @@ class KeyStore:
             if session.get(TrustRootRow, root.version) is None:
                 session.add(TrustRootRow(version=root.version, root_json=root.model_dump_json()))
 
+    def cosign_root(self, root: TrustRoot) -> TrustRoot:
+        """Add ``root``'s signatures to the stored version with the same content; return it.
+
+        Raises:
+            StoreError: no version with that number and content is stored.
+        """
+        with transaction(self._writer, f"signing root version {root.version}") as session:
+            row = session.get(TrustRootRow, root.version)
+            stored = TrustRoot.model_validate_json(row.root_json) if row is not None else None
+            if row is None or stored is None or stored.digest != root.digest:
+                raise StoreError(f"root version {root.version} is not stored with this content")
+            signatures = {s.key_id: s for s in (*stored.signatures, *root.signatures)}
+            merged = stored.model_copy(update={"signatures": tuple(signatures.values())})
+            row.root_json = merged.model_dump_json()
+            session.add(row)
+            return merged
+
     def roots(self) -> list[TrustRoot]:
         """Every stored root version that parses, oldest first."""
         with transaction(self._engine, "reading the root of trust") as session:
