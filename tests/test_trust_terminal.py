@@ -79,9 +79,10 @@ def wide_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An initialised database with the sample; FIELDGATE_HOME and FIELDGATE_DB point at it."""
-    url = f"sqlite:///{tmp_path}/fieldgate.db"
+def db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An initialised database with the sample, on SQLite and on PostgreSQL; FIELDGATE_HOME
+    and FIELDGATE_DB point at it."""
+    url = db_url
     monkeypatch.setenv("FIELDGATE_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FIELDGATE_DB", url)
     for name in ("FIELDGATE_USER", "FIELDGATE_MODEL", "FIELDGATE_FREEZE", "FIELDGATE_ROSTER"):
@@ -212,6 +213,7 @@ def test_a_hostile_approval_comment_is_inert(db: str) -> None:
     assert code == 0, out
     plan = newest_plan()
     assert invoke("keys", "init", "--as", "saf-lee")[0] == 0
+    assert invoke("keys", "enroll", "saf-lee")[0] == 0  # by the root holder who ran init
     code, out = invoke("approvals", "approve", plan, "--as", "saf-lee", "-m", ATTACK)
     assert code == 0, out
     assert_inert(out, visible=())

@@ -41,7 +41,7 @@ from fieldgate.contract import problems_of
 from fieldgate.edge._artifacts import ArtifactSource, ArtifactUnavailable, digest_of
 from fieldgate.edge._clock import HybridClock, wall_ms
 from fieldgate.edge._wire import MAX_PAYLOAD, Hello, check_segment, encode
-from fieldgate.epoch import to_us
+from fieldgate.epoch import to_ms, to_us
 from fieldgate.errors import DeviceStateInvalid
 from fieldgate.signing import key_id_of, verify
 
@@ -453,7 +453,7 @@ class FieldDevice:
         return self._carry_out(command)
 
     def _carry_out(self, command: DeviceCommand) -> Handled:
-        self.clock.observe(int(command.issued_at.timestamp() * 1000))
+        self.clock.observe(to_ms(command.issued_at))
         if self.now() > command.deadline:
             return self._final(
                 command,

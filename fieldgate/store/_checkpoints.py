@@ -25,6 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session
 
 from fieldgate.audit import AuditCheckpoint, AuditEvent
+from fieldgate.batches import chunks
 from fieldgate.errors import AuditBroken, StoreError
 from fieldgate.store._audit import _COLUMNS, _EVENTS, _HEAD, AuditLog, NewEvent, body_json
 from fieldgate.store._audit import stored_at as stored_time
@@ -198,8 +199,7 @@ class CheckpointStore:
         found: dict[int, str] = {}
         try:
             with self._engine.connect() as conn:
-                for start in range(0, len(wanted), _IN_CHUNK):
-                    chunk = wanted[start : start + _IN_CHUNK]
+                for chunk in chunks(wanted, _IN_CHUNK):
                     query = select(_EVENTS.c.seq, _EVENTS.c.hash).where(_EVENTS.c.seq.in_(chunk))
                     found.update((int(seq), str(hash_)) for seq, hash_ in conn.execute(query))
         except SQLAlchemyError as exc:

@@ -24,6 +24,7 @@ from langchain_core.messages import (
     ToolMessage,
 )
 
+from fieldgate.batches import chunks
 from fieldgate.errors import RequestInvalid
 
 OFFLINE_MODEL_ID = "offline"
@@ -207,8 +208,8 @@ def stream_chunks(body: Mapping[str, Any], include_usage: bool) -> Iterator[dict
     message = choice.get("message") or {}
     yield chunk({"role": "assistant", "content": ""})
     content = message.get("content") or ""
-    for start in range(0, len(content), 64):
-        yield chunk({"content": content[start : start + 64]})
+    for text in chunks(content, 64):
+        yield chunk({"content": text})
     for index, call in enumerate(message.get("tool_calls") or []):
         function = call.get("function") or {}
         head = {"name": function.get("name"), "arguments": ""}
@@ -221,8 +222,8 @@ def stream_chunks(body: Mapping[str, Any], include_usage: bool) -> Iterator[dict
         )
         arguments = function.get("arguments") or ""
         # Arguments arrive in pieces, as real servers send them: clients must join them.
-        for start in range(0, len(arguments), 256):
-            piece = {"arguments": arguments[start : start + 256]}
+        for part in chunks(arguments, 256):
+            piece = {"arguments": part}
             yield chunk({"tool_calls": [{"index": index, "function": piece}]})
     yield chunk({}, choice.get("finish_reason") or "stop")
     if include_usage:
