@@ -42,6 +42,10 @@ keys_app = typer.Typer(
 root_app = typer.Typer(help="The root of trust: show it, rotate a root key.", no_args_is_help=True)
 keys_app.add_typer(root_app, name="root")
 
+HolderOption = typer.Option(
+    None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
+)
+
 OWNER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 PURPOSES: tuple[str, ...] = get_args(EnrolledPurpose)
 
@@ -162,9 +166,7 @@ def init(
 @handles_errors
 def enroll(
     owner: str = typer.Argument(..., help="Whose key to enroll."),
-    holder: str = typer.Option(
-        None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
-    ),
+    holder: str = HolderOption,
     public: str = typer.Option(
         None, "--public", help="The key's public half, base64 (default: OWNER's key file here)."
     ),
@@ -194,9 +196,7 @@ def enroll(
 @handles_errors
 def revoke(
     key_id: str = typer.Argument(..., help="The key to revoke (see `keys list`)."),
-    holder: str = typer.Option(
-        None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
-    ),
+    holder: str = HolderOption,
     reason: str = typer.Option(..., "--reason", help="Why the key no longer counts."),
     db: str = DbOption,
 ) -> None:
@@ -369,9 +369,7 @@ def root_rotate(
 @handles_errors
 def root_sign(
     version: int = typer.Argument(..., help="The proposed root version to co-sign."),
-    holder: str = typer.Option(
-        None, "--as", help="The root holder who signs (default: FIELDGATE_USER)."
-    ),
+    holder: str = HolderOption,
     db: str = DbOption,
 ) -> None:
     """Co-sign a proposed root version with your root key (k of n rotate the root together)."""

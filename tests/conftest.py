@@ -10,6 +10,7 @@ import os
 import socket
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,20 @@ def db_url(request: pytest.FixtureRequest, tmp_path: os.PathLike[str]) -> Iterat
         yield f"sqlite:///{tmp_path}/fieldgate.db"
     else:
         yield request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def initialised_db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A database made by ``fieldgate init`` with the sample, on SQLite and on PostgreSQL;
+    FIELDGATE_HOME and FIELDGATE_DB point at it, the other settings are unset."""
+    from typer.testing import CliRunner
+
+    from fieldgate.cli import app
+
+    monkeypatch.setenv("FIELDGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FIELDGATE_DB", db_url)
+    for name in ("FIELDGATE_USER", "FIELDGATE_MODEL", "FIELDGATE_FREEZE", "FIELDGATE_ROSTER"):
+        monkeypatch.delenv(name, raising=False)
+    result = CliRunner().invoke(app, ["init"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return db_url

@@ -49,17 +49,9 @@ def assert_one_line(out: str, path: Path, problem: str) -> None:
 
 
 @pytest.fixture
-def db(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An initialised database with the sample, on SQLite and on PostgreSQL; FIELDGATE_HOME
-    and FIELDGATE_DB point at it."""
-    url = db_url
-    monkeypatch.setenv("FIELDGATE_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("FIELDGATE_DB", url)
-    for name in ("FIELDGATE_USER", "FIELDGATE_MODEL", "FIELDGATE_FREEZE", "FIELDGATE_ROSTER"):
-        monkeypatch.delenv(name, raising=False)
-    code, out = invoke("init")
-    assert code == 0, out
-    return url
+def db(initialised_db: str) -> str:
+    """The sample deployment (see ``initialised_db``)."""
+    return initialised_db
 
 
 def stored(url: str) -> tuple[int, int, int]:

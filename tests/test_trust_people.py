@@ -289,9 +289,9 @@ def test_a_second_approval_by_someone_who_fills_a_slot_does_not_count(
 # --------------------------------------------------------------------------- the root
 
 
-def test_k_of_n_root_holders_enroll_a_key_only_together(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def two_of_two(db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Deployment:
+    """A deployment whose root needs both of its holders, adm-a and adm-b."""
     monkeypatch.setenv("FIELDGATE_DB", db_url)
     deployment = Deployment(db_url, tmp_path / "admins", monkeypatch)
     deployment.act_as("adm-a")
@@ -299,6 +299,11 @@ def test_k_of_n_root_holders_enroll_a_key_only_together(
         "init", "--root-holder", "adm-a", "--root-holder", "adm-b", "--root-threshold", "2"
     )
     assert code == 0 and "2 of 2 root keys" in out, out
+    return deployment
+
+
+def test_k_of_n_root_holders_enroll_a_key_only_together(two_of_two: Deployment) -> None:
+    deployment = two_of_two
     assert invoke("keys", "init", "--as", "saf-lee")[0] == 0
     code, out = invoke("keys", "enroll", "saf-lee", "--as", "adm-a")
     assert code == 0 and "not trusted yet: 1 of the 2 root signatures it needs" in out, out
@@ -406,14 +411,8 @@ def test_a_changed_roster_or_freeze_is_audited_once(deployment: Deployment, tmp_
     assert events[1]["roster"] == {"saf-lee": ["safety"], "eng-ana": ["engineer"]}
 
 
-def test_k_of_n_root_holders_rotate_the_root_together(
-    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FIELDGATE_DB", db_url)
-    deployment = Deployment(db_url, tmp_path / "admins", monkeypatch)
-    deployment.act_as("adm-a")
-    holders = ["--root-holder", "adm-a", "--root-holder", "adm-b", "--root-threshold", "2"]
-    assert invoke("init", *holders)[0] == 0
+def test_k_of_n_root_holders_rotate_the_root_together(two_of_two: Deployment) -> None:
+    deployment = two_of_two
     assert invoke("keys", "init", "--as", "saf-lee")[0] == 0
     for holder in ("adm-a", "adm-b"):
         assert invoke("keys", "enroll", "saf-lee", "--as", holder)[0] == 0
