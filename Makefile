@@ -30,8 +30,10 @@ lint: setup
 	$(BIN)/mypy
 	cd build && $(abspath $(BIN))/lint-imports $(CURDIR)/pyproject.toml
 
+# Two workers: the suite is mostly waiting on databases, brokers and subprocesses, and every
+# test that needs a service gets its own schema, broker, port or topic root.
 test: lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: setup
 	$(BIN)/python bench/twin.py
