@@ -196,9 +196,9 @@ def eval_(
             catalog = {(r.manifest.name, r.manifest.version): r.manifest for r in records}
             manifest = _manifest(plan, plan_file, catalog)
             record = store.catalog.record(plan.module, plan.version)
-            check = ArtifactCheck(
-                signature_valid=record.signature_valid, observed_digest=record.observed_digest
-            )
+            # judged afresh, as the graph's gate does: a key trusted at import may be gone
+            keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
+            check = verify_artifact(manifest, keys, record.observed_digest)
             sites = {s.id: s for s in store.fleet.sites()}
             inp = _input(
                 plan,

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from fieldgate.contract import ApiVersion, Contract, VersionRange, VersionStr
-from fieldgate.signing import SigningKey
+from fieldgate.signing import SigningKey, key_id_of, verify
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN, max_length=64)]
@@ -56,9 +57,17 @@ class Artifact(Contract):
     size_bytes: int = Field(default=0, ge=0)
     """Size of the artifact in bytes."""
     signature: str | None = None
-    """Base64 ed25519 signature over ``{name, version, digest}`` by the factory key."""
+    """Base64 ed25519 signature by the factory key over the whole manifest's canonical JSON
+    (every field but this one and ``signer``)."""
     signer: str | None = None
     """Key id of the factory key that signed, e.g. ``ed25519:0123abcd…``."""
+
+
+UNSIGNED_FIELDS = {"artifact": {"signature", "signer"}}
+"""The only manifest fields outside the factory signature: the signature and the signer's id."""
+
+CHANGED_AFTER_SIGNING = "the signature does not cover this manifest: a signed field was changed"
+"""Why a present signature by a trusted key fails (ed25519 cannot tell which field changed)."""
 
 
 class ModuleFacts(Contract):
@@ -112,9 +121,50 @@ class ModuleManifest(ModuleFacts):
         """``name@version``."""
         return f"{self.name}@{self.version}"
 
-    def signing_payload(self) -> dict[str, str]:
-        """What the factory key signs for this version."""
-        return {"name": self.name, "version": self.version, "digest": self.artifact.digest}
+    def signing_payload(self) -> dict[str, Any]:
+        """What the factory key signs: the manifest's canonical JSON without signature and signer.
+
+        Every field policy or the executor reads is in it (safety class, downgrade, requires,
+        hardware, interfaces, description, artifact uri, digest and size, name, version), so
+        editing any of them after signing breaks the signature.
+        """
+        return self.model_dump(mode="json", exclude=UNSIGNED_FIELDS)
+
+    def signed_with(self, key: SigningKey) -> ModuleManifest:
+        """Return this manifest signed by ``key`` (signer set to its key id)."""
+        signature = key.sign(self.signing_payload())
+        artifact = self.artifact.model_copy(update={"signature": signature, "signer": key.key_id})
+        return self.model_copy(update={"artifact": artifact})
+
+    def signature_problem(self, trusted_keys: Mapping[str, str]) -> str | None:
+        """Say why the factory signature does not count, or None when it does.
+
+        Args:
+            trusted_keys: Public keys (base64) by key id that may sign manifests.
+
+        Returns:
+            None when a trusted key signed exactly this manifest; otherwise the reason,
+            e.g. ``unsigned`` or that a signed field was changed.
+        """
+        artifact = self.artifact
+        if not artifact.signature:
+            return "unsigned"
+        if not artifact.signer:
+            return "signed, but the manifest names no signer key"
+        public = trusted_keys.get(artifact.signer)
+        if public is None:
+            return f"signer {artifact.signer} is not a trusted artifact key"
+        if key_id_of(public) != artifact.signer:
+            return f"the trusted key listed as {artifact.signer} has another key id"
+        if verify(public, self.signing_payload(), artifact.signature):
+            return None
+        legacy = {"name": self.name, "version": self.version, "digest": artifact.digest}
+        if verify(public, legacy, artifact.signature):
+            return (
+                "the signature covers only name, version and digest (the old form), not this "
+                "manifest: the factory must sign the whole manifest again"
+            )
+        return f"{CHANGED_AFTER_SIGNING} after signing, or the signature is not {artifact.signer}'s"
 
 
 def sample_digest(name: str, version: str) -> str:
@@ -145,21 +195,14 @@ class CatalogEntry(ModuleFacts):
                 "artifact": {"uri": f"sample://{self.name}/{self.version}", "digest": digest},
             }
         )
-        artifact = unsigned.artifact
-        if self.signed:
-            artifact = artifact.model_copy(
-                update={
-                    "signature": factory_key.sign(unsigned.signing_payload()),
-                    "signer": factory_key.key_id,
-                }
-            )
+        manifest = unsigned.signed_with(factory_key) if self.signed else unsigned
         observed = digest
         if self.digest_mismatch:
             observed = (
                 "sha256:"
                 + hashlib.sha256(f"tampered {self.name}@{self.version}".encode()).hexdigest()
             )
-        return unsigned.model_copy(update={"artifact": artifact}), observed
+        return manifest, observed
 
 
 class CatalogFile(Contract):

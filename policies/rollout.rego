@@ -81,14 +81,19 @@ violation contains {"rule": "D0", "message": msg} if {
 	msg := sprintf("input: the manifest is not the one of %s", [module_ref])
 }
 
+# The reason Python found when the signature did not verify (missing: not said).
+default signature_problem := "signature missing or not verified"
+
+signature_problem := input.verification.signature_problem if is_string(input.verification.signature_problem)
+
 # METADATA
 # title: D1 signed
-# description: The artifact must carry a factory signature that verifies.
+# description: The whole manifest must carry a factory signature that verifies.
 violation contains {"rule": "D1", "message": msg} if {
 	not input.verification.signature_valid == true
 	msg := sprintf(
-		"%s: the artifact is not signed by a trusted factory key (signature missing or not verified)",
-		[module_ref],
+		"%s: the manifest is not signed by a trusted factory key: %s",
+		[module_ref, signature_problem],
 	)
 }
 

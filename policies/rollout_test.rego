@@ -162,6 +162,12 @@ test_d1_unsigned_artifact_denies if {
 	denies_with(d, "signed")
 }
 
+test_d1_names_why_the_signature_does_not_count if {
+	d := decide(with_verification({"signature_valid": false, "signature_problem": "a signed field was changed"}))
+	fired(d, "D1")
+	denies_with(d, "a signed field was changed")
+}
+
 test_d1_signed_artifact_passes if {
 	not fired(decide(base), "D1")
 }

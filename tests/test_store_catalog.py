@@ -47,12 +47,7 @@ def manifest(
             **fields,
         }
     )
-    if key is None:
-        return unsigned
-    artifact = unsigned.artifact.model_copy(
-        update={"signature": key.sign(unsigned.signing_payload()), "signer": key.key_id}
-    )
-    return unsigned.model_copy(update={"artifact": artifact})
+    return unsigned if key is None else unsigned.signed_with(key)
 
 
 def counts(store: Store) -> tuple[int, int]:

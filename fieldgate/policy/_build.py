@@ -239,19 +239,15 @@ def verify_artifact(
 ) -> ArtifactCheck:
     """Check the factory signature with the trusted keys (key id → base64 public key).
 
-    A signature counts only when its signer is a trusted key and it verifies over
-    the manifest's name, version and digest.
+    A signature counts only when its signer is a trusted key and it verifies over the
+    whole manifest (:meth:`ModuleManifest.signing_payload`); otherwise the check says why.
     """
-    from fieldgate.signing import verify
-
-    artifact = manifest.artifact
-    public = trusted_keys.get(artifact.signer or "")
-    valid = bool(
-        public
-        and key_id_of(public) == artifact.signer
-        and verify(public, manifest.signing_payload(), artifact.signature)
+    problem = manifest.signature_problem(trusted_keys)
+    return ArtifactCheck(
+        signature_valid=problem is None,
+        signature_problem=problem,
+        observed_digest=observed_digest,
     )
-    return ArtifactCheck(signature_valid=valid, observed_digest=observed_digest)
 
 
 def verify_approvals(approvals: Sequence[Approval], keys: Mapping[str, str]) -> list[bool]:

@@ -31,7 +31,9 @@ class ArtifactCheck(Contract):
     """What the control plane found when it checked the artifact to install."""
 
     signature_valid: bool
-    """Whether the factory signature over name, version and digest verifies with a trusted key."""
+    """Whether a trusted factory key signed the whole manifest (every field but the signature)."""
+    signature_problem: str | None = None
+    """Why the signature does not count (e.g. a signed field was changed); None when it does."""
     observed_digest: str | None
     """sha256 of the artifact as held by the control plane; None when it was not checked."""
 

@@ -18,7 +18,6 @@ from sqlmodel import Field, col, select
 from fieldgate.contract import parse_version, sha256_hex
 from fieldgate.errors import ManifestInvalid, NotFound
 from fieldgate.manifest import ModuleManifest
-from fieldgate.signing import verify
 from fieldgate.store._engine import for_writing, read_scalar, transaction
 from fieldgate.store._keys import TrustedKeyRow
 from fieldgate.store._table import StoreTable, as_utc, json_text, utc_now, utc_time_field
@@ -71,7 +70,7 @@ class CatalogRecord:
     observed_digest: str
     """The digest the artifact store measured at import."""
     signature_valid: bool
-    """Whether the artifact signature verified with a trusted artifact key at import."""
+    """Whether a trusted artifact key signed the whole manifest (checked at import)."""
     signature_note: str
     """Why the signature is valid or not, e.g. which key verified it."""
 
@@ -123,16 +122,11 @@ def _observed_digest(manifest: ModuleManifest, given: str | None, source: str) -
 
 
 def _check_signature(manifest: ModuleManifest, keys: dict[str, TrustedKeyRow]) -> tuple[bool, str]:
-    artifact = manifest.artifact
-    if not artifact.signature:
-        return False, "unsigned"
-    if not artifact.signer:
-        return False, "signed, but the manifest names no signer key"
-    key = keys.get(artifact.signer)
-    if key is None:
-        return False, f"signer {artifact.signer} is not a trusted artifact key"
-    if not verify(key.public_b64, manifest.signing_payload(), artifact.signature):
-        return False, f"signature does not verify with {key.owner}'s key {key.key_id}"
+    """Whether a trusted artifact key signed the whole manifest, and the note saying why."""
+    problem = manifest.signature_problem({key_id: row.public_b64 for key_id, row in keys.items()})
+    if problem is not None:
+        return False, problem
+    key = keys[manifest.artifact.signer or ""]
     return True, f"signed by {key.owner} ({key.key_id})"
 
 
