@@ -203,5 +203,5 @@ def test_revision_covers_policies_and_data_but_not_tests(tmp_path: Path) -> None
     assert PolicyPack.load(directory).revision.digest == base.digest
     changed = PACK.with_data({"fieldgate": {"config": {"canary_percent": 10}}})
     assert changed.revision.digest != base.digest
-    assert changed.data["fieldgate"]["config"]["abort_max_failure_threshold"] == 0.1
+    assert changed.data["fieldgate"]["config"]["canary_min_targets"] == 10
     assert base.files == ("approvals.rego", "rollout.rego", "tools.rego", "data.json")
