@@ -283,6 +283,10 @@ test_d6_plan_without_abort_criteria_denies if {
 	denies_with(d, "no abort criteria")
 }
 
+test_d6_gates_on_every_wave_and_abort_criteria_passes if {
+	not fired(decide(base), "D6")
+}
+
 test_d6_wave_without_health_gate_is_not_judged_against_floors if {
 	d := decide(with_waves([wave(0, 3), object.union(wave(1, 57), {"health_gate": null})]))
 	not fired(d, "D11")
