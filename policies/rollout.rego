@@ -452,8 +452,9 @@ approval contains {"role": "compliance", "count": 1, "reason": reason} if {
 join(xs) := trim_space(concat(", ", sorted(xs)))
 
 # Writes a number for a message: %v in regopy 1.5.2 prints 0.94 as 0.9399999999999999,
-# and %g of an integer is not a number in OPA.
-number_text(x) := sprintf("%d", [x]) if x == floor(x)
+# %g of an integer is not a number in OPA, and %d of a whole float (0.0) is an error in
+# regopy. The trim_space is there for the reason given at join.
+number_text(x) := trim_space(format_int(x, 10)) if x == floor(x)
 
 number_text(x) := sprintf("%g", [x]) if x != floor(x)
 
