@@ -15,13 +15,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from _scenario_driver import RecordingModel, drive, load, open_run
+import pytest
+from _scenario_driver import RecordingModel, drive, load, open_run, policy_engine
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
+from test_policy_inputs import build, input_document, plan_for, world
 
+from fieldgate.agents.offline.planning import rollback_waves, rollout_waves
 from fieldgate.audit import EventKind
 from fieldgate.commands import Action
+from fieldgate.manifest import SafetyClass
+from fieldgate.plan import select_devices
 
 LAX_GATE = {"min_success_rate": 0, "max_failures": 100000, "soak_minutes": 0}
 """A health gate no wave can fail."""
@@ -94,3 +99,41 @@ def test_a_plan_whose_gates_cannot_fail_is_denied_and_reaches_no_device(db_url: 
         )
         assert any("below the floor 0.95" in json.dumps(e.payload) for e in decisions)
         assert world.store.audit.verify().ok
+
+
+@pytest.mark.parametrize("safety", list(SafetyClass))
+@pytest.mark.parametrize("rollback", [False, True], ids=["rollout", "rollback"])
+@pytest.mark.parametrize("n", [1, 7, 11, 60])
+def test_the_offline_planners_gates_meet_the_floors(
+    safety: SafetyClass, rollback: bool, n: int
+) -> None:
+    """The planner's waves and abort criteria (as ``propose_plan`` sets them) pass D11."""
+    w = world("canary-fails-rollback")
+    careful = safety in {SafetyClass.high, SafetyClass.critical}
+    devices = w.devices
+    if rollback:
+        devices = [
+            d.model_copy(update={"installed": {**d.installed, "pump-logic": "1.9.0"}})
+            for d in devices
+        ]
+        waves = rollback_waves(n, careful, exempt=True)
+    else:
+        waves = rollout_waves(n, careful, one_wave=False)
+    threshold = 0.1 if rollback or not careful else 0.05
+    plan = plan_for(
+        "pump-logic",
+        "1.8.0" if rollback else "1.9.0",
+        {"sites": ["rtm-05"], "limit": n},
+        intent="rollback" if rollback else "rollout",
+        waves=[wave.model_dump(exclude_none=True) for wave in waves],
+        abort={"failure_threshold": threshold, "min_executed": 1},
+        rollback={"version": "1.9.0" if rollback else "1.8.0"},
+    )
+    manifest = w.manifest(plan.module, plan.version).model_copy(
+        update={"safety": safety, "downgrade_allowed": True}
+    )
+    inp = build(w, plan, manifest=manifest, targets=select_devices(plan.target, devices, w.sites))
+    decision = policy_engine().decide("data.fieldgate.rollout.decision", input_document(inp))
+    floors = [v["message"] for v in decision["violations"] if v["rule"] == "D11"]
+    assert floors == []
+    assert decision["rollback"] is rollback
