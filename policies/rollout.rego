@@ -198,7 +198,7 @@ violation contains {"rule": "D5", "message": msg} if {
 
 # METADATA
 # title: D6 gates
-# description: Every wave needs a health gate; the plan needs abort criteria with a failure threshold of at most 10%.
+# description: Every wave needs a health gate and the plan abort criteria (how strict they must be is D11).
 violation contains {"rule": "D6", "message": msg} if {
 	some w in input.waves
 	not is_object(w.health_gate)
@@ -210,12 +210,6 @@ violation contains {"rule": "D6", "message": msg} if {
 	msg := "abort: the plan has no abort criteria"
 }
 
-violation contains {"rule": "D6", "message": msg} if {
-	threshold := input.plan.abort.failure_threshold
-	maximum := data.fieldgate.config.abort_max_failure_threshold
-	threshold > maximum
-	msg := sprintf("abort: the failure threshold %v is above the maximum of %v", [threshold, maximum])
-}
 
 # METADATA
 # title: D7 maintenance
@@ -281,6 +275,101 @@ violation contains {"rule": "D10", "message": msg} if {
 violation contains {"rule": "D10", "message": msg} if {
 	target_count == 0
 	msg := "waves: the plan has no target devices"
+}
+
+# The floors a plan's gates are held to: a rollback's own (it returns devices to a version
+# they ran, and is exempt from the canary too) or a rollout's, for the module's safety class.
+default floor_kind := "rollout"
+
+floor_kind := "rollback" if is_rollback
+
+gate_floor := data.fieldgate.config.gate_floors[floor_kind][safety]
+
+default floor_label := "safety class unknown"
+
+floor_label := sprintf("safety class %s", [safety]) if floor_kind == "rollout"
+
+floor_label := sprintf("safety class %s (rollback)", [safety]) if floor_kind == "rollback"
+
+# METADATA
+# title: D11 gate floors
+# description: Every wave's health gate and the abort criteria are at least as strict as the floors data.fieldgate.config.gate_floors sets for the safety class (rollbacks have their own); the abort criteria are judged within the first wave.
+violation contains {"rule": "D11", "message": msg} if {
+	not gate_floor
+	msg := sprintf("gate floors: the pack sets no %s floors for safety class %s", [floor_kind, safety])
+}
+
+violation contains {"rule": "D11", "message": msg} if {
+	some w in input.waves
+	is_object(w.health_gate)
+	some field in ["min_success_rate", "max_failures"]
+	not is_number(w.health_gate[field])
+	msg := sprintf("wave %d %s: the health gate has no %s", [w.index + 1, w.name, field])
+}
+
+violation contains {"rule": "D11", "message": msg} if {
+	least := gate_floor.min_success_rate
+	some w in input.waves
+	rate := w.health_gate.min_success_rate
+	rate < least
+	msg := sprintf(
+		"wave %d %s: min_success_rate %s is below the floor %s for %s",
+		[w.index + 1, w.name, number_text(rate), number_text(least), floor_label],
+	)
+}
+
+violation contains {"rule": "D11", "message": msg} if {
+	percent := gate_floor.max_failures_percent
+	some w in input.waves
+	failures := w.health_gate.max_failures
+	allowed := ceil((w.size * percent) / 100)
+	failures > allowed
+	msg := sprintf(
+		"wave %d %s: max_failures %s is above the floor %s (%s%% of the wave's %d devices, rounded up) for %s",
+		[w.index + 1, w.name, number_text(failures), number_text(allowed), number_text(percent), w.size, floor_label],
+	)
+}
+
+violation contains {"rule": "D11", "message": msg} if {
+	least := gate_floor.min_soak_minutes
+	some w in input.waves
+	is_object(w.health_gate)
+	soak := object.get(w.health_gate, "soak_minutes", 0)
+	soak < least
+	msg := sprintf(
+		"wave %d %s: soak_minutes %s is below the floor %s for %s",
+		[w.index + 1, w.name, number_text(soak), number_text(least), floor_label],
+	)
+}
+
+violation contains {"rule": "D11", "message": msg} if {
+	is_object(input.plan.abort)
+	not is_number(input.plan.abort.failure_threshold)
+	msg := "abort: the abort criteria have no failure_threshold"
+}
+
+violation contains {"rule": "D11", "message": msg} if {
+	most := gate_floor.max_abort_threshold
+	threshold := input.plan.abort.failure_threshold
+	threshold > most
+	msg := sprintf(
+		"abort: failure_threshold %s is above the floor %s for %s",
+		[number_text(threshold), number_text(most), floor_label],
+	)
+}
+
+# min_executed is bounded by the first wave (at least 1, as the contract's minimum), so
+# that a failing canary trips the abort before the next wave starts.
+violation contains {"rule": "D11", "message": msg} if {
+	is_object(input.plan.abort)
+	executed := object.get(input.plan.abort, "min_executed", 1)
+	first := input.waves[0]
+	most := max([1, first.size])
+	executed > most
+	msg := sprintf(
+		"abort: min_executed %s is above the floor %s, the size of wave 1 %s, so a failing first wave would not trip the abort",
+		[number_text(executed), number_text(most), first.name],
+	)
 }
 
 # Warnings do not deny; they are shown to the approvers.
@@ -366,6 +455,13 @@ approval contains {"role": "compliance", "count": 1, "reason": reason} if {
 # Joins strings for messages, sorted. The trim_space is not decoration: regopy 1.5.2
 # renders the result of concat with quotes when sprintf formats it beside other values.
 join(xs) := trim_space(concat(", ", sorted(xs)))
+
+# Writes a number for a message: %v in regopy 1.5.2 prints 0.94 as 0.9399999999999999,
+# %g of an integer is not a number in OPA, and %d of a whole float (0.0) is an error in
+# regopy. The trim_space is there for the reason given at join.
+number_text(x) := trim_space(format_int(x, 10)) if x == floor(x)
+
+number_text(x) := sprintf("%g", [x]) if x != floor(x)
 
 # Sorts a set or an array into an array. regopy 1.5.2 returns sort() of a set as a
 # set (it cannot be indexed and does not equal an array), so sets become arrays first.

@@ -289,14 +289,13 @@ test_d6_plan_without_abort_criteria_denies if {
 	denies_with(d, "no abort criteria")
 }
 
-test_d6_abort_threshold_above_ten_percent_denies if {
-	d := decide(with_plan({"abort": {"failure_threshold": 0.11, "min_executed": 1}}))
-	fired(d, "D6")
-	denies_with(d, "abort")
+test_d6_gates_on_every_wave_and_abort_criteria_passes if {
+	not fired(decide(base), "D6")
 }
 
-test_d6_abort_threshold_of_ten_percent_passes if {
-	not fired(decide(with_plan({"abort": {"failure_threshold": 0.1, "min_executed": 1}})), "D6")
+test_d6_wave_without_health_gate_is_not_judged_against_floors if {
+	d := decide(with_waves([wave(0, 3), object.union(wave(1, 57), {"health_gate": null})]))
+	not fired(d, "D11")
 }
 
 test_d7_high_safety_outside_windows_denies if {
@@ -310,7 +309,9 @@ test_d7_critical_safety_outside_windows_denies if {
 }
 
 test_d7_high_safety_inside_windows_passes if {
-	inp := object.union(with_manifest({"safety": "high"}), {"waves": [wave(0, 3), wave(1, 57)]})
+	careful := object.union(gate, {"soak_minutes": 30})
+	waves := [object.union(wave(0, 3), {"health_gate": careful}), object.union(wave(1, 57), {"health_gate": careful})]
+	inp := object.union(with_manifest({"safety": "high"}), {"waves": waves})
 	d := decide(inp)
 	not fired(d, "D7")
 	d.allow == true

@@ -39,9 +39,11 @@ from sqlmodel import col
 from fieldgate.agents.planner import PlanDraft
 from fieldgate.audit import EventKind
 from fieldgate.commands import Action, DeviceCommand
+from fieldgate.evals._world import open_run as open_world_run
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator, RunView
 from fieldgate.plan import RolloutPlan
+from fieldgate.policy import PolicyPack, RegoEngine
 from fieldgate.store import Store
 from fieldgate.transport import Dispatched, TwinTransport
 from fieldgate.twin import EffectPhase, FleetTwin, TwinEffectRow
@@ -183,9 +185,14 @@ def _without_soak(view: RunView) -> PlanDraft:
 def test_a_wave_resumed_after_a_crash_waits_for_commands_sent_before_it(
     sqlite_url: str,
 ) -> None:
-    """Without a soak, nothing else lets the clock run until the re-sent canary reports."""
+    """Without a soak, nothing else lets the clock run until the re-sent canary reports.
+
+    The shipped pack's floors (D11) deny a plan without soaks, so this run's pack has none.
+    """
     scenario = variant(load("safety-approval"), approvals=[])
-    with open_run(scenario, sqlite_url) as (world, orchestrator):
+    no_soak_floor = {"rollout": {"high": {"min_soak_minutes": 0}}}
+    pack = PolicyPack.load().with_data({"fieldgate": {"config": {"gate_floors": no_soak_floor}}})
+    with open_world_run(scenario, sqlite_url, RegoEngine(pack)) as (world, orchestrator):
         view = submit(world, orchestrator)
         view = orchestrator.edit(
             view.thread_id, world.keys["saf-lee"], _without_soak(view), "no soak"

@@ -29,11 +29,15 @@ PLAN = {
     "requested_by": "eng-ana",
     "target": {"sites": ["rtm-05"]},
     "waves": [
-        {"name": "canary", "count": 3, "health_gate": {"min_success_rate": 1.0, "max_failures": 0}},
+        {
+            "name": "canary",
+            "count": 3,
+            "health_gate": {"min_success_rate": 1.0, "max_failures": 0, "soak_minutes": 30},
+        },
         {
             "name": "rest",
             "percent": 100,
-            "health_gate": {"min_success_rate": 0.95, "max_failures": 2},
+            "health_gate": {"min_success_rate": 0.95, "max_failures": 2, "soak_minutes": 15},
         },
     ],
     "abort": {"failure_threshold": 0.05},

@@ -84,7 +84,7 @@ def _rollback_of_pump(downgrade_allowed: bool, freeze: bool = False) -> RolloutI
             {
                 "name": "all",
                 "percent": 100,
-                "health_gate": {"min_success_rate": 0.9, "max_failures": 3},
+                "health_gate": {"min_success_rate": 0.9, "max_failures": 3, "soak_minutes": 10},
             }
         ],
         rollback={"version": "1.9.0"},
@@ -155,7 +155,7 @@ CASES: dict[str, tuple[Callable[[], RolloutInput], Callable[[], RolloutInput], s
         "canary",
     ),
     "D6": (
-        lambda: build(_pump(), pump_plan(abort={"failure_threshold": 0.2})),
+        lambda: build(_pump(), pump_plan(abort=None)),
         lambda: build(_pump(), pump_plan(abort={"failure_threshold": 0.1})),
         "abort",
     ),
@@ -199,6 +199,11 @@ CASES: dict[str, tuple[Callable[[], RolloutInput], Callable[[], RolloutInput], s
         ),
         lambda: build(_pump(), pump_plan()),
         "rtm-05-pump-ctl-01",
+    ),
+    "D11": (
+        lambda: build(_pump(), pump_plan(abort={"failure_threshold": 0.2})),
+        lambda: build(_pump(), pump_plan(abort={"failure_threshold": 0.1})),
+        "failure_threshold 0.2 is above the floor 0.1 for safety class low",
     ),
 }
 

@@ -37,7 +37,8 @@ SCENARIOS = Path(__file__).resolve().parents[2] / "shared" / "scenarios"
 """The shared scenarios (``../shared/scenarios`` beside the repository)."""
 FACTORY = SigningKey.from_seed("factory", b"fieldgate-test-factory")
 TRUSTED = {FACTORY.key_id: FACTORY.public_b64}
-GATE = {"min_success_rate": 0.95, "max_failures": 1, "soak_minutes": 10}
+GATE = {"min_success_rate": 0.95, "max_failures": 1, "soak_minutes": 30}
+"""A gate at the floors of every safety class (D11)."""
 
 
 @dataclass
