@@ -22,13 +22,11 @@ $(VENV)/.installed: pyproject.toml $(PACKAGE_DIRS)
 demo: setup
 	$(BIN)/fieldgate demo
 
-# lint-imports runs from build/ so that the package it finds is the link tree and not the
-# checkout's bare core fieldgate/ (it puts its working directory first on sys.path).
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
-	cd build && $(abspath $(BIN))/lint-imports $(CURDIR)/pyproject.toml
+	$(BIN)/lint-imports
 
 # Two workers: the suite is mostly waiting on databases, brokers and subprocesses, and every
 # test that needs a service gets its own schema, broker, port or topic root.
