@@ -106,6 +106,11 @@ def current_root(config: Config, store: Store) -> TrustRoot:
     return root
 
 
+def holding_root(config: Config, store: Store, holder: str) -> tuple[TrustRoot, SigningKey]:
+    """The current root of trust and ``holder``'s root key from this home."""
+    return current_root(config, store), load_key(config.keys_dir, holder, root=True)
+
+
 def enroll_key(
     config: Config,
     store: Store,
@@ -121,8 +126,7 @@ def enroll_key(
     Returns:
         Whether the key is trusted now, what it still lacks if not, and its key id.
     """
-    root = current_root(config, store)
-    signer = load_key(config.keys_dir, holder, root=True)
+    root, signer = holding_root(config, store, holder)
     if public_b64 is None:
         public_b64 = load_key(config.keys_dir, owner).public_b64
     trusted, lacking = enroll_with(store, root, signer, owner, purpose, public_b64)
@@ -204,8 +208,7 @@ def revoke(
     config = command_config(db)
     holder = holder or config.actor()
     with Store.open(config.database_url) as store:
-        root = current_root(config, store)
-        signer = load_key(config.keys_dir, holder, root=True)
+        root, signer = holding_root(config, store, holder)
         enrolled = store.keys.statement(key_id)
         if enrolled is None:
             refuse(f"no key {key_id} is stored")
@@ -317,8 +320,7 @@ def root_rotate(
     config = command_config(db)
     holder = holder or config.actor()
     with Store.open(config.database_url) as store:
-        root = current_root(config, store)
-        old = load_key(config.keys_dir, holder, root=True)
+        root, old = holding_root(config, store, holder)
         if root.key(old.key_id) is None:
             refuse(f"{holder}'s root key {old.key_id} is not a key of root version {root.version}")
         new = SigningKey.generate(holder)
@@ -376,11 +378,10 @@ def root_sign(
     config = command_config(db)
     holder = holder or config.actor()
     with Store.open(config.database_url) as store:
-        root = current_root(config, store)
+        root, signer = holding_root(config, store, holder)
         proposed = next((r for r in store.keys.roots() if r.version == version), None)
         if proposed is None or version != root.version + 1:
             refuse(f"no root version {version} is proposed (the current one is {root.version})")
-        signer = load_key(config.keys_dir, holder, root=True)
         if root.key(signer.key_id) is None and proposed.key(signer.key_id) is None:
             refuse(f"{holder}'s root key {signer.key_id} is in neither root version")
         signed = store.keys.cosign_root(proposed.signed_with(signer))
