@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperOption
 
 from fieldgate.cli._approvals import approvals_app
 from fieldgate.cli._audit import audit_app
@@ -19,6 +22,17 @@ from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
+
+_value_type = TyperOption.display_type_rich
+
+
+def _flag_without_type(self: TyperOption, ctx: Any) -> str | None:
+    """The type column of an option's help: none for a flag, which takes no value (typer
+    0.29 prints ``<bool>`` there, as if ``--all`` wanted an argument)."""
+    return None if self.is_flag else _value_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="fieldgate",

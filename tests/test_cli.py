@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
@@ -190,3 +192,23 @@ def test_installed_console_script_runs_the_demo(tmp_path: Path) -> None:
     done = subprocess.run([str(exe), "demo"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "314 devices at 9 sites" in done.stdout and "audit chain ok" in done.stdout
+
+
+def _commands(group: Any, prefix: list[str]) -> list[list[str]]:
+    found = [prefix]
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            found += _commands(command, [*prefix, name])
+        else:
+            found.append([*prefix, name])
+    return found
+
+
+def test_no_help_page_shows_a_type_for_a_flag() -> None:
+    root = typer.main.get_command(app)
+    pages = _commands(root, [])
+    assert len(pages) > 30
+    for args in pages:
+        result = runner.invoke(app, [*args, "--help"], terminal_width=120)
+        assert result.exit_code == 0, (args, result.output)
+        assert "<bool>" not in result.output, args
