@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich import box
@@ -28,8 +28,12 @@ from fieldgate.cli._rollout import (
     refuse,
     roles_text,
 )
+from fieldgate.edge._tables import offline_devices
+from fieldgate.errors import NotFound
 from fieldgate.keyfiles import load_key
+from fieldgate.plan import RolloutPlan
 from fieldgate.terminal import shown
+from fieldgate.validation import changes_since_proposed
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -116,11 +120,39 @@ def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
     console.print(table)
 
 
+def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
+    """Warn about what changed since the plan was proposed (each warning once)."""
+    store = orchestrator.ctx.store
+    plan = RolloutPlan.model_validate(values["plan"])
+    try:
+        versions = store.catalog.versions(plan.module)
+    except NotFound:
+        versions = []
+    proposed = (values.get("dry_run") or {}).get("targets")
+    notes = changes_since_proposed(
+        plan,
+        proposed if isinstance(proposed, int) else None,
+        store.fleet.devices(),
+        {s.id: s for s in store.fleet.sites()},
+        versions,
+        offline_devices(store.engine),
+        orchestrator.ctx.freeze,
+    )
+    for note in notes:
+        console.print(f"[yellow]since proposed:[/] {shown(note)}", highlight=False)
+
+
 @approvals_app.command("show")
 @handles_errors
-def show(plan: str = PlanArgument, db: str = DbOption) -> None:
+def show(
+    plan: str = PlanArgument,
+    request: bool = typer.Option(
+        False, "--request", help="Also print the approval request as approval inboxes get it."
+    ),
+    db: str = DbOption,
+) -> None:
     """Show a plan as approvers read it: waves, dry run, policy verdict, who approved, what is
-    missing, and the approval request as approval inboxes get it."""
+    missing, what changed since it was proposed, and the commands to decide."""
     from fieldgate.graphs.compose import open_orchestrator
 
     with open_orchestrator(db) as orchestrator:
@@ -139,9 +171,13 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
             print_verdict(values)
             _print_decisions(orchestrator, view)
             print_approvals(values)
-        if view.interrupts and isinstance(view.interrupts[0].value, dict):
-            request = view.interrupts[0].value
-            description = (request.get("action_requests") or [{}])[0].get("description", "")
+            if view.status == "awaiting_approval":
+                _print_changes(orchestrator, values)
+        if request and view.interrupts and isinstance(view.interrupts[0].value, dict):
+            approval_request = view.interrupts[0].value
+            description = (approval_request.get("action_requests") or [{}])[0].get(
+                "description", ""
+            )
             # Its bold-labelled lines are meant as lines, not as one paragraph.
             description = re.sub(
                 r"\n(?=\*\*)", "\n\n", shown(description, multiline=True, markup=False)
@@ -155,7 +191,7 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
                 ),
                 soft_wrap=False,
             )
-        print_status(view, run)
+        print_status(view, run, deciding=True)
 
 
 def decide(
