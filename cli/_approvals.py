@@ -23,6 +23,8 @@ from fieldgate.cli._rollout import (
     print_approvals,
     print_dry_run,
     print_plan,
+    print_rationale,
+    print_review,
     print_status,
     print_verdict,
     refuse,
@@ -166,6 +168,10 @@ def show(
         values = view.values
         if values.get("plan"):
             console.print(f"plan hash {shown(values.get('plan_hash'))}", highlight=False)
+            plan_json = values["plan"]
+            print_rationale(plan_json.get("revision"), plan_json.get("rationale", ""))
+            if values.get("review"):
+                print_review(values["review"])
             print_plan(values)
             print_dry_run(values)
             print_verdict(values)

@@ -100,6 +100,14 @@ def test_catalog_and_fleet_views(sqlite_url: str) -> None:
         "fleet", "list", "--site", "rtm-05", "--class", "pump-ctl", "--db", sqlite_url
     )
     assert code == 0 and "60 devices match" in out
+    code, out = invoke("fleet", "list", "--class", "camera-node", "--db", sqlite_url)
+    text = " ".join(out.split())
+    assert code == 0 and "fleet: 32 devices at 2 sites" in text and "(of 314 devices" in text
+    assert "hvac" not in text and "pump-ctl" not in text, "the summary counts only the matches"
+    code, out = invoke("fleet", "list", "--class", "camera-nod", "--db", sqlite_url)
+    assert code == 2 and "--class 'camera-nod': no such name" in out and "camera-node" in out
+    code, out = invoke("fleet", "list", "--site", "rotterdam", "--db", sqlite_url)
+    assert code == 2 and "devices match" not in out
     code, out = invoke("fleet", "show", "ber-03", "--db", sqlite_url)
     assert code == 0 and "24 devices" in out and "regulated" in out
     code, out = invoke("fleet", "show", "ber-03-hvac-gw-07", "--db", sqlite_url)
