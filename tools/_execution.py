@@ -18,7 +18,14 @@ from pydantic import BaseModel, Field
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.batches import chunks
-from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus, command_id_for
+from fieldgate.commands import (
+    Action,
+    DeviceCommand,
+    DeviceReport,
+    ReportStatus,
+    StartWindow,
+    command_id_for,
+)
 from fieldgate.fleet import Site
 from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import RolloutPlan, ScheduleMode
@@ -148,6 +155,10 @@ def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> 
         version, digest = tc.rollback_manifest.version, tc.rollback_manifest.artifact.digest
     else:
         version, digest = tc.manifest.version, tc.manifest.artifact.digest
+    deadline = now + tc.ctx.settings.wave_deadline * 12
+    windows = command_windows(tc, device_id, now) if action is Action.install else None
+    if windows:
+        deadline = windows[-1].closes
     unsigned = DeviceCommand(
         command_id=command_id_for(tc.plan_id, wave, device_id, action),
         plan_id=tc.plan_id,
@@ -159,11 +170,27 @@ def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> 
         version=version,
         digest=digest,
         issued_at=now,
-        deadline=now + tc.ctx.settings.wave_deadline * 12,
+        deadline=deadline,
+        windows=windows,
     )
     return unsigned.model_copy(
         update={"signature": tc.ctx.control_key.sign(unsigned.signing_payload())}
     )
+
+
+def command_windows(tc: ToolContext, device_id: str, now: datetime) -> list[StartWindow] | None:
+    """The windows an install may start in: the site's next ones when the plan waits for them.
+
+    A plan scheduled ``now`` (or a site without windows) gives None: the device starts the
+    command whenever it gets it before the deadline. Rollbacks carry no window: they undo.
+    """
+    if tc.plan.schedule.mode is not ScheduleMode.maintenance:
+        return None
+    site = tc.sites.get(tc.execution.device_sites.get(device_id, ""))
+    if site is None or not site.maintenance:
+        return None
+    spans = site.upcoming_windows(now, max(1, tc.ctx.settings.command_windows))
+    return [StartWindow(opens=opens, closes=closes) for opens, closes in spans]
 
 
 def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
