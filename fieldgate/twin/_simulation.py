@@ -9,6 +9,9 @@ How the simulation reads:
   command id (install 2-6 min, rollback 1-3 min, validate 10-30 s; five times as
   long when a ``slow`` fault holds the device at the start), then the device
   reports. A command started after its deadline is not run: it reports ``expired``.
+- **Windows.** A command that carries ``windows`` starts only inside one of them: a device
+  that is free (or back online) before or between them waits for the next one to open, and
+  the commands queued after it wait too; once the last one closed it reports ``expired``.
 - **install** sets the module to the command's version and reports healthy, unless
   an ``install_fails`` fault holds the device when the install completes (report
   ``failed``, the old version stays, health not ok) or a ``health_degrades`` fault does
@@ -21,7 +24,13 @@ How the simulation reads:
 - **validate** reports the current health and changes nothing.
 - **offline** makes a device unreachable: commands sent to it are queued and start
   when it returns; a command that completes while its device is offline keeps its
-  report until the device returns.
+  report until the device returns. **flapping** does the same for ``period_minutes``,
+  then lets the device back for as long, and again.
+- **rollback_fails** makes the device's rollbacks fail: the version it has stays, health
+  not ok.
+- **after_minutes** delays a fault until that long after the device applied an install
+  (offline after install; a ``health_degrades`` so delayed turns the device's health bad
+  from then on, as telemetry shows after a soak, until a rollback or a clean install).
 - **Faults** by device list take hold when added; faults by wave take hold when
   that wave is dispatched. ``Fault.wave`` counts from 1 as in scenarios, while
   ``dispatch(..., wave=)`` and ``DeviceCommand.wave`` count from 0: a fault with
