@@ -19,6 +19,12 @@ from typing import TYPE_CHECKING, Any
 from fieldgate.edge._agent import AGENT, AgentSpec, DeviceSpec, FieldAgent, open_agents, run_agents
 from fieldgate.edge._artifacts import ArtifactSource, digest_of, sample_artifact
 from fieldgate.edge._clock import HybridClock
+from fieldgate.edge._credentials import (
+    GATEWAY_IDENTITY,
+    BrokerCredentials,
+    as_identity,
+    read_credentials,
+)
 from fieldgate.edge._device import (
     REFUSED_PREFIX,
     DeviceStore,
@@ -28,12 +34,19 @@ from fieldgate.edge._device import (
 )
 from fieldgate.edge._local import HelloWatcher, LocalFleet
 from fieldgate.edge._wire import Broker, Channel, Hello, encode, reachable
-from fieldgate.errors import BrokerUnreachable, CommandUnsigned, DeviceStateInvalid
+from fieldgate.errors import (
+    BrokerUnreachable,
+    CommandUnsigned,
+    CredentialsInvalid,
+    DeviceStateInvalid,
+)
 
 if TYPE_CHECKING:
+    from fieldgate.edge._broker import BrokerSetup, write_broker_config
     from fieldgate.edge._gateway import Gateway, GatewayStats, SendResult
 
 _GATEWAY_NAMES = {"Gateway", "GatewayStats", "SendResult"}
+_BROKER_NAMES = {"BrokerSetup", "write_broker_config"}
 
 
 def __getattr__(name: str) -> Any:
@@ -41,18 +54,26 @@ def __getattr__(name: str) -> Any:
         from fieldgate.edge import _gateway
 
         return getattr(_gateway, name)
+    if name in _BROKER_NAMES:
+        from fieldgate.edge import _broker
+
+        return getattr(_broker, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [
     "AGENT",
+    "GATEWAY_IDENTITY",
     "REFUSED_PREFIX",
     "AgentSpec",
     "ArtifactSource",
     "Broker",
+    "BrokerCredentials",
+    "BrokerSetup",
     "BrokerUnreachable",
     "Channel",
     "CommandUnsigned",
+    "CredentialsInvalid",
     "DeviceSpec",
     "DeviceStateInvalid",
     "DeviceStore",
@@ -67,10 +88,13 @@ __all__ = [
     "HybridClock",
     "LocalFleet",
     "SendResult",
+    "as_identity",
     "digest_of",
     "encode",
     "open_agents",
     "reachable",
+    "read_credentials",
     "run_agents",
     "sample_artifact",
+    "write_broker_config",
 ]
