@@ -273,6 +273,42 @@ def test_a_device_reaches_only_its_own_topics(
         assert late.messages == []
 
 
+def test_a_device_taking_over_anothers_session_gets_none_of_its_commands(
+    initialised_db: str, tmp_path: Path
+) -> None:
+    mosquitto = configured_broker(tmp_path, initialised_db, "--site", SAMPLE_SITE)
+    (site, a), (_, b) = two_devices(initialised_db)
+    cmd_b = Broker(topic_root="fieldgate").topic(site, b, Channel.cmd)
+    got: list[bytes] = []
+
+    def session(broker: Broker) -> mqtt.Client:
+        """B's agent's persistent session (its client id), under ``broker``'s identity."""
+        client = new_client(broker, f"fieldgate-agent-{b}")
+        connected = threading.Event()
+        client.on_connect = lambda *args: connected.set()
+        client.on_message = lambda c, u, m: got.append(bytes(m.payload))
+        connect_async(client, broker)
+        assert connected.wait(10)
+        return client
+
+    with ExitStack() as stack:
+        stack.callback(mosquitto.stop)
+        device_b = session(identity(mosquitto, b))
+        device_b.subscribe(cmd_b, 1)
+        time.sleep(0.5)
+        device_b.disconnect()
+        device_b.loop_stop()
+        sender = raw_client(identity(mosquitto, GATEWAY_IDENTITY))
+        stack.callback(sender.loop_stop)
+        publish(sender, cmd_b, b"queued for B")
+        # A logs in with its own password under B's client id: B's session, B's queue.
+        thief = session(identity(mosquitto, a))
+        stack.callback(thief.loop_stop)
+        publish(sender, cmd_b, b"live for B")
+        time.sleep(1.5)
+        assert got == []
+
+
 # ------------------------------------------------------------------------------------- TLS
 
 
