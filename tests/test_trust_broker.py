@@ -24,7 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-from _edge_support import Mosquitto, free_port, publish, raw_client, wait_until
+from _edge_support import CONTROL, Mosquitto, free_port, publish, raw_client, wait_until
 from _scenario_driver import open_run
 from test_edge_rollout import MODULE, NEW, OLD, SITE, scenario
 from typer.testing import CliRunner
@@ -307,6 +307,69 @@ def test_a_device_taking_over_anothers_session_gets_none_of_its_commands(
         publish(sender, cmd_b, b"live for B")
         time.sleep(1.5)
         assert got == []
+
+
+def test_an_agent_without_its_own_readable_credentials_does_not_start(
+    initialised_db: str, tmp_path: Path
+) -> None:
+    assert configure(tmp_path / "broker", initialised_db, "--site", SAMPLE_SITE)[0] == 0
+    (site, a), _ = two_devices(initialised_db)
+    credentials = tmp_path / "broker" / "credentials"
+    key = CONTROL.public_b64
+
+    def agent(device: str) -> tuple[int, str]:
+        result = CliRunner().invoke(
+            app,
+            [
+                *("agent", "--device-id", device, "--site", site),
+                *("--state", str(tmp_path / "state"), "--control-key", key),
+                *("--credentials", str(credentials)),
+            ],
+        )
+        return result.exit_code, result.output
+
+    code, output = agent("not-in-the-fleet")
+    assert code == 2 and "cannot read the credentials of 'not-in-the-fleet'" in output, output
+    (credentials / f"{a}.json").chmod(0o644)
+    code, output = agent(a)
+    assert code == 2 and "others may read it" in output, output
+    assert len(output.strip().splitlines()) == 1
+
+
+def test_the_edge_demo_runs_on_the_configured_broker_from_the_settings(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldgate.cli._edge import edge_demo
+
+    initialised_db = f"sqlite:///{tmp_path}/control.db"
+    for name in ("FIELDGATE_ROSTER", "FIELDGATE_FREEZE", "FIELDGATE_MODEL"):
+        monkeypatch.delenv(name, raising=False)
+    assert CliRunner().invoke(app, ["init", "--db", initialised_db]).exit_code == 0
+    mosquitto = configured_broker(tmp_path, initialised_db, "--site", SAMPLE_SITE, "--tls")
+    monkeypatch.setenv("FIELDGATE_BROKER", f"mqtts://127.0.0.1:{mosquitto.port}")
+    monkeypatch.setenv("FIELDGATE_MQTT_CREDENTIALS", str(mosquitto.directory / "credentials"))
+    with Store.open(initialised_db) as store:
+        sensors = [d.id for d in store.fleet.devices(Selector(sites=[SAMPLE_SITE]))]
+    try:
+        with (
+            edge_demo(
+                initialised_db,
+                tmp_path / "agents",
+                selector=Selector(sites=[SAMPLE_SITE]),
+                fail_installs={d: ["air-quality-model@1.2.0"] for d in sensors},
+            ) as opener,
+            opener(initialised_db, "offline") as orchestrator,
+        ):
+            view = orchestrator.submit("Update air-quality-model to 1.2.0 at lyon-02", "eng-ana")
+            assert view.status == "queued", view.values.get("reasons")
+            view = orchestrator.work(view.thread_id)
+            assert view.outcome == "rolled_back", view.values.get("reasons")
+            versions = orchestrator.ctx.store.fleet.summary().installed["air-quality-model"]
+    finally:
+        mosquitto.stop()
+    assert versions.get("1.2.0", 0) == 0
+    log = mosquitto.log.read_text() if mosquitto.log else ""
+    assert all(f"u'{d}'" in log for d in sensors) and f"u'{GATEWAY_IDENTITY}'" in log
 
 
 # ------------------------------------------------------------------------------------- TLS

@@ -108,7 +108,9 @@ class LocalFleet:
         path = self.state_dir / f"{name}.json"
         path.write_text(spec.model_dump_json(indent=2))
         env = dict(os.environ)
-        if self.broker.password is not None and not own_identities:
+        if own_identities:  # nor does a password of this machine's reach the agents
+            env.pop(PASSWORD_ENV, None)
+        elif self.broker.password is not None:
             env[PASSWORD_ENV] = self.broker.password
         out: Any = None
         if self.log_dir is not None:
