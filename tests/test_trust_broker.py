@@ -166,13 +166,20 @@ def test_broker_config_writes_a_closed_setup_and_keeps_passwords(
     }
     assert set(rotated) == set(passwords)
     assert not set(rotated.values()) & set(passwords.values())
+    # The broker's saved state outlives a new set-up; devices that left lose their access.
+    (out / "data" / "mosquitto.db").write_bytes(b"saved sessions")
+    assert configure(out, initialised_db, "--site", "osl-01")[0] == 0
+    assert (out / "data" / "mosquitto.db").read_bytes() == b"saved sessions"
+    assert not (credentials / f"{a}.json").exists()
+    assert f"user {a}\n" not in (out / "acl").read_text()
+    assert read_credentials(credentials, GATEWAY_IDENTITY).password == rotated[GATEWAY_IDENTITY]
 
     with Store.open(initialised_db) as store:
         events = store.audit.events(kinds=["broker"])
-    assert [(e.payload["directory"], e.payload["identities"]) for e in events] == [
+    assert [(e.payload["directory"], e.payload["identities"]) for e in events][:3] == [
         (str(out), 21)
     ] * 3
-    assert [e.payload["kept"] for e in events] == [0, 21, 0]
+    assert [e.payload["kept"] for e in events] == [0, 21, 0, 1]
     logged = json.dumps([e.payload for e in events])
     assert not any(s in logged for s in [*passwords.values(), *rotated.values()])
 
@@ -191,6 +198,8 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(
         "exists and is not a directory": (a_file, ()),
         "is not an IP address": (tmp_path / "out", ("--bind", "localhost")),
         "cannot be used in a topic": (tmp_path / "out", ("--topic-root", "a/b")),
+        "is not a system user name": (tmp_path / "out", ("--run-as", "me\nallow_anonymous true")),
+        "holds a space or control character": (tmp_path / "o\nallow_anonymous true", ()),
     }
     for rule, (out, options) in cases.items():
         code, output = configure(out, initialised_db, *options)
@@ -387,6 +396,15 @@ def test_tls_needs_the_deployments_ca(initialised_db: str, tmp_path: Path) -> No
         assert not try_connect(replace(gateway, tls=False)).startswith("connected")
     finally:
         mosquitto.stop()
+    # A new set-up keeps the CA clients trust, unless everything is rotated.
+    tls_dir = mosquitto.directory / "tls"
+    ca = (tls_dir / "ca.pem").read_bytes()
+    site = ("--site", SAMPLE_SITE)
+    assert configure(mosquitto.directory, initialised_db, *site, "--tls")[0] == 0
+    assert (tls_dir / "ca.pem").read_bytes() == ca
+    assert stat.S_IMODE((tls_dir / "ca.key").stat().st_mode) == 0o600
+    assert configure(mosquitto.directory, initialised_db, *site, "--tls", "--rotate")[0] == 0
+    assert (tls_dir / "ca.pem").read_bytes() != ca
 
 
 def rollout_world(devices: int, tmp_path: Path) -> Any:

@@ -7,10 +7,13 @@
   reports and hellos into the fleet store, deduplicated and ordered by each device's
   :class:`HybridClock`.
 - :class:`LocalFleet` starts agent processes for local runs, tests and benchmarks.
+- :func:`write_broker_config` writes the Mosquitto set-up that lets only the fleet in,
+  each device to its own topics; clients find their identity's password with
+  :func:`as_identity`.
 
 The transport the executor uses over this is :class:`fieldgate.transport.MqttTransport`.
 
-The gateway's names are loaded on first use: agent processes (``python -m
+The gateway's and the broker set-up's names are loaded on first use: agent processes (``python -m
 fieldgate.edge``) then start without the database layer.
 """
 

@@ -24,6 +24,7 @@ import datetime as dt
 import hashlib
 import ipaddress
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -51,6 +52,8 @@ MARKER = "# Written by `fieldgate broker config`"
 
 PBKDF2_ITERATIONS = 1000
 """Rounds of the password hashes (Mosquitto's own default is 101; passwords here are random)."""
+
+_USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,31}$")
 
 MAX_QUEUED = 10000
 """QoS 1 messages the broker queues per client while it is away (Mosquitto's default: 1000)."""
@@ -314,7 +317,14 @@ def write_broker_config(
     except ValueError:
         raise InputInvalid("--bind", [("", f"{bind!r} is not an IP address")]) from None
     host = host or ("127.0.0.1" if unspecified else bind)
+    if run_as is not None and not _USER.match(run_as):
+        raise InputInvalid("--run-as", [("", f"{run_as!r} is not a system user name")])
     directory = directory.resolve()
+    if any(c.isspace() or not c.isprintable() for c in str(directory)):
+        # Mosquitto's configuration lines end at a space: such a path cannot be written there.
+        raise InputInvalid(
+            "--out", [("", f"{str(directory)!r} holds a space or control character")]
+        )
     existed = _existing(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.new-", dir=directory.parent))
