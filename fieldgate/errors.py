@@ -166,3 +166,7 @@ class ModelOutputInvalid(ModelFailed):
 
 class ModelCallFailed(ModelFailed):
     """The model endpoint gave no answer: timeout, connection, rate limit or server error."""
+
+
+class CredentialsInvalid(InputInvalid):
+    """A broker credentials file is missing, readable by others or malformed."""
