@@ -287,11 +287,13 @@ class _Verifier:
     def refuse(self, where: str, reason: str, detail: str) -> CatalogRefused:
         return CatalogRefused(self.source, where, reason, detail)
 
-    def read(self, name: str, *, target: bool = False) -> bytes:
+    def read(self, name: str, *, target: bool = False, limit: int | None = None) -> bytes:
+        """The file's bytes; with ``limit``, at most one more than that (endless data ends)."""
         where = f"targets/{name}" if target else f"metadata/{name}"
         path = self.repo / where
         try:
-            return path.read_bytes()
+            with path.open("rb") as file:
+                return file.read() if limit is None else file.read(limit + 1)
         except OSError as exc:
             reason = "target-mismatch" if target else "malformed"
             raise self.refuse(where, reason, f"cannot read it: {exc.strerror or exc}") from None
@@ -412,7 +414,7 @@ class _Verifier:
         self.check_signed(root, "timestamp", timestamp, "timestamp.json")
         self.check_fresh("timestamp", timestamp, "timestamp.json")
 
-        snap_data = self.read("snapshot.json")
+        snap_data = self.read("snapshot.json", limit=timestamp.signed.snapshot_meta.length)
         snapshot_meta = timestamp.signed.snapshot_meta
         self.check_meta(snapshot_meta, snap_data, "snapshot.json", "timestamp.json")
         snapshot = self.parse("snapshot.json", snap_data, Snapshot)
@@ -424,10 +426,10 @@ class _Verifier:
             )
             raise self.refuse("metadata/snapshot.json", "target-mismatch", detail)
 
-        targets_data = self.read("targets.json")
         targets_meta = snapshot.signed.meta.get("targets.json")
         if targets_meta is None:
             raise self.refuse("metadata/snapshot.json", "malformed", "lists no targets.json")
+        targets_data = self.read("targets.json", limit=targets_meta.length)
         self.check_meta(targets_meta, targets_data, "targets.json", "snapshot.json")
         targets = self.parse("targets.json", targets_data, Targets)
         self.check_signed(root, "targets", targets, "targets.json")
@@ -458,7 +460,7 @@ class _Verifier:
         where = f"targets/{path}"
         if not path.startswith("manifests/") or ".." in path.split("/"):
             raise self.refuse(where, "malformed", "not a manifests/NAME/VERSION.json target")
-        data = self.read(path, target=True)
+        data = self.read(path, target=True, limit=target.length)
         try:
             target.verify_length_and_hashes(data)
         except LengthOrHashMismatchError as exc:
