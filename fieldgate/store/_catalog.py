@@ -321,7 +321,10 @@ class CatalogStore:
             CatalogMetadataRow.version,
         )
         with transaction(self._engine, "reading the catalog's metadata") as session:
-            return sorted(tuple(row) for row in session.exec(select(*columns)))
+            rows = session.exec(select(*columns)).all()
+        return sorted(
+            (str(repository), str(role), int(version)) for repository, role, version in rows
+        )
 
     def revision(self) -> int:
         """The newest import's id (0 for an empty catalog): it moves on with every import."""
