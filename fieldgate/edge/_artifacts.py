@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
+from fieldgate.edge._targets import CatalogTargets
 from fieldgate.errors import ArtifactUnavailable
 
 
@@ -24,10 +25,21 @@ def digest_of(content: bytes) -> str:
 
 class ArtifactSource:
     """Fetches artifacts: files ``DIR/{module}/{version}`` when a directory is set, else the
-    stand-in content of sample artifacts."""
+    stand-in content of sample artifacts; with ``targets``, each is also checked against the
+    catalog's signed TUF targets."""
 
-    def __init__(self, directory: Path | None = None) -> None:
+    def __init__(
+        self, directory: Path | None = None, targets: CatalogTargets | None = None
+    ) -> None:
         self.directory = directory
+        self.targets = targets
+
+    def problem(self, module: str, version: str, content: bytes) -> str | None:
+        """Why ``content`` is not what the catalog's targets record (None: it is, or the
+        device holds no catalog root to check with)."""
+        if self.targets is None:
+            return None
+        return self.targets.problem(module, version, content)
 
     def fetch(self, module: str, version: str) -> bytes:
         """The artifact's bytes; raise ArtifactUnavailable when there are none."""

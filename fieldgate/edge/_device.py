@@ -481,6 +481,9 @@ class FieldDevice:
                 f"digest mismatch: the fetched artifact of {command.module}@{command.version} "
                 f"is {observed}, the command says {command.digest}",
             )
+        problem = self.artifacts.problem(command.module, command.version, content)
+        if problem is not None:
+            return self._final(command, ReportStatus.rejected, f"catalog targets: {problem}")
         if self.apply_seconds:
             time.sleep(self.apply_seconds)
         before = self.store.installed().get(command.module)
