@@ -16,8 +16,10 @@ from fieldgate.cli._common import audit_change, command_config, file_digest
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.config import DEFAULT_MODEL, Config
+from fieldgate.edge._artifacts import sample_artifact
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.keyfiles import enroll_with, establish_root, load_key, load_pinned_root
+from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import Selector
 from fieldgate.sample import SAMPLE_FACTORY_OWNER, SampleData, load_sample, sample_path
 from fieldgate.scenario import Fault, FaultKind
@@ -75,7 +77,8 @@ def _publish_sample(store: Store, config: Config, actor: str, sample: SampleData
         },
     )
     now = datetime.now(UTC)
-    signed = [m.signed_with(throwaway) for m in sample.catalog.modules]
+    # The stand-in artifacts' sizes go in too, so that a device checks the length as well.
+    signed = [_with_size(m).signed_with(throwaway) for m in sample.catalog.modules]
     factory = store.keys.judge(pinned).trusted_keys("factory")
     with tempfile.TemporaryDirectory(prefix="fieldgate-sample-") as tmp:
         publish_repository(Path(tmp), signed, [throwaway], 1, SAMPLE_EXPIRES, now)
@@ -84,6 +87,15 @@ def _publish_sample(store: Store, config: Config, actor: str, sample: SampleData
             store, Path(tmp), factory, actor, now, source=str(sample_path("catalog.yaml"))
         )
     return result.added
+
+
+def _with_size(manifest: ModuleManifest) -> ModuleManifest:
+    """The manifest with the size of its ``sample://`` stand-in artifact."""
+    if not manifest.artifact.uri.startswith("sample://"):
+        return manifest
+    size = len(sample_artifact(manifest.name, manifest.version))
+    artifact = manifest.artifact.model_copy(update={"size_bytes": size})
+    return manifest.model_copy(update={"artifact": artifact})
 
 
 def load_sample_into(store: Store, config: Config, actor: str) -> tuple[int, int]:

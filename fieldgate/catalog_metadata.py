@@ -17,6 +17,7 @@ import is checked against the metadata the store already holds (rollback, freeze
 from __future__ import annotations
 
 import base64
+import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -528,3 +529,40 @@ def import_repository(
         metadata=verified.metadata,
     )
     return verified, result
+
+
+def export_repository(store: Store, out: Path) -> list[Path]:
+    """Write every catalog repository the store holds, as verified, under ``out``: one
+    directory per repository (named by its id), laid out as a published repository.
+
+    Field agents are given these (a device checks its installs against the targets
+    itself); the files are the held metadata byte for byte and the stored manifests'
+    target files, so they verify exactly as they did at import. Each directory is written
+    beside its place and swapped in whole.
+
+    Returns:
+        The repository directories, oldest repository first.
+    """
+    written: list[Path] = []
+    for repository in dict.fromkeys(r for r, _, _ in store.catalog.held_versions()):
+        files = store.catalog.held_files(repository)
+        newest = {h.role: h for h in files}
+        targets: Metadata[Targets] = Metadata.from_bytes(newest["targets"].data)
+        contents: dict[str, bytes] = {}
+        for held in files:
+            if held.role == "root":
+                contents[f"metadata/{held.version}.root.json"] = held.data
+        for role, held in newest.items():
+            contents[f"metadata/{role}.json"] = held.data
+        for path in targets.signed.targets:
+            name, version = path.removeprefix("manifests/").removesuffix(".json").split("/", 1)
+            contents[f"targets/{path}"] = manifest_bytes(store.catalog.get(name, version))
+        target = out / repository[:16]
+        staging = out / f".{repository[:16]}.partial"
+        shutil.rmtree(staging, ignore_errors=True)
+        for relative, data in contents.items():
+            _write(staging / relative, data)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        written.append(target)
+    return written

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from _edge_support import CONTROL, command
 
-from fieldgate.catalog_metadata import publish_repository
+from fieldgate.catalog_metadata import export_repository, publish_repository
 from fieldgate.commands import ReportStatus
 from fieldgate.edge import DeviceStore, FieldDevice, digest_of, sample_artifact
 from fieldgate.edge._artifacts import ArtifactSource
@@ -22,6 +22,7 @@ from fieldgate.edge._targets import CatalogTargets, pin_catalog_root
 from fieldgate.edge._wire import encode
 from fieldgate.manifest import ModuleManifest, sample_digest
 from fieldgate.signing import SigningKey
+from fieldgate.store import Store
 
 DEVICE = "rtm-05-pump-ctl-01"
 FACTORY = SigningKey.from_seed("factory-a", b"edge targets test factory")
@@ -101,3 +102,37 @@ def test_tampered_targets_metadata_is_refused(tmp_path: Path, repo: Path) -> Non
 def test_without_a_pinned_catalog_root_nothing_is_installed(tmp_path: Path, repo: Path) -> None:
     status, detail = install(device_with(tmp_path, repo, REAL, pin=False), REAL)
     assert status is ReportStatus.rejected and "no catalog root is pinned" in detail, detail
+
+
+def test_an_endless_artifact_is_read_no_further_than_its_signed_length(
+    tmp_path: Path, repo: Path
+) -> None:
+    device = device_with(tmp_path, repo, REAL)
+    endless = tmp_path / "artifacts" / "pump-logic" / "1.9.0"
+    endless.unlink()
+    endless.symlink_to("/dev/zero")  # a source that never ends
+    content = device.artifacts.fetch("pump-logic", "1.9.0")
+    assert len(content) == len(REAL) + 1
+    status, detail = install(device, b"\0" * (len(REAL) + 1))
+    assert status is ReportStatus.rejected
+    assert f"the catalog's signed targets say {len(REAL)}" in detail, detail
+
+
+def test_the_repository_the_control_plane_holds_is_what_devices_verify_against(
+    initialised_db: str, tmp_path: Path
+) -> None:
+    with Store.open(initialised_db) as store:
+        (exported,) = export_repository(store, tmp_path / "catalog")
+        manifest = store.catalog.get("pump-logic", "1.9.0")
+    assert manifest.artifact.size_bytes == len(REAL), "init records the stand-ins' sizes"
+    state = tmp_path / "state"
+    store_ = DeviceStore.open(state, DEVICE, site="rtm-05", installed={"pump-logic": "1.8.0"})
+    pin_catalog_root(state, (exported / "metadata/root.json").read_bytes())
+    source = ArtifactSource(targets=CatalogTargets(exported, state))
+    device = FieldDevice(store_, CONTROL.public_b64, artifacts=source)
+    assert install(device, REAL)[0] is ReportStatus.applied
+    # a target the factory never signed is refused, whatever the command says
+    report = device.handle(
+        encode(command(DEVICE, version="9.9.9", plan_id="pl-other", digest=digest_of(REAL)))
+    ).report
+    assert report.status is ReportStatus.rejected and "not a target" in report.reason

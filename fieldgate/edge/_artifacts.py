@@ -42,11 +42,18 @@ class ArtifactSource:
         return self.targets.problem(module, version, content)
 
     def fetch(self, module: str, version: str) -> bytes:
-        """The artifact's bytes; raise ArtifactUnavailable when there are none."""
+        """The artifact's bytes; raise ArtifactUnavailable when there are none.
+
+        With ``targets``, at most one byte more than the signed length is read: endless
+        data is cut off there (and then refused by :meth:`problem`), never read to its end.
+        """
+        limit = self.targets.length(module, version) if self.targets is not None else None
         if self.directory is None:
-            return sample_artifact(module, version)
+            content = sample_artifact(module, version)
+            return content if limit is None else content[: limit + 1]
         path = self.directory / module / version
         try:
-            return path.read_bytes()
+            with path.open("rb") as fp:
+                return fp.read() if limit is None else fp.read(limit + 1)
         except OSError as exc:
             raise ArtifactUnavailable(f"{path}: {exc.strerror or exc}") from None

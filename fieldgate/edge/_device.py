@@ -473,6 +473,11 @@ class FieldDevice:
             content = self.artifacts.fetch(command.module, command.version)
         except ArtifactUnavailable as exc:
             return self._final(command, ReportStatus.failed, f"artifact unavailable: {exc}")
+        # The factory's signed targets first: they also catch endless data, cut off at the
+        # signed length, before anything is hashed against the control plane's word.
+        problem = self.artifacts.problem(command.module, command.version, content)
+        if problem is not None:
+            return self._final(command, ReportStatus.rejected, f"catalog targets: {problem}")
         observed = digest_of(content)
         if observed != command.digest:
             return self._final(
@@ -481,9 +486,6 @@ class FieldDevice:
                 f"digest mismatch: the fetched artifact of {command.module}@{command.version} "
                 f"is {observed}, the command says {command.digest}",
             )
-        problem = self.artifacts.problem(command.module, command.version, content)
-        if problem is not None:
-            return self._final(command, ReportStatus.rejected, f"catalog targets: {problem}")
         if self.apply_seconds:
             time.sleep(self.apply_seconds)
         before = self.store.installed().get(command.module)

@@ -61,6 +61,16 @@ class CatalogTargets:
         """Bind the client to a repository directory and the root pinned in ``state_dir``."""
         self.repository = repository
         self.metadata_dir = state_dir / PINNED_DIR
+        self._looked_up: tuple[str, str, dict[str, Any] | str] | None = None
+
+    def length(self, module: str, version: str) -> int | None:
+        """The signed length of ``module@version``'s artifact, to read no more than that
+        (None: unknown, and :meth:`problem` will say why)."""
+        artifact = self._artifact(module, version)
+        self._looked_up = (module, version, artifact)
+        if isinstance(artifact, dict) and isinstance(artifact.get("length"), int):
+            return int(artifact["length"]) or None
+        return None
 
     def _artifact(self, module: str, version: str) -> dict[str, Any] | str:
         """The artifact record of ``module@version``, or why there is none to trust."""
@@ -91,7 +101,11 @@ class CatalogTargets:
     def problem(self, module: str, version: str, content: bytes) -> str | None:
         """Why ``content`` is not the artifact of ``module@version`` the factory signed, or
         None when its length and sha256 are the recorded ones."""
-        artifact = self._artifact(module, version)
+        looked_up, self._looked_up = self._looked_up, None
+        if looked_up is not None and looked_up[:2] == (module, version):
+            artifact = looked_up[2]
+        else:
+            artifact = self._artifact(module, version)
         if isinstance(artifact, str):
             return artifact
         length = artifact.get("length")

@@ -313,6 +313,16 @@ class CatalogStore:
                     held[row.role] = HeldMetadata(repository, row.role, row.version, data)
         return held
 
+    def held_files(self, repository: str) -> builtins.list[HeldMetadata]:
+        """Every held metadata file of ``repository``, by role and version (empty: none)."""
+        query = select(CatalogMetadataRow).where(CatalogMetadataRow.repository == repository)
+        with transaction(self._engine, "reading the catalog's metadata") as session:
+            rows = session.exec(query).all()
+            held = [
+                HeldMetadata(repository, r.role, r.version, r.metadata_json.encode()) for r in rows
+            ]
+        return sorted(held, key=lambda h: (h.role, h.version))
+
     def held_versions(self) -> builtins.list[tuple[str, str, int]]:
         """Every held (repository, role, version), in order."""
         columns = (
