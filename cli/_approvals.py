@@ -158,6 +158,26 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
         print_status(view, run)
 
 
+def decision_took(
+    orchestrator: Orchestrator, view: RunView, approver: str
+) -> tuple[bool, list[str]]:
+    """Whether ``approver``'s decision just handed to the run counts, and why not if not."""
+    counted = view.values.get("approvals") or {}
+    received = orchestrator.ctx.store.approvals.for_plan(view.plan_id)
+    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
+    # Judge this decision, not the person: a second approval by someone who already fills
+    # a slot, or one that came too late, does not count even if an earlier one did.
+    reasons = [
+        entry.get("reason", "")
+        for entry in counted.get("ignored") or []
+        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
+    ]
+    took = not reasons and (
+        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
+    )
+    return took, reasons
+
+
 def decide(
     orchestrator: Orchestrator,
     plan: str,
@@ -193,19 +213,7 @@ def decide(
             f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
         )
     view = orchestrator.decide(run.thread_id, key, decision, comment)
-    counted = view.values.get("approvals") or {}
-    received = store.approvals.for_plan(run.plan_id)
-    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
-    # Judge this decision, not the person: a second approval by someone who already fills
-    # a slot, or one that came too late, does not count even if an earlier one did.
-    reasons = [
-        entry.get("reason", "")
-        for entry in counted.get("ignored") or []
-        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
-    ]
-    took = not reasons and (
-        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
-    )
+    took, reasons = decision_took(orchestrator, view, approver)
     verb = "approval" if decision == "approve" else "rejection"
     if took:
         console.print(
@@ -230,8 +238,9 @@ def decide(
             highlight=False,
         )
     elif view.interrupts:
+        missing = (view.values.get("approvals") or {}).get("missing") or []
         console.print(
-            f"[bold]{view.plan_id}:[/] still missing {roles_text(counted.get('missing') or [])}",
+            f"[bold]{view.plan_id}:[/] still missing {roles_text(missing)}",
             highlight=False,
         )
     else:
