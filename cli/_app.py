@@ -17,6 +17,7 @@ from fieldgate.cli._keys import keys_app
 from fieldgate.cli._policy import policy_app
 from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
+from fieldgate.cli._serve_inbox import serve_app
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
 
@@ -42,6 +43,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.command("serve-model")(serve_model)
+app.add_typer(serve_app, name="serve")
 
 app.add_typer(policy_app, name="policy")
 app.add_typer(eval_app, name="eval")
