@@ -13,11 +13,8 @@ from fieldgate.tokens import TOKENS_FILE, TokenBook, issue_token
 
 DEFAULT_PORT = 8765
 
-serve_app = typer.Typer(
-    help="The approval inbox: a page where approvers read plans and sign decisions in the "
-    "browser with their own key.",
-    invoke_without_command=True,
-)
+serve_app = typer.Typer(invoke_without_command=True)
+"""``serve`` runs the inbox; ``serve token`` makes a person's sign-in token."""
 
 
 @serve_app.callback()
