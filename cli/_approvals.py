@@ -158,6 +158,21 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
         print_status(view, run)
 
 
+def key_not_enrolled(orchestrator: Orchestrator, approver: str, key_id: str) -> str | None:
+    """Why ``key_id`` is not ``approver``'s enrolled approver key, or None when it is."""
+    trust = orchestrator.ctx.store.keys.judge(orchestrator.ctx.root)
+    trusted = trust.current(approver, "approver")
+    if trusted is not None and trusted.key_id == key_id:
+        return None
+    held = (
+        f"the enrolled one is {trusted.key_id}" if trusted else trust.why_not(approver, "approver")
+    )
+    return (
+        f"the key of {approver} ({key_id}) is not {approver}'s enrolled approver key "
+        f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
+    )
+
+
 def decision_took(
     orchestrator: Orchestrator, view: RunView, approver: str
 ) -> tuple[bool, list[str]]:
@@ -200,18 +215,9 @@ def decide(
         state = f"{run.status}, {run.outcome}" if run.outcome else run.status
         refuse(f"plan {run.plan_id} is not awaiting approval (it is {state})")
     key = load_key(keys_dir, approver)
-    trust = store.keys.judge(orchestrator.ctx.root)
-    trusted = trust.current(approver, "approver")
-    if trusted is None or trusted.key_id != key.key_id:
-        held = (
-            f"the enrolled one is {trusted.key_id}"
-            if trusted
-            else trust.why_not(approver, "approver")
-        )
-        refuse(
-            f"the key of {approver} ({key.key_id}) is not {approver}'s enrolled approver key "
-            f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
-        )
+    not_enrolled = key_not_enrolled(orchestrator, approver, key.key_id)
+    if not_enrolled is not None:
+        refuse(not_enrolled)
     view = orchestrator.decide(run.thread_id, key, decision, comment)
     took, reasons = decision_took(orchestrator, view, approver)
     verb = "approval" if decision == "approve" else "rejection"

@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field, ValidationError
 from fieldgate.agents.planner import PlanDraft
 from fieldgate.approvals import Approval, PlanEdit, Signed, draft_hash
 from fieldgate.audit import ActorKind, EventKind
-from fieldgate.cli._approvals import decision_took
+from fieldgate.cli._approvals import decision_took, key_not_enrolled
 from fieldgate.contract import canonical_json, validation_problems
 from fieldgate.errors import DecisionRefused, FieldgateError, NotFound
 from fieldgate.policy import PolicyPack
@@ -347,45 +347,54 @@ class Inbox:
             "draft": draft.model_dump(mode="json"),
         }
 
-    def _check_signed(self, person: str, view: RunView, record: Signed, signer: str) -> None:
+    def _check_signed(self, person: str, view: RunView, record: Approval | PlanEdit) -> None:
         """Refuse what cannot verify as ``person``'s decision on the waiting revision."""
+        signer = record.approver if isinstance(record, Approval) else record.editor
         if signer != person:
             raise DecisionRefused(f"the record is signed as {signer}, but {person} is signed in")
-        plan_id = getattr(record, "plan_id", None)
-        plan_hash = getattr(record, "plan_hash", None)
-        if (plan_id, plan_hash) != (view.plan_id, view.values.get("plan_hash")):
+        if (record.plan_id, record.plan_hash) != (view.plan_id, view.values.get("plan_hash")):
             raise DecisionRefused("the record names another plan revision than the one waiting")
+        not_enrolled = key_not_enrolled(self.orchestrator, person, record.key_id)
+        if not_enrolled is not None:
+            raise DecisionRefused(not_enrolled)
         key = self._key(person)
-        if record.key_id != key.key_id:
-            raise DecisionRefused(
-                f"signed with key {record.key_id}, but {person}'s enrolled approver key is "
-                f"{key.key_id}"
-            )
         if not record.signature_valid(key.public_b64):
             raise DecisionRefused(
                 f"the signature does not verify with {person}'s approver key {key.key_id}"
             )
 
-    def _refuse(self, person: str, run: Run, reason: str, extra: dict[str, Any]) -> JSONResponse:
+    def _deciding(self, person: str, plan_id: str, signed: SignedSubmission) -> tuple[Run, RunView]:
+        """The run ``person`` submits a decision on; a stranger's submission is audited."""
+        try:
+            return self.waiting_run(person, plan_id)
+        except HTTPException as exc:
+            if exc.status_code == 403:
+                self._audit_refusal(person, self._run(plan_id), str(exc.detail), signed)
+            raise
+
+    def _audit_refusal(self, person: str, run: Run, reason: str, signed: SignedSubmission) -> None:
         self.store.audit.append(
             EventKind.approval,
             ActorKind.human,
             person,
-            {"refused": reason, "via": VIA, **extra},
+            {"refused": reason, "via": VIA, "submitted": signed.payload[:2000]},
             plan_id=run.plan_id,
             thread_id=run.thread_id,
             at=self.orchestrator.ctx.people_now(),
         )
+
+    def _refuse(self, person: str, run: Run, reason: str, signed: SignedSubmission) -> JSONResponse:
+        self._audit_refusal(person, run, reason, signed)
         return JSONResponse({"counted": False, "refused": reason}, status_code=422)
 
     def submit(self, person: str, plan_id: str, signed: SignedSubmission) -> JSONResponse:
         """Hand a browser-signed approval or rejection to the run; say whether it counts."""
-        run, view = self.waiting_run(person, plan_id)
+        run, view = self._deciding(person, plan_id, signed)
         try:
             record = _parse(Approval, signed)
-            self._check_signed(person, view, record, record.approver)
+            self._check_signed(person, view, record)
         except DecisionRefused as exc:
-            return self._refuse(person, run, str(exc), {"submitted": signed.payload[:2000]})
+            return self._refuse(person, run, str(exc), signed)
         after = self.orchestrator.answer_signed(run.thread_id, record)
         took, reasons = decision_took(self.orchestrator, after, person)
         return JSONResponse(
@@ -400,10 +409,10 @@ class Inbox:
 
     def submit_edit(self, person: str, plan_id: str, signed: SignedSubmission) -> JSONResponse:
         """Hand a browser-signed edit to the run: a new revision, validated and decided again."""
-        run, view = self.waiting_run(person, plan_id)
+        run, view = self._deciding(person, plan_id, signed)
         try:
             record = _parse(PlanEdit, signed)
-            self._check_signed(person, view, record, record.editor)
+            self._check_signed(person, view, record)
             try:
                 draft = PlanDraft.model_validate(signed.draft)
             except ValidationError as exc:
@@ -412,7 +421,7 @@ class Inbox:
             if record.draft_hash != draft_hash(draft.model_dump(mode="json")):
                 raise DecisionRefused("the draft is not the one the edit record signs")
         except DecisionRefused as exc:
-            return self._refuse(person, run, str(exc), {"submitted": signed.payload[:2000]})
+            return self._refuse(person, run, str(exc), signed)
         after = self.orchestrator.edit_signed(run.thread_id, record, draft)
         return JSONResponse(
             {

@@ -17,7 +17,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from typer.testing import CliRunner
@@ -27,6 +27,9 @@ from fieldgate.config import Config
 from fieldgate.keyfiles import save_key
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
+
+if TYPE_CHECKING:
+    from playwright.sync_api import APIResponse, Browser, Page, Route
 
 CHROMIUM = "/usr/bin/chromium"
 HVAC = "Roll out hvac-controller 2.4.1 to muc-01"
@@ -46,7 +49,7 @@ def _in_ci() -> bool:
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
+def browser() -> Iterator[Browser]:
     """Debian's headless chromium under Playwright; skipped (failed under CI=true) without it."""
     if not Path(CHROMIUM).exists():
         reason = f"{CHROMIUM} is missing (apt-get install -y chromium; .ci/run installs it)"
@@ -148,7 +151,7 @@ def served(initialised_db: str) -> Iterator[Served]:
 
 
 @pytest.fixture
-def page(browser: Any) -> Iterator[Any]:
+def page(browser: Browser) -> Iterator[Page]:
     context = browser.new_context(viewport={"width": 1100, "height": 900})
     opened = context.new_page()
     errors: list[str] = []
@@ -159,12 +162,12 @@ def page(browser: Any) -> Iterator[Any]:
     assert errors == [], errors
 
 
-def _sign_in(page: Any, served: Served, person: str) -> None:
+def _sign_in(page: Page, served: Served, person: str) -> None:
     page.goto(f"{served.url}/#token={served.token(person)}")
     page.wait_for_selector(f"#who:has-text('signed in as {person}')")
 
 
-def _load_key(page: Any, path: Path) -> str:
+def _load_key(page: Page, path: Path) -> str:
     page.set_input_files("#key-file", str(path))
     page.wait_for_selector("#key-state:has-text('loaded')")
     text: str = page.inner_text("#key-state")
@@ -175,14 +178,16 @@ def _card(plan: str) -> str:
     return f"section.plan[data-plan='{plan}']"
 
 
-def _screenshot(page: Any, name: str) -> None:
+def _screenshot(page: Page, name: str) -> None:
     where = os.environ.get("FIELDGATE_INBOX_SCREENSHOTS")
     if where:
         Path(where).mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(Path(where) / name), full_page=True)
 
 
-def _api(page: Any, served: Served, token: str | None, method: str, path: str, body: Any = None):
+def _api(
+    page: Page, served: Served, token: str | None, method: str, path: str, body: Any = None
+) -> APIResponse:
     """Call the inbox API from the page's origin, as the page does (or with no token)."""
     headers = {"Content-Type": "application/json"}
     if token is not None:
@@ -200,7 +205,7 @@ def _api(page: Any, served: Served, token: str | None, method: str, path: str, b
 
 
 def test_an_approval_signed_in_the_browser_counts_and_queues_the_run(
-    served: Served, page: Any
+    served: Served, page: Page
 ) -> None:
     served.enroll("saf-lee")
     plan = served.ask()
@@ -238,7 +243,7 @@ def test_an_approval_signed_in_the_browser_counts_and_queues_the_run(
     _screenshot(page, "run.png")
 
 
-def test_an_edit_proposed_in_the_browser_becomes_a_new_revision(served: Served, page: Any) -> None:
+def test_an_edit_proposed_in_the_browser_becomes_a_new_revision(served: Served, page: Page) -> None:
     served.enroll("saf-lee")
     plan = served.ask()
     _sign_in(page, served, "saf-lee")
@@ -264,7 +269,7 @@ def test_an_edit_proposed_in_the_browser_becomes_a_new_revision(served: Served, 
 
 
 def test_a_tampered_signature_sent_by_the_page_does_not_count_and_is_audited(
-    served: Served, page: Any
+    served: Served, page: Page
 ) -> None:
     served.enroll("saf-lee")
     plan = served.ask()
@@ -272,8 +277,8 @@ def test_a_tampered_signature_sent_by_the_page_does_not_count_and_is_audited(
     page.wait_for_selector(_card(plan))
     _load_key(page, served.key_file("saf-lee"))
 
-    def tamper(route: Any) -> None:
-        body = json.loads(route.request.post_data)
+    def tamper(route: Route) -> None:
+        body = json.loads(route.request.post_data or "{}")
         raw = bytearray(base64.b64decode(body["signature"]))
         raw[0] ^= 1
         body["signature"] = base64.b64encode(bytes(raw)).decode()
@@ -292,7 +297,7 @@ def test_a_tampered_signature_sent_by_the_page_does_not_count_and_is_audited(
 
 
 def test_a_key_that_is_not_enrolled_does_not_count_through_the_page(
-    served: Served, page: Any, tmp_path: Path
+    served: Served, page: Page, tmp_path: Path
 ) -> None:
     served.enroll("saf-lee")
     plan = served.ask()
@@ -304,7 +309,10 @@ def test_a_key_that_is_not_enrolled_does_not_count_through_the_page(
     assert "not your enrolled approver key" in state and minted.key_id in state
     page.click(f"{_card(plan)} button.approve")
     page.wait_for_selector("#notice:has-text('refused')")
-    assert f"signed with key {minted.key_id}" in page.inner_text("#notice")
+    assert (
+        f"the key of saf-lee ({minted.key_id}) is not saf-lee's enrolled approver key"
+        in page.inner_text("#notice")
+    )
     with served.store() as store:
         assert store.approvals.for_plan(plan) == []
         assert store.runs.for_plan(plan).status == "awaiting_approval"
@@ -312,7 +320,7 @@ def test_a_key_that_is_not_enrolled_does_not_count_through_the_page(
     assert minted.key_id in refusal["refused"]
 
 
-def test_tampered_payloads_sent_to_the_api_do_not_count(served: Served, page: Any) -> None:
+def test_tampered_payloads_sent_to_the_api_do_not_count(served: Served, page: Page) -> None:
     served.enroll("saf-lee", "saf-ola")
     plan = served.ask()
     token = served.token("saf-lee")
@@ -364,7 +372,7 @@ def test_tampered_payloads_sent_to_the_api_do_not_count(served: Served, page: An
 # --------------------------------------------------------------------------- who may see and decide
 
 
-def test_a_person_without_the_role_neither_sees_nor_decides(served: Served, page: Any) -> None:
+def test_a_person_without_the_role_neither_sees_nor_decides(served: Served, page: Page) -> None:
     served.enroll("rm-kim")
     plan = served.ask()
     _sign_in(page, served, "rm-kim")
@@ -399,9 +407,11 @@ def test_a_person_without_the_role_neither_sees_nor_decides(served: Served, page
     assert answer.status == 403
     with served.store() as store:
         assert store.approvals.for_plan(plan) == []
+    (refusal,) = served.refusals(plan)
+    assert "does not wait for a decision of rm-kim's roles" in refusal["refused"]
 
 
-def test_a_missing_or_wrong_token_gets_401(served: Served, page: Any) -> None:
+def test_a_missing_or_wrong_token_gets_401(served: Served, page: Page) -> None:
     plan = served.ask()
     served.token("saf-lee")
     for token in (None, "", "fgi_not-a-token"):
@@ -421,7 +431,7 @@ def test_a_missing_or_wrong_token_gets_401(served: Served, page: Any) -> None:
 # --------------------------------------------------------------------------- untrusted text
 
 
-def test_untrusted_text_is_shown_as_text_and_never_run(served: Served, page: Any) -> None:
+def test_untrusted_text_is_shown_as_text_and_never_run(served: Served, page: Page) -> None:
     served.enroll("eng-ana", "saf-lee")
     plan = served.ask(f"{HVAC} {EVIL}")
     # The requester's own approval does not count, but its comment is shown to approvers.
@@ -444,7 +454,7 @@ def test_untrusted_text_is_shown_as_text_and_never_run(served: Served, page: Any
 
 
 def test_the_list_updates_live_when_another_approver_decides_through_the_cli(
-    served: Served, page: Any
+    served: Served, page: Page
 ) -> None:
     served.enroll("saf-lee", "saf-ola")
     plan = served.ask()
@@ -465,7 +475,7 @@ def test_the_list_updates_live_when_another_approver_decides_through_the_cli(
     assert page.evaluate("window.__not_reloaded") is True
 
 
-def test_the_run_page_follows_a_run_as_it_progresses(served: Served, page: Any) -> None:
+def test_the_run_page_follows_a_run_as_it_progresses(served: Served, page: Page) -> None:
     served.enroll("saf-ola")
     plan = served.ask()
     _sign_in(page, served, "saf-ola")
