@@ -209,6 +209,8 @@ def test_an_approval_signed_in_the_browser_counts_and_queues_the_run(
 ) -> None:
     served.enroll("saf-lee")
     plan = served.ask()
+    sent: list[str] = []
+    page.on("request", lambda request: sent.append(request.url + (request.post_data or "")))
     _sign_in(page, served, "saf-lee")
     card = _card(plan)
     page.wait_for_selector(card)
@@ -233,6 +235,10 @@ def test_an_approval_signed_in_the_browser_counts_and_queues_the_run(
     assert approval.approver == "saf-lee" and approval.comment == "window checked"
     assert approval.key_id == key_id
     assert served.refusals(plan) == []
+    # The private key never left the page, in any form the key file holds it.
+    seed = served.key_file("saf-lee").read_text().strip()
+    assert any("/decision" in request for request in sent)
+    assert not [r for r in sent if seed in r or base64.b64decode(seed).hex() in r]
 
     code, out = invoke("worker", "--once")
     assert code == 0 and "1 completed" in out, out
