@@ -21,6 +21,7 @@ from fieldgate.cli._keys import keys_app
 from fieldgate.cli._policy import policy_app
 from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
+from fieldgate.cli._serve_inbox import serve_app
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
 
@@ -58,6 +59,7 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
 app.add_typer(broker_app, name="broker")
 app.command("serve-model")(serve_model)
+app.add_typer(serve_app, name="serve")
 
 app.add_typer(policy_app, name="policy")
 app.add_typer(eval_app, name="eval")

@@ -67,6 +67,10 @@ class ApprovalInvalid(FieldgateError):
     """An approval is malformed, unsigned or signed by the wrong key."""
 
 
+class DecisionRefused(ApprovalInvalid):
+    """A decision signed in the inbox was refused before it reached the run (and audited)."""
+
+
 class PolicyEngineError(FieldgateError):
     """The policy engine could not produce a decision (compile, runtime or transport error)."""
 
