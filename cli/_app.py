@@ -9,6 +9,7 @@ from typer.core import TyperOption
 
 from fieldgate.cli._approvals import approvals_app
 from fieldgate.cli._audit import audit_app
+from fieldgate.cli._broker import broker_app
 from fieldgate.cli._catalog import catalog_app
 from fieldgate.cli._chat import chat
 from fieldgate.cli._db import db_app
@@ -20,6 +21,7 @@ from fieldgate.cli._keys import keys_app
 from fieldgate.cli._policy import policy_app
 from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
+from fieldgate.cli._serve_inbox import serve_app
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
 
@@ -55,7 +57,9 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(broker_app, name="broker")
 app.command("serve-model")(serve_model)
+app.add_typer(serve_app, name="serve")
 
 app.add_typer(policy_app, name="policy")
 app.add_typer(eval_app, name="eval")

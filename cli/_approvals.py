@@ -200,6 +200,41 @@ def show(
         print_status(view, run, deciding=True)
 
 
+def key_not_enrolled(orchestrator: Orchestrator, approver: str, key_id: str) -> str | None:
+    """Why ``key_id`` is not ``approver``'s enrolled approver key, or None when it is."""
+    trust = orchestrator.ctx.store.keys.judge(orchestrator.ctx.root)
+    trusted = trust.current(approver, "approver")
+    if trusted is not None and trusted.key_id == key_id:
+        return None
+    held = (
+        f"the enrolled one is {trusted.key_id}" if trusted else trust.why_not(approver, "approver")
+    )
+    return (
+        f"the key of {approver} ({key_id}) is not {approver}'s enrolled approver key "
+        f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
+    )
+
+
+def decision_took(
+    orchestrator: Orchestrator, view: RunView, approver: str
+) -> tuple[bool, list[str]]:
+    """Whether ``approver``'s decision just handed to the run counts, and why not if not."""
+    counted = view.values.get("approvals") or {}
+    received = orchestrator.ctx.store.approvals.for_plan(view.plan_id)
+    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
+    # Judge this decision, not the person: a second approval by someone who already fills
+    # a slot, or one that came too late, does not count even if an earlier one did.
+    reasons = [
+        entry.get("reason", "")
+        for entry in counted.get("ignored") or []
+        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
+    ]
+    took = not reasons and (
+        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
+    )
+    return took, reasons
+
+
 def decide(
     orchestrator: Orchestrator,
     plan: str,
@@ -222,32 +257,11 @@ def decide(
         state = f"{run.status}, {run.outcome}" if run.outcome else run.status
         refuse(f"plan {run.plan_id} is not awaiting approval (it is {state})")
     key = load_key(keys_dir, approver)
-    trust = store.keys.judge(orchestrator.ctx.root)
-    trusted = trust.current(approver, "approver")
-    if trusted is None or trusted.key_id != key.key_id:
-        held = (
-            f"the enrolled one is {trusted.key_id}"
-            if trusted
-            else trust.why_not(approver, "approver")
-        )
-        refuse(
-            f"the key of {approver} ({key.key_id}) is not {approver}'s enrolled approver key "
-            f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
-        )
+    not_enrolled = key_not_enrolled(orchestrator, approver, key.key_id)
+    if not_enrolled is not None:
+        refuse(not_enrolled)
     view = orchestrator.decide(run.thread_id, key, decision, comment)
-    counted = view.values.get("approvals") or {}
-    received = store.approvals.for_plan(run.plan_id)
-    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
-    # Judge this decision, not the person: a second approval by someone who already fills
-    # a slot, or one that came too late, does not count even if an earlier one did.
-    reasons = [
-        entry.get("reason", "")
-        for entry in counted.get("ignored") or []
-        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
-    ]
-    took = not reasons and (
-        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
-    )
+    took, reasons = decision_took(orchestrator, view, approver)
     verb = "approval" if decision == "approve" else "rejection"
     if took:
         console.print(
@@ -272,8 +286,9 @@ def decide(
             highlight=False,
         )
     elif view.interrupts:
+        missing = (view.values.get("approvals") or {}).get("missing") or []
         console.print(
-            f"[bold]{view.plan_id}:[/] still missing {roles_text(counted.get('missing') or [])}",
+            f"[bold]{view.plan_id}:[/] still missing {roles_text(missing)}",
             highlight=False,
         )
     else:

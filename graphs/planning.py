@@ -299,7 +299,8 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
     versions = {r.manifest.version: r for r in store.catalog.list(plan.module)}
     record = versions.get(plan.version) or store.catalog.record(plan.module, plan.version)
     manifest = record.manifest
-    keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
+    factory = store.keys.judge(ctx.root).trusted_keys("factory")
+    keys = {key_id: key.public_b64 for key_id, key in factory.items()}
     check = verify_artifact(manifest, keys, record.observed_digest)
     _, fleet = store.fleet.snapshot()
     sites = store.fleet.site_map()

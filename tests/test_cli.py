@@ -39,11 +39,12 @@ def test_init_loads_sample_and_is_idempotent(db_url: str) -> None:
     code, out = invoke("init", "--db", db_url)
     assert code == 0, out
     assert "23 new manifests, 314 devices" in out and "made now" in out
-    # The root of trust is made once; it and both imports are audited.
-    assert counts(db_url) == (23, 314, 9, 3)
+    # The root of trust is made once; it, the sample's throwaway factory key and both
+    # imports are audited.
+    assert counts(db_url) == (23, 314, 9, 4)
     code, out = invoke("init", "--db", db_url)
     assert code == 0 and "0 new manifests" in out and "pinned already" in out
-    assert counts(db_url) == (23, 314, 9, 5)
+    assert counts(db_url) == (23, 314, 9, 6)
 
 
 def test_bad_inventory_exits_2_names_field_and_stores_nothing(db_url: str, tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ def test_catalog_and_fleet_views(sqlite_url: str) -> None:
     code, out = invoke("catalog", "list", "--db", sqlite_url)
     assert code == 0 and "safety-interlock" in out and "23 manifests" in out
     code, out = invoke("catalog", "show", "hvac-controller", "2.4.1", "--db", sqlite_url)
-    assert code == 0 and "edge-runtime >=3.2,<4" in out and "factory-demo" in out
+    assert code == 0 and "edge-runtime >=3.2,<4" in out and "factory-sample" in out
     code, out = invoke("catalog", "show", "nope", "--db", sqlite_url)
     assert code == 2 and "nope" in out
     code, out = invoke(

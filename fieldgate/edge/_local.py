@@ -41,6 +41,7 @@ class LocalFleet:
         fail_installs: Iterable[str] = (),
         artifacts: Path | None = None,
         log_dir: Path | None = None,
+        credentials: Path | None = None,
     ) -> None:
         """Plan the processes; :meth:`start` launches them.
 
@@ -54,6 +55,8 @@ class LocalFleet:
             fail_installs: ``module@version`` refs whose install fails.
             artifacts: Artifact directory (default: sample stand-ins).
             log_dir: Where each process writes its log (default: inherit stderr).
+            credentials: Directory of the devices' broker credentials: each agent connects
+                as its device, and the broker's own user and password stay here.
         """
         if per_process < 1:
             raise ValueError("per_process must be at least 1")
@@ -66,6 +69,7 @@ class LocalFleet:
             apply_seconds=apply_seconds,
             fail_installs=list(fail_installs),
             artifacts=artifacts,
+            credentials=credentials,
         )
         self._group_of = {d.device_id: i for i, group in enumerate(self.groups) for d in group}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -88,8 +92,13 @@ class LocalFleet:
 
     def start_group(self, index: int) -> None:
         """Launch (or relaunch) process ``index``."""
+        own_identities = self._spec["credentials"] is not None
         spec = AgentSpec(
-            broker=replace(self.broker, password=None),
+            broker=replace(
+                self.broker,
+                password=None,
+                username=None if own_identities else self.broker.username,
+            ),
             state_dir=self.state_dir,
             devices=self.groups[index],
             **self._spec,
@@ -99,7 +108,9 @@ class LocalFleet:
         path = self.state_dir / f"{name}.json"
         path.write_text(spec.model_dump_json(indent=2))
         env = dict(os.environ)
-        if self.broker.password is not None:
+        if own_identities:  # nor does a password of this machine's reach the agents
+            env.pop(PASSWORD_ENV, None)
+        elif self.broker.password is not None:
             env[PASSWORD_ENV] = self.broker.password
         out: Any = None
         if self.log_dir is not None:
