@@ -119,8 +119,10 @@ class Simulation:
                     self._events.append((until, _RETURN, device.id, ""))
             if device.queue or device.held:
                 self._schedule_return(device, self.clock_ms)
-            if device.queue and device.running is None and device.reachable(self.clock_ms):
-                self._wake_at_window(device, self.clock_ms, push=self._events.append)
+            idle = device.queue and device.running is None and device.reachable(self.clock_ms)
+            # A command waiting for its window (or free to start): wake the device then.
+            if idle and not self._wake_at_window(device, self.clock_ms, self._events.append):
+                self._events.append((self.clock_ms, _RETURN, device.id, ""))
         heapq.heapify(self._events)
 
     def add_faults(self, faults: Sequence[Fault], t: int) -> None:
