@@ -423,3 +423,34 @@ def test_expect_plan_rollback_version_is_scored(sqlite_url: str) -> None:
     (wrong,) = score_plan(ExpectPlan(rollback_version="1.7.0"), finished)
     assert right.passed and right.check == "plan.rollback_version"
     assert not wrong.passed and wrong.actual == "1.8.0"
+
+
+def _drive_suite(name: str, url: str) -> tuple[World, FinishedRun]:
+    scenario = load_scenario(next(SUITES.rglob(f"{name}.yaml")))
+    with open_run(scenario, url) as (world, orchestrator):
+        view = submit(world, orchestrator)
+        while view.status != "done":
+            view = orchestrator.work(view.thread_id)
+        return world, finish(world, view, str(view.outcome))
+
+
+def test_through_the_graph_a_rollback_that_fails_is_said_in_the_outcome(sqlite_url: str) -> None:
+    world, finished = _drive_suite("rollback-fails-on-canary", sqlite_url)
+    assert finished.outcome == "rolled_back"
+    (reason,) = finished.reasons
+    assert "the rollback was not confirmed on 3 device(s)" in reason
+    rollbacks = [e for e in finished.effects if e.action is Action.rollback]
+    assert len(rollbacks) == 3 and {e.status for e in rollbacks} == {ReportStatus.failed}
+    # The canary that had installed still runs the new version, and the record says so.
+    assert world.twin.versions("pump-logic") == {"1.8.0": 59, "1.9.0": 1}
+
+
+def test_through_the_graph_a_canary_that_degrades_after_its_install_fails_the_gate(
+    sqlite_url: str,
+) -> None:
+    world, finished = _drive_suite("degrade-after-soak-starts", sqlite_url)
+    installs = [e for e in finished.effects if e.action is Action.install]
+    # Every install reported healthy; the gate after the soak saw one device degraded.
+    assert all(e.report is not None and e.report.health.ok for e in installs)
+    assert finished.outcome == "rolled_back"
+    assert world.twin.versions("pump-logic") == {"1.8.0": 60}
