@@ -300,6 +300,16 @@ def _abort(tc: ToolContext, state: RolloutState, request: dict[str, Any]) -> dic
     return _end(tc, state, "aborted", reason)
 
 
+def hold_now(ctx: Context, values: dict[str, Any], plan_id: str) -> Hold | None:
+    """What holds a run (graph state ``values``) at its next executor step: the kill switch,
+    or the change freeze when the run moves devices forward."""
+    execution = values.get("execution") or {}
+    forward = not (values.get("decision") or {}).get("rollback") and not (
+        (execution.get("abort") or {}).get("tripped")
+    )
+    return hold_for(ctx, plan_id, forward=forward)
+
+
 def due(ctx: Context, values: dict[str, Any], run: Run) -> bool:
     """Whether a worker should take up a held run (graph state ``values``) now: its hold
     lifted, an operator aborted it, or a policy engine retry is due."""
@@ -310,10 +320,7 @@ def due(ctx: Context, values: dict[str, Any], run: Run) -> bool:
     if held.get("kind") == "policy_engine":
         retry_at = held.get("retry_at")
         return retry_at is not None and datetime.fromisoformat(retry_at) <= ctx.people_now()
-    forward = not (values.get("decision") or {}).get("rollback") and not (
-        (execution.get("abort") or {}).get("tripped")
-    )
-    return hold_for(ctx, run.plan_id, forward=forward) is None
+    return hold_now(ctx, values, run.plan_id) is None
 
 
 def _give_up(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any]:

@@ -5,6 +5,7 @@ where policy checks it first."""
 from fieldgate.tools._args import ToolArgs
 from fieldgate.tools._enforce import call_tool
 from fieldgate.tools._execution import (
+    HOLD_LABELS,
     AbortState,
     Execution,
     GateResult,
@@ -27,6 +28,7 @@ from fieldgate.tools._registry import (
 
 __all__ = [
     "CHANGING",
+    "HOLD_LABELS",
     "ROLES",
     "TOOLS",
     "AbortState",

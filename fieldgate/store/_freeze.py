@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Field
+from sqlmodel import Field, Session
 
-from fieldgate.store._engine import for_writing, transaction
+from fieldgate.store._engine import for_writing, joined, transaction
 from fieldgate.store._table import StoreTable, as_utc, utc_now, utc_time_field
 
 _SCOPE = "*"
@@ -55,9 +55,9 @@ class FreezeStore:
         self._engine = engine
         self._writer = for_writing(engine)
 
-    def set(self, on: bool, by: str, reason: str) -> None:
-        """Turn the freeze on or off."""
-        with transaction(self._writer, "setting the change freeze") as session:
+    def set(self, on: bool, by: str, reason: str, *, tx: Session | None = None) -> None:
+        """Turn the freeze on or off (in the transaction ``tx`` when given)."""
+        with joined(tx, self._writer, "setting the change freeze") as session:
             row = session.get(FreezeRow, _SCOPE) or FreezeRow(
                 scope=_SCOPE, on=on, by=by, reason=reason, at=utc_now()
             )
