@@ -18,6 +18,7 @@ from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
     approval_deadline,
+    print_held,
     print_status,
     wave_counts,
     when,
@@ -128,7 +129,7 @@ class WorkDone:
     """Plan id → outcome of each run executed (or where it stopped)."""
     expired: list[str] = field(default_factory=list)
     """Plans whose approval deadline passed."""
-    held: dict[str, str] = field(default_factory=dict)
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Plan id → what holds each run the worker left alone (its hold has not lifted)."""
 
     def __bool__(self) -> bool:
@@ -180,8 +181,7 @@ def work_once(orchestrator: Orchestrator) -> WorkDone:
             values = orchestrator.view(run.thread_id).values
             if not due(orchestrator.ctx, values, run):
                 held = (values.get("execution") or {}).get("held") or run.detail.get("held")
-                label = HOLD_LABELS.get(str((held or {}).get("kind")), "?")
-                done.held[run.plan_id] = f"held by {label}"
+                done.held[run.plan_id] = dict(held or {})
                 continue
         try:
             view = execute(orchestrator, run)
@@ -198,22 +198,16 @@ def work_once(orchestrator: Orchestrator) -> WorkDone:
 
 def summary(done: WorkDone) -> str:
     """``executed 2 runs (1 completed, 1 rolled_back); expired 0``."""
+    held = f"; {len(done.held)} still held" if done.held else ""
     if not done:
         if done.held:
-            return "nothing to do; still held: " + ", ".join(
-                f"{plan} ({why})" for plan, why in sorted(done.held.items())
-            )
+            return f"nothing to do{held}"
         return "nothing to do: no run is queued and no approval request is overdue"
     counts: dict[str, int] = {}
     for outcome in done.outcomes.values():
         counts[outcome] = counts.get(outcome, 0) + 1
     detail = ", ".join(f"{n} {outcome}" for outcome, n in sorted(counts.items()))
     runs = len(done.outcomes)
-    held = ""
-    if done.held:
-        held = "; still held: " + ", ".join(
-            f"{plan} ({why})" for plan, why in sorted(done.held.items())
-        )
     return (
         f"executed {runs} run{'' if runs == 1 else 's'}"
         + (f" ({detail})" if detail else "")
@@ -287,6 +281,8 @@ def worker(
             with opened() as orchestrator:
                 done = work_once(orchestrator)
             if once:
+                for plan_id, held in done.held.items():
+                    print_held(plan_id, held)
                 console.print(f"worker: {summary(done)}", highlight=False)
                 return
             if done:

@@ -19,11 +19,6 @@ roles := {role | some role in object.get(roster, input.actor, [])}
 
 allowed_roles := {role | some role in object.get(may, input.action, [])}
 
-# The roles as text, sorted (arrays: regopy 1.5.2 returns sort() of a set as a set).
-allowed_text := concat(", ", sort([role | some role in allowed_roles]))
-
-held_text := concat(", ", sort([role | some role in roles & allowed_roles]))
-
 decision := {
 	"allow": allow,
 	"reason": reason,
@@ -39,7 +34,7 @@ allow if {
 
 reason := trim_space(concat("; ", sorted(refusal))) if {
 	count(refusal) > 0
-} else := sprintf("%s: %s holds %s", [input.action, input.actor, held_text])
+} else := sprintf("%s: %s holds %s", [input.action, input.actor, join(sorted(roles & allowed_roles))])
 
 # METADATA
 # title: O1 known operation
@@ -57,9 +52,11 @@ refusal contains msg if {
 	count(roles & allowed_roles) == 0
 	msg := sprintf(
 		"%s may not %s: it takes one of the roles %s in the roster",
-		[input.actor, input.action, allowed_text],
+		[input.actor, input.action, join(sorted(allowed_roles))],
 	)
 }
+
+join(xs) := trim_space(concat(", ", xs))
 
 # Sorts a set or an array into an array (see tools.rego: regopy 1.5.2 and sets).
 sorted(xs) := sort(items) if {
