@@ -108,9 +108,9 @@ class ChatSession:
                 else:
                     run = find_run(orchestrator.ctx.store, args[0])
                     view = orchestrator.view(run.thread_id)
-                    line = freeze_line(orchestrator.ctx.store)
-                    if line:
-                        console.print(line, highlight=False)
+                    frozen = freeze_line(orchestrator.ctx.store)
+                    if frozen:
+                        console.print(frozen, highlight=False)
                     print_run(view, run, pending_hold(orchestrator, view))
         else:
             raise FieldgateError(f"unknown command {command}; /help lists the commands")
