@@ -89,9 +89,16 @@ def stop(
         ]
         still = store.stops.engaged(scope) if scope else None
     if abort:
+        waits = [r for r in affected if r.status in ("accepted", "awaiting_approval")]
         console.print(
             f"plan {scope} [bold red]aborted[/] by {shown(who)}: {shown(reason)}\n"
-            "  the worker ends the run at its next pass and rolls back every device it touched",
+            + (
+                "  it waits for approval: it ends, with nothing dispatched, when a worker "
+                "would have taken it up"
+                if waits
+                else "  the worker ends the run at its next pass and rolls back every device "
+                "it touched"
+            ),
             highlight=False,
         )
         if still:

@@ -139,18 +139,19 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     tc = _tool_context(ctx, state)
     plan, execution = tc.plan, tc.execution
     started = bool(state.get("execution"))
-    abort = store.runs.get(state["thread_id"]).detail.get("abort")
-    if abort:
-        return _abort(tc, state, abort)
+    run = store.runs.get(state["thread_id"])
+    if run.detail.get("abort"):
+        return _abort(tc, state, run.detail["abort"])
     held = tc.hold()
     if held is not None:
         return _hold(tc, state, held)
-    resumed: dict[str, Any] = {}
     if execution.held is not None:
         resumed = _resume(tc, state)
         if resumed.get("outcome"):
             return resumed
-    elif not started:
+    elif not started or run.status == "held":
+        # A new run, or one whose hold was written but whose worker died before the
+        # checkpoint that would have kept it: either way it executes now.
         with store.writing(f"starting the execution of plan {plan.plan_id}") as tx:
             store.runs.update(state["thread_id"], "executing", tx=tx)
             store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -331,9 +331,15 @@ def test_stop_holds_within_one_step_and_release_resumes_the_same_run(
         assert store.audit.verify().ok
 
 
-def test_stop_all_holds_every_run_and_a_new_one_waits_too(initialised_db: str) -> None:
+def test_stop_all_holds_every_run_and_chat_says_so_before_a_worker_ran(
+    initialised_db: str,
+) -> None:
     first = ask()
     assert invoke("stop", "--all", "--reason", "grid maintenance")[0] == 0
+    code, out = invoke("chat", "--as", "eng-ana", stdin=f"/status {first}\n")
+    assert code == 0, out
+    assert f"{first}: held by the kill switch at its next executor step" in out, out
+    assert "grid maintenance" in out and "approved, queued" not in out
     code, out = invoke("worker", "--once")
     assert code == 0 and f"{first}: held by the kill switch" in out, out
     code, out = invoke("stop", "--release", "--all")
@@ -423,36 +429,47 @@ def test_the_worker_retries_a_policy_engine_error_with_a_bounded_backoff(
 ) -> None:
     plan = ask()
     fast = Settings(
-        engine_retry_first=timedelta(seconds=0.3),
-        engine_retry_most=timedelta(seconds=0.5),
+        engine_retry_first=timedelta(seconds=1.5),
+        engine_retry_most=timedelta(seconds=2),
         engine_retries=2,
     )
 
-    def attempts() -> list[tuple[int, bool]]:
+    def holds() -> list[tuple[int, datetime | None]]:
         with Store.open() as store:
-            holds = events(store, plan, EventKind.hold)
-            return [(int(str(h["attempts"])), h["retry_at"] is not None) for h in holds]
+            return [
+                (
+                    int(str(h["attempts"])),
+                    datetime.fromisoformat(str(h["retry_at"])) if h["retry_at"] else None,
+                )
+                for h in events(store, plan, EventKind.hold)
+            ]
+
+    def sleep_until(at: datetime | None) -> None:
+        assert at is not None
+        time.sleep(max(0.0, (at - datetime.now(UTC)).total_seconds()) + 0.05)
 
     with broken_engine_orchestrator(tmp_path, fast) as broken:
         assert work_once(broken).outcomes == {plan: "held"}
-        assert attempts() == [(1, True)]
+        [(attempt, first_retry)] = holds()
+        assert attempt == 1 and first_retry is not None
         done = work_once(broken)  # the wait has not passed: the worker leaves it alone
         assert done.outcomes == {} and plan in done.held
-        assert attempts() == [(1, True)]
-        time.sleep(0.35)
+        assert len(holds()) == 1
+        sleep_until(first_retry)
         assert work_once(broken).outcomes == {plan: "held"}
-        time.sleep(0.65)
+        _, (attempt, second_retry) = holds()
+        assert attempt == 2 and second_retry is not None
+        # the wait doubles (1.5 s, then 2 s: capped at engine_retry_most)
+        assert second_retry - first_retry >= timedelta(seconds=2)
+        sleep_until(second_retry)
         assert work_once(broken).outcomes == {plan: "held"}
-        assert attempts() == [(1, True), (2, True), (3, False)]  # retries spent
-        time.sleep(0.6)
-        assert work_once(broken).outcomes == {}  # no more retries on its own
+        assert [(a, at is not None) for a, at in holds()] == [(1, True), (2, True), (3, False)]
+        assert work_once(broken).outcomes == {}  # retries spent: no more on its own
     code, out = invoke("worker", "--once")
     assert code == 0 and "1 still held" in out and "no more retries by a worker" in out, out
-
-    # Once the engine works, a worker due for a retry takes the run up where it stopped.
     with Store.open() as store:
         assert default_twin(store).effects() == []
-    code, out = invoke("runs", "retry", plan)
+    code, out = invoke("runs", "retry", plan)  # the engine works again: forced, it completes
     assert code == 0 and f"{plan}: completed" in out, out
 
 
@@ -463,12 +480,44 @@ def test_a_worker_resumes_a_run_once_the_engine_works_again(
     fast = Settings(engine_retry_first=timedelta(seconds=0.2))
     with broken_engine_orchestrator(tmp_path, fast) as broken:
         assert work_once(broken).outcomes == {plan: "held"}
-    time.sleep(0.25)
+    time.sleep(0.3)
     with open_orchestrator(settings=fast) as fixed:
         assert work_once(fixed).outcomes == {plan: "completed"}
     with Store.open() as store:
         assert versions(store) == {"1.9.0": 60}
         assert [e["kind"] for e in events(store, plan, EventKind.resume)] == ["policy_engine"]
+
+
+def test_a_plan_changed_while_held_needs_new_approvals(db_url: str) -> None:
+    """Release resumes with the approvals the run had only for the plan they were for."""
+
+    class _Pull(TwinTransport):
+        def dispatch(self, commands: Sequence[DeviceCommand], wave: int) -> Dispatched:
+            result = super().dispatch(commands, wave)
+            world.store.stops.engage(world.plan_id, "op-ola", "hold on")
+            return result
+
+    with open_run(multi_wave(), db_url) as (world, orchestrator):
+        view = submit(world, orchestrator)
+        checkpointer = orchestrator.graph.checkpointer
+        assert isinstance(checkpointer, BaseCheckpointSaver)
+        ctx = dataclasses.replace(world.ctx, transport=_Pull(world.twin))
+        view = Orchestrator(ctx, checkpointer).work(view.thread_id)
+        assert view.status == "held"
+        plan = world.store.plans.get(world.plan_id).plan
+        revised = plan.model_copy(update={"revision": 2, "parent_hash": plan.plan_hash})
+        world.store.plans.add(revised)
+        world.store.stops.release(world.plan_id, "op-ola")
+
+        view = orchestrator.work(view.thread_id)
+
+        assert view.outcome == "failed"
+        assert "the plan changed while the run was held" in view.values["reasons"][0]
+        assert "approved again" in view.values["reasons"][0]
+        sizes = view.values["findings"]["wave_sizes"]
+        assert len(world.twin.touched()) == sizes[0]  # nothing more went out
+        rolled = {e.device_id for e in world.twin.effects() if e.action is Action.rollback}
+        assert rolled == world.twin.touched()
 
 
 def test_the_stop_mid_wave_in_a_world_holds_and_release_completes(sqlite_url: str) -> None:
