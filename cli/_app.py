@@ -16,9 +16,11 @@ from fieldgate.cli._db import db_app
 from fieldgate.cli._edge import agent, up
 from fieldgate.cli._eval import eval_app
 from fieldgate.cli._fleet import fleet_app
+from fieldgate.cli._freeze import freeze
 from fieldgate.cli._init import demo, init
 from fieldgate.cli._keys import keys_app
 from fieldgate.cli._policy import policy_app
+from fieldgate.cli._runs import runs_app
 from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
 from fieldgate.cli._serve_inbox import serve_app
@@ -49,11 +51,13 @@ app.command()(schema)
 app.command()(chat)
 app.command()(worker)
 app.command()(stop)
+app.command()(freeze)
 app.command()(agent)
 app.add_typer(catalog_app, name="catalog")
 fleet_app.command("up")(up)
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(approvals_app, name="approvals")
+app.add_typer(runs_app, name="runs")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")

@@ -138,7 +138,7 @@ def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
         {s.id: s for s in store.fleet.sites()},
         versions,
         offline_devices(store.engine),
-        orchestrator.ctx.freeze,
+        orchestrator.ctx.freeze_in_force() is not None,
     )
     for note in notes:
         console.print(f"[yellow]since proposed:[/] {shown(note)}", highlight=False)

@@ -16,6 +16,8 @@ from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
     find_run,
+    freeze_line,
+    pending_hold,
     print_rationale,
     print_review,
     print_run,
@@ -50,7 +52,9 @@ def submit_request(orchestrator: Orchestrator, request: str, requester: str) -> 
             console.print("  [dim]back to the planner with these concerns[/]", highlight=False)
 
     view = orchestrator.submit(request, requester, on_update=on_update)
-    print_run(view, orchestrator.ctx.store.runs.get(view.thread_id))
+    print_run(
+        view, orchestrator.ctx.store.runs.get(view.thread_id), pending_hold(orchestrator, view)
+    )
     return view
 
 
@@ -68,9 +72,12 @@ class ChatSession:
         return open_orchestrator(config=self.config)
 
     def check(self) -> None:
-        """Fail early when the database, the fleet or the model cannot be opened."""
-        with self._orchestrator():
-            pass
+        """Fail early when the database, the fleet or the model cannot be opened; say so
+        when a change freeze is in force."""
+        with self._orchestrator() as orchestrator:
+            line = freeze_line(orchestrator.ctx.store)
+        if line:
+            console.print(line, highlight=False)
 
     def handle(self, line: str) -> bool:
         """Act on one line; False when the chat should end."""
@@ -100,7 +107,11 @@ class ChatSession:
                     print_why(orchestrator.ctx.store, args[0])
                 else:
                     run = find_run(orchestrator.ctx.store, args[0])
-                    print_run(orchestrator.view(run.thread_id), run)
+                    view = orchestrator.view(run.thread_id)
+                    frozen = freeze_line(orchestrator.ctx.store)
+                    if frozen:
+                        console.print(frozen, highlight=False)
+                    print_run(view, run, pending_hold(orchestrator, view))
         else:
             raise FieldgateError(f"unknown command {command}; /help lists the commands")
         return True

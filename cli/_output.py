@@ -9,7 +9,7 @@ from typing import ParamSpec, TypeVar
 import typer
 from rich.console import Console
 
-from fieldgate.errors import FieldgateError, InputInvalid, NotFound
+from fieldgate.errors import FieldgateError, InputInvalid, NotFound, OperationDenied
 from fieldgate.terminal import shown
 
 console = Console(soft_wrap=True)
@@ -28,7 +28,9 @@ EXIT_FAILED = 1
 
 def exit_code_for(error: FieldgateError) -> int:
     """The process exit code an error maps to."""
-    return EXIT_INPUT if isinstance(error, InputInvalid | NotFound) else EXIT_FAILED
+    return (
+        EXIT_INPUT if isinstance(error, InputInvalid | NotFound | OperationDenied) else EXIT_FAILED
+    )
 
 
 def handles_errors(command: Callable[P, R]) -> Callable[P, R]:

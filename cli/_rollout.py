@@ -18,6 +18,7 @@ from fieldgate.cli._output import EXIT_INPUT, console, errors
 from fieldgate.errors import NotFound
 from fieldgate.store import Run, Store
 from fieldgate.terminal import shown
+from fieldgate.tools import HOLD_LABELS
 
 if TYPE_CHECKING:  # the graph loads langgraph: only commands that run it import it
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -279,9 +280,53 @@ def approval_deadline(view: RunView) -> str | None:
     return value.get("deadline") if isinstance(value, dict) else None
 
 
-def print_status(view: RunView, run: Run | None = None, *, deciding: bool = False) -> None:
-    """Where the run stands, in one or a few lines, with what to do next (for an approver
-    reading the plan, ``deciding``: the commands that decide it)."""
+def _hold_hint(plan_id: str, held: dict[str, Any]) -> str:
+    """What lifts a hold of this kind."""
+    kind = held.get("kind")
+    if kind == "kill_switch":
+        return (
+            f"`fieldgate stop --release {plan_id}` resumes it where it stopped (no new "
+            f"approvals); `fieldgate stop --abort {plan_id}` ends it and rolls touched "
+            "devices back"
+        )
+    if kind == "freeze":
+        return "it resumes where it stopped when the freeze lifts (`fieldgate freeze off`)"
+    retry_at = held.get("retry_at")
+    return (
+        f"attempt {held.get('attempts', 0)}; "
+        + (
+            f"a worker retries at {when(retry_at)}; "
+            if retry_at
+            else "no more retries by a worker; "
+        )
+        + f"`fieldgate runs retry {plan_id}` retries it now"
+    )
+
+
+def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> None:
+    """``PLAN: held by the kill switch — …`` and what lifts it."""
+    label = HOLD_LABELS.get(str(held.get("kind")), str(held.get("kind")))
+    when_held = "" if reached else " at its next executor step"
+    console.print(
+        f"[bold]{plan_id}:[/] [bold yellow]held by {label}[/]{when_held} — "
+        f"{shown(held.get('reason', ''))}\n  {_hold_hint(plan_id, held)}",
+        highlight=False,
+    )
+
+
+def print_status(
+    view: RunView,
+    run: Run | None = None,
+    pending: dict[str, Any] | None = None,
+    *,
+    deciding: bool = False,
+) -> None:
+    """Where the run stands, in one or a few lines, with what to do next.
+
+    ``pending`` is what holds the run at its next executor step (the kill switch or the
+    freeze in the store), when the run has not reached that step yet; for an approver
+    reading the plan (``deciding``), the commands that decide it.
+    """
     values = view.values
     plan_id = view.plan_id
     outcome = view.outcome
@@ -307,6 +352,9 @@ def print_status(view: RunView, run: Run | None = None, *, deciding: bool = Fals
             highlight=False,
         )
         return
+    if view.held:
+        print_held(plan_id, view.held)
+        return
     if view.status == "awaiting_approval":
         missing = (values.get("approvals") or {}).get("missing") or []
         ask = (
@@ -320,6 +368,12 @@ def print_status(view: RunView, run: Run | None = None, *, deciding: bool = Fals
             f"(deadline {when(approval_deadline(view))}); {ask}",
             highlight=False,
         )
+        if pending:
+            label = HOLD_LABELS.get(str(pending.get("kind")), "")
+            console.print(f"  once approved it is held by {label}", highlight=False)
+        return
+    if pending:
+        print_held(plan_id, pending, reached=False)
         return
     executing = run is not None and run.status == "executing"
     if view.status == "queued" and not executing:
@@ -333,7 +387,7 @@ def print_status(view: RunView, run: Run | None = None, *, deciding: bool = Fals
     console.print(f"[bold]{plan_id}:[/] [bold]{state}[/]", highlight=False)
 
 
-def print_run(view: RunView, run: Run | None = None) -> None:
+def print_run(view: RunView, run: Run | None = None, pending: dict[str, Any] | None = None) -> None:
     """Everything about a run: plan, dry run, verdict, approvals, execution and status."""
     values = view.values
     if values.get("plan"):
@@ -343,7 +397,28 @@ def print_run(view: RunView, run: Run | None = None) -> None:
         print_approvals(values)
     if values.get("execution"):
         console.print(execution_table(values["execution"]))
-    print_status(view, run)
+    print_status(view, run, pending)
+
+
+def pending_hold(orchestrator: Orchestrator, view: RunView) -> dict[str, Any] | None:
+    """What holds the run at its next executor step (None: nothing, or it ended)."""
+    from fieldgate.graphs.execution import hold_now
+
+    if view.outcome:
+        return None
+    held = hold_now(orchestrator.ctx, view.values, view.plan_id)
+    return held.model_dump(mode="json") if held else None
+
+
+def freeze_line(store: Store) -> str | None:
+    """``change freeze in force: …`` when one is, for chat and the worker."""
+    freeze = store.freeze.current()
+    if freeze is None:
+        return None
+    return (
+        f"[bold yellow]change freeze in force[/]: {shown(freeze.describe())} (since "
+        f"{when(freeze.at)}); forward rollouts are denied and held, rollbacks go on"
+    )
 
 
 # --------------------------------------------------------------------------- execution
@@ -397,9 +472,14 @@ def runs_table(runs: list[Run], title: str = "plans") -> Table:
         colour = {"completed": "green", "awaiting_approval": "cyan", "queued": "green"}.get(
             run.outcome or run.status, "red" if run.outcome else "default"
         )
+        status = run.outcome or run.status
+        held = run.detail.get("held") if not run.outcome else None
+        if run.status == "held" and isinstance(held, dict):
+            status = f"held by {HOLD_LABELS.get(str(held.get('kind')), '?')}"
+            colour = "yellow"
         table.add_row(
             shown(run.plan_id),
-            f"[{colour}]{run.outcome or run.status}[/]",
+            f"[{colour}]{shown(status)}[/]",
             shown(run.actor),
             shown(run.request),
         )

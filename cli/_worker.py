@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
@@ -17,19 +18,23 @@ from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
     approval_deadline,
+    print_held,
     print_status,
     wave_counts,
     when,
 )
+from fieldgate.config import Config
 from fieldgate.errors import FieldgateError
 from fieldgate.store import Run
 from fieldgate.terminal import shown
+from fieldgate.tools import HOLD_LABELS
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
 
-WORK_STATUSES = ("queued", "executing")
-"""Runs a worker executes: approved and queued, or left mid-way by a worker that stopped."""
+WORK_STATUSES = ("queued", "executing", "held")
+"""Runs a worker executes: approved and queued, left mid-way by a worker that stopped, or
+held (taken up again once the hold lifts, or when a policy engine retry is due)."""
 
 
 class WaveProgress:
@@ -107,6 +112,13 @@ class WaveProgress:
             )
         if execution.get("paused"):
             self._say_once("paused", "[bold yellow]paused[/]: dispatch stopped")
+        held = execution.get("held")
+        if held:
+            label = HOLD_LABELS.get(str(held.get("kind")), "?")
+            self._say_once(
+                f"held:{held.get('kind')}:{held.get('attempts')}",
+                f"[bold yellow]held by {label}[/]: {shown(held.get('reason', ''))}",
+            )
 
 
 @dataclass
@@ -117,6 +129,8 @@ class WorkDone:
     """Plan id → outcome of each run executed (or where it stopped)."""
     expired: list[str] = field(default_factory=list)
     """Plans whose approval deadline passed."""
+    held: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Plan id → what holds each run the worker left alone (its hold has not lifted)."""
 
     def __bool__(self) -> bool:
         return bool(self.outcomes or self.expired)
@@ -157,9 +171,18 @@ def expire_overdue(orchestrator: Orchestrator) -> list[str]:
 
 
 def work_once(orchestrator: Orchestrator) -> WorkDone:
-    """One pass: expire overdue approval requests, then execute every queued run."""
+    """One pass: expire overdue approval requests, then execute every queued run and every
+    held run whose hold lifted (or whose policy engine retry is due)."""
+    from fieldgate.graphs.execution import due
+
     done = WorkDone(expired=expire_overdue(orchestrator))
     for run in orchestrator.ctx.store.runs.list(WORK_STATUSES):
+        if run.status == "held":
+            values = orchestrator.view(run.thread_id).values
+            if not due(orchestrator.ctx, values, run):
+                held = (values.get("execution") or {}).get("held") or run.detail.get("held")
+                done.held[run.plan_id] = dict(held or {})
+                continue
         try:
             view = execute(orchestrator, run)
         except FieldgateError as error:
@@ -175,7 +198,10 @@ def work_once(orchestrator: Orchestrator) -> WorkDone:
 
 def summary(done: WorkDone) -> str:
     """``executed 2 runs (1 completed, 1 rolled_back); expired 0``."""
+    held = f"; {len(done.held)} still held" if done.held else ""
     if not done:
+        if done.held:
+            return f"nothing to do{held}"
         return "nothing to do: no run is queued and no approval request is overdue"
     counts: dict[str, int] = {}
     for outcome in done.outcomes.values():
@@ -186,7 +212,40 @@ def summary(done: WorkDone) -> str:
         f"executed {runs} run{'' if runs == 1 else 's'}"
         + (f" ({detail})" if detail else "")
         + f"; expired {len(done.expired)}"
+        + held
     )
+
+
+TransportOption = typer.Option(
+    "twin", "--transport", help="twin (simulated devices) or mqtt (field agents)."
+)
+BrokerOption = typer.Option(
+    None, "--broker", help="MQTT broker URL for --transport mqtt (default FIELDGATE_BROKER)."
+)
+GatewayOption = typer.Option(
+    "fieldgate-gateway", "--gateway-id", help="MQTT client id of this worker's gateway."
+)
+
+
+def check_transport(transport: str) -> None:
+    """Refuse a transport fieldgate does not have."""
+    if transport not in ("twin", "mqtt"):
+        raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
+
+
+def open_for(
+    config: Config, transport: str, broker: str | None, gateway_id: str
+) -> AbstractContextManager[Orchestrator]:
+    """An orchestrator whose commands go to the twin or, over MQTT, to field agents."""
+    from fieldgate.graphs.compose import open_orchestrator
+
+    if transport == "mqtt":
+        from fieldgate.cli._edge import broker_settings, open_mqtt_orchestrator
+
+        return open_mqtt_orchestrator(
+            config=config, broker=broker_settings(config, broker), client_id=gateway_id
+        )
+    return open_orchestrator(config=config)
 
 
 @handles_errors
@@ -197,37 +256,22 @@ def worker(
     ),
     model: str = ModelOption,
     db: str = DbOption,
-    transport: str = typer.Option(
-        "twin", "--transport", help="twin (simulated devices) or mqtt (field agents)."
-    ),
-    broker: str = typer.Option(
-        None, "--broker", help="MQTT broker URL for --transport mqtt (default FIELDGATE_BROKER)."
-    ),
-    gateway_id: str = typer.Option(
-        "fieldgate-gateway", "--gateway-id", help="MQTT client id of this worker's gateway."
-    ),
+    transport: str = TransportOption,
+    broker: str = BrokerOption,
+    gateway_id: str = GatewayOption,
 ) -> None:
     """Execute approved runs wave by wave and expire overdue approval requests.
 
-    Without --once it polls until Ctrl-C; a run left mid-way continues from its checkpoint.
+    Without --once it polls until Ctrl-C; a run left mid-way continues from its checkpoint,
+    a held run once its hold lifts, and one held by a policy engine error is retried with
+    a wait that doubles each time (a bounded number of times; `fieldgate runs retry`).
     With --transport mqtt, commands go over the broker to `fieldgate agent` processes.
     """
-    from contextlib import AbstractContextManager
-
-    from fieldgate.graphs.compose import open_orchestrator
-
-    if transport not in ("twin", "mqtt"):
-        raise FieldgateError(f"--transport must be twin or mqtt, not {transport!r}")
     config = command_config(db, model)
+    check_transport(transport)
 
     def opened() -> AbstractContextManager[Orchestrator]:
-        if transport == "mqtt":
-            from fieldgate.cli._edge import broker_settings, open_mqtt_orchestrator
-
-            return open_mqtt_orchestrator(
-                config=config, broker=broker_settings(config, broker), client_id=gateway_id
-            )
-        return open_orchestrator(config=config)
+        return open_for(config, transport, broker, gateway_id)
 
     if not once:
         console.print(f"worker: polling every {interval:g}s; Ctrl-C stops", highlight=False)
@@ -237,6 +281,8 @@ def worker(
             with opened() as orchestrator:
                 done = work_once(orchestrator)
             if once:
+                for plan_id, held in done.held.items():
+                    print_held(plan_id, held)
                 console.print(f"worker: {summary(done)}", highlight=False)
                 return
             if done:

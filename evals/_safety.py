@@ -347,11 +347,32 @@ def _manifest_digest(run: FinishedRun, plan: RolloutPlan) -> str | None:
         return None
 
 
+def _kill_switch_by_event(events: Sequence[AuditEvent]) -> dict[int, bool]:
+    """Whether the kill switch was on at each event, from the events before it.
+
+    A person's stop says where the switch stands (``engaged``; ``--release`` and
+    ``--abort`` let go of it); a hold by the switch means it was on, a resume after one
+    that it was released; the executor's own stop events were made while it was on.
+    """
+    on = False
+    at: dict[int, bool] = {}
+    for event in events:
+        at[event.seq] = on
+        payload = event.payload
+        if event.kind is EventKind.stop:
+            on = bool(payload.get("engaged", True))
+        elif event.kind in (EventKind.hold, EventKind.resume) and (
+            payload.get("kind") == "kill_switch"
+        ):
+            on = event.kind is EventKind.hold
+    return at
+
+
 def check_tool_calls(facts: Facts, engine: PolicyEngine) -> list[Violation]:
     """Re-check every allowed tool call with the tools policy on re-derived facts."""
     run = facts.run
     by_hash = {r.plan_hash: r for r in facts.revisions}
-    stops = [e.seq for e in run.events if e.kind is EventKind.stop]
+    switch = _kill_switch_by_event(run.events)
     violations = []
     for event in run.events:
         if event.kind is not EventKind.tool_call or event.payload.get("allow") is not True:
@@ -392,7 +413,7 @@ def check_tool_calls(facts: Facts, engine: PolicyEngine) -> list[Violation]:
                 # the current wave is the first whose gate had not passed, so every earlier
                 # one had: a call for a later wave is refused as not the current wave
                 previous_gate_passed=current is not None,
-                kill_switch=any(seq < event.seq for seq in stops),
+                kill_switch=switch.get(event.seq, False),
             )
         )
         result = engine.decide(TOOLS, document)

@@ -75,6 +75,10 @@ class PolicyEngineError(FieldgateError):
     """The policy engine could not produce a decision (compile, runtime or transport error)."""
 
 
+class OperationDenied(FieldgateError):
+    """The operations policy does not let this person set or lift the change freeze."""
+
+
 class AuditBroken(FieldgateError):
     """The audit chain does not verify, or an audit write failed."""
 

@@ -50,6 +50,14 @@ class Settings:
     max_soak: timedelta | None = None
     """Cap on every wave's soak (None: the plan's own). For wall-clock transports in tests
     and demos, where a 30-minute soak would be spent really waiting."""
+    engine_retry_first: timedelta = timedelta(seconds=30)
+    """How long a run held by a policy engine error waits before a worker's first retry;
+    each later retry waits twice as long as the one before."""
+    engine_retry_most: timedelta = timedelta(minutes=30)
+    """The longest wait between two retries of a run held by a policy engine error."""
+    engine_retries: int = 8
+    """Retries a worker makes on its own after a policy engine error; then the run waits
+    for ``fieldgate runs retry``."""
 
 
 class PlanCache:
@@ -94,7 +102,8 @@ class Context:
     roster: dict[str, list[str]] = field(default_factory=dict)
     """Who holds which roles (approvers and requesters)."""
     freeze: bool = False
-    """Whether a change freeze is in force."""
+    """Whether a change freeze is forced for this command (``FIELDGATE_FREEZE=1``), on top
+    of the freeze in the store that every process reads (:meth:`freeze_in_force`)."""
     model_name: str = "offline"
     """Name of the model, for audit and reports."""
     settings: Settings = field(default_factory=Settings)
@@ -118,6 +127,16 @@ class Context:
         """Write a signed checkpoint of the audit chain's head, when there is a witness."""
         if self.witness is not None:
             self.witness.checkpoint(self.store)
+
+    def freeze_in_force(self) -> str | None:
+        """Why a change freeze is in force (None when it is not): the store's, or one this
+        command forces with ``FIELDGATE_FREEZE=1``."""
+        stored = self.store.freeze.current()
+        if stored is not None:
+            return stored.describe()
+        if self.freeze:
+            return "change freeze forced for this command (FIELDGATE_FREEZE=1)"
+        return None
 
     def now(self) -> datetime:
         """The run's clock: the transport's (virtual with the twin)."""

@@ -7,6 +7,7 @@ enforcement point in ``tools``; it never runs a tool itself.
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from typing import Any, Literal
 
 from langgraph.runtime import Runtime
@@ -19,11 +20,14 @@ from fieldgate.graphs._record import audit, finish, manifest_or_none, model_fail
 from fieldgate.graphs.state import RolloutState
 from fieldgate.plan import RolloutPlan, assign_waves
 from fieldgate.runtime import Context
+from fieldgate.store import Run
 from fieldgate.tools import (
     Execution,
+    Hold,
     ToolContext,
     WaveRun,
     call_tool,
+    hold_for,
     tool_specs,
     tools_with_role,
 )
@@ -105,12 +109,10 @@ def _outcome_of(ex: Execution) -> tuple[str, str]:
     return "aborted", "the executor stopped before every wave had run"
 
 
-def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
-    """One executor step: the model picks a tool call, policy checks it, the tool runs."""
-    ctx = runtime.context
+def _tool_context(ctx: Context, state: RolloutState) -> ToolContext:
+    """The run's tool context: the execution so far, or a new one for a run not yet started."""
     store = ctx.store
     plan = plan_of(ctx, state)
-    manifest = store.catalog.get(plan.module, plan.version)
     rollback_manifest = (
         manifest_or_none(ctx, plan.module, plan.rollback.version)
         if plan.rollback and plan.rollback.version
@@ -121,27 +123,56 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         execution = Execution.model_validate(state["execution"])
     else:
         execution = _new_execution(ctx, plan, sites)
-        with store.writing(f"starting the execution of plan {plan.plan_id}") as tx:
-            store.runs.update(state["thread_id"], "executing", tx=tx)
-            store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)
-    tc = ToolContext(
+    return ToolContext(
         ctx,
         plan,
         state["plan_hash"],
-        manifest,
+        store.catalog.get(plan.module, plan.version),
         rollback_manifest,
         sites,
         state["thread_id"],
         execution,
+        rollback_plan=bool((state.get("decision") or {}).get("rollback")),
     )
+
+
+def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """One executor step: the model picks a tool call, policy checks it, the tool runs.
+
+    Before the model is asked, the step looks at what holds the run: an operator's abort
+    ends it (touched devices go back), the kill switch or the change freeze hold it where
+    it stands (nothing is dispatched, the run waits for a worker to take it up again),
+    and a run that held resumes once nothing does, with the approvals it had.
+    """
+    ctx = runtime.context
+    store = ctx.store
+    tc = _tool_context(ctx, state)
+    plan, execution = tc.plan, tc.execution
+    started = bool(state.get("execution"))
+    run = store.runs.get(state["thread_id"])
+    if run.detail.get("abort"):
+        return _abort(tc, state, run.detail["abort"])
+    held = tc.hold()
+    if held is not None:
+        return _hold(tc, state, held)
+    if execution.held is not None:
+        resumed = _resume(tc, state)
+        if resumed.get("outcome"):
+            return resumed
+    elif not started or run.status == "held":
+        # A new run, or one whose hold was written but whose worker died before the
+        # checkpoint that would have kept it: either way it executes now.
+        with store.writing(f"starting the execution of plan {plan.plan_id}") as tx:
+            store.runs.update(state["thread_id"], "executing", tx=tx)
+            store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)
     if execution.steps >= ctx.settings.executor_steps:
         return _give_up(tc, state, f"the executor took more than {execution.steps} steps")
-    stop = store.stops.engaged(plan.plan_id)
     try:
         choice = next_action(
             ctx.model,
             tool_specs(),
-            _situation(plan, execution, stop),
+            # Nothing held the run a moment ago; a switch pulled since is caught at the call.
+            _situation(plan, execution, None),
             state.get("last_tool_result"),
         )
     except ModelFailed as exc:
@@ -161,7 +192,15 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         choice.name,
         call_tool(tc, choice.name, choice.args, approved=approved, stop=stop),
     )
+    if result.get("engine_error"):
+        return {**update, **_engine_held(tc, state, str(result["refused"]))}
+    execution.engine_failures = 0
+    if execution.held is not None:  # held between two batches of a wave
+        return {**update, **_hold(tc, state, execution.held, after_step=True)}
     if result.get("refused"):
+        held = tc.hold()
+        if held is not None:  # refused because the switch or the freeze came on meanwhile
+            return {**update, **_hold(tc, state, held)}
         execution.refused_calls += 1
         if execution.refused_calls > ctx.settings.model_retries * 3:
             update.update(_give_up(tc, state, f"the executor kept making refused calls: {result}"))
@@ -170,6 +209,130 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     update["execution"] = execution.model_dump(mode="json")
     update["last_tool_result"] = json.dumps(result, sort_keys=True, default=str)
     return update
+
+
+# --------------------------------------------------------------------------- holds
+
+
+def _hold(
+    tc: ToolContext, state: RolloutState, held: Hold, *, after_step: bool = False
+) -> dict[str, Any]:
+    """Hold the run where it stands: nothing more is dispatched until the hold lifts.
+
+    The hold is audited and written to the runs table when it starts or changes (a worker
+    taking up a run that is still held writes nothing); the graph then pauses for a worker.
+    """
+    ctx, ex = tc.ctx, tc.execution
+    previous = ex.held if not after_step else None
+    ex.held = held
+    if previous is None or previous.model_dump() != held.model_dump():
+        current = ex.current if ex.current < len(ex.waves) else None
+        with ctx.store.writing(f"holding plan {tc.plan_id}") as tx:
+            audit(
+                ctx,
+                state,
+                EventKind.hold,
+                ActorKind.system,
+                held.kind.replace("_", "-"),
+                {
+                    "kind": held.kind,
+                    "reason": held.reason,
+                    "wave": current,
+                    "attempts": held.attempts,
+                    "retry_at": held.retry_at.isoformat() if held.retry_at else None,
+                },
+                tx=tx,
+            )
+            ctx.store.runs.update(
+                tc.thread_id, "held", detail={"held": held.model_dump(mode="json")}, tx=tx
+            )
+            ctx.store.plans.set_status(tc.plan_id, "held", tc.plan.revision, tx=tx)
+    return {"execution": ex.model_dump(mode="json")}
+
+
+def _engine_held(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any]:
+    """Hold a run whose tool call the policy engine could not decide: a worker retries it
+    after a wait that doubles each time, up to ``engine_retries`` times; then it waits for
+    ``fieldgate runs retry``."""
+    ex, settings = tc.execution, tc.ctx.settings
+    ex.engine_failures += 1
+    retry_at = None
+    if ex.engine_failures <= settings.engine_retries:
+        wait = settings.engine_retry_first * 2 ** (ex.engine_failures - 1)
+        retry_at = tc.ctx.people_now() + min(wait, settings.engine_retry_most)
+    held = Hold(kind="policy_engine", reason=reason, attempts=ex.engine_failures, retry_at=retry_at)
+    return _hold(tc, state, held, after_step=True)
+
+
+def _resume(tc: ToolContext, state: RolloutState) -> dict[str, Any]:
+    """Take a held run up again where it stood, with the approvals it had, unless the plan
+    they were given for changed meanwhile (then it ends: a new plan needs new approvals)."""
+    ctx, ex, plan = tc.ctx, tc.execution, tc.plan
+    held = ex.held
+    assert held is not None
+    current = ctx.store.plans.get(plan.plan_id)
+    if current.plan_hash != tc.plan_hash:
+        return _give_up(
+            tc,
+            state,
+            f"the plan changed while the run was {held.describe()} (revision "
+            f"{current.revision}); its approvals were for the earlier one, so it must be "
+            "approved again",
+        )
+    ex.held = None
+    ex.paused = False  # the operator let the run go on
+    for wave in ex.waves:
+        if wave.status == "halted":
+            wave.status = "pending"
+    with ctx.store.writing(f"resuming plan {plan.plan_id}") as tx:
+        audit(
+            ctx,
+            state,
+            EventKind.resume,
+            ActorKind.system,
+            "fieldgate",
+            {"kind": held.kind, "was": held.reason, "attempts": held.attempts},
+            tx=tx,
+        )
+        ctx.store.runs.update(tc.thread_id, "executing", detail={"held": None}, tx=tx)
+        ctx.store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)
+    return {}
+
+
+def _abort(tc: ToolContext, state: RolloutState, request: dict[str, Any]) -> dict[str, Any]:
+    """End the run an operator aborted (``fieldgate stop --abort``), rolling touched
+    devices back first; while a kill switch still holds the run, the rollback waits."""
+    reason = f"aborted by {request.get('by')}: {request.get('reason')}"
+    ex = tc.execution
+    if ex.touched and not ex.rolled_back:
+        held = hold_for(tc.ctx, tc.plan_id, forward=False)
+        if held is not None:
+            return _hold(tc, state, held)
+    ex.held = None
+    return _end(tc, state, "aborted", reason)
+
+
+def hold_now(ctx: Context, values: dict[str, Any], plan_id: str) -> Hold | None:
+    """What holds a run (graph state ``values``) at its next executor step: the kill switch,
+    or the change freeze when the run moves devices forward."""
+    execution = values.get("execution") or {}
+    forward = not (values.get("decision") or {}).get("rollback") and not (
+        (execution.get("abort") or {}).get("tripped")
+    )
+    return hold_for(ctx, plan_id, forward=forward)
+
+
+def due(ctx: Context, values: dict[str, Any], run: Run) -> bool:
+    """Whether a worker should take up a held run (graph state ``values``) now: its hold
+    lifted, an operator aborted it, or a policy engine retry is due."""
+    execution = values.get("execution") or {}
+    held = run.detail.get("held") or execution.get("held")
+    if not held or run.detail.get("abort"):
+        return True
+    if held.get("kind") == "policy_engine":
+        retry_at = held.get("retry_at")
+        return retry_at is not None and datetime.fromisoformat(retry_at) <= ctx.people_now()
+    return hold_now(ctx, values, run.plan_id) is None
 
 
 def _give_up(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any]:
@@ -181,6 +344,11 @@ def _give_up(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any
     same rollback tool and through the same tools policy (so a pulled kill switch still
     stops it); then the run ends ``failed``.
     """
+    return _end(tc, state, "failed", reason)
+
+
+def _end(tc: ToolContext, state: RolloutState, outcome: str, reason: str) -> dict[str, Any]:
+    """End the run with ``outcome``, first rolling every touched device back."""
     ex = tc.execution
     reasons = [reason]
     if ex.touched and not ex.rolled_back:
@@ -197,7 +365,7 @@ def _give_up(tc: ToolContext, state: RolloutState, reason: str) -> dict[str, Any
         else:
             why = result.get("refused") or result.get("error") or "no rollback"
             reasons.append(f"the {len(ex.touched)} touched devices were not rolled back: {why}")
-    return {"execution": ex.model_dump(mode="json"), **finish("failed", *reasons)}
+    return {"execution": ex.model_dump(mode="json"), **finish(outcome, *reasons)}
 
 
 # --------------------------------------------------------------------------- report
@@ -236,6 +404,15 @@ def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     return {}
 
 
-def route_after_executor(state: RolloutState) -> Literal["executor", "report"]:
-    """Loop until the executor reaches an outcome."""
-    return "report" if state.get("outcome") else "executor"
+def hold(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
+    """Where a held run waits for a worker (the graph pauses after this node)."""
+    return {}
+
+
+def route_after_executor(state: RolloutState) -> Literal["executor", "hold", "report"]:
+    """Loop until the executor reaches an outcome; a held run waits at ``hold``."""
+    if state.get("outcome"):
+        return "report"
+    if (state.get("execution") or {}).get("held"):
+        return "hold"
+    return "executor"

@@ -316,7 +316,7 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
             installed,
             actor=state["actor"],
             now=ctx.now(),
-            freeze=ctx.freeze,
+            freeze=ctx.freeze_in_force() is not None,
         ),
         thread_id=state.get("thread_id"),
     )

@@ -1,7 +1,9 @@
 """The rollout graph: intake → planner ⇄ validator → policy gate → approval → queue → executor.
 
-The graph pauses in two places: at the approval interrupt (approvers answer) and
-after ``queue`` (a worker picks the run up and executes it).
+The graph pauses in three places: at the approval interrupt (approvers answer),
+after ``queue`` (a worker picks the run up and executes it) and after ``hold`` (the
+kill switch, the change freeze or a policy engine error holds the run; a worker takes
+it up again once the hold lifts).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
 from fieldgate.graphs.approval import approval, route_after_approval
-from fieldgate.graphs.execution import executor, queue, report, route_after_executor
+from fieldgate.graphs.execution import executor, hold, queue, report, route_after_executor
 from fieldgate.graphs.planning import (
     intake,
     planner,
@@ -44,12 +46,13 @@ NODES: dict[str, Node] = {
     "approval": approval,
     "queue": queue,
     "executor": executor,
+    "hold": hold,
     "report": report,
 }
 """Every node, by name."""
 
-PAUSE_AFTER = ["queue"]
-"""The run waits for a worker after being queued."""
+PAUSE_AFTER = ["queue", "hold"]
+"""The run waits for a worker after being queued, and while it is held."""
 
 
 def _given_context(node: Node, context: Callable[[], Context]) -> Node:
@@ -88,6 +91,7 @@ def build_graph(
     builder.add_conditional_edges("approval", route_after_approval)
     builder.add_edge("queue", "executor")
     builder.add_conditional_edges("executor", route_after_executor)
+    builder.add_edge("hold", "executor")
     builder.add_edge("report", END)
     return builder
 

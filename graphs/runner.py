@@ -44,12 +44,20 @@ class RunView:
         return self.values.get("outcome")
 
     @property
+    def held(self) -> dict[str, Any] | None:
+        """What holds the run (kind, reason), while something does."""
+        held = (self.values.get("execution") or {}).get("held")
+        return held if isinstance(held, dict) else None
+
+    @property
     def status(self) -> str:
-        """done, awaiting_approval, queued or running."""
+        """done, awaiting_approval, held, queued or running."""
         if self.outcome:
             return "done"
         if self.interrupts:
             return "awaiting_approval"
+        if self.held and self.next == ("executor",):
+            return "held"
         if self.next == ("executor",):
             return "queued"
         return "running"
@@ -139,7 +147,8 @@ class Orchestrator:
         """Where a run stands once an invoke returned, from what the invoke returned.
 
         An invoke returns in one of three places: the run ended (it has an outcome), it
-        waits at the approval interrupt, or it paused after ``queue`` for a worker. Reading
+        waits at the approval interrupt, or it paused after ``queue`` or ``hold`` for a
+        worker. Reading
         the checkpoint back (:meth:`view`) would tell the same at the cost of another read.
         """
         if values.get("outcome"):

@@ -3,7 +3,7 @@
 # Query data.fieldgate.tools.decision with the input built by
 # fieldgate.policy.tool_input: the tool and its arguments, the devices the call
 # names as facts, the approved plan, the current wave, whether the previous wave's
-# gate passed, and the kill switch. Device lists never reach the policy: Python
+# gate passed, the kill switch and the change freeze. Device lists never reach the policy: Python
 # checks each named device against the wave and the plan and passes counts with a
 # few ids (input.devices), so a decision costs the same for 10 devices or 10,000.
 package fieldgate.tools
@@ -58,6 +58,15 @@ kind_reason := {
 refusal contains "kill switch is on: nothing that changes a device runs" if {
 	changes_devices
 	not input.kill_switch == false
+}
+
+# METADATA
+# title: T7 change freeze
+# description: While the change freeze is in force a forward rollout neither deploys nor resumes; rollbacks (and rollback plans) go on.
+refusal contains "change freeze is in force: a forward rollout holds; only rollbacks run" if {
+	kind in {"deploy", "resume"}
+	not input.freeze == false
+	not input.plan.rollback_plan == true
 }
 
 # METADATA

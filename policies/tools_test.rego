@@ -15,12 +15,14 @@ check(x) := d if {
 	in_plan := object.get(x, "plan", null)
 	in_wave := object.get(x, "wave", null)
 	in_kill_switch := object.get(x, "kill_switch", null)
+	in_freeze := object.get(x, "freeze", null)
 	d := tools.decision with input.tool as in_tool
 		with input.args as in_args
 		with input.devices as in_devices
 		with input.plan as in_plan
 		with input.wave as in_wave
 		with input.kill_switch as in_kill_switch
+		with input.freeze as in_freeze
 }
 
 digest := "sha256:1111111111111111111111111111111111111111111111111111111111111111"
@@ -61,6 +63,7 @@ deploy := {
 	"plan": plan,
 	"wave": {"index": 0, "previous_gate_passed": false},
 	"kill_switch": false,
+	"freeze": false,
 }
 
 second_wave := {"index": 1, "previous_gate_passed": true}
@@ -213,7 +216,7 @@ test_status_and_telemetry_reads_are_always_allowed if {
 test_resume_is_refused_under_kill_switch if {
 	call := {"tool": "resume", "args": {}, "plan": plan, "kill_switch": true}
 	refused_for(check(call), "kill switch")
-	check(object.union(call, {"kill_switch": false})).allow == true
+	check(object.union(call, {"kill_switch": false, "freeze": false})).allow == true
 }
 
 test_resume_of_unapproved_plan_is_refused if {
@@ -230,4 +233,40 @@ test_unknown_tool_is_refused if {
 	d := check({"tool": "format_disk", "args": {}, "kill_switch": false})
 	d.allow == false
 	contains(d.reason, "unknown tool")
+}
+
+# T7: the change freeze holds forward rollouts, lets rollbacks and rollback plans go on.
+
+test_t7_freeze_refuses_a_forward_deploy if {
+	refused_for(check(object.union(deploy, {"freeze": true})), "change freeze")
+}
+
+test_t7_freeze_refuses_resuming_a_forward_rollout if {
+	call := object.union(deploy, {"tool": "resume", "args": {}, "freeze": true})
+	refused_for(check(call), "change freeze")
+}
+
+test_t7_a_missing_freeze_fact_refuses_a_deploy if {
+	call := object.remove(deploy, ["freeze"])
+	refused_for(check(call), "change freeze")
+}
+
+test_t7_freeze_lets_a_rollback_run if {
+	d := check(object.union(rollback, {"freeze": true}))
+	d.allow == true
+}
+
+test_t7_freeze_lets_a_rollback_plan_deploy if {
+	call := object.union(deploy, {"freeze": true, "plan": object.union(plan, {"rollback_plan": true})})
+	d := check(call)
+	d.allow == true
+}
+
+test_t7_no_freeze_lets_a_deploy_run if {
+	check(deploy).allow == true
+}
+
+test_t7_freeze_lets_reads_and_halts_run if {
+	check(object.union(deploy, {"tool": "fleet_status", "args": {}, "freeze": true})).allow == true
+	check(object.union(deploy, {"tool": "pause", "args": {}, "freeze": true})).allow == true
 }

@@ -294,28 +294,37 @@ def test_worker_once_completes_a_queued_run(db: str) -> None:
     assert invoke("audit", "verify")[0] == 0
 
 
-def test_stop_all_then_worker_aborts_and_sends_nothing(db: str) -> None:
+def test_stop_all_then_worker_holds_and_sends_nothing_until_released(db: str) -> None:
     plan = ask(PUMP)
     assert invoke("stop")[0] == 2
     assert invoke("stop", "pl-nope")[0] == 2
     code, out = invoke("stop", "--all", "--reason", "storm over rtm-05")
     assert code == 0, out
-    assert "engaged" in out and "halts within one executor step" in out and plan in out
+    assert "engaged" in out and "holds within one executor step" in out and plan in out
     code, out = invoke("worker", "--once")
     assert code == 0, out
-    assert f"{plan}: aborted — dispatch stopped" in out
+    assert f"{plan}: held by the kill switch" in out and "storm over rtm-05" in out
     assert versions(db, "rtm-05", "pump-logic") == {"1.8.0": 60}
     with Store.open(db) as store:
-        assert store.runs.for_plan(plan).outcome == "aborted"
+        run = store.runs.for_plan(plan)
+        assert run.status == "held" and run.outcome is None
         assert default_twin(store).effects() == []
-        calls = store.audit.events(plan_id=plan, kinds=[EventKind.tool_call])
-        assert [c.payload["tool"] for c in calls if c.payload["allow"]] == ["pause"]
+        assert store.audit.events(plan_id=plan, kinds=[EventKind.tool_call]) == []
         pulled = store.audit.events(kinds=[EventKind.stop])[0]
-        assert pulled.payload == {"scope": "*", "engaged": True, "reason": "storm over rtm-05"}
+        assert pulled.payload == {
+            "scope": "*",
+            "engaged": True,
+            "abort": False,
+            "reason": "storm over rtm-05",
+        }
     code, out = invoke("stop", "--release", "--all")
     assert code == 0 and "released" in out
     with Store.open(db) as store:
         assert store.stops.engaged(plan) is None
+    code, out = invoke("worker", "--once")
+    assert code == 0, out
+    assert "executed 1 run (1 completed)" in out
+    assert versions(db, "rtm-05", "pump-logic") == {"1.9.0": 60}
 
 
 def test_demo_tells_the_whole_story(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

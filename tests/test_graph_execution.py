@@ -53,7 +53,7 @@ def waves_touched(world: World) -> dict[int, int]:
 # --------------------------------------------------------------------------- kill switch
 
 
-def test_kill_switch_before_work_aborts_with_nothing_dispatched(sqlite_url: str) -> None:
+def test_kill_switch_before_work_holds_with_nothing_dispatched(sqlite_url: str) -> None:
     with open_run(load("small-auto-allow"), sqlite_url) as (world, orchestrator):
         view = submit(world, orchestrator)
         assert view.status == "queued"
@@ -61,19 +61,19 @@ def test_kill_switch_before_work_aborts_with_nothing_dispatched(sqlite_url: str)
 
         view = orchestrator.work(view.thread_id)
 
-        assert view.outcome == "aborted"
-        assert view.values["reasons"] == ["dispatch stopped"]
+        assert view.outcome is None and view.status == "held"
+        assert view.held is not None and view.held["kind"] == "kill_switch"
+        assert world.store.runs.get(view.thread_id).status == "held"
         assert world.twin.effects() == []
         assert world.twin.versions("air-quality-model") == {"1.1.0": 6}
-        calls = tool_calls(world)
-        assert [(c["tool"], c["allow"]) for c in calls] == [("pause", True)]
-        stops = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.stop])
-        assert len(stops) == 1
-        assert "site power work" in stops[0].payload["reason"]
+        assert tool_calls(world) == []  # the model is not even asked while the switch holds
+        holds = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.hold])
+        assert len(holds) == 1
+        assert "site power work" in holds[0].payload["reason"]
         assert world.store.audit.verify().ok
 
 
-def test_kill_switch_between_waves_stops_dispatch_after_the_current_wave(
+def test_kill_switch_between_waves_holds_dispatch_after_the_current_wave(
     sqlite_url: str,
 ) -> None:
     model = RecordingModel()
@@ -87,17 +87,17 @@ def test_kill_switch_between_waves_stops_dispatch_after_the_current_wave(
         model.before_executor = pull_after_first_wave
         view = orchestrator.work(view.thread_id)
 
-        assert view.outcome == "aborted"
+        assert view.status == "held" and view.outcome is None
         sizes = view.values["findings"]["wave_sizes"]
         assert waves_touched(world) == {0: sizes[0]}
         assert len(world.twin.touched()) == sizes[0]
         # The model had already picked wave 2 when the switch was pulled: the enforcement
-        # point refused it, and the executor paused.
+        # point refused it, and the run holds.
         calls = [(c["tool"], c["args"].get("wave"), c["allow"]) for c in tool_calls(world)]
-        assert calls == [("deploy_wave", 0, True), ("deploy_wave", 1, False), ("pause", None, True)]
+        assert calls == [("deploy_wave", 0, True), ("deploy_wave", 1, False)]
         assert "kill switch is on" in tool_calls(world)[1]["reason"]
-        stops = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.stop])
-        assert [s.payload["reason"] for s in stops] == [
+        holds = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.hold])
+        assert [h.payload["reason"] for h in holds] == [
             f"kill switch for plan {world.plan_id} pulled by op-ola: smoke at the pump house"
         ]
         assert world.store.audit.verify().ok
@@ -126,14 +126,14 @@ def test_kill_switch_during_a_wave_halts_the_next_batch(sqlite_url: str) -> None
 
         view = Orchestrator(ctx, checkpointer).work(view.thread_id)
 
-        assert view.outcome == "aborted"
+        assert view.status == "held"
         plan = view.values["plan"]
         sizes = view.values["findings"]["wave_sizes"]
         first_batch = plan["waves"][1]["max_parallel"]
         assert first_batch < sizes[1]
         assert waves_touched(world) == {0: sizes[0], 1: first_batch}
-        stops = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.stop])
-        assert [s.payload.get("wave") for s in stops] == [1]
+        holds = world.store.audit.events(plan_id=world.plan_id, kinds=[EventKind.hold])
+        assert [h.payload.get("wave") for h in holds] == [1]
         assert view.values["execution"]["waves"][1]["status"] == "halted"
         assert world.store.audit.verify().ok
 

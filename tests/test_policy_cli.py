@@ -93,7 +93,7 @@ def test_policy_test_fails_a_failing_rego_test(tmp_path: Path) -> None:
 def test_policy_show_lists_each_rule_in_one_line() -> None:
     result = runner.invoke(app, ["policy", "show"])
     assert result.exit_code == 0
-    lines = [line for line in result.output.splitlines() if line and line[0] in "ACDT"]
+    lines = [line for line in result.output.splitlines() if line and line[0] in "ACDOT"]
     assert len(lines) == len(PolicyPack.load().rules())
     canary = next(line for line in lines if line.startswith("D5 canary"))
     assert "rollout.rego:" in canary and "5%" in canary

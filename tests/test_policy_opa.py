@@ -129,7 +129,12 @@ def test_upload_and_queries_match_the_in_process_engine(
         remote = engine.decide(path, document)
         assert "error" not in remote, remote
         assert canonical(remote) == canonical(rego.decide(path, document)), path
-    assert set(server.policies) == {"fieldgate/rollout", "fieldgate/approvals", "fieldgate/tools"}
+    assert set(server.policies) == {
+        "fieldgate/rollout",
+        "fieldgate/approvals",
+        "fieldgate/tools",
+        "fieldgate/operations",
+    }
     assert server.data["fieldgate"]["config"]["canary_percent"] == 5
     assert ("PUT", "/v1/data/fieldgate/roster") in server.requests
     assert ("POST", "/v1/data/fieldgate/rollout/decision") in server.requests
@@ -141,7 +146,7 @@ def test_policies_are_uploaded_once(server: OpaTestServer) -> None:
     for _ in range(3):
         engine.decide(TOOLS, {"tool": "fleet_status", "args": {}, "kill_switch": False})
     puts = [r for r in server.requests if r[0] == "PUT"]
-    assert len(puts) == 5  # config, roster, three modules
+    assert len(puts) == 6  # config, roster, four modules
 
 
 def test_server_down_denies_with_the_reason(server: OpaTestServer) -> None:

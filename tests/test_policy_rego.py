@@ -43,7 +43,7 @@ def test_every_policy_module_has_tests_beside_it() -> None:
     """``rollout.rego`` is tested by ``rollout_test.rego`` and ``rollout_<topic>_test.rego``."""
     modules = {m.name.removesuffix(".rego") for m in PACK.policies}
     tests = {m.name.removesuffix("_test.rego").split("_")[0] for m in PACK.tests}
-    assert modules == tests == {"rollout", "approvals", "tools"}
+    assert modules == tests == {"rollout", "approvals", "tools", "operations"}
 
 
 @pytest.mark.parametrize("rule", [f"d{n}" for n in range(0, 12)])
@@ -59,7 +59,8 @@ def test_every_deny_rule_is_tested_both_ways(rule: str) -> None:
 def test_every_rule_has_a_one_line_title() -> None:
     titles = [r.title.split()[0] for r in PACK.rules()]
     expected = [f"D{n}" for n in range(12)] + ["A1", "A2", "A3"]
-    expected += ["C1", "C2", "C3", "C4", "C5", "C6"] + [f"T{n}" for n in range(1, 7)]
+    expected += ["C1", "C2", "C3", "C4", "C5", "C6"] + [f"T{n}" for n in range(1, 8)]
+    expected += ["O1", "O2"]
     assert set(expected) <= set(titles)
     assert all(r.description and "\n" not in r.description for r in PACK.rules())
 
@@ -205,4 +206,10 @@ def test_revision_covers_policies_and_data_but_not_tests(tmp_path: Path) -> None
     changed = PACK.with_data({"fieldgate": {"config": {"canary_percent": 10}}})
     assert changed.revision.digest != base.digest
     assert changed.data["fieldgate"]["config"]["canary_min_targets"] == 10
-    assert base.files == ("approvals.rego", "rollout.rego", "tools.rego", "data.json")
+    assert base.files == (
+        "approvals.rego",
+        "operations.rego",
+        "rollout.rego",
+        "tools.rego",
+        "data.json",
+    )

@@ -5,11 +5,15 @@ where policy checks it first."""
 from fieldgate.tools._args import ToolArgs
 from fieldgate.tools._enforce import call_tool
 from fieldgate.tools._execution import (
+    HOLD_LABELS,
     AbortState,
     Execution,
     GateResult,
+    Hold,
+    HoldKind,
     ToolContext,
     WaveRun,
+    hold_for,
 )
 from fieldgate.tools._registry import (
     CHANGING,
@@ -24,17 +28,21 @@ from fieldgate.tools._registry import (
 
 __all__ = [
     "CHANGING",
+    "HOLD_LABELS",
     "ROLES",
     "TOOLS",
     "AbortState",
     "Execution",
     "GateResult",
+    "Hold",
+    "HoldKind",
     "Role",
     "Tool",
     "ToolArgs",
     "ToolContext",
     "WaveRun",
     "call_tool",
+    "hold_for",
     "policy_tools",
     "tool_specs",
     "tools_with_role",

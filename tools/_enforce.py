@@ -51,6 +51,11 @@ def call_tool(
         args: Its arguments as the model gave them.
         approved: Whether the plan revision passed its approval gate.
         stop: The kill switch's reason when it is on (None when off).
+
+    The change freeze is read as it stands now (the store's, or one the command forces).
+    A call the policy engine could not decide comes back refused with ``engine_error``:
+    the run holds until the engine works again, rather than counting it as the model's
+    mistake.
     """
     tool = TOOLS.get(name)
     if tool is None:
@@ -77,6 +82,8 @@ def call_tool(
             previous_gate_passed=current == 0
             or (current is not None and ex.waves[current - 1].status == "passed"),
             kill_switch=stop is not None,
+            freeze=tc.ctx.freeze_in_force() is not None,
+            rollback_plan=tc.rollback_plan,
         ),
         thread_id=tc.thread_id,
     )
@@ -92,6 +99,8 @@ def call_tool(
             "reason": decision.reason,
         },
     )
+    if decision.error is not None:
+        return {"refused": decision.reason, "engine_error": decision.error}
     if not decision.allow:
         return {"refused": decision.reason}
     result = tool.run(tc, parsed, stop)

@@ -34,6 +34,16 @@ from fieldgate.store import NewEvent
 
 WaveStatus = Literal["pending", "dispatching", "passed", "failed", "halted"]
 
+HoldKind = Literal["kill_switch", "freeze", "policy_engine"]
+"""What holds a run: the kill switch, the change freeze, or a policy engine that failed."""
+
+HOLD_LABELS: dict[str, str] = {
+    "kill_switch": "the kill switch",
+    "freeze": "the change freeze",
+    "policy_engine": "a policy engine error",
+}
+"""How each kind of hold reads: ``held by the kill switch``."""
+
 
 class GateResult(BaseModel):
     """How a wave fared against its health gate."""
@@ -69,6 +79,24 @@ class AbortState(BaseModel):
     reason: str = ""
 
 
+class Hold(BaseModel):
+    """Why a run dispatches nothing until the hold lifts (then it resumes where it stood)."""
+
+    kind: HoldKind
+    """The kill switch, the change freeze or a policy engine error."""
+    reason: str
+    """Who pulled the switch or set the freeze and why, or what the engine said."""
+    attempts: int = 0
+    """Policy engine errors in a row (0 for the switch and the freeze)."""
+    retry_at: datetime | None = None
+    """When a worker retries a run held by a policy engine error on its own (people's
+    clock); None: it does not (the retries are spent, or the hold is not the engine's)."""
+
+    def describe(self) -> str:
+        """``held by the kill switch: kill switch for plan … pulled by op-ola: storm``."""
+        return f"held by {HOLD_LABELS[self.kind]}: {self.reason}"
+
+
 class Execution(BaseModel):
     """The executor's progress, kept in the graph state between steps."""
 
@@ -90,6 +118,10 @@ class Execution(BaseModel):
     rollback_failed: list[str] = []
     refused_calls: int = Field(default=0, ge=0)
     steps: int = 0
+    held: Hold | None = None
+    """What holds the run, while something does."""
+    engine_failures: int = Field(default=0, ge=0)
+    """Tool calls in a row the policy engine could not decide."""
 
     @property
     def finished_waves(self) -> bool:
@@ -101,6 +133,24 @@ class Execution(BaseModel):
         if self.abort.tripped or self.paused or self.current >= len(self.waves):
             return None
         return self.current
+
+    @property
+    def rolling_back(self) -> bool:
+        """Whether the run is past going forward: its abort criteria or a gate tripped."""
+        return self.abort.tripped
+
+
+def hold_for(ctx: Context, plan_id: str, *, forward: bool) -> Hold | None:
+    """What holds a run of ``plan_id`` now: the kill switch (whatever the run does), else
+    the change freeze (only a forward rollout); None when nothing does."""
+    stop = ctx.store.stops.engaged(plan_id)
+    if stop is not None:
+        return Hold(kind="kill_switch", reason=stop)
+    if forward:
+        freeze = ctx.freeze_in_force()
+        if freeze is not None:
+            return Hold(kind="freeze", reason=freeze)
+    return None
 
 
 @dataclass
@@ -115,12 +165,24 @@ class ToolContext:
     sites: dict[str, Site]
     thread_id: str
     execution: Execution
+    rollback_plan: bool = False
+    """Whether the rollout policy judged the plan a rollback (it runs under a freeze)."""
     _command_index: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def plan_id(self) -> str:
         """The plan the call works on."""
         return self.plan.plan_id
+
+    @property
+    def forward(self) -> bool:
+        """Whether the run moves devices forward (a change freeze holds it): neither a
+        rollback plan nor a run that is rolling back."""
+        return not self.rollback_plan and not self.execution.rolling_back
+
+    def hold(self) -> Hold | None:
+        """What holds this run now (see :func:`hold_for`)."""
+        return hold_for(self.ctx, self.plan_id, forward=self.forward)
 
     def audit(
         self, kind: EventKind, actor_kind: ActorKind, actor: str, payload: dict[str, Any]
@@ -301,11 +363,12 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     for site_id in sorted(by_site, key=lambda s: (opening(s), s)):
         site = tc.sites[site_id]
         for chunk in chunks(by_site[site_id], spec.max_parallel):
-            stopped = ctx.store.stops.engaged(tc.plan_id)
-            if stopped:
-                ex.paused = True
+            held = tc.hold()
+            if held is not None:
+                # Held between two batches: what went out is settled, the rest waits.
+                ex.held = held
                 run.status = "halted"
-                return {"wave": wave, "halted": stopped}
+                return {"wave": wave, "halted": held.describe(), "held": held.kind}
             _wait_for_window(tc, site)
             commands = [make_command(tc, wave, d, Action.install) for d in chunk]
             for device_id in chunk:

@@ -83,10 +83,8 @@ def _audit_stop(tc: ToolContext, payload: dict[str, Any]) -> None:
 
 
 def _deploy(tc: ToolContext, args: dict[str, Any], stop: str | None) -> dict[str, Any]:
-    result = deploy_wave(tc, args["wave"])
-    if "halted" in result:
-        _audit_stop(tc, {"reason": result["halted"], "wave": args["wave"]})
-    return result
+    # A wave held between two batches is audited where the run holds (the executor).
+    return deploy_wave(tc, args["wave"])
 
 
 def _rollback(tc: ToolContext, args: dict[str, Any], stop: str | None) -> dict[str, Any]:

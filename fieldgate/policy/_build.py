@@ -351,6 +351,8 @@ def tool_input(
     wave_devices: Iterable[str] = (),
     previous_gate_passed: bool = False,
     kill_switch: bool,
+    freeze: bool = False,
+    rollback_plan: bool = False,
 ) -> ToolInput:
     """Build the tool-call check's input.
 
@@ -370,6 +372,8 @@ def tool_input(
         wave_devices: devices of the current wave.
         previous_gate_passed: whether the previous wave's gate passed.
         kill_switch: whether the kill switch is on.
+        freeze: whether the change freeze is in force.
+        rollback_plan: whether the rollout policy judged the plan a rollback.
 
     Raises:
         ValueError: ``args["devices"]`` is not a list of device ids.
@@ -400,6 +404,7 @@ def tool_input(
             digest=digest or "",
             rollback_version=plan.rollback.version if plan.rollback else None,
             approved=approved,
+            rollback_plan=rollback_plan,
         )
     wave = None
     if wave_index is not None:
@@ -411,4 +416,5 @@ def tool_input(
         plan=tool_plan,
         wave=wave,
         kill_switch=kill_switch,
+        freeze=freeze,
     )

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from fieldgate.contract import problems_of
-from fieldgate.policy._engine import APPROVALS, ROLLOUT, TOOLS, fail_closed
+from fieldgate.policy._engine import APPROVALS, OPERATIONS, ROLLOUT, TOOLS, fail_closed
 
 
 class _Decision(BaseModel):
@@ -125,10 +125,24 @@ class ToolDecision(_Decision):
     """Set when the engine could not decide."""
 
 
+class OperationDecision(_Decision):
+    """``data.fieldgate.operations.decision``: whether a person may carry out an operation."""
+
+    allow: bool
+    """Whether they may."""
+    reason: str
+    """Why (the roles that allow it, or every refusal joined)."""
+    reasons: list[str] = []
+    """Each refusal."""
+    error: str | None = None
+    """Set when the engine could not decide."""
+
+
 _MODELS: dict[str, type[_Decision]] = {
     ROLLOUT: RolloutDecision,
     APPROVALS: ApprovalsDecision,
     TOOLS: ToolDecision,
+    OPERATIONS: OperationDecision,
 }
 
 

@@ -12,7 +12,10 @@ APPROVALS = "fieldgate.approvals.decision"
 """Path of the approval count: ``{satisfied, missing[], rejected_by[]}``."""
 TOOLS = "fieldgate.tools.decision"
 """Path of the tool-call check: ``{allow, reason}``."""
-DECISIONS = (ROLLOUT, APPROVALS, TOOLS)
+OPERATIONS = "fieldgate.operations.decision"
+"""Path of the operations check (who may set or lift the change freeze): ``{allow, reason}``."""
+
+DECISIONS = (ROLLOUT, APPROVALS, TOOLS, OPERATIONS)
 """The decisions every engine prepares when it loads the pack."""
 
 
@@ -123,7 +126,7 @@ def check_shape(path: str, result: Any) -> str | None:
         for key in ("missing", "rejected_by"):
             if not isinstance(result.get(key), list):
                 return f"the decision at {path} has no list '{key}'"
-    elif path == TOOLS and (
+    elif path in (TOOLS, OPERATIONS) and (
         not isinstance(result.get("allow"), bool) or not isinstance(result.get("reason"), str)
     ):
         return f"the decision at {path} has no boolean 'allow' and string 'reason'"

@@ -13,19 +13,21 @@ from fieldgate.audit import ActorKind, EventKind
 from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.policy._decision import (
     ApprovalsDecision,
+    OperationDecision,
     RolloutDecision,
     ToolDecision,
     read_decision,
 )
 from fieldgate.policy._engine import (
     APPROVALS,
+    OPERATIONS,
     ROLLOUT,
     TOOLS,
     PolicyEngine,
     fail_closed,
     normalize_path,
 )
-from fieldgate.policy._input import ApprovalsInput, RolloutInput, ToolInput
+from fieldgate.policy._input import ApprovalsInput, OperationInput, RolloutInput, ToolInput
 
 
 class AuditSink(Protocol):
@@ -138,4 +140,10 @@ class PolicyGate:
         plan_id = input.plan.id if input.plan else None
         result = self.decide(TOOLS, input, plan_id=plan_id, thread_id=thread_id)
         decision: ToolDecision = read_decision(TOOLS, result)
+        return decision
+
+    def operation(self, input: OperationInput) -> OperationDecision:
+        """Decide whether a person may carry out a fleet-wide operation (the change freeze)."""
+        result = self.decide(OPERATIONS, input)
+        decision: OperationDecision = read_decision(OPERATIONS, result)
         return decision

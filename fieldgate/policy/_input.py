@@ -282,6 +282,8 @@ class ToolPlan(Contract):
     """The plan's rollback version."""
     approved: bool
     """Whether the approval gate passed for this revision."""
+    rollback_plan: bool = False
+    """Whether the rollout policy judged the plan a rollback (it runs under a change freeze)."""
 
 
 class ToolWave(Contract):
@@ -319,3 +321,16 @@ class ToolInput(Contract):
     """The current wave, or None."""
     kill_switch: bool
     """Whether the kill switch is on."""
+    freeze: bool
+    """Whether the change freeze is in force."""
+
+
+class OperationInput(Contract):
+    """Input of ``data.fieldgate.operations.decision``."""
+
+    action: str
+    """The operation: ``freeze`` or ``unfreeze``."""
+    actor: str
+    """Who asks."""
+    roster: dict[str, list[str]] | None = None
+    """Who holds which roles (the configuration's); None: the pack's roster."""

@@ -14,6 +14,7 @@ from fieldgate.store._catalog import CatalogRecord, CatalogStore, HeldMetadata, 
 from fieldgate.store._checkpoints import AUDIT_TABLES, CheckpointStore, WatchedAuditLog
 from fieldgate.store._engine import open_engine
 from fieldgate.store._fleet import FleetStore, FleetSummary, InventoryImport
+from fieldgate.store._freeze import Freeze, FreezeStore
 from fieldgate.store._keys import KeyPurpose, KeyStore, TrustedKey
 from fieldgate.store._plans import PlanRecord, PlanStore
 from fieldgate.store._runs import OPEN_STATUSES, Run, RunStore, StopStore
@@ -29,6 +30,8 @@ __all__ = [
     "CheckpointStore",
     "FleetStore",
     "FleetSummary",
+    "Freeze",
+    "FreezeStore",
     "HeldMetadata",
     "ImportResult",
     "InventoryImport",

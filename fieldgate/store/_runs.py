@@ -33,7 +33,7 @@ from fieldgate.store._table import (
     utc_time_field,
 )
 
-OPEN_STATUSES = ("accepted", "awaiting_approval", "queued", "executing")
+OPEN_STATUSES = ("accepted", "awaiting_approval", "queued", "executing", "held")
 """Statuses of runs that have not reached an outcome."""
 
 
@@ -66,7 +66,8 @@ class Run:
     actor: str
     """Who asked."""
     status: str
-    """accepted (and being planned), awaiting_approval, queued, executing or done."""
+    """accepted (and being planned), awaiting_approval, queued, executing, held (by the
+    kill switch, the change freeze or a policy engine error) or done."""
     outcome: str | None
     """How it ended (completed, denied, …) once done."""
     detail: dict[str, Any]
@@ -271,22 +272,34 @@ ALL_PLANS = "*"
 
 
 class StopStore:
-    """Kill switches: engaged ones halt dispatch within one step and refuse device changes."""
+    """Kill switches: engaged ones hold dispatch within one step and refuse device changes."""
 
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._writer = for_writing(engine)
 
-    def engage(self, plan_id: str | None, by: str, reason: str) -> None:
-        """Pull the switch for ``plan_id`` (every plan when None)."""
-        self._set(plan_id or ALL_PLANS, True, by, reason)
+    def engage(
+        self, plan_id: str | None, by: str, reason: str, *, tx: Session | None = None
+    ) -> None:
+        """Pull the switch for ``plan_id`` (every plan when None); in ``tx`` when given."""
+        self._set(plan_id or ALL_PLANS, True, by, reason, tx)
 
-    def release(self, plan_id: str | None, by: str, reason: str = "released") -> None:
-        """Release the switch for ``plan_id`` (the global one when None)."""
-        self._set(plan_id or ALL_PLANS, False, by, reason)
+    def release(
+        self,
+        plan_id: str | None,
+        by: str,
+        reason: str = "released",
+        *,
+        tx: Session | None = None,
+    ) -> None:
+        """Release the switch for ``plan_id`` (the global one when None); in ``tx`` when given.
 
-    def _set(self, scope: str, engaged: bool, by: str, reason: str) -> None:
-        with transaction(self._writer, "setting the kill switch") as session:
+        A run the switch held resumes where it stopped at a worker's next pass.
+        """
+        self._set(plan_id or ALL_PLANS, False, by, reason, tx)
+
+    def _set(self, scope: str, engaged: bool, by: str, reason: str, tx: Session | None) -> None:
+        with joined(tx, self._writer, "setting the kill switch") as session:
             row = session.get(StopRow, scope) or StopRow(
                 scope=scope, engaged=engaged, by=by, reason=reason, at=utc_now()
             )

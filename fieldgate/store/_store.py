@@ -30,6 +30,7 @@ from fieldgate.store._engine import (
     transaction,
 )
 from fieldgate.store._fleet import FleetStore
+from fieldgate.store._freeze import FreezeStore
 from fieldgate.store._keys import KeyStore
 from fieldgate.store._plans import PlanStore
 from fieldgate.store._runs import RunStore, StopStore
@@ -63,6 +64,8 @@ class Store:
         """Rollout runs, recorded before they start."""
         self.stops = StopStore(engine)
         """Kill switches."""
+        self.freeze = FreezeStore(engine)
+        """The change freeze."""
 
     @classmethod
     def open(cls, url: str | None = None) -> Store:
