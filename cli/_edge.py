@@ -19,6 +19,7 @@ import typer
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
 from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, PASSWORD_ENV, Config
+from fieldgate.devices import enroll_devices
 from fieldgate.edge import (
     AgentSpec,
     Broker,
@@ -34,6 +35,7 @@ from fieldgate.plan import Selector
 from fieldgate.runtime import Settings
 from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store import Store
+from fieldgate.terminal import shown
 from fieldgate.transport import Transport, open_mqtt_transport
 
 if TYPE_CHECKING:
@@ -206,6 +208,13 @@ def agent(
         f"obeying control key {key_id_of(key)}; Ctrl-C stops",
         highlight=False,
     )
+    for one in agents:
+        public = one.device.store.public_key
+        console.print(
+            f"agent: {shown(one.device_id)} signs with {key_id_of(public)}; enroll it with "
+            f"`fieldgate fleet enroll {shown(one.device_id)} --public-key {public}`",
+            highlight=False,
+        )
     run_agents(agents, stop)
     console.print("agent: stopped", highlight=False)
 
@@ -226,6 +235,11 @@ def up(
         "--control-key",
         help="Control plane's public key, base64 or @FILE (default: this machine's own).",
     ),
+    re_enroll: bool = typer.Option(
+        False,
+        "--re-enroll",
+        help="Re-enroll devices whose state has another key than the fleet's (audited).",
+    ),
     mqtt_version: str = MqttVersionOption,
     ca_file: Path = CaFileOption,
     cert_file: Path = CertFileOption,
@@ -237,8 +251,8 @@ def up(
 ) -> None:
     """Start agent processes for the first N devices of the fleet, for local runs.
 
-    Each device starts from what the fleet inventory says it runs. Crashed processes are
-    started again. Ctrl-C stops them all.
+    Each device starts from what the fleet inventory says it runs, and its key is enrolled
+    in the fleet (audited). Crashed processes are started again. Ctrl-C stops them all.
     """
     config = command_config(db)
     tls = (ca_file, cert_file, key_file)
@@ -263,6 +277,12 @@ def up(
         fail_installs=fail_install,
         log_dir=state_dir / "logs",
     )
+    with Store.open(config.database_url) as store:
+        enrolled = enroll_devices(
+            store, fleet.public_keys(), config.actor(), replace=re_enroll
+        )
+    if enrolled:
+        console.print(f"fleet up: enrolled the keys of {len(enrolled)} devices", highlight=False)
     stop = _stop_on_signals()
     console.print(
         f"fleet up: {len(specs)} devices in {len(fleet.groups)} processes → {broker.url}, "
@@ -346,6 +366,7 @@ def start_local_fleet(
     fail_installs: dict[str, list[str]] | None = None,
     per_process: int = 10,
     timeout: float = 60.0,
+    replace_keys: bool = False,
 ) -> LocalFleet:
     """Start agents for the devices ``selector`` picks and wait until they are online.
 
@@ -360,6 +381,7 @@ def start_local_fleet(
         fail_installs: ``module@version`` refs whose install fails, by device id.
         per_process: Devices per process.
         timeout: Seconds to wait for every device to come online.
+        replace_keys: Re-enroll devices whose state has another key than the fleet's.
 
     Raises:
         FieldgateError: a device did not come online in time (the fleet is stopped).
@@ -376,7 +398,14 @@ def start_local_fleet(
         for d in devices
     ]
     fleet = LocalFleet(
-        broker, state_dir, control_key, specs, per_process=per_process, log_dir=state_dir / "logs"
+        broker,
+        state_dir,
+        control_key,
+        specs,
+        per_process=per_process,
+        log_dir=state_dir / "logs",
+        enroll_in=store,
+        replace_keys=replace_keys,
     ).start()
     with HelloWatcher(broker) as watcher:
         if not watcher.wait(fleet.device_ids, timeout=timeout):
