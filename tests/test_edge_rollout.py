@@ -216,6 +216,7 @@ def run_rollout_under_fire(tmp_path: Path, devices: int, *, soak: bool) -> None:
                 ],
                 apply_seconds=0.3,
                 log_dir=tmp_path / "logs" / d,
+                enroll_in=world.store,
             )
             for d in ids
         }
