@@ -323,6 +323,7 @@ class Simulation:
         else:
             device.hlc_counter += 1
         effect.installed_json = to_json(device.installed)
+        effect.report_signature = None
         effect.note = device.note or None
         effect.hlc = (device.hlc_wall, device.hlc_counter)
         effect.reported_ms = t

@@ -240,6 +240,9 @@ class LedgerEntry:
     """The device's note when the report went out (None when empty)."""
     hlc: tuple[int, int] | None = None
     """The hybrid logical clock reading of the report (wall ms, counter)."""
+    report_signature: str | None = None
+    """The device's signature of the report once made; not stored (ed25519 signatures are
+    deterministic, so a loaded twin makes the same one again)."""
 
     FIXED: ClassVar[tuple[str, ...]] = (
         "twin_id",
@@ -415,8 +418,11 @@ class LedgerEntry:
             "reason": self.reason(),
             "hlc": {"wall_ms": self.hlc[0], "counter": self.hlc[1], "node": self.device_id},
         }
-        signature = keys.sign(self.device_id, payload)
-        return DeviceReport.model_validate(payload | {"health": health, "signature": signature})
+        if self.report_signature is None:
+            self.report_signature = keys.sign(self.device_id, payload)
+        return DeviceReport.model_validate(
+            payload | {"health": health, "signature": self.report_signature}
+        )
 
     def reason(self) -> str:
         """Say why the command did not apply (empty when it did)."""

@@ -289,6 +289,16 @@ class FleetTwin:
         """Tell whether ``device_id`` is online now."""
         return self._device(device_id).reachable(self._sim.clock_ms)
 
+    @property
+    def engine(self) -> Engine:
+        """The database the twin writes through to."""
+        return self._engine
+
+    def addressee(self, command_id: str) -> str | None:
+        """The device a command was dispatched to (None: never dispatched to this twin)."""
+        effect = self._sim.effects.get(command_id)
+        return effect.device_id if effect is not None else None
+
     def public_keys(self) -> dict[str, str]:
         """Each simulated device's public key (base64): what the fleet enrolls for it."""
         return self._sim.keys.public_keys(sorted(self._sim.devices))
