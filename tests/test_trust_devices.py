@@ -445,6 +445,7 @@ def test_a_rogue_answering_every_command_cannot_complete_a_failing_rollout(
         finally:
             rogue.close()
             clear_retained(broker)
+        print(f"\n{view.outcome}: the rogue answered {rogue.answered} commands; {gateway.stats}")
         assert rogue.answered > 0, "the rogue saw no command"
         # The canary's real failure was seen: the run stopped and rolled back.
         assert view.outcome in ("rolled_back", "aborted"), view.values.get("reasons")
