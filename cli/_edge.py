@@ -278,9 +278,7 @@ def up(
         log_dir=state_dir / "logs",
     )
     with Store.open(config.database_url) as store:
-        enrolled = enroll_devices(
-            store, fleet.public_keys(), config.actor(), replace=re_enroll
-        )
+        enrolled = enroll_devices(store, fleet.public_keys(), config.actor(), replace=re_enroll)
     if enrolled:
         console.print(f"fleet up: enrolled the keys of {len(enrolled)} devices", highlight=False)
     stop = _stop_on_signals()
