@@ -346,6 +346,7 @@ def open_mqtt_orchestrator(
             control_key=key.public_b64,
             client_id=client_id,
             connect_timeout=connect_timeout,
+            max_clock_skew=config.device_clock_skew_s,
         )
 
     with open_orchestrator(

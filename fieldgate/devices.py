@@ -29,13 +29,15 @@ from enum import StrEnum
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.commands import DeviceReport
+from fieldgate.config import DEFAULT_DEVICE_CLOCK_SKEW_S
 from fieldgate.edge._device import REFUSED_PREFIX
 from fieldgate.edge._wire import Hello
 from fieldgate.signing import key_id_of, verify
 from fieldgate.store import Enrollment, NewEvent, Store
 
-MAX_CLOCK_SKEW_S = 30.0
-"""Seconds a device's clock may run ahead of the control plane's before its input is refused."""
+MAX_CLOCK_SKEW_S = DEFAULT_DEVICE_CLOCK_SKEW_S
+"""Seconds a device's clock may run ahead of the control plane's before its input is refused
+(the default of ``FIELDGATE_DEVICE_CLOCK_SKEW``)."""
 
 
 class Refusal(StrEnum):

@@ -51,8 +51,10 @@ from fieldgate.commands import (
     HybridTimestamp,
     ReportStatus,
 )
+from fieldgate.config import Config
 from fieldgate.edge import AgentSpec, DeviceSpec, DeviceStore, Gateway, HelloWatcher, LocalFleet
 from fieldgate.edge._wire import Broker, Channel, Hello, encode
+from fieldgate.errors import ConfigInvalid
 from fieldgate.fleet import Device
 from fieldgate.runtime import Settings
 from fieldgate.scenario import Scenario
@@ -248,6 +250,29 @@ def test_a_report_stamped_too_far_in_the_future_is_refused(edge: Edge) -> None:
     assert_refused(edge, "future", was, cmd.command_id)
     # Within the allowed skew (30 s by default) a clock ahead is no reason to refuse.
     assert_taken(edge, report(edge.device, cmd.command_id, at_ms=now_ms(5), key=key))
+
+
+def test_the_allowed_clock_skew_is_a_setting(initialised_db: str) -> None:
+    assert Config.from_env({}).device_clock_skew_s == 30.0
+    assert Config.from_env({"FIELDGATE_DEVICE_CLOCK_SKEW": "120"}).device_clock_skew_s == 120.0
+    with pytest.raises(ConfigInvalid, match="FIELDGATE_DEVICE_CLOCK_SKEW"):
+        Config.from_env({"FIELDGATE_DEVICE_CLOCK_SKEW": "soon"})
+    broker = shared_broker()
+    with Store.open(initialised_db) as store:
+        device = store.fleet.devices()[0]
+        enroll(store, {device.id: device_key(device.id)})
+        cmd = command(device.id, plan_id="pl-skew")
+        ahead = report(device, cmd.command_id, at_ms=now_ms(60), key=device_key(device.id))
+        raw = raw_client(broker)
+        with Gateway(store, broker, control_key=CONTROL.public_b64, max_clock_skew=120) as gw:
+            gw.send([cmd])
+            topic = broker.topic(device.site, device.id, Channel.report)
+            publish(raw, topic, encode(ahead))
+            assert [r.command_id for r in gw.collect({cmd.command_id}, 15)] == [cmd.command_id]
+            assert gw.stats.refused == {}
+        raw.disconnect()
+        raw.loop_stop()
+        clear_retained(broker)
 
 
 def test_old_signed_readings_replayed_are_refused_and_resends_stay_harmless(edge: Edge) -> None:
@@ -463,6 +488,14 @@ def test_a_rogue_answering_every_command_cannot_complete_a_failing_rollout(
         # or the rollback that followed it; none is the rogue's "applied" for the new version.
         for _, status in gateway.ledger().values():
             assert status in (None, "failed", "applied")
+        # The agents' own keys were enrolled (in place of the simulated devices'), audited.
+        assert world.store.fleet.device_keys(ids) == agents.public_keys()
+        enrolled = [
+            e.payload["device"]
+            for e in world.store.audit.events(kinds=[EventKind.fleet])
+            if e.actor == "local-fleet" and e.payload.get("action") == "re-enroll"
+        ]
+        assert sorted(enrolled) == sorted(ids)
         assert world.store.audit.verify().ok
 
 
