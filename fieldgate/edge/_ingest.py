@@ -240,47 +240,30 @@ def match(
     rejections: list[Rejection],
     stats: GatewayStats,
 ) -> tuple[list[DeviceReport], list[DeviceReport]]:
-    """Sort reports: first answers, and every report that may move device state.
+    """Sort authenticated reports: first answers, and every report that may move device state.
 
-    A report moves state when it answers a command sent to its device (the first time
-    or again) or is the device's refusal of input it could not authenticate (filed
-    with the device as its source: it answers no command). Every other report is
-    filed as rejected and changes nothing.
+    Every report here passed :func:`authenticate`, so it answers a command the ledger
+    sent to its device (the first time or again), or is the device's refusal of input it
+    could not authenticate (filed with the device as its source: it answers no command).
     """
-    answers: list[tuple[Incoming, DeviceReport]] = []
     readings: list[DeviceReport] = []
+    fresh: list[DeviceReport] = []
+    taken: set[str] = set()
     for message in reports:
         report = message.document
         assert isinstance(report, DeviceReport)
+        readings.append(report)
         if report.command_id.startswith(REFUSED_PREFIX):
             reason = f"{report.command_id}: {report.reason}"
             rejections.append(
                 Rejection(message.topic, report.device_id, "device", reason, message.payload)
             )
             stats.refusals += 1
-            readings.append(report)
-        else:
-            answers.append((message, report))
-    fresh: list[DeviceReport] = []
-    taken: set[str] = set()
-    for message, report in answers:
-        entry = ledger.get(report.command_id)
-        if entry is None:
-            reason = f"report for {report.command_id}, a command the control plane never sent"
-        elif entry.device_id != report.device_id:
-            reason = f"report for {report.command_id}, a command sent to {entry.device_id}"
-        elif entry.status is not None or report.command_id in taken:
+        elif ledger[report.command_id].status is not None or report.command_id in taken:
             stats.duplicates += 1
-            readings.append(report)
-            continue
         else:
             taken.add(report.command_id)
             fresh.append(report)
-            readings.append(report)
-            continue
-        rejections.append(
-            Rejection(message.topic, report.device_id, "gateway", reason, message.payload)
-        )
     stats.fresh += len(fresh)
     return fresh, readings
 
