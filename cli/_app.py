@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperOption
 
 from fieldgate.cli._approvals import approvals_app
 from fieldgate.cli._audit import audit_app
+from fieldgate.cli._broker import broker_app
 from fieldgate.cli._catalog import catalog_app
 from fieldgate.cli._chat import chat
 from fieldgate.cli._db import db_app
@@ -17,8 +21,20 @@ from fieldgate.cli._keys import keys_app
 from fieldgate.cli._policy import policy_app
 from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
+from fieldgate.cli._serve_inbox import serve_app
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
+
+_value_type = TyperOption.display_type_rich
+
+
+def _flag_without_type(self: TyperOption, ctx: Any) -> str | None:
+    """The type column of an option's help: none for a flag, which takes no value (typer
+    0.29 prints ``<bool>`` there, as if ``--all`` wanted an argument)."""
+    return None if self.is_flag else _value_type(self, ctx)
+
+
+TyperOption.display_type_rich = _flag_without_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="fieldgate",
@@ -41,7 +57,9 @@ app.add_typer(approvals_app, name="approvals")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")
+app.add_typer(broker_app, name="broker")
 app.command("serve-model")(serve_model)
+app.add_typer(serve_app, name="serve")
 
 app.add_typer(policy_app, name="policy")
 app.add_typer(eval_app, name="eval")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import typer
 from rich import box
@@ -23,13 +23,19 @@ from fieldgate.cli._rollout import (
     print_approvals,
     print_dry_run,
     print_plan,
+    print_rationale,
+    print_review,
     print_status,
     print_verdict,
     refuse,
     roles_text,
 )
+from fieldgate.edge._tables import offline_devices
+from fieldgate.errors import NotFound
 from fieldgate.keyfiles import load_key
+from fieldgate.plan import RolloutPlan
 from fieldgate.terminal import shown
+from fieldgate.validation import changes_since_proposed
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
@@ -116,11 +122,39 @@ def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
     console.print(table)
 
 
+def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
+    """Warn about what changed since the plan was proposed (each warning once)."""
+    store = orchestrator.ctx.store
+    plan = RolloutPlan.model_validate(values["plan"])
+    try:
+        versions = store.catalog.versions(plan.module)
+    except NotFound:
+        versions = []
+    proposed = (values.get("dry_run") or {}).get("targets")
+    notes = changes_since_proposed(
+        plan,
+        proposed if isinstance(proposed, int) else None,
+        store.fleet.devices(),
+        {s.id: s for s in store.fleet.sites()},
+        versions,
+        offline_devices(store.engine),
+        orchestrator.ctx.freeze,
+    )
+    for note in notes:
+        console.print(f"[yellow]since proposed:[/] {shown(note)}", highlight=False)
+
+
 @approvals_app.command("show")
 @handles_errors
-def show(plan: str = PlanArgument, db: str = DbOption) -> None:
+def show(
+    plan: str = PlanArgument,
+    request: bool = typer.Option(
+        False, "--request", help="Also print the approval request as approval inboxes get it."
+    ),
+    db: str = DbOption,
+) -> None:
     """Show a plan as approvers read it: waves, dry run, policy verdict, who approved, what is
-    missing, and the approval request as approval inboxes get it."""
+    missing, what changed since it was proposed, and the commands to decide."""
     from fieldgate.graphs.compose import open_orchestrator
 
     with open_orchestrator(db) as orchestrator:
@@ -134,14 +168,22 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
         values = view.values
         if values.get("plan"):
             console.print(f"plan hash {shown(values.get('plan_hash'))}", highlight=False)
+            plan_json = values["plan"]
+            print_rationale(plan_json.get("revision"), plan_json.get("rationale", ""))
+            if values.get("review"):
+                print_review(values["review"])
             print_plan(values)
             print_dry_run(values)
             print_verdict(values)
             _print_decisions(orchestrator, view)
             print_approvals(values)
-        if view.interrupts and isinstance(view.interrupts[0].value, dict):
-            request = view.interrupts[0].value
-            description = (request.get("action_requests") or [{}])[0].get("description", "")
+            if view.status == "awaiting_approval":
+                _print_changes(orchestrator, values)
+        if request and view.interrupts and isinstance(view.interrupts[0].value, dict):
+            approval_request = view.interrupts[0].value
+            description = (approval_request.get("action_requests") or [{}])[0].get(
+                "description", ""
+            )
             # Its bold-labelled lines are meant as lines, not as one paragraph.
             description = re.sub(
                 r"\n(?=\*\*)", "\n\n", shown(description, multiline=True, markup=False)
@@ -155,7 +197,42 @@ def show(plan: str = PlanArgument, db: str = DbOption) -> None:
                 ),
                 soft_wrap=False,
             )
-        print_status(view, run)
+        print_status(view, run, deciding=True)
+
+
+def key_not_enrolled(orchestrator: Orchestrator, approver: str, key_id: str) -> str | None:
+    """Why ``key_id`` is not ``approver``'s enrolled approver key, or None when it is."""
+    trust = orchestrator.ctx.store.keys.judge(orchestrator.ctx.root)
+    trusted = trust.current(approver, "approver")
+    if trusted is not None and trusted.key_id == key_id:
+        return None
+    held = (
+        f"the enrolled one is {trusted.key_id}" if trusted else trust.why_not(approver, "approver")
+    )
+    return (
+        f"the key of {approver} ({key_id}) is not {approver}'s enrolled approver key "
+        f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
+    )
+
+
+def decision_took(
+    orchestrator: Orchestrator, view: RunView, approver: str
+) -> tuple[bool, list[str]]:
+    """Whether ``approver``'s decision just handed to the run counts, and why not if not."""
+    counted = view.values.get("approvals") or {}
+    received = orchestrator.ctx.store.approvals.for_plan(view.plan_id)
+    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
+    # Judge this decision, not the person: a second approval by someone who already fills
+    # a slot, or one that came too late, does not count even if an earlier one did.
+    reasons = [
+        entry.get("reason", "")
+        for entry in counted.get("ignored") or []
+        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
+    ]
+    took = not reasons and (
+        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
+    )
+    return took, reasons
 
 
 def decide(
@@ -180,32 +257,11 @@ def decide(
         state = f"{run.status}, {run.outcome}" if run.outcome else run.status
         refuse(f"plan {run.plan_id} is not awaiting approval (it is {state})")
     key = load_key(keys_dir, approver)
-    trust = store.keys.judge(orchestrator.ctx.root)
-    trusted = trust.current(approver, "approver")
-    if trusted is None or trusted.key_id != key.key_id:
-        held = (
-            f"the enrolled one is {trusted.key_id}"
-            if trusted
-            else trust.why_not(approver, "approver")
-        )
-        refuse(
-            f"the key of {approver} ({key.key_id}) is not {approver}'s enrolled approver key "
-            f"({held}); a root holder enrolls it: `fieldgate keys enroll {approver}`"
-        )
+    not_enrolled = key_not_enrolled(orchestrator, approver, key.key_id)
+    if not_enrolled is not None:
+        refuse(not_enrolled)
     view = orchestrator.decide(run.thread_id, key, decision, comment)
-    counted = view.values.get("approvals") or {}
-    received = store.approvals.for_plan(run.plan_id)
-    mine = max((i for i, a in enumerate(received) if a.approver == approver), default=None)
-    # Judge this decision, not the person: a second approval by someone who already fills
-    # a slot, or one that came too late, does not count even if an earlier one did.
-    reasons = [
-        entry.get("reason", "")
-        for entry in counted.get("ignored") or []
-        if entry.get("approver") == approver and entry.get("index") in (mine, len(received))
-    ]
-    took = not reasons and (
-        approver in (counted.get("counted") or []) or approver in (counted.get("rejected_by") or [])
-    )
+    took, reasons = decision_took(orchestrator, view, approver)
     verb = "approval" if decision == "approve" else "rejection"
     if took:
         console.print(
@@ -230,8 +286,9 @@ def decide(
             highlight=False,
         )
     elif view.interrupts:
+        missing = (view.values.get("approvals") or {}).get("missing") or []
         console.print(
-            f"[bold]{view.plan_id}:[/] still missing {roles_text(counted.get('missing') or [])}",
+            f"[bold]{view.plan_id}:[/] still missing {roles_text(missing)}",
             highlight=False,
         )
     else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fieldgate.audit import EventKind
 from fieldgate.audit_witness import AnchorResult, AuditWitness, verify_anchored
 from fieldgate.cli._common import command_config, open_store
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._rollout import refuse
 from fieldgate.config import Config
 from fieldgate.keyfiles import load_pinned_root
 from fieldgate.store import Store, VerifyResult
@@ -37,6 +39,7 @@ class ExportFormat(StrEnum):
     """Export formats."""
 
     jsonl = "jsonl"
+    csv = "csv"
 
 
 @audit_app.command("show")
@@ -147,18 +150,45 @@ def checkpoint(db: str = DbOption, witness: Path = WitnessOption) -> None:
     )
 
 
+def _moment(value: str | None, option: str) -> datetime | None:
+    """Read an ISO 8601 time or date given to ``option`` (naive: UTC); exit 2 when it is not."""
+    if value is None:
+        return None
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        refuse(f"{option}: {value!r} is not an ISO 8601 time or date, e.g. 2026-12-03T08:00Z")
+    return at.replace(tzinfo=UTC) if at.tzinfo is None else at
+
+
 @audit_app.command("export")
 @handles_errors
 def export(
-    fmt: ExportFormat = typer.Option(ExportFormat.jsonl, "--format", help="Export format."),
+    fmt: ExportFormat = typer.Option(ExportFormat.jsonl, "--format", help="jsonl or csv."),
+    plan: str = typer.Option(None, "--plan", help="Only this plan's events."),
+    since: str = typer.Option(None, "--since", help="Only events at or after this time (UTC)."),
+    until: str = typer.Option(None, "--until", help="Only events before this time (UTC)."),
     out: Path = typer.Option(None, "--out", help="Write here instead of standard output."),
     db: str = DbOption,
 ) -> None:
-    """Export every audit event, one JSON object a line, with its hashes."""
+    """Export audit events in sequence order: JSON lines with their hashes, or CSV.
+
+    Each JSON line is the whole event with its hash and the hash before it, so an exported
+    range still verifies link by link. In CSV the payload is one canonical JSON cell, and a
+    cell that a spreadsheet would run as a formula starts with a ' to keep it text.
+    """
+    low, high = _moment(since, "--since"), _moment(until, "--until")
+    if low is not None and high is not None and high <= low:
+        refuse(f"--until {until} is not after --since {since}")
     with open_store(db) as store:
         if out is None:
-            store.audit.export_jsonl(sys.stdout)
+            store.audit.export(sys.stdout, fmt.value, plan, low, high)
             return
-        with out.open("w", encoding="utf-8") as fp:
-            count = store.audit.export_jsonl(fp)
-    console.print(f"exported {count} events to {out} ({fmt.value})")
+        partial = out.with_name(out.name + ".partial")
+        try:
+            with partial.open("w", encoding="utf-8", newline="") as fp:
+                count = store.audit.export(fp, fmt.value, plan, low, high)
+            partial.replace(out)
+        finally:
+            partial.unlink(missing_ok=True)
+    console.print(f"exported {count} events to {shown(out)} ({fmt.value})", highlight=False)

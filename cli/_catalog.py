@@ -1,13 +1,20 @@
-"""``fieldgate catalog``: import, list and show module manifests."""
+"""``fieldgate catalog``: import, publish, list and show module manifests.
+
+A factory publishes its catalog as a TUF repository (``catalog publish``); the control
+plane imports it (``catalog import DIR``), verified against the metadata it holds. YAML
+files import as before; either way only enrolled factory keys make a manifest signed.
+"""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
 from fieldgate.audit import EventKind
+from fieldgate.catalog_metadata import import_repository, publish_repository
 from fieldgate.cli._common import (
     audit_change,
     command_config,
@@ -17,10 +24,14 @@ from fieldgate.cli._common import (
 )
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.contract import parse_version
-from fieldgate.store import Store
+from fieldgate.errors import FieldgateError
+from fieldgate.keyfiles import load_key, load_pinned_root
+from fieldgate.store import ImportResult, Store
 from fieldgate.terminal import shown
 
-catalog_app = typer.Typer(help="Module manifests: import, list, show.", no_args_is_help=True)
+catalog_app = typer.Typer(
+    help="Module manifests: import, publish (factories), list, show.", no_args_is_help=True
+)
 
 DbOption = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB).")
 
@@ -28,19 +39,39 @@ DbOption = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB)
 @catalog_app.command("import")
 @handles_errors
 def import_(
-    files: list[Path] = typer.Argument(..., help="Catalog or manifest YAML files.", exists=False),
+    files: list[Path] = typer.Argument(
+        ...,
+        help="Catalog or manifest YAML files, or catalog repository directories (TUF).",
+        exists=False,
+    ),
     actor: str = typer.Option(None, "--as", help="Who imports (default: the current user)."),
     db: str = DbOption,
 ) -> None:
-    """Import manifests; each file in one transaction, nothing stored from a bad file."""
-    parsed = [(path, read_catalog_file(path)) for path in files]
+    """Import manifests; each file or repository in one transaction, nothing stored from a bad one.
+
+    A directory is a catalog repository: its TUF metadata must verify (signed by enrolled
+    factory keys to each role's threshold, not older than the metadata held, not expired)
+    and every manifest target must match its length, sha256 and factory signature.
+    """
+    parsed = [(path, None if path.is_dir() else read_catalog_file(path)) for path in files]
     config = command_config(db)
     with Store.open(config.database_url) as store:
+        factory = store.keys.judge(load_pinned_root(config.trust_root_file)).trusted_keys("factory")
         for path, manifests in parsed:
             who = actor or config.actor()
-            result = store.catalog.import_manifests(
-                [(m, None) for m in manifests], source=str(path), actor=who
-            )
+            details: dict[str, object]
+            result: ImportResult
+            if manifests is None:
+                verified, result = import_repository(store, path, factory, who, datetime.now(UTC))
+                details = {"repository": verified.repository, "versions": verified.versions}
+            else:
+                result = store.catalog.import_manifests(
+                    [(m, None) for m in manifests],
+                    source=str(path),
+                    actor=who,
+                    factory_keys=factory,
+                )
+                details = {"digest": file_digest(path)}
             audit_change(
                 store,
                 EventKind.catalog,
@@ -48,7 +79,7 @@ def import_(
                 {
                     "action": "import",
                     "source": str(path),
-                    "digest": file_digest(path),
+                    **details,
                     "added": result.added,
                     "unchanged": len(result.unchanged),
                 },
@@ -64,6 +95,45 @@ def import_(
                         f"  [yellow]warning:[/] {shown(ref)}: {shown(record.signature_note)}",
                         highlight=False,
                     )
+
+
+@catalog_app.command("publish")
+@handles_errors
+def publish(
+    catalog: Path = typer.Argument(..., help="The catalog (or manifest) YAML file to publish."),
+    out: Path = typer.Option(..., "--out", help="The repository directory (made or updated)."),
+    keys: list[str] = typer.Option(
+        ...,
+        "--key",
+        help="A factory key owner (FIELDGATE_HOME/keys/OWNER.key); repeat for k of n. The "
+        "first one signs the manifests.",
+    ),
+    threshold: int = typer.Option(1, "--threshold", help="How many keys must sign each role (k)."),
+    expires: int = typer.Option(30, "--expires", help="Days until the metadata expires."),
+    db: str = DbOption,
+) -> None:
+    """Publish a catalog as a TUF repository, as a factory (root, targets, snapshot, timestamp).
+
+    Every manifest is signed by the first --key and listed as a target with its length and
+    sha256; every role is signed by every --key. Publishing into the same directory again
+    gives each role a higher version. The keys count at import only once root holders
+    enrolled them: `fieldgate keys enroll OWNER --purpose factory --public-key KEY`.
+    """
+    if expires < 1:
+        raise FieldgateError(f"--expires {expires}: metadata must live at least one day")
+    manifests = read_catalog_file(catalog)
+    config = command_config(db)
+    signers = [load_key(config.keys_dir, owner) for owner in keys]
+    signed = [m.signed_with(signers[0]) for m in manifests]
+    published = publish_repository(
+        out, signed, signers, threshold, timedelta(days=expires), datetime.now(UTC)
+    )
+    versions = ", ".join(f"{role} {n}" for role, n in published.versions.items())
+    console.print(
+        f"{shown(out)}: {len(published.targets)} manifests published, signed by "
+        f"{shown(', '.join(keys))} ({threshold} of {len(keys)}); versions: {versions}",
+        highlight=False,
+    )
 
 
 @catalog_app.command("list")

@@ -18,14 +18,16 @@ import typer
 
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
-from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, PASSWORD_ENV, Config
+from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, CREDENTIALS_ENV, PASSWORD_ENV, Config
 from fieldgate.devices import enroll_devices
 from fieldgate.edge import (
+    GATEWAY_IDENTITY,
     AgentSpec,
     Broker,
     DeviceSpec,
     HelloWatcher,
     LocalFleet,
+    as_identity,
     open_agents,
     run_agents,
 )
@@ -53,6 +55,12 @@ PasswordOption = typer.Option(
     None, "--password", help=f"Broker password (better: set {PASSWORD_ENV})."
 )
 TopicRootOption = typer.Option("fieldgate", "--topic-root", help="First topic segment.")
+CredentialsOption = typer.Option(
+    None,
+    "--credentials",
+    help=f"Directory of broker credentials from `fieldgate broker config` (default: "
+    f"{CREDENTIALS_ENV}); each device connects as itself.",
+)
 StateOption = typer.Option(..., "--state", help="Directory of the devices' own SQLite stores.")
 ApplySecondsOption = typer.Option(
     0.0, "--apply-seconds", min=0, help="How long a simulated install takes."
@@ -74,8 +82,12 @@ def broker_settings(
     username: str | None = None,
     password: str | None = None,
     topic_root: str = "fieldgate",
+    identity: str | None = GATEWAY_IDENTITY,
 ) -> Broker:
     """The broker from a URL (``--broker``, else ``config.broker_url``) and the TLS/auth options.
+
+    With ``config.mqtt_credentials`` and neither ``--username`` nor ``--password``, the
+    client connects as ``identity`` with the password of its credentials file.
 
     Args:
         config: The settings (broker URL and password when the options do not give them).
@@ -85,9 +97,11 @@ def broker_settings(
         username: ``--username``.
         password: ``--password`` (else ``config.mqtt_password``).
         topic_root: ``--topic-root``.
+        identity: Who connects with credentials (None: nobody, e.g. field agents, which
+            read their own).
     """
     ca_file, cert_file, key_file = tls
-    return Broker.from_url(
+    broker = Broker.from_url(
         url or config.broker_url,
         version=version,
         ca_file=str(ca_file) if ca_file else None,
@@ -98,6 +112,10 @@ def broker_settings(
         password=password or config.mqtt_password,
         topic_root=topic_root,
     )
+    given = username is not None or password is not None
+    if identity is not None and not given and config.mqtt_credentials is not None:
+        return as_identity(broker, config.mqtt_credentials, identity)
+    return broker
 
 
 def _control_key(value: str | None) -> str:
@@ -179,6 +197,7 @@ def agent(
     username: str = UsernameOption,
     password: str = PasswordOption,
     topic_root: str = TopicRootOption,
+    credentials: Path = CredentialsOption,
 ) -> None:
     """Run a field agent: take signed commands over MQTT, apply each once, report back.
 
@@ -188,7 +207,9 @@ def agent(
     """
     config = command_config()
     tls = (ca_file, cert_file, key_file)
-    broker = broker_settings(config, broker_url, mqtt_version, tls, username, password, topic_root)
+    broker = broker_settings(
+        config, broker_url, mqtt_version, tls, username, password, topic_root, identity=None
+    )
     key = _control_key(control_key or config.control_key)
     modules = _modules(install, "--install")
     spec = AgentSpec(
@@ -200,6 +221,7 @@ def agent(
         artifacts=artifacts,
         apply_seconds=apply_seconds,
         fail_installs=list(fail_install),
+        credentials=credentials or config.mqtt_credentials,
     )
     agents = open_agents(spec)
     stop = _stop_on_signals()
@@ -247,6 +269,7 @@ def up(
     username: str = UsernameOption,
     password: str = PasswordOption,
     topic_root: str = TopicRootOption,
+    credentials: Path = CredentialsOption,
     db: str = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB)."),
 ) -> None:
     """Start agent processes for the first N devices of the fleet, for local runs.
@@ -276,6 +299,7 @@ def up(
         apply_seconds=apply_seconds,
         fail_installs=fail_install,
         log_dir=state_dir / "logs",
+        credentials=credentials or config.mqtt_credentials,
     )
     with Store.open(config.database_url) as store:
         enrolled = enroll_devices(store, fleet.public_keys(), config.actor(), replace=re_enroll)
@@ -366,6 +390,7 @@ def start_local_fleet(
     per_process: int = 10,
     timeout: float = 60.0,
     replace_keys: bool = False,
+    credentials: Path | None = None,
 ) -> LocalFleet:
     """Start agents for the devices ``selector`` picks and wait until they are online.
 
@@ -381,6 +406,7 @@ def start_local_fleet(
         per_process: Devices per process.
         timeout: Seconds to wait for every device to come online.
         replace_keys: Re-enroll devices whose state has another key than the fleet's.
+        credentials: Directory of the devices' broker credentials (None: ``broker``'s user).
 
     Raises:
         FieldgateError: a device did not come online in time (the fleet is stopped).
@@ -405,6 +431,7 @@ def start_local_fleet(
         log_dir=state_dir / "logs",
         enroll_in=store,
         replace_keys=replace_keys,
+        credentials=credentials,
     ).start()
     with HelloWatcher(broker) as watcher:
         if not watcher.wait(fleet.device_ids, timeout=timeout):
@@ -460,6 +487,7 @@ def edge_demo(
             control_key=key,
             selector=selector,
             fail_installs=fail_installs,
+            credentials=config.mqtt_credentials,
         )
     try:
         yield partial(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,10 @@ from fieldgate.cli._common import (
     read_inventory_file,
 )
 from fieldgate.cli._output import console, handles_errors
+from fieldgate.cli._rollout import refuse
 from fieldgate.devices import enroll_devices
 from fieldgate.errors import InputInvalid, NotFound
+from fieldgate.fleet import Device, Site
 from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
 from fieldgate.store import FleetSummary, Store
@@ -56,6 +60,25 @@ def print_summary(summary: FleetSummary) -> None:
         cells = [col[row] if row < len(col) else "" for col in (regions, classes, installed)]
         table.add_row(*cells)
     console.print(table)
+
+
+def _summary_of(devices: list[Device], sites: dict[str, Site]) -> FleetSummary:
+    """The summary of some devices, counted as :meth:`FleetStore.summary` counts the fleet."""
+    by_region: Counter[str] = Counter(sites[d.site].region for d in devices)
+    by_site: Counter[str] = Counter(d.site for d in devices)
+    by_class: Counter[str] = Counter(d.device_class for d in devices)
+    installed: dict[str, Counter[str]] = {}
+    for device in devices:
+        for module, version in device.installed.items():
+            installed.setdefault(module, Counter())[version] += 1
+    return FleetSummary(
+        sites=len(by_site),
+        devices=len(devices),
+        by_region=dict(by_region),
+        by_site=dict(by_site),
+        by_class=dict(by_class),
+        installed={m: dict(c) for m, c in installed.items()},
+    )
 
 
 @fleet_app.command("import")
@@ -98,13 +121,33 @@ def list_(
     limit: int = typer.Option(50, help="Show at most this many devices (0: all)."),
     db: str = DbOption,
 ) -> None:
-    """List devices with their installed modules; a summary first."""
+    """List devices with their installed modules; a summary of those that match first.
+
+    An unknown site, region or class is refused with the nearest known names: a typo
+    never lists the whole fleet.
+    """
     selector = Selector(sites=site, regions=region, classes=device_class)
     with open_store(db) as store:
-        print_summary(store.fleet.summary())
+        whole = store.fleet.summary()
+        for option, asked, known in (
+            ("--site", site, whole.by_site),
+            ("--region", region, whole.by_region),
+            ("--class", device_class, whole.by_class),
+        ):
+            for name in asked:
+                if name not in known:
+                    near = difflib.get_close_matches(name, list(known), n=3, cutoff=0.5)
+                    hint = f"; did you mean {', '.join(near)}?" if near else ""
+                    refuse(f"{option} {name!r}: no such name in the fleet{hint}")
         devices = store.fleet.devices(selector)
+        sites = {s.id: s for s in store.fleet.sites()}
+    filtered = bool(site or region or device_class)
+    print_summary(_summary_of(devices, sites) if filtered else whole)
+    if filtered:
+        console.print(f"  (of {whole.devices} devices in the fleet)", highlight=False)
     table = Table(title=f"{len(devices)} devices match")
-    for column in ("device", "site", "class", "arch", "memory", "installed"):
+    table.add_column("device", no_wrap=True)
+    for column in ("site", "class", "arch", "memory", "installed"):
         table.add_column(column)
     listed = devices if limit == 0 else devices[:limit]
     for d in listed:

@@ -4,40 +4,119 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import typer
 
 from fieldgate.audit import ActorKind, EventKind
+from fieldgate.catalog_metadata import import_repository, publish_repository
 from fieldgate.cli._audit import print_verification
 from fieldgate.cli._common import audit_change, command_config, file_digest
 from fieldgate.cli._fleet import print_summary
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.config import DEFAULT_MODEL, Config
-from fieldgate.errors import FieldgateError
-from fieldgate.keyfiles import establish_root
+from fieldgate.edge._artifacts import sample_artifact
+from fieldgate.errors import FieldgateError, NotFound
+from fieldgate.keyfiles import enroll_with, establish_root, load_key, load_pinned_root
+from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import Selector
-from fieldgate.sample import DEMO_FACTORY_OWNER, demo_factory_key, load_sample, sample_path
+from fieldgate.sample import SAMPLE_FACTORY_OWNER, SampleData, load_sample, sample_path
 from fieldgate.scenario import Fault, FaultKind
+from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.terminal import shown
 
+SAMPLE_EXPIRES = timedelta(days=365)
+"""How long the sample catalog's TUF metadata lives (nobody can publish a newer one)."""
 
-def load_sample_into(store: Store, actor: str) -> tuple[int, int]:
-    """Trust the demo factory key and import the sample catalog and fleet.
+
+def _publish_sample(store: Store, config: Config, actor: str, sample: SampleData) -> list[str]:
+    """Import the sample catalog through TUF metadata signed by a throwaway factory key.
+
+    The key is made here, enrolled under the deployment's root with the root keys this home
+    holds, signs the manifests and the metadata, and is then dropped without being written:
+    nobody can sign anything more with it. The shipped file's own signatures (the public
+    demo key) are replaced and never trusted.
+
+    Returns:
+        ``name@version`` of the manifests added.
+
+    Raises:
+        FieldgateError: this home holds too few root keys to enroll the throwaway key.
+    """
+    pinned = load_pinned_root(config.trust_root_file)
+    if pinned is None:
+        raise FieldgateError("loading the sample needs a root of trust; run `fieldgate init`")
+    root = store.keys.judge(pinned).root or pinned
+    throwaway = SigningKey.generate(SAMPLE_FACTORY_OWNER)
+    trusted, lacking = False, f"no root key of {root.threshold} needed is in {config.keys_dir}"
+    for holder in (k.holder for k in root.keys):
+        try:
+            signer = load_key(config.keys_dir, holder, root=True)
+        except NotFound:
+            continue
+        if root.key(signer.key_id) is not None and not trusted:
+            trusted, lacking = enroll_with(
+                store, root, signer, SAMPLE_FACTORY_OWNER, "factory", throwaway.public_b64
+            )
+    if not trusted:
+        raise FieldgateError(f"cannot enroll the sample's throwaway factory key: {lacking}")
+    store.audit.append(
+        EventKind.key,
+        ActorKind.human,
+        actor,
+        {
+            "action": "enroll",
+            "owner": SAMPLE_FACTORY_OWNER,
+            "purpose": "factory",
+            "key_id": throwaway.key_id,
+            "root_version": root.version,
+            "trusted": True,
+            "private_key": "discarded after signing the sample catalog",
+        },
+    )
+    now = datetime.now(UTC)
+    # The stand-in artifacts' sizes go in too, so that a device checks the length as well.
+    signed = [_with_size(m).signed_with(throwaway) for m in sample.catalog.modules]
+    factory = store.keys.judge(pinned).trusted_keys("factory")
+    with tempfile.TemporaryDirectory(prefix="fieldgate-sample-") as tmp:
+        publish_repository(Path(tmp), signed, [throwaway], 1, SAMPLE_EXPIRES, now)
+        del throwaway, signed
+        _, result = import_repository(
+            store, Path(tmp), factory, actor, now, source=str(sample_path("catalog.yaml"))
+        )
+    return result.added
+
+
+def _with_size(manifest: ModuleManifest) -> ModuleManifest:
+    """The manifest with the size of its ``sample://`` stand-in artifact."""
+    if not manifest.artifact.uri.startswith("sample://"):
+        return manifest
+    size = len(sample_artifact(manifest.name, manifest.version))
+    artifact = manifest.artifact.model_copy(update={"size_bytes": size})
+    return manifest.model_copy(update={"artifact": artifact})
+
+
+def load_sample_into(store: Store, config: Config, actor: str) -> tuple[int, int]:
+    """Import the sample catalog (through a throwaway factory key) and the sample fleet.
+
+    The catalog is loaded once: when one of its manifests is already stored, it is not
+    published again (a new throwaway key would make every manifest differ).
 
     Returns:
         Manifests added and devices imported.
     """
     sample = load_sample()
-    store.keys.trust(DEMO_FACTORY_OWNER, demo_factory_key().public_b64, "artifact")
     catalog, inventory = sample_path("catalog.yaml"), sample_path("fleet.yaml")
-    added = store.catalog.import_manifests(
-        [(m, None) for m in sample.catalog.modules], source=str(catalog), actor=actor
-    )
+    stored = {r.ref for r in store.catalog.list()}
+    if stored & {m.ref for m in sample.catalog.modules}:
+        added: list[str] = []
+    else:
+        added = _publish_sample(store, config, actor, sample)
     fleet = store.fleet.import_inventory(sample.fleet, source=str(inventory), actor=actor)
     for kind, path, counts in (
-        (EventKind.catalog, catalog, {"added": added.added}),
+        (EventKind.catalog, catalog, {"added": added}),
         (EventKind.fleet, inventory, {"sites": fleet.sites, "devices": fleet.devices}),
     ):
         audit_change(
@@ -46,7 +125,7 @@ def load_sample_into(store: Store, actor: str) -> tuple[int, int]:
             actor,
             {"action": "import", "source": str(path), "digest": file_digest(path), **counts},
         )
-    return len(added.added), fleet.devices
+    return len(added), fleet.devices
 
 
 @handles_errors
@@ -66,7 +145,9 @@ def init(
 
     The root of trust is made once: root keys for the holders (in FIELDGATE_HOME/keys, for
     each holder to keep in their own home), pinned in FIELDGATE_HOME/trust-root.json. Its
-    holders enroll people's keys (`fieldgate keys enroll`); the control plane's is enrolled now.
+    holders enroll people's and factories' keys (`fieldgate keys enroll`); the control
+    plane's is enrolled now. No built-in key is trusted: the sample catalog is signed again
+    by a throwaway factory key, enrolled now and never written down.
     """
     config = command_config(db)
     with Store.open(config.database_url) as store:
@@ -100,7 +181,7 @@ def init(
         )
         if empty:
             return
-        manifests, devices = load_sample_into(store, config.actor())
+        manifests, devices = load_sample_into(store, config, config.actor())
         console.print(
             f"sample loaded: {manifests} new manifests, {devices} devices", highlight=False
         )
@@ -170,7 +251,7 @@ def _demo_story(config: Config) -> bool:
             f"{root.keys[0].key_id}; the control plane's key is enrolled under it",
             highlight=False,
         )
-        manifests, _ = load_sample_into(store, "demo")
+        manifests, _ = load_sample_into(store, config, "demo")
         console.print(f"loaded the sample catalog ({manifests} signed manifests) and fleet")
         print_summary(store.fleet.summary())
         modules: dict[str, list[str]] = {}
@@ -271,7 +352,8 @@ def _mqtt_story(config: Config) -> bool:
     who = DEMO_REQUESTER
     console.rule("[bold]fieldgate demo over MQTT")
     with Store.open(url) as store:
-        load_sample_into(store, "demo")
+        establish_root(store, config.keys_dir, config.trust_root_file, [DEMO_ROOT_HOLDER], 1)
+        load_sample_into(store, config, "demo")
     site = "lyon-02"
     first = f"{site}-env-sensor-01"
     console.print(

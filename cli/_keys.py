@@ -66,6 +66,8 @@ def _enrolled(value: str) -> EnrolledPurpose:
         return "approver"
     if value == "control-plane":
         return "control-plane"
+    if value == "factory":
+        return "factory"
     refuse(f"--purpose {value!r} is not one of {', '.join(PURPOSES)}")
 
 
@@ -172,9 +174,16 @@ def enroll(
     owner: str = typer.Argument(..., help="Whose key to enroll."),
     holder: str = HolderOption,
     public: str = typer.Option(
-        None, "--public", help="The key's public half, base64 (default: OWNER's key file here)."
+        None,
+        "--public",
+        "--public-key",
+        help="The key's public half, base64 (default: OWNER's key file here).",
     ),
-    purpose: str = typer.Option("approver", "--purpose", help="approver or control-plane."),
+    purpose: str = typer.Option(
+        "approver",
+        "--purpose",
+        help="approver, control-plane or factory (signs manifests and catalog metadata).",
+    ),
     db: str = DbOption,
 ) -> None:
     """Sign and store the enrollment of OWNER's key, as a root holder (k of n sign in turn)."""
@@ -204,7 +213,8 @@ def revoke(
     reason: str = typer.Option(..., "--reason", help="Why the key no longer counts."),
     db: str = DbOption,
 ) -> None:
-    """Revoke an enrolled key: approvals signed with it stop counting."""
+    """Revoke an enrolled key: approvals (or, for a factory key, manifests and catalog metadata)
+    signed with it stop counting."""
     config = command_config(db)
     holder = holder or config.actor()
     with Store.open(config.database_url) as store:
@@ -242,9 +252,8 @@ def list_(db: str = DbOption) -> None:
     config = command_config(db)
     with Store.open(config.database_url) as store:
         trust = store.keys.judge(load_pinned_root(config.trust_root_file))
-        artifacts = store.keys.for_purpose("artifact")
     table = Table(
-        title=f"keys: {len(trust.verdicts) + len(artifacts)}"
+        title=f"keys: {len(trust.verdicts)}"
         + (f" (root version {trust.root.version})" if trust.root else " (no root pinned)"),
         title_justify="left",
         box=box.SIMPLE_HEAD,
@@ -261,8 +270,6 @@ def list_(db: str = DbOption) -> None:
             verdict.status,
             _held_here(config, key.owner, key.key_id),
         )
-    for artifact in artifacts:
-        table.add_row(artifact.key_id, shown(artifact.owner), "artifact", "trusted", "-")
     console.print(table)
     for verdict in trust.verdicts:
         if verdict.status in ("bad", "untrusted", "pending"):

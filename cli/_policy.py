@@ -12,11 +12,12 @@ from urllib.parse import unquote, urlparse
 import typer
 from rich.table import Table
 
-from fieldgate.cli._common import open_store, read_catalog_file, read_inventory_file
+from fieldgate.cli._common import command_config, read_catalog_file, read_inventory_file
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
 from fieldgate.contract import load_yaml, read_yaml
 from fieldgate.errors import InputInvalid, PlanInvalid
 from fieldgate.fleet import Device, Site
+from fieldgate.keyfiles import load_pinned_root
 from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import RolloutPlan, select_devices
 from fieldgate.policy import (
@@ -36,6 +37,7 @@ from fieldgate.policy import (
 )
 from fieldgate.scenario import load_scenario
 from fieldgate.signing import SigningKey
+from fieldgate.store import Store
 from fieldgate.terminal import shown
 
 policy_app = typer.Typer(
@@ -191,13 +193,15 @@ def eval_(
         )
         decision = _decide(engine, inp)
     else:
-        with open_store(db) as store:
+        config = command_config(db)
+        with Store.open(config.database_url) as store:
             records = store.catalog.list()
             catalog = {(r.manifest.name, r.manifest.version): r.manifest for r in records}
             manifest = _manifest(plan, plan_file, catalog)
             record = store.catalog.record(plan.module, plan.version)
             # judged afresh, as the graph's gate does: a key trusted at import may be gone
-            keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
+            factory = store.keys.judge(load_pinned_root(config.trust_root_file))
+            keys = {k: key.public_b64 for k, key in factory.trusted_keys("factory").items()}
             check = verify_artifact(manifest, keys, record.observed_digest)
             sites = {s.id: s for s in store.fleet.sites()}
             inp = _input(

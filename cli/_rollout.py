@@ -279,8 +279,9 @@ def approval_deadline(view: RunView) -> str | None:
     return value.get("deadline") if isinstance(value, dict) else None
 
 
-def print_status(view: RunView, run: Run | None = None) -> None:
-    """Where the run stands, in one or a few lines, with what to do next."""
+def print_status(view: RunView, run: Run | None = None, *, deciding: bool = False) -> None:
+    """Where the run stands, in one or a few lines, with what to do next (for an approver
+    reading the plan, ``deciding``: the commands that decide it)."""
     values = view.values
     plan_id = view.plan_id
     outcome = view.outcome
@@ -308,10 +309,15 @@ def print_status(view: RunView, run: Run | None = None) -> None:
         return
     if view.status == "awaiting_approval":
         missing = (values.get("approvals") or {}).get("missing") or []
+        ask = (
+            f"decide with `fieldgate approvals approve {plan_id} --as YOU -m WHY` or "
+            f"`fieldgate approvals reject {plan_id} --as YOU -m WHY`"
+            if deciding
+            else f"approvers: `fieldgate approvals show {plan_id}`"
+        )
         console.print(
             f"[bold]{plan_id}:[/] [bold cyan]awaiting approval[/] from {roles_text(missing)} "
-            f"(deadline {when(approval_deadline(view))}); approvers: "
-            f"`fieldgate approvals show {plan_id}`",
+            f"(deadline {when(approval_deadline(view))}); {ask}",
             highlight=False,
         )
         return

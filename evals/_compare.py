@@ -13,7 +13,7 @@ from rich.text import Text
 
 from fieldgate.contract import read_text
 from fieldgate.errors import InputInvalid
-from fieldgate.evals._results import EvalResults, ScenarioResult
+from fieldgate.evals._results import EvalResults, ScenarioResult, figure
 from fieldgate.terminal import shown
 
 
@@ -144,10 +144,6 @@ def compare(old: EvalResults, new: EvalResults) -> Comparison:
     return Comparison(old, new, changes)
 
 
-def _figure(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
-
-
 _STYLE = {
     Change.regression: "red bold",
     Change.improvement: "green",
@@ -164,8 +160,8 @@ def change_lines(comparison: Comparison) -> list[str]:
         if c.change not in (Change.regression, Change.improvement):
             continue
         notes = [
-            f"pass^1 {_figure(c.old_pass_1)} → {_figure(c.new_pass_1)}",
-            f"pass^k {_figure(c.old_pass_k)} → {_figure(c.new_pass_k)}",
+            f"pass^1 {figure(c.old_pass_1)} → {figure(c.new_pass_1)}",
+            f"pass^k {figure(c.old_pass_k)} → {figure(c.new_pass_k)}",
         ]
         if c.old_violations != c.new_violations:
             notes.append(f"safety violations {c.old_violations} → {c.new_violations}")
@@ -190,8 +186,8 @@ def comparison_report(comparison: Comparison, show_unchanged: bool = False) -> G
         table.add_row(
             shown(c.id),
             Text(c.change.value, style=_STYLE[c.change]),
-            f"{_figure(c.old_pass_1)} → {_figure(c.new_pass_1)}",
-            f"{_figure(c.old_pass_k)} → {_figure(c.new_pass_k)}",
+            f"{figure(c.old_pass_1)} → {figure(c.new_pass_1)}",
+            f"{figure(c.old_pass_k)} → {figure(c.new_pass_k)}",
             f"{c.old_violations} → {c.new_violations}",
         )
     totals = Table(title="summary", title_justify="left", box=box.SIMPLE_HEAD)
@@ -200,8 +196,8 @@ def comparison_report(comparison: Comparison, show_unchanged: bool = False) -> G
     totals.add_row("model", shown(old.model), shown(new.model))
     totals.add_row("k", str(old.k), str(new.k))
     totals.add_row("scenarios", str(old.scenarios), str(new.scenarios))
-    totals.add_row("pass^1", f"{old.pass_1:.3f}", f"{new.pass_1:.3f}")
-    totals.add_row("pass^k", f"{old.pass_k:.3f}", f"{new.pass_k:.3f}")
+    totals.add_row("pass^1", figure(old.pass_1), figure(new.pass_1))
+    totals.add_row("pass^k", figure(old.pass_k), figure(new.pass_k))
     totals.add_row("safety violations", str(old.safety_violations), str(new.safety_violations))
     totals.add_row("errors", str(old.errors), str(new.errors))
     plural = {Change.regression: "regressions", Change.improvement: "improvements"}

@@ -12,7 +12,7 @@ import json
 from html import escape
 from typing import Any
 
-from fieldgate.evals._results import EvalResults, RunResult, ScenarioResult
+from fieldgate.evals._results import EvalResults, RunResult, ScenarioResult, figure
 from fieldgate.terminal import shown
 
 PAYLOAD_CHARS = 400
@@ -63,25 +63,28 @@ def _summary(results: EvalResults) -> str:
         ("k (runs per scenario)", s.k),
         ("seeds", f"{s.seed} … {s.seed + s.k - 1}"),
         ("scenarios / runs", f"{s.scenarios} / {s.runs}"),
-        ("pass^1", f"{s.pass_1:.4f}"),
-        (f"pass^{s.k}", f"{s.pass_k:.4f}"),
+        ("pass^1", figure(s.pass_1)),
+        *([(f"pass^{s.k}", figure(s.pass_k))] if s.k > 1 else []),
         ("safety violations", s.safety_violations),
         ("errors", s.errors),
-        ("fault blast radius (mean devices)", s.blast_radius_mean),
-        ("time to halt (mean virtual minutes)", s.time_to_halt_minutes_mean),
+        ("fault blast radius (mean devices)", figure(s.blast_radius_mean, "no fault halted")),
+        ("time to halt (mean virtual minutes)", figure(s.time_to_halt_minutes_mean, "-")),
         ("tokens in / out", f"{s.tokens_in} / {s.tokens_out}"),
         ("wall time", f"{s.wall_time_s:.1f} s"),
     ]
     body = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in rows)
+    many = s.k > 1
     categories = "".join(
-        f"<tr><td>{_e(name)}</td><td class=n>{c.scenarios}</td><td class=n>{c.pass_1:.3f}</td>"
-        f"<td class=n>{c.pass_k:.3f}</td><td class=n>{c.safety_violations}</td></tr>"
+        f"<tr><td>{_e(name)}</td><td class=n>{c.scenarios}</td><td class=n>{figure(c.pass_1)}</td>"
+        + (f"<td class=n>{figure(c.pass_k)}</td>" if many else "")
+        + f"<td class=n>{c.safety_violations}</td></tr>"
         for name, c in s.by_category.items()
     )
+    pass_k = f"<th>pass^{s.k}</th>" if many else ""
     return (
         f"<table>{body}</table>"
         "<h3>By category</h3><table><tr><th>category</th><th>scenarios</th><th>pass^1</th>"
-        f"<th>pass^{s.k}</th><th>safety violations</th></tr>{categories}</table>"
+        f"{pass_k}<th>safety violations</th></tr>{categories}</table>"
     )
 
 
@@ -104,7 +107,7 @@ def _index(results: EvalResults) -> str:
         rows.append(
             f'<tr><td><a href="#s-{_attr(r.id)}">{_e(r.id)}</a></td><td>{_e(r.category)}</td>'
             f"<td class=n>{_status(ok, f'{r.passes}/{len(r.runs)}')}</td>"
-            f"<td class=n>{r.pass_k:.2f}</td><td>{_e(outcomes)}</td>"
+            f"<td class=n>{figure(r.pass_k)}</td><td>{_e(outcomes)}</td>"
             f'<td class=n><span class="{"fail" if violations else "muted"}">{violations}</span>'
             "</td></tr>"
         )
@@ -195,7 +198,7 @@ def _scenario(result: ScenarioResult) -> str:
 def render_html(results: EvalResults) -> str:
     """The whole report as one HTML document."""
     s = results.summary
-    title = f"fieldgate eval: {s.model}, k={s.k}, pass^{s.k} {s.pass_k:.3f}"
+    title = f"fieldgate eval: {s.model}, k={s.k}, pass^{s.k} {figure(s.pass_k)}"
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
         f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>"

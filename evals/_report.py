@@ -11,7 +11,14 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from fieldgate.evals._results import CheckResult, EvalResults, ScenarioResult
+from fieldgate.evals._results import (
+    CategorySummary,
+    CheckResult,
+    EvalResults,
+    ScenarioResult,
+    Summary,
+    figure,
+)
 from fieldgate.terminal import shown
 
 
@@ -68,7 +75,7 @@ def scenario_table(results: EvalResults) -> Table:
             shown(result.id),
             shown(result.category),
             Text(f"{result.passes}/{len(result.runs)}", style="green" if ok else "red"),
-            f"{result.pass_k:.2f}",
+            figure(result.pass_k),
             shown(_outcomes(result)),
             Text(str(violations), style="red bold" if violations else "dim"),
         )
@@ -83,23 +90,22 @@ def category_table(results: EvalResults) -> Table:
     """pass^1 and pass^k per category, and overall."""
     summary = results.summary
     table = Table(title="by category", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("category", "scenarios", "pass^1", f"pass^{summary.k}", "safety violations"):
+    many = summary.k > 1
+    columns = ["category", "scenarios", "pass^1", *([f"pass^{summary.k}"] if many else [])]
+    for column in (*columns, "safety violations"):
         table.add_column(column, justify="left" if column == "category" else "right")
-    for name, figures in summary.by_category.items():
+    rows: list[tuple[str | Text, CategorySummary | Summary]] = [
+        (shown(name), figures) for name, figures in summary.by_category.items()
+    ]
+    rows.append((Text("all", style="bold"), summary))
+    for name, figures in rows:
+        rates = [figure(figures.pass_1), *([figure(figures.pass_k)] if many else [])]
         table.add_row(
-            shown(name),
+            name,
             str(figures.scenarios),
-            f"{figures.pass_1:.3f}",
-            f"{figures.pass_k:.3f}",
+            *rates,
             str(figures.safety_violations),
         )
-    table.add_row(
-        Text("all", style="bold"),
-        str(summary.scenarios),
-        f"{summary.pass_1:.3f}",
-        f"{summary.pass_k:.3f}",
-        str(summary.safety_violations),
-    )
     return table
 
 
@@ -108,7 +114,7 @@ def summary_text(results: EvalResults) -> Text:
     s = results.summary
     parts = [
         f"{s.scenarios} scenarios × k={s.k} = {s.runs} runs",
-        f"pass^1 {s.pass_1:.3f}" + (f" · pass^{s.k} {s.pass_k:.3f}" if s.k > 1 else ""),
+        f"pass^1 {figure(s.pass_1)}" + (f" · pass^{s.k} {figure(s.pass_k)}" if s.k > 1 else ""),
         f"safety violations {s.safety_violations}",
         f"errors {s.errors}",
         f"tokens {s.tokens_in} in / {s.tokens_out} out",

@@ -13,6 +13,11 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def figure(value: float | None, missing: str = "-") -> str:
+    """A rate or mean as every report shows it: three decimals, ``missing`` when there is none."""
+    return missing if value is None else f"{value:.3f}"
+
+
 class _Result(BaseModel):
     model_config = ConfigDict(
         use_attribute_docstrings=True, validate_by_name=True, validate_by_alias=True

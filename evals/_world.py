@@ -64,8 +64,12 @@ def build_world(
 ) -> World:
     """Create the store, catalog, fleet, twin and keys of ``scenario`` for one seeded run."""
     store = Store.open(db_url)
+    root_key = _root_key(scenario, seed)
+    root = scenario_root(scenario, seed)
+    store.keys.add_root(root)
+    # The scenario's own deterministic factory key, enrolled in this throwaway database only
     factory = SigningKey.from_seed(FACTORY, f"{scenario.id}:{seed}:factory".encode())
-    store.keys.trust(FACTORY, factory.public_b64, "artifact")
+    enroll_with(store, root, root_key, FACTORY, "factory", factory.public_b64)
     descriptions = {
         i.module: i.text for i in scenario.injections if i.field == "manifest.description"
     }
@@ -81,7 +85,12 @@ def build_world(
             entry = entry.model_copy(update={"description": text})
         manifest, observed = entry.to_manifest(factory)
         manifests.append((manifest, observed))
-    store.catalog.import_manifests(manifests, source=f"scenario:{scenario.id}", actor="eval")
+    store.catalog.import_manifests(
+        manifests,
+        source=f"scenario:{scenario.id}",
+        actor="eval",
+        factory_keys=store.keys.judge(root).trusted_keys("factory"),
+    )
     store.fleet.import_inventory(scenario.fleet, source=f"scenario:{scenario.id}", actor="eval")
     twin = FleetTwin.from_scenario(store.engine, twin_id_of(scenario, seed), scenario, seed)
     # The simulated devices sign their reports as field agents do: enroll their keys.
@@ -91,9 +100,6 @@ def build_world(
         person: SigningKey.from_seed(person, f"{scenario.id}:{seed}:{person}".encode())
         for person in sorted(people)
     }
-    root_key = _root_key(scenario, seed)
-    root = scenario_root(scenario, seed)
-    store.keys.add_root(root)
     for person, key in keys.items():
         enroll_with(store, root, root_key, person, "approver", key.public_b64)
     ctx = scenario_context(

@@ -49,6 +49,7 @@ class EventKind(StrEnum):
     catalog = "catalog"
     fleet = "fleet"
     settings = "settings"
+    broker = "broker"
 
 
 class AuditEvent(Contract):

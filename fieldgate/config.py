@@ -39,6 +39,8 @@ CHECKPOINT_EVERY_ENV = "FIELDGATE_AUDIT_CHECKPOINT_EVERY"
 """Audit events between two signed checkpoints."""
 PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
 """The broker password, when ``--password`` is not given (and how agent processes get it)."""
+CREDENTIALS_ENV = "FIELDGATE_MQTT_CREDENTIALS"
+"""The directory of broker credentials files written by ``fieldgate broker config``."""
 
 
 def _default_home() -> Path:
@@ -73,6 +75,10 @@ class Config:
     """``FIELDGATE_BROKER``: the MQTT broker, ``mqtt://`` or ``mqtts://``."""
     mqtt_password: str | None = None
     """``FIELDGATE_MQTT_PASSWORD``: the broker password."""
+    mqtt_credentials: Path | None = None
+    """``FIELDGATE_MQTT_CREDENTIALS``: the directory of broker credentials files
+    (``{identity}.json``, from ``fieldgate broker config``); the gateway connects as
+    ``fieldgate-gateway``, field agents as their device. None: :attr:`mqtt_password`."""
     control_key: str | None = None
     """``FIELDGATE_CONTROL_KEY``: the control plane's public key a field agent obeys
     (base64 or ``@FILE``, checked where it is used)."""
@@ -113,6 +119,7 @@ class Config:
             freeze=env.get("FIELDGATE_FREEZE", "") == "1",
             broker_url=text(BROKER_ENV) or DEFAULT_BROKER,
             mqtt_password=text(PASSWORD_ENV),
+            mqtt_credentials=Path(creds) if (creds := text(CREDENTIALS_ENV)) else None,
             control_key=text(CONTROL_KEY_ENV),
             audit_witness=Path(witness) if (witness := text(WITNESS_ENV)) else None,
             audit_checkpoint_every=_checkpoint_every(env.get(CHECKPOINT_EVERY_ENV, "")),

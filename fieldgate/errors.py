@@ -31,6 +31,18 @@ class ManifestInvalid(InputInvalid):
     """A module manifest or catalog file does not follow the manifest contract."""
 
 
+class CatalogRefused(InputInvalid):
+    """A catalog repository's TUF metadata or targets do not verify; nothing is imported.
+
+    ``reason`` names the attack or fault: ``edited``, ``rollback``, ``expired``,
+    ``threshold``, ``unenrolled-key``, ``target-mismatch`` or ``malformed``.
+    """
+
+    def __init__(self, source: str, where: str, reason: str, detail: str) -> None:
+        self.reason = reason
+        super().__init__(source, [(where, f"refused ({reason}): {detail}")])
+
+
 class InventoryInvalid(InputInvalid):
     """A fleet inventory file does not follow the inventory contract."""
 
@@ -53,6 +65,10 @@ class NotFound(FieldgateError):
 
 class ApprovalInvalid(FieldgateError):
     """An approval is malformed, unsigned or signed by the wrong key."""
+
+
+class DecisionRefused(ApprovalInvalid):
+    """A decision signed in the inbox was refused before it reached the run (and audited)."""
 
 
 class PolicyEngineError(FieldgateError):
@@ -170,3 +186,7 @@ class ModelOutputInvalid(ModelFailed):
 
 class ModelCallFailed(ModelFailed):
     """The model endpoint gave no answer: timeout, connection, rate limit or server error."""
+
+
+class CredentialsInvalid(InputInvalid):
+    """A broker credentials file is missing, readable by others or malformed."""

@@ -153,7 +153,7 @@ class ModuleManifest(ModuleFacts):
             return "signed, but the manifest names no signer key"
         public = trusted_keys.get(artifact.signer)
         if public is None:
-            return f"signer {artifact.signer} is not a trusted artifact key"
+            return f"signer {artifact.signer} is not an enrolled factory key"
         if key_id_of(public) != artifact.signer:
             return f"the trusted key listed as {artifact.signer} has another key id"
         if verify(public, self.signing_payload(), artifact.signature):

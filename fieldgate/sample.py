@@ -1,4 +1,9 @@
-"""The sample catalog and fleet shipped with fieldgate, and the demo factory key that signed it."""
+"""The sample catalog and fleet shipped with fieldgate, and the demo factory key that signed it.
+
+The shipped file stays signed by the demo factory key, whose seed is public: scenario and
+test code may use it, but no deployment trusts it. ``fieldgate init`` and ``fieldgate demo``
+sign the sample again with a throwaway factory key (:data:`SAMPLE_FACTORY_OWNER`).
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,9 @@ from fieldgate.signing import SigningKey
 
 DEMO_FACTORY_OWNER = "factory-demo"
 DEMO_FACTORY_SEED = b"fieldgate demo factory key"
+
+SAMPLE_FACTORY_OWNER = "factory-sample"
+"""Owner of the throwaway factory key that ``init`` makes to sign the sample catalog."""
 
 
 def demo_factory_key() -> SigningKey:

@@ -28,8 +28,9 @@ from fieldgate.signing import SigningKey, key_id_of, verify
 StatementAction = Literal["enroll", "revoke"]
 """What a key statement does."""
 
-EnrolledPurpose = Literal["approver", "control-plane"]
-"""The keys the root of trust vouches for: people's approver keys and the control plane's."""
+EnrolledPurpose = Literal["approver", "control-plane", "factory"]
+"""The keys the root of trust vouches for: people's approver keys, the control plane's, and
+the factories' (which sign manifests and the catalog's TUF metadata)."""
 
 
 class KeySignature(Contract):
@@ -154,8 +155,8 @@ class KeyStatement(_Signed):
     owner: str = Field(min_length=1)
     """Whose key."""
     purpose: EnrolledPurpose
-    """What the key signs: approvals (and edits), or the control plane's commands and
-    checkpoints."""
+    """What the key signs: approvals (and edits), the control plane's commands and
+    checkpoints, or a factory's manifests and catalog metadata."""
     key_id: str
     """The key's id."""
     public_b64: str
@@ -278,6 +279,15 @@ class KeyTrust:
         """Every owner's trusted public key for ``purpose``."""
         return {
             v.key.owner: v.key.public_b64
+            for v in self.verdicts
+            if v.key.purpose == purpose and v.status == "trusted"
+        }
+
+    def trusted_keys(self, purpose: EnrolledPurpose) -> dict[str, StoredKey]:
+        """Every trusted key for ``purpose`` by key id (what a factory signature is checked
+        against)."""
+        return {
+            v.key.key_id: v.key
             for v in self.verdicts
             if v.key.purpose == purpose and v.status == "trusted"
         }

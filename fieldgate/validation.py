@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from fieldgate.commands import Action
-from fieldgate.contract import Contract, version_in_range
+from fieldgate.contract import Contract, parse_version, version_in_range
 from fieldgate.fleet import Device, Site
 from fieldgate.manifest import ModuleManifest
-from fieldgate.plan import RolloutPlan, ScheduleMode, assign_waves, select_devices
+from fieldgate.plan import PlanIntent, RolloutPlan, ScheduleMode, assign_waves, select_devices
 from fieldgate.twin import DURATION_SECONDS
 
 
@@ -153,3 +153,58 @@ def dry_run(
         predicted_minutes=sum(f.minutes for f in forecasts),
         blast_radius=wave_sizes[0] if wave_sizes else 0,
     )
+
+
+def changes_since_proposed(
+    plan: RolloutPlan,
+    proposed_targets: int | None,
+    devices: Sequence[Device],
+    sites: dict[str, Site],
+    versions: Sequence[str],
+    offline: set[str],
+    freeze: bool,
+) -> list[str]:
+    """What changed since the plan was proposed that an approver should know before deciding.
+
+    Args:
+        plan: The plan revision waiting for decisions.
+        proposed_targets: Devices its dry run targeted when it was proposed (None: unknown).
+        devices: The fleet now.
+        sites: The fleet's sites.
+        versions: The catalog's versions of the plan's module now.
+        offline: Devices known to be offline now.
+        freeze: Whether a change freeze is in force now.
+    """
+    targets = select_devices(plan.target, devices, sites)
+    notes: list[str] = []
+    if proposed_targets is not None and len(targets) != proposed_targets:
+        notes.append(
+            f"the plan targeted {proposed_targets} devices when proposed; its target picks "
+            f"{len(targets)} now"
+        )
+    already = [d.id for d in targets if d.installed.get(plan.module) == plan.version]
+    if already:
+        notes.append(
+            f"{len(already)} of {len(targets)} targets already run {plan.ref}"
+            f" ({_some(already)}): they would get no change"
+        )
+    down = sorted(offline & {d.id for d in targets})
+    if down:
+        notes.append(
+            f"{len(down)} of {len(targets)} targets are offline now ({_some(down)}): "
+            "their commands wait for them"
+        )
+    if plan.intent is PlanIntent.rollout:
+        newer = [v for v in versions if parse_version(v) > parse_version(plan.version)]
+        if newer:
+            latest = max(newer, key=parse_version)
+            notes.append(f"{plan.module} {latest} is in the catalog now, newer than {plan.version}")
+    if freeze:
+        notes.append("a change freeze is in force: the rollout would hold until it is lifted")
+    return notes
+
+
+def _some(ids: Sequence[str], shown: int = 5) -> str:
+    """The first few ids and how many more."""
+    more = f" and {len(ids) - shown} more" if len(ids) > shown else ""
+    return ", ".join(ids[:shown]) + more

@@ -121,9 +121,11 @@ def _markdown(state: dict[str, Any]) -> str:
     for index, wave in enumerate(plan.get("waves", [])):
         size = (state.get("findings", {}).get("wave_sizes") or [None] * 99)[index]
         gate = wave.get("health_gate") or {}
+        rate = gate.get("min_success_rate")
+        healthy = "?" if rate is None else f"{rate * 100:g}%"
         lines.append(
             f"| {index + 1} {wave.get('name')} | {size} | {wave.get('max_parallel')} | "
-            f"≥{gate.get('min_success_rate', '?')} healthy, ≤{gate.get('max_failures', '?')} "
+            f"≥{healthy} healthy, ≤{gate.get('max_failures', '?')} "
             f"failures, soak {gate.get('soak_minutes', 0)} min |"
         )
     # Blank lines between the bold lines: markdown viewers would run them together.

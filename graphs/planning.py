@@ -9,12 +9,14 @@ from typing import Any, Literal
 
 from langgraph.config import get_config
 from langgraph.runtime import Runtime
+from pydantic import ValidationError
 
 from fieldgate.agents import planning_context
 from fieldgate.agents.planner import run_planner
 from fieldgate.agents.validator import run_validator
 from fieldgate.audit import ActorKind, EventKind
-from fieldgate.errors import FieldgateError, ModelFailed
+from fieldgate.contract import problems_of
+from fieldgate.errors import FieldgateError, InputInvalid, ModelFailed
 from fieldgate.graphs._record import (
     audit,
     audit_many,
@@ -23,7 +25,7 @@ from fieldgate.graphs._record import (
     model_failed,
     plan_of,
 )
-from fieldgate.graphs.state import RolloutState
+from fieldgate.graphs.state import RolloutInput, RolloutState
 from fieldgate.plan import select_devices
 from fieldgate.policy import rollout_input, verify_artifact
 from fieldgate.runtime import Context
@@ -63,29 +65,46 @@ def accept_run(
         )
 
 
+def _api_actor(state: RolloutState, caller: str | None) -> str:
+    """Check what a LangGraph API client sent against :class:`RolloutInput`; return who
+    asks: the authenticated ``caller`` when the server has one, else the input's actor.
+
+    Raises:
+        InputInvalid: naming the missing or bad field; nothing was recorded.
+    """
+    given = {k: v for k, v in state.items() if k in RolloutInput.model_fields}
+    try:
+        sent = RolloutInput.model_validate(given)
+    except ValidationError as exc:
+        raise InputInvalid("rollout input", problems_of(exc, raw=True)) from None
+    if caller and sent.actor and sent.actor != caller:
+        problem = f"{sent.actor!r} is not the authenticated caller {caller!r}"
+        raise InputInvalid("rollout input", [("actor", problem)])
+    actor = sent.actor or caller
+    if not actor:
+        problem = "Field required (the server authenticated no caller to take it from)"
+        raise InputInvalid("rollout input", [("actor", problem)])
+    return actor
+
+
 def intake(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     """Make sure the run and its request are on the record.
 
     Runs submitted through fieldgate were recorded before the graph started; a run
     started by a LangGraph API client (which knows only ``request`` and ``actor``) is
-    recorded here.
+    checked against :class:`RolloutInput` and recorded here.
     """
     ctx = runtime.context
-    ids: dict[str, Any] = {}
-    if not state.get("thread_id"):
-        ids["thread_id"] = str(get_config()["configurable"]["thread_id"])
+    configurable = get_config()["configurable"]
+    thread_id = state.get("thread_id") or str(configurable["thread_id"])
+    ids: dict[str, Any] = {} if state.get("thread_id") else {"thread_id": thread_id}
     if not state.get("plan_id"):
-        ids["plan_id"] = ids.get("thread_id") or state["thread_id"]
-    thread_id = ids.get("thread_id") or state["thread_id"]
+        ids["plan_id"] = thread_id
     if not ctx.store.runs.exists(thread_id):
-        accept_run(
-            ctx,
-            thread_id,
-            ids.get("plan_id") or state["plan_id"],
-            state["request"],
-            state["actor"],
-            ticket=state.get("ticket"),
-        )
+        actor = _api_actor(state, configurable.get("langgraph_auth_user_id"))
+        plan_id = state.get("plan_id") or thread_id
+        accept_run(ctx, thread_id, plan_id, state["request"], actor, ticket=state.get("ticket"))
+        ids["actor"] = actor
     return {"revisions": 0, "feedback": [], **ids}
 
 
@@ -280,7 +299,8 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
     versions = {r.manifest.version: r for r in store.catalog.list(plan.module)}
     record = versions.get(plan.version) or store.catalog.record(plan.module, plan.version)
     manifest = record.manifest
-    keys = {k.key_id: k.public_b64 for k in store.keys.for_purpose("artifact")}
+    factory = store.keys.judge(ctx.root).trusted_keys("factory")
+    keys = {key_id: key.public_b64 for key_id, key in factory.items()}
     check = verify_artifact(manifest, keys, record.observed_digest)
     _, fleet = store.fleet.snapshot()
     sites = store.fleet.site_map()

@@ -26,7 +26,7 @@ from fieldgate.graphs.planning import (
     route_after_validator,
     validator,
 )
-from fieldgate.graphs.state import RolloutState
+from fieldgate.graphs.state import RolloutInput, RolloutState
 from fieldgate.runtime import Context
 
 
@@ -64,7 +64,7 @@ def _given_context(node: Node, context: Callable[[], Context]) -> Node:
 
 def build_graph(
     context: Callable[[], Context] | None = None,
-) -> StateGraph[RolloutState, Context, RolloutState, RolloutState]:
+) -> StateGraph[RolloutState, Context, RolloutInput, RolloutState]:
     """The rollout state graph, not yet compiled.
 
     Nodes take their context from the runtime: the orchestrator passes it with every
@@ -73,7 +73,11 @@ def build_graph(
     client's JSON, while fieldgate's holds live objects (database, policy engine,
     transport), so the served graph declares none.
     """
-    builder = StateGraph(RolloutState, context_schema=None if context else Context)
+    builder = StateGraph(
+        RolloutState,
+        context_schema=None if context else Context,
+        input_schema=RolloutInput,
+    )
     for name, node in NODES.items():
         builder.add_node(name, _given_context(node, context) if context else node)
     builder.add_edge(START, "intake")
@@ -90,13 +94,15 @@ def build_graph(
 
 def compile_graph(
     checkpointer: Checkpointer = None, context: Callable[[], Context] | None = None
-) -> CompiledStateGraph[RolloutState, Context, RolloutState, RolloutState]:
+) -> CompiledStateGraph[RolloutState, Context, Any, RolloutState]:
     """Compile the graph with a checkpointer; it pauses after ``queue`` for a worker.
+
+    Its input is a :class:`RolloutInput` or the same fields as a dict (what JSON clients
+    and fieldgate's own commands send).
 
     Args:
         checkpointer: Where the graph keeps its state between steps.
         context: For a served graph, the factory of its context (see :func:`build_graph`).
     """
-    return build_graph(context).compile(
-        checkpointer=checkpointer, interrupt_after=PAUSE_AFTER, name="rollout"
-    )
+    builder: StateGraph[RolloutState, Context, Any, RolloutState] = build_graph(context)
+    return builder.compile(checkpointer=checkpointer, interrupt_after=PAUSE_AFTER, name="rollout")

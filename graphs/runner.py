@@ -176,6 +176,42 @@ class Orchestrator:
             raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
         return view
 
+    def approval_for(
+        self,
+        view: RunView,
+        approver: str,
+        key_id: str,
+        decision: Literal["approve", "reject"],
+        comment: str = "",
+    ) -> Approval:
+        """The unsigned approval record ``approver`` signs (with key ``key_id``) to decide on
+        the revision ``view`` waits at: the CLI signs it here, the inbox page in the browser."""
+        return Approval(
+            plan_id=view.plan_id,
+            plan_hash=view.values["plan_hash"],
+            approver=approver,
+            roles=list(self.ctx.roster.get(approver, [])),
+            decision=Decision(decision),
+            comment=comment,
+            at=self.ctx.people_now(),
+            key_id=key_id,
+        )
+
+    def edit_for(
+        self, view: RunView, editor: str, key_id: str, draft: PlanDraft, comment: str = ""
+    ) -> PlanEdit:
+        """The unsigned edit record ``editor`` signs (with key ``key_id``) to replace the
+        revision ``view`` waits at with ``draft``."""
+        return PlanEdit(
+            plan_id=view.plan_id,
+            plan_hash=view.values["plan_hash"],
+            editor=editor,
+            draft_hash=draft_hash(draft.model_dump(mode="json")),
+            comment=comment,
+            at=self.ctx.people_now(),
+            key_id=key_id,
+        )
+
     def decide(
         self,
         thread_id: str,
@@ -185,20 +221,22 @@ class Orchestrator:
     ) -> RunView:
         """Sign ``decision`` with the approver's key and resume the approval interrupt."""
         view = self.waiting(thread_id)
-        approval = Approval(
-            plan_id=view.plan_id,
-            plan_hash=view.values["plan_hash"],
-            approver=key.owner,
-            roles=list(self.ctx.roster.get(key.owner, [])),
-            decision=Decision(decision),
-            comment=comment,
-            at=self.ctx.people_now(),
-        ).signed_with(key)
+        record = self.approval_for(view, key.owner, key.key_id, decision, comment)
+        return self.answer_signed(thread_id, record.signed_with(key))
+
+    def answer_signed(self, thread_id: str, approval: Approval) -> RunView:
+        """Resume the approval interrupt with a signed approval or rejection; the graph checks
+        its signature and counts it by policy."""
         return self.answer(
             thread_id,
             ApprovalResume(
-                decisions=[ReviewDecision(type=decision, message=comment)],
-                approver=key.owner,
+                decisions=[
+                    ReviewDecision(
+                        type="approve" if approval.decision is Decision.approve else "reject",
+                        message=approval.comment,
+                    )
+                ],
+                approver=approval.approver,
                 approval=approval,
             ),
         )
@@ -207,25 +245,22 @@ class Orchestrator:
         """An approver's edit, signed with their key: a new revision that goes through
         validation and policy again."""
         view = self.waiting(thread_id)
-        record = PlanEdit(
-            plan_id=view.plan_id,
-            plan_hash=view.values["plan_hash"],
-            editor=key.owner,
-            draft_hash=draft_hash(draft.model_dump(mode="json")),
-            comment=comment,
-            at=self.ctx.people_now(),
-        ).signed_with(key)
+        record = self.edit_for(view, key.owner, key.key_id, draft, comment)
+        return self.edit_signed(thread_id, record.signed_with(key), draft)
+
+    def edit_signed(self, thread_id: str, record: PlanEdit, draft: PlanDraft) -> RunView:
+        """Resume the approval interrupt with a signed edit of the plan to ``draft``."""
         return self.answer(
             thread_id,
             ApprovalResume(
                 decisions=[
                     ReviewDecision(
                         type="edit",
-                        message=comment,
+                        message=record.comment,
                         edited_action=EditedAction(args={"plan": draft}),
                     )
                 ],
-                approver=key.owner,
+                approver=record.editor,
                 edit=record,
             ),
         )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Annotated, Any, TypedDict
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 def merge_tokens(
     left: dict[str, dict[str, int]] | None, right: dict[str, dict[str, int]] | None
@@ -66,3 +68,28 @@ class RolloutState(TypedDict, total=False):
     """Why it ended that way."""
     tokens: Annotated[dict[str, dict[str, int]], merge_tokens]
     """Tokens in and out per node."""
+
+
+class RolloutInput(BaseModel):
+    """What starts a rollout run: the graph's declared input (``assistants.get_schemas``).
+
+    fieldgate's own commands record the run before they start the graph and pass its ids;
+    a LangGraph API client sends ``request`` (and ``actor`` unless the server authenticated
+    the caller), and ``intake`` checks it against this schema before anything is recorded.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    request: str = Field(min_length=1, max_length=4000)
+    """What the engineer asks for, in their words."""
+    actor: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$", max_length=64
+    )
+    """Who asks; taken from the authenticated caller when the server has one (and then it
+    must be that caller)."""
+    ticket: str | None = Field(default=None, max_length=20000)
+    """Ticket text attached to the request (untrusted)."""
+    plan_id: str | None = Field(default=None, max_length=128)
+    """The plan's id (fieldgate's commands choose it; an API run takes the thread's)."""
+    thread_id: str | None = Field(default=None, max_length=128)
+    """The graph thread (an API run takes the thread's)."""

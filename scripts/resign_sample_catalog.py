@@ -1,5 +1,10 @@
 """Sign the shipped sample catalog again with the demo factory key (maintainers only).
 
+The demo key's seed is public, so no deployment trusts it: ``fieldgate init`` and
+``fieldgate demo`` sign the sample again with a throwaway factory key they enroll and
+then drop. The shipped file keeps the demo key's signatures for scenarios, tests and
+``policy eval --catalog``, which check a file against its own ``signers``.
+
 Run it after editing any manifest in ``fieldgate/data/catalog.yaml``: every field of a
 manifest is signed, so an edited one no longer verifies until it is signed again. ed25519
 signatures are deterministic, so running it twice gives the same file, and ``--check``
@@ -29,6 +34,8 @@ HEADER = (
     "# Sample module catalog shipped with fieldgate.\n"
     f"# Signed by the demo factory key (seed: {DEMO_FACTORY_SEED.decode()!r}); "
     "never trust it in production.\n"
+    "# fieldgate init and demo sign it again with a throwaway factory key and never trust\n"
+    "# the demo key.\n"
     "# Every field of a manifest but artifact.signature and artifact.signer is signed:\n"
     "# after an edit, run scripts/resign_sample_catalog.py.\n"
 )

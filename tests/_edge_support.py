@@ -129,15 +129,20 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def require_mosquitto() -> None:
+    """Skip (or fail under CI) when the mosquitto binary is not installed."""
+    if shutil.which("mosquitto") is None:
+        message = "the mosquitto binary is not installed (tests start brokers of their own)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message}; CI=true: services are required")
+        pytest.skip(message)
+
+
 class Mosquitto:
     """A private Mosquitto on a free loopback port, persisting to ``directory``."""
 
     def __init__(self, directory: Path) -> None:
-        if shutil.which("mosquitto") is None:
-            message = "the mosquitto binary is not installed (tests start brokers of their own)"
-            if os.environ.get("CI", "").lower() == "true":
-                pytest.fail(f"{message}; CI=true: services are required")
-            pytest.skip(message)
+        require_mosquitto()
         self.directory = directory
         self.port = free_port()
         directory.mkdir(parents=True, exist_ok=True)
@@ -154,6 +159,25 @@ class Mosquitto:
         )
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        self.log: Path | None = None
+        """Where the broker's stderr goes (None: nowhere; it logs to its own file)."""
+
+    @classmethod
+    def configured(cls, directory: Path) -> Mosquitto:
+        """A Mosquitto run from the set-up ``fieldgate broker config`` wrote into ``directory``
+        (its port is the one of the set-up's listener, which the test chose free)."""
+        require_mosquitto()
+        self = cls.__new__(cls)
+        self.directory = directory
+        self.config = directory / "mosquitto.conf"
+        listener = next(
+            line for line in self.config.read_text().splitlines() if line.startswith("listener ")
+        )
+        self.port = int(listener.split()[1])
+        self.process = None
+        self.restarts = 0
+        self.log = directory.parent / f"{directory.name}-mosquitto.log"
+        return self
 
     @property
     def user_line(self) -> str:
@@ -168,11 +192,15 @@ class Mosquitto:
 
     def start(self) -> Mosquitto:
         """Start the broker and wait until it accepts connections."""
-        self.process = subprocess.Popen(
-            ["mosquitto", "-c", str(self.config)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with contextlib.ExitStack() as files:
+            err = (
+                files.enter_context(self.log.open("ab"))
+                if self.log is not None
+                else subprocess.DEVNULL
+            )
+            self.process = subprocess.Popen(
+                ["mosquitto", "-c", str(self.config)], stdout=subprocess.DEVNULL, stderr=err
+            )
         end = time.monotonic() + 10
         while time.monotonic() < end:
             try:

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
@@ -37,11 +39,12 @@ def test_init_loads_sample_and_is_idempotent(db_url: str) -> None:
     code, out = invoke("init", "--db", db_url)
     assert code == 0, out
     assert "23 new manifests, 314 devices" in out and "made now" in out
-    # The root of trust is made once; it and both imports are audited.
-    assert counts(db_url) == (23, 314, 9, 3)
+    # The root of trust is made once; it, the sample's throwaway factory key and both
+    # imports are audited.
+    assert counts(db_url) == (23, 314, 9, 4)
     code, out = invoke("init", "--db", db_url)
     assert code == 0 and "0 new manifests" in out and "pinned already" in out
-    assert counts(db_url) == (23, 314, 9, 5)
+    assert counts(db_url) == (23, 314, 9, 6)
 
 
 def test_bad_inventory_exits_2_names_field_and_stores_nothing(db_url: str, tmp_path: Path) -> None:
@@ -91,13 +94,21 @@ def test_catalog_and_fleet_views(sqlite_url: str) -> None:
     code, out = invoke("catalog", "list", "--db", sqlite_url)
     assert code == 0 and "safety-interlock" in out and "23 manifests" in out
     code, out = invoke("catalog", "show", "hvac-controller", "2.4.1", "--db", sqlite_url)
-    assert code == 0 and "edge-runtime >=3.2,<4" in out and "factory-demo" in out
+    assert code == 0 and "edge-runtime >=3.2,<4" in out and "factory-sample" in out
     code, out = invoke("catalog", "show", "nope", "--db", sqlite_url)
     assert code == 2 and "nope" in out
     code, out = invoke(
         "fleet", "list", "--site", "rtm-05", "--class", "pump-ctl", "--db", sqlite_url
     )
     assert code == 0 and "60 devices match" in out
+    code, out = invoke("fleet", "list", "--class", "camera-node", "--db", sqlite_url)
+    text = " ".join(out.split())
+    assert code == 0 and "fleet: 32 devices at 2 sites" in text and "(of 314 devices" in text
+    assert "hvac" not in text and "pump-ctl" not in text, "the summary counts only the matches"
+    code, out = invoke("fleet", "list", "--class", "camera-nod", "--db", sqlite_url)
+    assert code == 2 and "--class 'camera-nod': no such name" in out and "camera-node" in out
+    code, out = invoke("fleet", "list", "--site", "rotterdam", "--db", sqlite_url)
+    assert code == 2 and "devices match" not in out
     code, out = invoke("fleet", "show", "ber-03", "--db", sqlite_url)
     assert code == 0 and "24 devices" in out and "regulated" in out
     code, out = invoke("fleet", "show", "ber-03-hvac-gw-07", "--db", sqlite_url)
@@ -190,3 +201,23 @@ def test_installed_console_script_runs_the_demo(tmp_path: Path) -> None:
     done = subprocess.run([str(exe), "demo"], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "314 devices at 9 sites" in done.stdout and "audit chain ok" in done.stdout
+
+
+def _commands(group: Any, prefix: list[str]) -> list[list[str]]:
+    found = [prefix]
+    for name, command in group.commands.items():
+        if hasattr(command, "commands"):
+            found += _commands(command, [*prefix, name])
+        else:
+            found.append([*prefix, name])
+    return found
+
+
+def test_no_help_page_shows_a_type_for_a_flag() -> None:
+    root = typer.main.get_command(app)
+    pages = _commands(root, [])
+    assert len(pages) > 30
+    for args in pages:
+        result = runner.invoke(app, [*args, "--help"], terminal_width=120)
+        assert result.exit_code == 0, (args, result.output)
+        assert "<bool>" not in result.output, args

@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from fieldgate.audit import EventKind
 from fieldgate.cli import app
 from fieldgate.cli._worker import expire_overdue
+from fieldgate.edge._tables import EdgeTable, upsert_devices
 from fieldgate.graphs.compose import default_twin, open_orchestrator
 from fieldgate.graphs.runner import Orchestrator
 from fieldgate.plan import Selector
@@ -33,8 +34,10 @@ HVAC = "Roll out hvac-controller 2.4.1 to muc-01"
 PUMP = "roll out pump-logic 1.9.0 to rtm-05"
 
 
-def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
-    result = runner.invoke(app, list(args), input=stdin, catch_exceptions=False)
+def invoke(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), input=stdin, env=env, catch_exceptions=False)
     return result.exit_code, result.output
 
 
@@ -170,8 +173,15 @@ def test_approvals_flow_with_own_approval_missing_key_and_reject(db: str) -> Non
     code, out = invoke("approvals", "show", plan)
     assert code == 0, out
     assert "did not count: eng-ana" in out and "missing: 1× safety" in out
-    assert "approval request" in out and "Requested by eng-ana" in out
+    assert "approval request" not in out and "since proposed" not in out
     assert "policy: allowed with approvals: 1× safety" in out and "dry run: 24 targets" in out
+    assert f"fieldgate approvals approve {plan} --as YOU" in out
+    assert f"fieldgate approvals reject {plan} --as YOU" in out
+    assert f"approvals show {plan}`" not in out
+    assert out.count("% healthy, ≤") == 3, "one gate line per wave, nothing twice"
+    code, out = invoke("approvals", "show", plan, "--request")
+    assert code == 0 and "approval request" in out and "Requested by eng-ana" in out
+    assert "≥100% healthy" in out and "≥1.0 healthy" not in out
 
     code, out = invoke("approvals", "approve", plan, "--as", "saf-lee", "-m", "window checked")
     assert code == 0, out
@@ -191,6 +201,46 @@ def test_approvals_flow_with_own_approval_missing_key_and_reject(db: str) -> Non
         assert store.runs.for_plan(plan).status == "queued"
     code, out = invoke("approvals", "list")
     assert code == 0 and "no plans are waiting for approval" in out
+
+
+def test_approvals_show_warns_about_what_changed_since_the_plan_was_proposed(
+    db: str, tmp_path: Path
+) -> None:
+    plan = ask(HVAC)
+    with Store.open(db) as store:
+        targets = [d.id for d in store.fleet.devices(Selector(sites=["muc-01"]))]
+        targets = [t for t in targets if "hvac" in t]
+        for device in targets[:12]:
+            store.fleet.set_installed(device, "hvac-controller", "2.4.1")
+        newer = store.catalog.get("hvac-controller", "2.4.1").model_copy(
+            update={"version": "2.5.0"}
+        )
+        store.catalog.import_manifests([(newer, None)], source="test", actor="eng-ana")
+        EdgeTable.metadata.create_all(store.engine)
+        with store.engine.begin() as conn:
+            upsert_devices(
+                conn,
+                [
+                    {
+                        "device_id": targets[-1],
+                        "site": "muc-01",
+                        "online": False,
+                        "seen_us": 0,
+                        "hlc_wall": 0,
+                        "hlc_counter": 0,
+                        "installed": "{}",
+                        "health": None,
+                    }
+                ],
+            )
+    code, out = invoke("approvals", "show", plan)
+    assert code == 0, out
+    text = " ".join(out.split())
+    assert "since proposed: 12 of 24 targets already run hvac-controller@2.4.1" in text
+    assert f"1 of 24 targets are offline now ({targets[-1]})" in text
+    assert "hvac-controller 2.5.0 is in the catalog now, newer than 2.4.1" in text
+    code, out = invoke("approvals", "show", plan, env={"FIELDGATE_FREEZE": "1"})
+    assert "since proposed: a change freeze is in force" in " ".join(out.split())
 
 
 def test_approval_deadlines_run_on_peoples_time_not_the_twins_leaps(db: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +208,16 @@ def test_openai_path_tokens_reach_the_eval_report(
     run = document["scenarios"][0]["runs"][0]
     assert run["tokens_in"] > 0 and run["tokens_out"] > 0
     assert f"tokens {summary['tokens_in']} in" in out
+
+
+def test_reports_at_k_1_show_each_figure_once_in_one_precision(tmp_path: Path) -> None:
+    code, out = invoke(
+        "eval", "run", str(SHARED), "--k", "1", "--seed", "0", "--out", str(tmp_path)
+    )
+    assert code == 0, out
+    assert "pass^1" in out and "pass^1 pass^1" not in " ".join(out.split())
+    html = (tmp_path / "results.html").read_text()
+    assert "<td>null</td>" not in html and "<td>None</td>" not in html
+    assert "<th>pass^1</th><th>pass^1</th>" not in html and "pass^k" not in html
+    figures = re.findall(r"<td class=n>(\d+\.\d+)</td>", html)
+    assert figures and {len(f.split(".")[1]) for f in figures} == {3}

@@ -26,6 +26,7 @@ from langgraph.checkpoint.postgres import PostgresSaver
 from langgraph.checkpoint.sqlite import SqliteSaver
 
 from fieldgate.audit import EventKind
+from fieldgate.errors import InputInvalid
 from fieldgate.graphs.runner import RunView
 from fieldgate.scenario import Expect, load_scenario
 
@@ -172,3 +173,32 @@ def test_the_view_an_invoke_returns_is_the_one_its_checkpoint_holds(
             _same_place(view, orchestrator.view(view.thread_id))
             stops.append(view.status)
         assert stops[-1] in ("done", "awaiting_approval")
+
+
+def test_the_graph_declares_its_input_and_refuses_a_bad_one_before_recording(
+    sqlite_url: str,
+) -> None:
+    scenario = variant(load("safety-approval"), approvals=[])
+    with open_run(scenario, sqlite_url) as (world, orchestrator):
+        schema = orchestrator.graph.get_input_jsonschema()
+        assert schema["required"] == ["request"]
+        assert {"request", "actor", "ticket"} <= set(schema["properties"])
+
+        def start(thread: str, payload: dict[str, str], caller: str | None = None) -> None:
+            config = orchestrator.config(thread)
+            if caller:
+                config["configurable"]["langgraph_auth_user_id"] = caller
+            orchestrator.graph.invoke(payload, config, context=world.ctx, durability="sync")
+
+        for thread, payload, caller, problem in (
+            ("no-actor", {"request": scenario.request}, None, "actor: Field required"),
+            ("empty", {"request": "", "actor": "eng-ana"}, None, "request: String should"),
+            ("spoof", {"request": "x", "actor": "saf-lee"}, "eng-ana", "not the authenticated"),
+        ):
+            with pytest.raises(InputInvalid, match=problem):
+                start(thread, payload, caller)
+            assert not world.store.runs.exists(thread)
+            assert world.store.audit.events(plan_id=thread) == []
+        start("authenticated", {"request": scenario.request}, caller="eng-ana")
+        run = world.store.runs.get("authenticated")
+        assert (run.actor, run.status) == ("eng-ana", "awaiting_approval")

@@ -203,3 +203,23 @@ def test_an_api_client_reads_the_approval_interrupt_and_resumes_it(served: Serve
         assert approvals[0]["refused"].startswith("an approve or reject decision must carry")
         assert approvals[-1]["approver"] == "saf-lee"
         assert store.audit.verify().ok
+
+
+def test_the_served_graph_declares_its_input_and_names_a_missing_field(served: Served) -> None:
+    client = get_sync_client(url=served.url)
+    (assistant,) = client.assistants.search(graph_id="rollout")
+    schemas = client.assistants.get_schemas(assistant["assistant_id"])
+    input_schema = schemas["input_schema"]
+    assert input_schema is not None and input_schema["required"] == ["request"]
+    assert input_schema["properties"]["actor"]["anyOf"][0]["pattern"]
+
+    thread_id = client.threads.create()["thread_id"]
+    run = client.runs.create(thread_id, "rollout", input={"request": REQUEST})
+    client.runs.join(thread_id, run["run_id"])
+    finished = client.runs.get(thread_id, run["run_id"])
+    assert finished["status"] == "error"
+    log = (Path(served.env["FIELDGATE_HOME"]) / "server.log").read_text()
+    assert "rollout input: actor: Field required" in log
+    assert "KeyError" not in log
+    with Store.open(served.db_url) as store:
+        assert not store.runs.exists(thread_id)

@@ -201,8 +201,12 @@ def test_policy_eval_with_the_store_logs_the_decision(tmp_path: Path, sqlite_url
 
     scenario = load_scenario(SCENARIOS / "canary-fails-rollback.yaml")
     factory = SigningKey.from_seed("factory", b"cli-store-test")
+    # the factory key counts once a root holder enrolled it; the decision judges it afresh
+    assert runner.invoke(app, ["init", "--empty", "--db", sqlite_url]).exit_code == 0
+    enroll = ["keys", "enroll", "factory", "--purpose", "factory", "--public-key"]
+    result = runner.invoke(app, [*enroll, factory.public_b64, "--db", sqlite_url])
+    assert result.exit_code == 0, result.output
     with Store.open(sqlite_url) as store:
-        store.keys.trust("factory", factory.public_b64, "artifact")
         store.catalog.import_manifests(
             [(e.to_manifest(factory)[0], None) for e in scenario.catalog], source="t", actor="t"
         )

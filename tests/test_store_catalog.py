@@ -4,19 +4,31 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from sqlalchemy import func, select
 
 from fieldgate.errors import ManifestInvalid, NotFound, StoreError
+from fieldgate.keyfiles import enroll_with
 from fieldgate.manifest import ModuleManifest, sample_digest
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.store._catalog import CatalogImportRow, ManifestRow
+from fieldgate.trust import StoredKey, new_root
 
 FACTORY = SigningKey.from_seed("factory-berlin", b"factory")
 STRANGER = SigningKey.from_seed("someone-else", b"stranger")
+ROOT_KEY = SigningKey.from_seed("adm", b"root")
+
+
+def enrolled_factory(store: Store) -> dict[str, StoredKey]:
+    """Enroll FACTORY under a root of trust; return the trusted factory keys."""
+    root = new_root({"adm": ROOT_KEY}, 1, datetime.now(UTC))
+    store.keys.add_root(root)
+    enroll_with(store, root, ROOT_KEY, "factory-berlin", "factory", FACTORY.public_b64)
+    return store.keys.judge(root).trusted_keys("factory")
 
 
 @pytest.fixture
@@ -61,26 +73,28 @@ def counts(store: Store) -> tuple[int, int]:
 
 
 def test_trust_get_and_list_keys(store: Store) -> None:
-    key = store.keys.trust("factory-berlin", FACTORY.public_b64, "artifact")
+    key = store.keys.trust("factory-berlin", FACTORY.public_b64, "factory")
     assert key.key_id == FACTORY.key_id
-    assert store.keys.trust("factory-berlin", FACTORY.public_b64, "artifact") == key
+    assert store.keys.trust("factory-berlin", FACTORY.public_b64, "factory") == key
     assert store.keys.get(FACTORY.key_id) == key
     approver = SigningKey.from_seed("ana", b"ana")
     store.keys.trust("ana", approver.public_b64, "approver")
     assert store.keys.for_owner("ana", "approver")[0].public_b64 == approver.public_b64
-    assert store.keys.for_owner("ana", "artifact") == []
+    assert store.keys.for_owner("ana", "factory") == []
     assert [k.owner for k in store.keys.for_owner("factory-berlin")] == ["factory-berlin"]
     assert key.added_at.tzinfo is not None
 
 
 def test_key_mistakes_are_named(store: Store) -> None:
-    store.keys.trust("factory-berlin", FACTORY.public_b64, "artifact")
-    with pytest.raises(StoreError, match="already trusted as factory-berlin's artifact key"):
+    store.keys.trust("factory-berlin", FACTORY.public_b64, "factory")
+    with pytest.raises(StoreError, match="already trusted as factory-berlin's factory key"):
         store.keys.trust("mallory", FACTORY.public_b64, "approver")
     with pytest.raises(StoreError, match="not an ed25519 public key"):
         store.keys.trust("bo", "bm90IGEga2V5", "approver")
     with pytest.raises(StoreError, match="purpose 'root'"):
         store.keys.trust("bo", STRANGER.public_b64, "root")  # type: ignore[arg-type]
+    with pytest.raises(StoreError, match="purpose 'artifact'"):  # the retired unsigned purpose
+        store.keys.trust("bo", STRANGER.public_b64, "artifact")  # type: ignore[arg-type]
     with pytest.raises(NotFound, match="ed25519:0000000000000000 is not trusted"):
         store.keys.get("ed25519:0000000000000000")
 
@@ -89,7 +103,7 @@ def test_key_mistakes_are_named(store: Store) -> None:
 
 
 def test_import_records_provenance_and_verifies_signatures(store: Store) -> None:
-    store.keys.trust("factory-berlin", FACTORY.public_b64, "artifact")
+    factory = enrolled_factory(store)
     bad_signature = manifest(version="2.4.2")
     bad_signature = bad_signature.model_copy(
         update={
@@ -104,7 +118,9 @@ def test_import_records_provenance_and_verifies_signatures(store: Store) -> None
         (manifest(version="2.5.0", key=STRANGER), None),
         (manifest(version="2.6.0", key=None), "sha256:" + "ab" * 32),
     ]
-    result = store.catalog.import_manifests(batch, source="catalog/hvac.yaml", actor="ana")
+    result = store.catalog.import_manifests(
+        batch, source="catalog/hvac.yaml", actor="ana", factory_keys=factory
+    )
     assert result.added == [
         "hvac-controller@2.4.1",
         "hvac-controller@2.4.2",
@@ -128,7 +144,7 @@ def test_import_records_provenance_and_verifies_signatures(store: Store) -> None
     assert not store.catalog.record("hvac-controller", "2.4.2").signature_valid
     stranger = store.catalog.record("hvac-controller", "2.5.0")
     assert not stranger.signature_valid
-    assert "not a trusted artifact key" in stranger.signature_note
+    assert "not an enrolled factory key" in stranger.signature_note
     unsigned = store.catalog.record("hvac-controller", "2.6.0")
     assert (unsigned.signature_valid, unsigned.signature_note) == (False, "unsigned")
     assert unsigned.observed_digest == "sha256:" + "ab" * 32

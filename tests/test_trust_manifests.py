@@ -11,6 +11,7 @@ command line, the way an operator meets it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,11 @@ import yaml
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
+from fieldgate.keyfiles import enroll_with
 from fieldgate.manifest import ModuleManifest, sample_digest
-from fieldgate.sample import demo_factory_key
+from fieldgate.signing import SigningKey
 from fieldgate.store import Store
+from fieldgate.trust import StoredKey, new_root
 
 runner = CliRunner()
 
@@ -36,9 +39,23 @@ def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+FACTORY = SigningKey.from_seed("factory-test", b"fieldgate test factory")
+"""A factory key the tests enroll under the deployment's root (``enrolled_factory``)."""
+
+
+@pytest.fixture
+def enrolled_factory(initialised_db: str) -> str:
+    """The initialised database with FACTORY enrolled as a factory key by the root holder."""
+    code, out = invoke(
+        "keys", "enroll", FACTORY.owner, "--purpose", "factory", "--public-key", FACTORY.public_b64
+    )
+    assert code == 0 and "trusted" in out, out
+    return initialised_db
+
+
 def factory_signed(**fields: Any) -> ModuleManifest:
-    """A high-safety hvac-controller manifest signed by the (trusted) demo factory key, the
-    way the factory signs: its key over the manifest's signing payload."""
+    """A high-safety hvac-controller manifest signed by an enrolled factory key, the way the
+    factory signs: its key over the manifest's signing payload."""
     unsigned = ModuleManifest.model_validate(
         {
             "name": "hvac-controller",
@@ -57,7 +74,7 @@ def factory_signed(**fields: Any) -> ModuleManifest:
             **fields,
         }
     )
-    key = demo_factory_key()
+    key = FACTORY
     artifact = unsigned.artifact.model_copy(
         update={"signature": key.sign(unsigned.signing_payload()), "signer": key.key_id}
     )
@@ -73,7 +90,7 @@ def edited(manifest: ModuleManifest, change: Callable[[dict[str, Any]], None]) -
 
 def catalog_file(path: Path, *manifests: ModuleManifest) -> Path:
     """Write ``manifests`` as a catalog file for ``fieldgate catalog import``."""
-    key = demo_factory_key()
+    key = FACTORY
     document = {
         "apiVersion": "fieldgate/v1",
         "kind": "Catalog",
@@ -91,10 +108,10 @@ def made_harmless(fields: dict[str, Any]) -> None:
 
 
 def test_an_edited_manifest_is_not_signed_and_its_rollout_is_denied(
-    initialised_db: str, tmp_path: Path
+    enrolled_factory: str, tmp_path: Path
 ) -> None:
     forged = edited(factory_signed(), made_harmless)
-    assert forged.artifact.signer == demo_factory_key().key_id  # it still claims the factory
+    assert forged.artifact.signer == FACTORY.key_id  # it still claims the factory
 
     code, out = invoke("catalog", "import", str(catalog_file(tmp_path / "forged.yaml", forged)))
     assert code == 0, out
@@ -111,21 +128,21 @@ def test_an_edited_manifest_is_not_signed_and_its_rollout_is_denied(
     assert "allowed without approvals" not in out, out
     assert "policy: denied" in out, out
     assert "not signed by a trusted factory key" in out and CHANGED_AFTER_SIGNING in out, out
-    with Store.open(initialised_db) as store:
+    with Store.open(enrolled_factory) as store:
         run = store.runs.list()[-1]
         assert (run.status, run.outcome) == ("done", "denied"), run
         assert store.plans.get(run.plan_id).status == "denied"
 
 
 def test_the_untouched_manifest_verifies_and_needs_its_safety_approval(
-    initialised_db: str, tmp_path: Path
+    enrolled_factory: str, tmp_path: Path
 ) -> None:
     signed = factory_signed()
     code, out = invoke("catalog", "import", str(catalog_file(tmp_path / "signed.yaml", signed)))
     assert code == 0 and "warning" not in out, out
 
     code, out = invoke("catalog", "show", "hvac-controller", NEW_VERSION)
-    assert code == 0 and "signed by factory-demo" in out, out
+    assert code == 0 and "signed by factory-test" in out, out
 
     code, out = invoke(
         "chat", "--as", "eng-ana", stdin=f"Roll out hvac-controller {NEW_VERSION} to muc-01\n"
@@ -139,7 +156,8 @@ def test_every_shipped_sample_manifest_verifies(initialised_db: str) -> None:
         records = store.catalog.list()
     assert records
     assert [r.ref for r in records if not r.signature_valid] == []
-    assert all(r.signature_note.startswith("signed by factory-demo") for r in records)
+    # init signed them again with its throwaway factory key: the demo key counts for nothing
+    assert all(r.signature_note.startswith("signed by factory-sample") for r in records)
 
 
 def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
@@ -180,18 +198,29 @@ def test_the_field_edits_cover_every_signed_field() -> None:
     assert "signature" not in payload["artifact"] and "signer" not in payload["artifact"]
 
 
+def enrolled(store: Store, key: SigningKey) -> dict[str, StoredKey]:
+    """Enroll ``key`` as a factory key under a fresh root; return the trusted factory keys."""
+    root_key = SigningKey.from_seed("adm", b"root")
+    root = new_root({"adm": root_key}, 1, datetime.now(UTC))
+    store.keys.add_root(root)
+    enroll_with(store, root, root_key, key.owner, "factory", key.public_b64)
+    return store.keys.judge(root).trusted_keys("factory")
+
+
 @pytest.mark.parametrize("field", sorted(FIELD_EDITS))
 def test_editing_any_signed_field_breaks_the_signature(
     field: str, db_url: str, tmp_path: Path
 ) -> None:
-    key = demo_factory_key()
+    key = FACTORY
     forged = edited(factory_signed(), FIELD_EDITS[field])
     problem = forged.signature_problem({key.key_id: key.public_b64})
     assert problem is not None and problem.startswith(CHANGED_AFTER_SIGNING), problem
 
     with Store.open(db_url) as store:
-        store.keys.trust("factory-demo", key.public_b64, "artifact")
-        store.catalog.import_manifests([(forged, None)], source="forged.yaml", actor="eve")
+        factory = enrolled(store, key)
+        store.catalog.import_manifests(
+            [(forged, None)], factory_keys=factory, source="forged.yaml", actor="eve"
+        )
         record = store.catalog.record(forged.name, forged.version)
     assert not record.signature_valid
     assert record.signature_note.startswith(CHANGED_AFTER_SIGNING), record.signature_note
@@ -200,15 +229,17 @@ def test_editing_any_signed_field_breaks_the_signature(
 def test_an_old_form_signature_over_name_version_and_digest_no_longer_counts(
     db_url: str,
 ) -> None:
-    key = demo_factory_key()
+    key = FACTORY
     unsigned = factory_signed()
     old = {"name": unsigned.name, "version": unsigned.version, "digest": unsigned.artifact.digest}
     artifact = unsigned.artifact.model_copy(update={"signature": key.sign(old)})
     legacy = unsigned.model_copy(update={"artifact": artifact})
 
     with Store.open(db_url) as store:
-        store.keys.trust("factory-demo", key.public_b64, "artifact")
-        store.catalog.import_manifests([(legacy, None)], source="old.yaml", actor="eve")
+        factory = enrolled(store, key)
+        store.catalog.import_manifests(
+            [(legacy, None)], factory_keys=factory, source="old.yaml", actor="eve"
+        )
         record = store.catalog.record(legacy.name, legacy.version)
     assert not record.signature_valid
     assert "only name, version and digest" in record.signature_note

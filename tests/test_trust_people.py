@@ -217,7 +217,8 @@ def test_a_revoked_key_stops_counting(deployment: Deployment) -> None:
     assert "revoked: laptop lost" in _ignored(view, "saf-lee")[0]
     with deployment.store() as store:
         actions = [e.payload.get("action") for e in store.audit.events() if e.kind == "key"]
-    assert actions == ["init-root", "enroll", "revoke"]
+    # init enrolls the sample's throwaway factory key, then saf-lee's is enrolled and revoked
+    assert actions == ["init-root", "enroll", "enroll", "revoke"]
 
 
 # --------------------------------------------------------------------------- approval times
@@ -320,9 +321,9 @@ def test_a_rotated_root_keeps_enrollments_and_drops_the_old_key(deployment: Depl
     deployment.enroll("saf-lee")
     old = load_key(deployment.home / "keys", ROOT_HOLDER, root=True)
     code, out = invoke("keys", "root", "rotate", "--as", ROOT_HOLDER)
-    assert code == 0 and "root version 2" in out and "2 enrollment(s) signed again" in out, (
+    assert code == 0 and "root version 2" in out and "3 enrollment(s) signed again" in out, (
         out
-    )  # saf-lee, control plane
+    )  # saf-lee, control plane, the sample catalog's factory key
     pinned = load_pinned_root(deployment.home / "trust-root.json")
     assert pinned is not None and pinned.version == 2 and pinned.key(old.key_id) is None
     plan = deployment.ask()
@@ -381,6 +382,7 @@ def test_init_imports_seeding_and_key_changes_are_audited_with_digests(
         imports = [e.payload for e in store.audit.events() if e.kind in ("catalog", "fleet")]
     assert events == [
         ("key", "init-root", ROOT_HOLDER),
+        ("key", "enroll", ROOT_HOLDER),  # the sample catalog's throwaway factory key
         ("catalog", "import", ROOT_HOLDER),
         ("fleet", "import", ROOT_HOLDER),
         ("fleet", "import", ROOT_HOLDER),

@@ -265,6 +265,9 @@ def test_a_hostile_rationale_is_inert_in_chat_and_in_the_approval_request(
     plan = newest_plan()
     code, out = invoke("approvals", "show", plan)
     assert code == 0, out
+    assert_inert(out)
+    code, out = invoke("approvals", "show", plan, "--request")
+    assert code == 0, out
     # the approval request is Markdown: its link syntax stays text, never a hidden hyperlink
     assert_inert(out, visible=("␛[2J", "<U+009B>31m", "<U+202E>evil", "http://evil.example"))
     code, out = invoke("chat", "--as", "eng-ana", stdin=f"/why {plan}\n")

@@ -28,6 +28,7 @@ from pydantic import Field
 
 from fieldgate.contract import Contract
 from fieldgate.edge._artifacts import ArtifactSource
+from fieldgate.edge._credentials import as_identity
 from fieldgate.edge._device import DeviceStore, FieldDevice
 from fieldgate.edge._wire import Broker, Channel, connect_async, encode, new_client
 
@@ -226,6 +227,9 @@ class AgentSpec(Contract):
     """How long a simulated install or rollback takes."""
     fail_installs: list[str] = []
     """``module@version`` refs whose install fails (a simulated fault)."""
+    credentials: Path | None = None
+    """Directory of broker credentials ``{device}.json`` (``fieldgate broker config``): each
+    device connects as itself with its own password. None: the broker's user, if any."""
 
 
 def open_agents(spec: AgentSpec) -> list[FieldAgent]:
@@ -233,6 +237,7 @@ def open_agents(spec: AgentSpec) -> list[FieldAgent]:
 
     Raises:
         DeviceStateInvalid: a state belongs to another device or pins another key.
+        CredentialsInvalid: a device's credentials file is missing or malformed.
     """
     agents: list[FieldAgent] = []
     artifacts = ArtifactSource(spec.artifacts)
@@ -255,7 +260,9 @@ def open_agents(spec: AgentSpec) -> list[FieldAgent]:
                         apply_seconds=spec.apply_seconds,
                         fail_installs=frozenset(spec.fail_installs + device.fail_installs),
                     ),
-                    spec.broker,
+                    as_identity(spec.broker, spec.credentials, device.device_id)
+                    if spec.credentials is not None
+                    else spec.broker,
                 )
             )
     except BaseException:

@@ -497,6 +497,11 @@ class FieldDevice:
             content = self.artifacts.fetch(command.module, command.version)
         except ArtifactUnavailable as exc:
             return self._final(command, ReportStatus.failed, f"artifact unavailable: {exc}")
+        # The factory's signed targets first: they also catch endless data, cut off at the
+        # signed length, before anything is hashed against the control plane's word.
+        problem = self.artifacts.problem(command.module, command.version, content)
+        if problem is not None:
+            return self._final(command, ReportStatus.rejected, f"catalog targets: {problem}")
         observed = digest_of(content)
         if observed != command.digest:
             return self._final(

@@ -47,6 +47,7 @@ class LocalFleet:
         log_dir: Path | None = None,
         enroll_in: Store | None = None,
         replace_keys: bool = False,
+        credentials: Path | None = None,
     ) -> None:
         """Plan the processes; :meth:`start` launches them.
 
@@ -64,6 +65,8 @@ class LocalFleet:
                 key in its fleet (audited) before the agents speak.
             replace_keys: Re-enroll a device whose state has another key than the fleet's
                 (a state made anew); without it that is refused.
+            credentials: Directory of the devices' broker credentials: each agent connects
+                as its device, and the broker's own user and password stay here.
         """
         if per_process < 1:
             raise ValueError("per_process must be at least 1")
@@ -79,6 +82,7 @@ class LocalFleet:
             apply_seconds=apply_seconds,
             fail_installs=list(fail_installs),
             artifacts=artifacts,
+            credentials=credentials,
         )
         self._group_of = {d.device_id: i for i, group in enumerate(self.groups) for d in group}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
@@ -112,8 +116,13 @@ class LocalFleet:
 
     def start_group(self, index: int) -> None:
         """Launch (or relaunch) process ``index``."""
+        own_identities = self._spec["credentials"] is not None
         spec = AgentSpec(
-            broker=replace(self.broker, password=None),
+            broker=replace(
+                self.broker,
+                password=None,
+                username=None if own_identities else self.broker.username,
+            ),
             state_dir=self.state_dir,
             devices=self.groups[index],
             **self._spec,
@@ -123,7 +132,9 @@ class LocalFleet:
         path = self.state_dir / f"{name}.json"
         path.write_text(spec.model_dump_json(indent=2))
         env = dict(os.environ)
-        if self.broker.password is not None:
+        if own_identities:  # nor does a password of this machine's reach the agents
+            env.pop(PASSWORD_ENV, None)
+        elif self.broker.password is not None:
             env[PASSWORD_ENV] = self.broker.password
         out: Any = None
         if self.log_dir is not None:

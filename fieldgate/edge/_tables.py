@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import BigInteger, Text
+from sqlalchemy import BigInteger, Text, inspect, select
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
@@ -113,3 +113,12 @@ def upsert_devices(conn: Connection, rows: list[dict[str, Any]]) -> None:
         set_={c: statement.excluded[c] for c in rows[0] if c != "device_id"},
     )
     conn.execute(statement, rows)
+
+
+def offline_devices(engine: Engine) -> set[str]:
+    """Devices whose last hello or will said offline (none before a gateway ever ran)."""
+    if not inspect(engine).has_table(DEVICES.name):
+        return set()
+    with engine.connect() as conn:
+        rows = conn.execute(select(DEVICES.c.device_id).where(DEVICES.c.online.is_(False)))
+        return {device_id for (device_id,) in rows}

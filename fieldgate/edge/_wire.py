@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Literal
 from urllib.parse import unquote, urlsplit
@@ -68,7 +68,8 @@ class Broker:
     key_file: str | None = None
     """Private key of the client certificate."""
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """Never shown: a repr in a log or a traceback leaves it out."""
     version: MqttVersion = "5"
     """MQTT protocol version."""
     keepalive: int = 30

@@ -10,7 +10,7 @@ same code::
 
 from fieldgate.store._approvals import ApprovalStore
 from fieldgate.store._audit import AuditLog, NewEvent, VerifyResult
-from fieldgate.store._catalog import CatalogRecord, CatalogStore, ImportResult
+from fieldgate.store._catalog import CatalogRecord, CatalogStore, HeldMetadata, ImportResult
 from fieldgate.store._checkpoints import AUDIT_TABLES, CheckpointStore, WatchedAuditLog
 from fieldgate.store._engine import open_engine
 from fieldgate.store._fleet import Enrollment, FleetStore, FleetSummary, InventoryImport
@@ -30,6 +30,7 @@ __all__ = [
     "Enrollment",
     "FleetStore",
     "FleetSummary",
+    "HeldMetadata",
     "ImportResult",
     "InventoryImport",
     "KeyPurpose",

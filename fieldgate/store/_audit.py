@@ -12,6 +12,7 @@ them.
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json.encoder
 from collections.abc import Iterable, Iterator, Mapping
@@ -191,6 +192,19 @@ def _event_json(row: tuple[Any, ...]) -> str:
         f'"payload":{payload},"plan_id":{_quote_or_null(plan_id)},'
         f'"prev_hash":{_quote(prev_hash)},"seq":{seq},"thread_id":{_quote_or_null(thread_id)}}}'
     )
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _csv_cells(row: tuple[Any, ...]) -> list[str]:
+    """The CSV cells of one stored event; text that a spreadsheet would run as a formula is
+    defused with a leading ``'`` (the JSON lines export is the one to verify hashes from)."""
+    cells = []
+    for value in row:
+        text = "" if value is None else str(value)
+        cells.append("'" + text if text.startswith(_FORMULA_START) else text)
+    return cells
 
 
 def _event(row: tuple[Any, ...]) -> AuditEvent:
@@ -403,12 +417,47 @@ class AuditLog:
 
     def export_jsonl(self, fp: TextIO) -> int:
         """Write every event as one canonical JSON line, in sequence order; return the count."""
+        return self.export(fp)
+
+    def export(
+        self,
+        fp: TextIO,
+        fmt: str = "jsonl",
+        plan_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> int:
+        """Write the events that match, in sequence order; return how many were written.
+
+        Args:
+            fp: Where to write.
+            fmt: ``jsonl`` (one canonical JSON line per event, hashes included: each line
+                verifies on its own) or ``csv`` (a header row, then one row per event with
+                the payload as canonical JSON; a cell that starts like a spreadsheet formula
+                gets a leading ``'``).
+            plan_id: Only this plan's events.
+            since: Only events at or after this time (naive times are UTC).
+            until: Only events before this time.
+        """
+        low = stored_at(since) if since is not None else None
+        high = stored_at(until) if until is not None else None
+        writer = csv.writer(fp, lineterminator="\n") if fmt == "csv" else None
+        if writer is not None:
+            writer.writerow([c.name for c in _COLUMNS])
         count = 0
         try:
             with self._snapshot() as conn:
                 for row in self._rows(conn):
-                    fp.write(_event_json(row))
-                    fp.write("\n")
+                    at = row[1]
+                    if plan_id is not None and row[2] != plan_id:
+                        continue
+                    if (low is not None and at < low) or (high is not None and at >= high):
+                        continue
+                    if writer is None:
+                        fp.write(_event_json(row))
+                        fp.write("\n")
+                    else:
+                        writer.writerow(_csv_cells(row))
                     count += 1
         except SQLAlchemyError as exc:
             raise StoreError(f"reading the audit log failed: {reason_of(exc)}") from exc

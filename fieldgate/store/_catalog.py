@@ -1,10 +1,15 @@
-"""The module catalog: immutable manifests, where each came from, and what was verified."""
+"""The module catalog: immutable manifests, where each came from, and what was verified.
+
+A catalog imported from a TUF repository also leaves its metadata here, per role and
+version (:class:`CatalogMetadataRow`), stored in the same transaction as its manifests: the
+next import is verified against it (a lower version is a rollback).
+"""
 
 from __future__ import annotations
 
 import builtins
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -13,14 +18,14 @@ from urllib.parse import unquote, urlparse
 import sqlalchemy
 from sqlalchemy import func
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, col, select
+from sqlmodel import Field, Session, col, select
 
 from fieldgate.contract import parse_version, sha256_hex
-from fieldgate.errors import ManifestInvalid, NotFound
+from fieldgate.errors import CatalogRefused, ManifestInvalid, NotFound
 from fieldgate.manifest import ModuleManifest
 from fieldgate.store._engine import for_writing, read_scalar, transaction
-from fieldgate.store._keys import TrustedKeyRow
 from fieldgate.store._table import StoreTable, as_utc, json_text, utc_now, utc_time_field
+from fieldgate.trust import StoredKey
 
 
 class CatalogImportRow(StoreTable, table=True):
@@ -50,6 +55,37 @@ class ManifestRow(StoreTable, table=True):
     signature_note: str
 
 
+class CatalogMetadataRow(StoreTable, table=True):
+    """One version of one role's TUF metadata of the catalog, as signed and accepted."""
+
+    __tablename__ = "catalog_metadata"
+
+    repository: str = Field(primary_key=True)
+    """Which catalog repository: the sha256 of its first root version's signed part."""
+    role: str = Field(primary_key=True)
+    """root, timestamp, snapshot or targets."""
+    version: int = Field(primary_key=True)
+    """The metadata's version."""
+    import_id: int = Field(foreign_key="catalog_import.id", index=True)
+    """The import that accepted it."""
+    metadata_json: str
+    """The signed metadata file, byte for byte (UTF-8)."""
+
+
+@dataclass(frozen=True)
+class HeldMetadata:
+    """One role's metadata at one version (what an import accepts and the store holds)."""
+
+    repository: str
+    """The repository's id (see :attr:`CatalogMetadataRow.repository`)."""
+    role: str
+    """root, timestamp, snapshot or targets."""
+    version: int
+    """Its version."""
+    data: bytes
+    """The signed file as published."""
+
+
 _NEWEST_IMPORT = sqlalchemy.select(func.max(col(CatalogImportRow.id)))
 
 
@@ -70,7 +106,7 @@ class CatalogRecord:
     observed_digest: str
     """The digest the artifact store measured at import."""
     signature_valid: bool
-    """Whether a trusted artifact key signed the whole manifest (checked at import)."""
+    """Whether an enrolled factory key signed the whole manifest (checked at import)."""
     signature_note: str
     """Why the signature is valid or not, e.g. which key verified it."""
 
@@ -121,8 +157,8 @@ def _observed_digest(manifest: ModuleManifest, given: str | None, source: str) -
     return "sha256:" + digest.hexdigest()
 
 
-def _check_signature(manifest: ModuleManifest, keys: dict[str, TrustedKeyRow]) -> tuple[bool, str]:
-    """Whether a trusted artifact key signed the whole manifest, and the note saying why."""
+def _check_signature(manifest: ModuleManifest, keys: Mapping[str, StoredKey]) -> tuple[bool, str]:
+    """Whether an enrolled factory key signed the whole manifest, and the note saying why."""
     problem = manifest.signature_problem({key_id: row.public_b64 for key_id, row in keys.items()})
     if problem is not None:
         return False, problem
@@ -143,6 +179,32 @@ def _record(row: ManifestRow, origin: CatalogImportRow) -> CatalogRecord:
     )
 
 
+def _fresh_metadata(
+    session: Session, metadata: Sequence[HeldMetadata], source: str
+) -> builtins.list[HeldMetadata]:
+    """The metadata not held yet; refuse it if a newer version (or other content at the same
+    version) was stored since it was verified."""
+    fresh = []
+    for held in metadata:
+        newest = session.exec(
+            select(func.max(CatalogMetadataRow.version)).where(
+                CatalogMetadataRow.repository == held.repository,
+                CatalogMetadataRow.role == held.role,
+            )
+        ).one()
+        same = session.get(CatalogMetadataRow, (held.repository, held.role, held.version))
+        if same is not None:
+            if same.metadata_json.encode() != held.data:
+                detail = f"version {held.version} differs from the held {held.role} version"
+                raise CatalogRefused(source, f"metadata/{held.role}.json", "rollback", detail)
+            continue
+        if newest is not None and newest > held.version:
+            detail = f"version {held.version} is older than the held version {newest}"
+            raise CatalogRefused(source, f"metadata/{held.role}.json", "rollback", detail)
+        fresh.append(held)
+    return fresh
+
+
 class CatalogStore:
     """Module manifests by name and version, immutable once imported."""
 
@@ -157,6 +219,8 @@ class CatalogStore:
         manifests: Sequence[tuple[ModuleManifest, str | None]],
         source: str,
         actor: str,
+        factory_keys: Mapping[str, StoredKey] | None = None,
+        metadata: Sequence[HeldMetadata] = (),
     ) -> ImportResult:
         """Add manifests in one transaction; nothing is stored if any of them is refused.
 
@@ -165,10 +229,15 @@ class CatalogStore:
                 (None: the declared digest; ``file://`` artifacts are always hashed here).
             source: Where the manifests come from, usually the catalog file's path.
             actor: Who imports them.
+            factory_keys: The enrolled factory keys by key id (``KeyTrust.trusted_keys``):
+                only their signatures make a manifest signed. None: no key is trusted.
+            metadata: The TUF metadata the manifests were verified with, held from now on
+                (a version already held stays as it is).
 
         Raises:
             ManifestInvalid: a manifest differs from the stored one of the same name and
                 version (manifests are immutable), or a ``file://`` artifact is unreadable.
+            CatalogRefused: a newer version of a role's metadata was stored meanwhile.
         """
         prepared: dict[str, tuple[ModuleManifest, str, str]] = {}
         for manifest, given in manifests:
@@ -196,20 +265,26 @@ class CatalogStore:
                         "a new version"
                     )
                     raise ManifestInvalid(source, [(ref, problem)])
-            if not new:
+            fresh = _fresh_metadata(session, metadata, source)
+            if not new and not fresh:
                 return ImportResult(None, [], unchanged)
-            keys = {
-                row.key_id: row
-                for row in session.exec(
-                    select(TrustedKeyRow).where(TrustedKeyRow.purpose == "artifact")
-                )
-            }
+            keys = factory_keys or {}
             origin = CatalogImportRow(
                 source=source, actor=actor, imported_at=utc_now(), added=len(new)
             )
             session.add(origin)
             session.flush()
             assert origin.id is not None
+            for held in fresh:
+                session.add(
+                    CatalogMetadataRow(
+                        repository=held.repository,
+                        role=held.role,
+                        version=held.version,
+                        import_id=origin.id,
+                        metadata_json=held.data.decode(),
+                    )
+                )
             for manifest, text, observed in new:
                 valid, note = _check_signature(manifest, keys)
                 session.add(
@@ -226,6 +301,40 @@ class CatalogStore:
                 )
                 added.append(manifest.ref)
             return ImportResult(origin.id, added, unchanged)
+
+    def held_metadata(self, repository: str) -> dict[str, HeldMetadata]:
+        """The newest held metadata of each role of ``repository`` (empty: never imported)."""
+        query = select(CatalogMetadataRow).where(CatalogMetadataRow.repository == repository)
+        with transaction(self._engine, "reading the catalog's metadata") as session:
+            held: dict[str, HeldMetadata] = {}
+            for row in session.exec(query).all():
+                if row.role not in held or held[row.role].version < row.version:
+                    data = row.metadata_json.encode()
+                    held[row.role] = HeldMetadata(repository, row.role, row.version, data)
+        return held
+
+    def held_files(self, repository: str) -> builtins.list[HeldMetadata]:
+        """Every held metadata file of ``repository``, by role and version (empty: none)."""
+        query = select(CatalogMetadataRow).where(CatalogMetadataRow.repository == repository)
+        with transaction(self._engine, "reading the catalog's metadata") as session:
+            rows = session.exec(query).all()
+            held = [
+                HeldMetadata(repository, r.role, r.version, r.metadata_json.encode()) for r in rows
+            ]
+        return sorted(held, key=lambda h: (h.role, h.version))
+
+    def held_versions(self) -> builtins.list[tuple[str, str, int]]:
+        """Every held (repository, role, version), in order."""
+        columns = (
+            CatalogMetadataRow.repository,
+            CatalogMetadataRow.role,
+            CatalogMetadataRow.version,
+        )
+        with transaction(self._engine, "reading the catalog's metadata") as session:
+            rows = session.exec(select(*columns)).all()
+        return sorted(
+            (str(repository), str(role), int(version)) for repository, role, version in rows
+        )
 
     def revision(self) -> int:
         """The newest import's id (0 for an empty catalog): it moves on with every import."""

@@ -1,6 +1,6 @@
 """Trusted public keys: who may sign artifacts, approvals and device commands.
 
-Approver and control-plane keys are stored with the root holders' signed enrollment
+Approver, control-plane and factory keys are stored with the root holders' signed enrollment
 statement (see :mod:`fieldgate.trust`), the root of trust's versions and the signed
 revocations next to them; whether a row counts is judged from those signatures every
 time a key is used, never from the row alone.
@@ -24,8 +24,9 @@ from fieldgate.store._engine import for_writing, read_rows, transaction
 from fieldgate.store._table import StoreTable, as_utc, utc_now, utc_time_field
 from fieldgate.trust import KeyStatement, KeyTrust, StoredKey, TrustRoot, judge_keys, resolve_root
 
-KeyPurpose = Literal["artifact", "approver", "control-plane"]
-"""What a key is trusted to sign: artifacts (factory), approvals, or device commands."""
+KeyPurpose = Literal["approver", "control-plane", "factory"]
+"""What a key is trusted to sign: approvals, device commands, or manifests and catalog
+metadata (a factory's). Rows of the retired unsigned ``artifact`` purpose count for nothing."""
 
 PURPOSES: tuple[str, ...] = get_args(KeyPurpose)
 
@@ -39,7 +40,7 @@ class TrustedKey:
     owner: str
     """Who holds the private half (a factory, a person, the control plane)."""
     purpose: KeyPurpose
-    """artifact, approver or control-plane."""
+    """approver, control-plane or factory."""
     public_b64: str
     """The raw ed25519 public key, base64."""
     added_at: datetime
@@ -57,7 +58,7 @@ class TrustedKeyRow(StoreTable, table=True):
     public_b64: str
     added_at: datetime = utc_time_field()
     statement_json: str = ""
-    """The signed enrollment statement (JSON), for approver and control-plane keys."""
+    """The signed enrollment statement (JSON)."""
 
     def stored(self) -> StoredKey:
         """The row with its statement, for judging (a garbled statement reads as none)."""
@@ -94,7 +95,7 @@ class KeyRevocationRow(StoreTable, table=True):
     statement_json: str
 
 
-ENROLLED: tuple[str, ...] = ("approver", "control-plane")
+ENROLLED: tuple[str, ...] = ("approver", "control-plane", "factory")
 """The purposes whose keys are trusted only through a root-signed enrollment."""
 
 
@@ -287,7 +288,7 @@ class KeyStore:
         return roots
 
     def judge(self, pinned: TrustRoot | None) -> KeyTrust:
-        """Every approver and control-plane key judged under the root that follows from the
+        """Every approver, control-plane and factory key judged under the root that follows from the
         pinned one (see :func:`fieldgate.trust.judge_keys`)."""
         with transaction(self._engine, "reading enrolled keys") as session:
             query = select(TrustedKeyRow).where(col(TrustedKeyRow.purpose).in_(ENROLLED))
