@@ -59,7 +59,7 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
         broker.stop()
 
 
-def agents(mosquitto: Mosquitto, tmp_path: Path, devices: list[str]) -> LocalFleet:
+def agents(store: Store, mosquitto: Mosquitto, tmp_path: Path, devices: list[str]) -> LocalFleet:
     specs = [DeviceSpec(device_id=d, site=SITE, installed={"pump-logic": "1.8.0"}) for d in devices]
     return LocalFleet(
         mosquitto.broker(),
@@ -68,6 +68,7 @@ def agents(mosquitto: Mosquitto, tmp_path: Path, devices: list[str]) -> LocalFle
         specs,
         per_process=1,
         log_dir=tmp_path / "logs",
+        enroll_in=store,
     )
 
 
@@ -109,7 +110,7 @@ def test_an_agent_holds_a_command_outside_its_window_and_starts_it_when_the_next
     upcoming = StartWindow(opens=now + timedelta(seconds=8), closes=now + timedelta(minutes=5))
     cmd = windowed(device, [closed, upcoming], "pl-window-next")
     with Gateway(store, mosquitto.broker(), control_key=CONTROL.public_b64) as gw:
-        with agents(mosquitto, tmp_path, [device]):
+        with agents(store, mosquitto, tmp_path, [device]):
             wait_until(lambda: device in gw.online(), 20, "the device online")
             gw.send([cmd])
             # Delivered between its windows: nothing runs and nothing is reported.
@@ -117,7 +118,7 @@ def test_an_agent_holds_a_command_outside_its_window_and_starts_it_when_the_next
             assert journal(tmp_path, device) == []
         # The agent is stopped and started again while the command waits in its store.
         assert journal(tmp_path, device) == []
-        with agents(mosquitto, tmp_path, [device]):
+        with agents(store, mosquitto, tmp_path, [device]):
             (report,) = reports(gw, cmd.command_id, 30.0)
         assert report.status is ReportStatus.applied
         ((ran, at),) = journal(tmp_path, device)
@@ -137,7 +138,7 @@ def test_an_agent_reports_a_command_expired_once_its_last_window_closed(
     cmd = cmd.model_copy(update={"signature": CONTROL.sign(cmd.signing_payload())})
     with (
         Gateway(store, mosquitto.broker(), control_key=CONTROL.public_b64) as gw,
-        agents(mosquitto, tmp_path, [device]),
+        agents(store, mosquitto, tmp_path, [device]),
     ):
         wait_until(lambda: device in gw.online(), 20, "the device online")
         gw.send([cmd])
