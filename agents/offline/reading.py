@@ -14,6 +14,8 @@ from fractions import Fraction
 
 from fieldgate.agents._summary import PlanningContext
 from fieldgate.agents.offline.lexicon import Match, Role, Token
+from fieldgate.agents.offline.nearest import resembles
+from fieldgate.agents.offline.ordinary import is_common, is_ordinary
 from fieldgate.agents.offline.phrases import ARROWS, ENTITIES, SKIPPABLE, Phrases
 
 _SITE_LIKE = re.compile(r"^[a-z]{2,8}-?\d{1,4}$")
@@ -28,6 +30,8 @@ _PLACE_WORDS = frozenset(
     {"site", "location", "plant", "station", "region", "facility", "depot", "campus"}
 )
 """Words that only say the next id is a place: ``at site rtm-05``, ``in region eu-west``."""
+_LOOSE_PREPS = frozenset({"for", "over"})
+"""Prepositions that name what a request is for as often as where (``for Ana``, ``over lunch``)."""
 _PLACES = frozenset({Role.site, Role.region, Role.region_group, Role.device})
 
 
@@ -87,6 +91,7 @@ class Reader(Phrases):
         self.ctx = ctx
         self.found = Reading()
         self.used: set[int] = set()
+        self.place_names = [s.id for s in ctx.sites] + ctx.regions
 
     def flag(self, name: str) -> None:
         self.found.flags[name] = True
@@ -333,7 +338,9 @@ class Reader(Phrases):
                 compounds.setdefault(token.piece, []).append(index)
                 continue
             after = self.neighbour(index, 1, frozenset())
-            if m.value in _PLACE_WORDS and self.names_place(index):
+            if m.value in _PLACE_WORDS:
+                # a place word marks a name ("the rotterdam site", "at site rtm-05"), it is
+                # never one itself
                 continue
             if m.value in by_prefix and prefixes[m.value] == 1:
                 if after is not None and after.role is Role.number:
@@ -344,9 +351,23 @@ class Reader(Phrases):
             before, skipped = self.walk_back(index)
             place = before is not None and before.role is Role.site_prep
             towards = before is not None and before.role is Role.target_prep
-            if (place and not skipped & {"a", "an"}) or (towards and self.proper_noun(m)):
+            marked = after is not None and after.role is Role.word and after.value in _PLACE_WORDS
+            name = (
+                self.proper_noun(m)
+                or not is_ordinary(token.raw)
+                or (not is_common(token.text) and resembles(token.text, self.place_names))
+            )
+            in_slot = (place and not skipped & {"a", "an"}) or (
+                towards and before is not None and before.value not in _LOOSE_PREPS
+            )
+            proper = self.proper_noun(m) and not is_common(token.raw)
+            if (towards or place) and proper:
                 found.unknown_sites.append(token.raw)
-            elif towards and (token.plural or (after is not None and after.role in _NOUNS)):
+            elif towards and token.plural:
+                found.unknown_classes.append(self.unknown_run(index))
+            elif (in_slot or marked) and (name or marked and not is_common(token.raw)):
+                found.unknown_sites.append(token.raw)
+            elif towards and after is not None and after.role in _NOUNS:
                 found.unknown_classes.append(self.unknown_run(index))
             else:
                 found.ignored.append(token.raw)

@@ -5,7 +5,6 @@ What cannot be resolved against the planning context becomes a question, not a g
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections import Counter
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ from collections.abc import Sequence
 from fieldgate.agents._summary import CatalogItem, PlanningContext
 from fieldgate.agents.offline.intent import Clarification, Intent, RequestFlags, Scope
 from fieldgate.agents.offline.lexicon import Role, build_lexicon, match, tokenize
+from fieldgate.agents.offline.nearest import closest
 from fieldgate.agents.offline.reading import Reader, Reading
 from fieldgate.agents.offline.targets import Targets, find_targets
 from fieldgate.agents.offline.versions import VersionSpec, newest_release, runs, versions_text
@@ -21,11 +21,14 @@ from fieldgate.plan import PlanIntent
 
 
 def _closest(word: str, options: Sequence[str], limit: int = 3) -> list[str]:
-    lowered = word.lower()
-    prefix = [o for o in options if o.split("-")[0] and lowered.startswith(o.split("-")[0])]
-    close = difflib.get_close_matches(lowered, options, n=limit, cutoff=0.55)
-    picked = list(dict.fromkeys([*prefix, *close]))[:limit]
-    return picked or list(options)
+    return closest(word, options, limit) or list(options)
+
+
+def _nearest_text(candidates: Sequence[str], options: Sequence[str]) -> str:
+    """``Nearest known: rtm-05.`` when the candidates are a choice, not every name there is."""
+    if not candidates or len(candidates) == len(options):
+        return f"Known: {', '.join(options)}."
+    return f"Nearest known: {', '.join(candidates)}."
 
 
 def _capitalised(text: str) -> str:
@@ -238,10 +241,14 @@ class Resolver:
         if r.unknown_sites:
             word = r.unknown_sites[0]
             options = [s.id for s in ctx.sites] + ctx.regions
+            nearest = _closest(word, options)
             return Clarification(
                 reason="unknown_site",
-                question=f"I do not know a site or region called '{word}'. Which one did you mean?",
-                candidates=_closest(word, options),
+                question=(
+                    f"I do not know a site or region called '{word}'. "
+                    f"{_nearest_text(nearest, options)} Which one did you mean?"
+                ),
+                candidates=nearest,
                 module=module,
             )
         classes = list(dict.fromkeys(r.classes))
