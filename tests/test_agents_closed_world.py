@@ -13,10 +13,19 @@ from pathlib import Path
 import pytest
 
 from fieldgate.agents import PlanningContext, planning_context
-from fieldgate.agents.offline import Clarification, Intent, count_targets, understand
+from fieldgate.agents.offline import (
+    Clarification,
+    Intent,
+    canary_limit,
+    count_targets,
+    propose_plan,
+    understand,
+    wave_sizes,
+)
 from fieldgate.contract import load_yaml
-from fieldgate.fleet import FleetInventory
+from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import CatalogFile
+from fieldgate.plan import RolloutPlan, select_devices
 
 DATA = Path(__file__).resolve().parents[1] / "fieldgate" / "data"
 NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
@@ -27,6 +36,28 @@ def sample() -> PlanningContext:
     fleet = load_yaml(DATA / "fleet.yaml", FleetInventory)
     catalog = load_yaml(DATA / "catalog.yaml", CatalogFile)
     return planning_context(fleet, catalog.modules, NOW)
+
+
+def ctx_sites(ctx: PlanningContext) -> dict[str, Site]:
+    return {s.id: s.as_site() for s in ctx.sites}
+
+
+def ctx_devices(ctx: PlanningContext) -> list[Device]:
+    """One device per grouped device, with the group's facts (ids made up per group)."""
+    devices = []
+    for number, group in enumerate(ctx.groups):
+        for k in range(group.count):
+            devices.append(
+                Device(
+                    id=f"{group.site}-g{number:03d}-{k:03d}",
+                    site=group.site,
+                    device_class=group.device_class,
+                    arch=group.arch,
+                    memory_mb=group.memory_mb,
+                    installed=dict(group.installed),
+                )
+            )
+    return devices
 
 
 def intent_of(request: str, ctx: PlanningContext) -> Intent:
@@ -84,3 +115,83 @@ def test_ordinary_words_in_a_place_slot_are_not_places(
 ) -> None:
     intent = intent_of(request_text, sample)
     assert intent.scope.sites == ["rtm-05"]
+
+
+# --- say what was asked, within policy --------------------------------------------------------
+
+
+def plan_of(request: str, ctx: PlanningContext) -> tuple[RolloutPlan, list[int]]:
+    plan = propose_plan(intent_of(request, ctx), ctx, plan_id="pl-test", requested_by="eng-ana")
+    targets = select_devices(plan.target, ctx_devices(ctx), ctx_sites(ctx))
+    return plan, wave_sizes(plan.waves, len(targets))
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "roll out pump-logic 1.9.0 to rtm-05, two first",
+        "roll out pump-logic 1.9.0 to rtm-05 with a canary of 2 devices",
+        "roll out pump-logic 1.9.0 to rtm-05, start with 2 devices",
+        "roll out pump-logic 1.9.0 to rtm-05 with a first wave of two",
+    ],
+)
+def test_the_engineers_canary_size_is_honoured_where_policy_allows_it(
+    sample: PlanningContext, request_text: str
+) -> None:
+    plan, sizes = plan_of(request_text, sample)
+    assert sizes[0] == 2
+    assert sum(sizes) == 60
+    assert "first wave of 2 devices, as asked" in plan.rationale
+
+
+def test_a_canary_larger_than_policy_allows_is_declined_with_the_rule(
+    sample: PlanningContext,
+) -> None:
+    plan, sizes = plan_of("roll out pump-logic 1.9.0 to rtm-05 with a canary of 10 devices", sample)
+    assert sizes[0] == canary_limit(60) == 3
+    assert "Asked for but not done" in plan.rationale
+    assert "canary: a first wave of 10 devices; with 60 targets it may take at most 3" in (
+        plan.rationale
+    )
+
+
+def test_wave_counts_and_sizes_are_honoured(sample: PlanningContext) -> None:
+    _, sizes = plan_of("roll out pump-logic 1.9.0 to tpa-04 in 3 waves", sample)
+    assert len(sizes) == 3 and sum(sizes) == 30 and sizes[0] == 1
+    _, sizes = plan_of("roll out pump-logic 1.9.0 to rtm-05, waves of 20", sample)
+    assert sizes == [3, 20, 20, 17]
+
+
+@pytest.fixture(scope="module")
+def half_done() -> PlanningContext:
+    """The sample fleet after 6 of rtm-05's 60 pump controllers moved to pump-logic 1.9.0."""
+    fleet = load_yaml(DATA / "fleet.yaml", FleetInventory)
+    catalog = load_yaml(DATA / "catalog.yaml", CatalogFile)
+    devices = []
+    moved = 0
+    for device in fleet.all_devices():
+        if device.site == "rtm-05" and device.device_class == "pump-ctl" and moved < 6:
+            device = device.model_copy(
+                update={"installed": {**device.installed, "pump-logic": "1.9.0"}}
+            )
+            moved += 1
+        devices.append(device)
+    return planning_context(devices, catalog.modules, NOW, sites=fleet.sites)
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "bring the rest onto 1.9.0 for pump-logic at rtm-05",
+        "now the others at rtm-05: pump-logic 1.9.0",
+        "upgrade the remaining rtm-05 pumps to pump-logic 1.9.0",
+        "move those still on 1.8.0 at rtm-05 to pump-logic 1.9.0",
+    ],
+)
+def test_the_rest_leaves_out_devices_already_on_the_target(
+    half_done: PlanningContext, request_text: str
+) -> None:
+    intent = intent_of(request_text, half_done)
+    assert count_targets(intent, half_done) == 54
+    plan = propose_plan(intent, half_done, plan_id="pl-rest", requested_by="eng-ana")
+    assert plan.target.installed["pump-logic"] in ("!=1.9.0", "==1.8.0")

@@ -71,6 +71,8 @@ class Role(StrEnum):
     question = "question"
     time = "time"
     filler = "filler"
+    rest = "rest"
+    """The devices not yet done: ``the rest``, ``the others``, ``those still on 1.8.0``."""
     # tokens no phrase matched
     word = "word"
     number = "number"
@@ -268,11 +270,13 @@ _FIXED_TEXT: dict[Role, str] = {
     Role.generic: "device | unit | box | node | machine | endpoint | host | target"
     " | edge device | edge node | edge box | fleet",
     Role.percent: "percent | per cent | pct",
+    Role.rest: "rest | the rest | remaining | remainder | other | others | still | leftover"
+    " | everything else | the remaining ones | not yet updated",
     Role.limiter: "first | only | just | exactly | max | up to | at most | no more than",
     Role.site_prep: "at | in | within | near | inside",
     Role.target_prep: "to | on | onto | for | across | into | over",
     Role.article: "the | all | every | each | our | my | those | these | its | their | both"
-    " | any | some | a | an | of | remaining | other | current | existing | whole | entire"
+    " | any | some | a | an | of | current | existing | whole | entire"
     " | all the | all of the | all our",
     Role.clause: "and | or | but | then | also | plus | however | after that",
     Role.question: "what | which | how | where | when | why | who | is | are | was | were"
@@ -314,8 +318,8 @@ _FILLER_TEXT = (
     "whatever wherever whichever new newer build module package software firmware model "
     "be do have if possible much make ensure safe safely carefully reasonably kind "
     "should shall must may might really actually mind just quick quickly again too well "
-    "thing stuff order start begin kick kicking started usual normal standard rest "
-    "currently presently still yet already same respective respectively pretty "
+    "thing stuff order start begin kick kicking started usual normal standard "
+    "currently presently yet already same respective respectively pretty "
     "via using through per by as up out down off bit lot edge time one ones "
     "hurry rush case general advance short fact particular sequence turn progress future "
     "with about bother try trying production prod live u during while"

@@ -30,6 +30,8 @@ _PLACE_WORDS = frozenset(
     {"site", "location", "plant", "station", "region", "facility", "depot", "campus"}
 )
 """Words that only say the next id is a place: ``at site rtm-05``, ``in region eu-west``."""
+_WAVE_WORDS = frozenset({Role.canary, Role.staging})
+_START_WORDS = frozenset({"start", "starting", "begin", "beginning", "starts", "begins", "kick"})
 _LOOSE_PREPS = frozenset({"for", "over"})
 """Prepositions that name what a request is for as often as where (``for Ana``, ``over lunch``)."""
 _PLACES = frozenset({Role.site, Role.region, Role.region_group, Role.device})
@@ -78,7 +80,13 @@ class Reading:
     limit_share_text: str = ""
     vague_limit: str | None = None
     wave_sizes: list[str] = field(default_factory=list)
-    """Wave or canary sizes the engineer asked for; the planner sizes waves itself."""
+    """Wave or canary sizes the engineer asked for, as typed."""
+    canary: int | None = None
+    canary_percent: float | None = None
+    wave_count: int | None = None
+    wave_size: int | None = None
+    rest: bool = False
+    """``the rest``, ``the others``, ``those still on 1.8.0``: devices not yet on the target."""
     flags: dict[str, bool] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
@@ -187,6 +195,8 @@ class Reader(Phrases):
             self.read_number(index, m)
         elif role is Role.time:
             found.ignored.append(self.text(m))
+        elif role is Role.rest:
+            found.rest = True
 
     def read_excluded(self, index: int, m: Match) -> None:
         """Record an entity the engineer wants left out."""
@@ -255,7 +265,7 @@ class Reader(Phrases):
             found.ignored.append(f"{typed} {self.text(after)}")
             self.used.add(self.matches.index(after))
         elif self.about_waves(index):
-            found.wave_sizes.append(typed)
+            self.read_wave_ask(index, float(share * 100), typed, percent=True)
         else:
             found.limit_share = share
             found.limit_share_text = typed
@@ -285,9 +295,15 @@ class Reader(Phrases):
         elif before is not None and before.role in named and m.role is Role.number:
             # "version 2", "vision-inspect 2"
             found.versions.append(m.value)
+        elif self.goes_first(index):
+            # "two first", "start with 2 devices": a canary size, not a limit
+            found.canary = value
+            found.wave_sizes.append(self.text(m) + " first")
         elif self.about_waves(index):
-            # "a canary of 5 devices", "a 10% canary": wave sizes are the planner's, not a limit
-            found.wave_sizes.append(self.text(m) + ("%" if after and after.value == "%" else ""))
+            # "a canary of 5 devices", "a 10% canary", "in 3 waves": wave sizes, not a limit
+            percent = after is not None and (after.role is Role.percent or after.value == "%")
+            typed = self.text(m) + ("%" if percent else "")
+            self.read_wave_ask(index, float(value), typed, percent=percent)
         elif after is not None and (after.role is Role.percent or after.value == "%"):
             self.read_share(index, Fraction(value, 100), f"{value}%")
         elif after is not None and (after.role is Role.time or after.value in (":", "h")):
@@ -305,6 +321,43 @@ class Reader(Phrases):
             found.limit = value
         elif m.role is Role.number:
             found.ignored.append(self.text(m))
+
+    def goes_first(self, index: int) -> bool:
+        """Whether the number at ``index`` says how many go first (``two first``, ``start with 2``)."""
+        after = self.neighbour(index, 1, _NOUNS | {Role.article, Role.device_class})
+        if after is not None and after.role is Role.limiter and after.value == "first":
+            further = self.neighbour(self.matches.index(after), 1, frozenset())
+            return further is None or further.role in (Role.punct, Role.clause, Role.filler)
+        start = self.matches[index].start
+        words = [t.text for t in self.tokens[max(0, start - 2) : start]]
+        return len(words) == 2 and words[1] == "with" and words[0] in _START_WORDS
+
+    def read_wave_ask(self, index: int, value: float, typed: str, *, percent: bool) -> None:
+        """Record a canary or wave size: ``a canary of 2``, ``in 3 waves``, ``waves of 10``."""
+        found = self.found
+        found.wave_sizes.append(typed)
+        near = frozenset({Role.article, Role.filler, Role.limiter, Role.target_prep})
+        before = self.neighbour(index, -1, near)
+        after = self.neighbour(index, 1, near | _NOUNS | {Role.percent, Role.device_class})
+        wave = before if before is not None and before.role in _WAVE_WORDS else after
+        if wave is None or wave.role not in _WAVE_WORDS:
+            return
+        at = self.matches.index(wave)
+        first = self.neighbour(at, -1, frozenset({Role.article}))
+        canary = wave.role is Role.canary or (
+            first is not None and first.role is Role.limiter and first.value == "first"
+        )
+        if canary:
+            if percent:
+                found.canary_percent = value
+            elif value >= 1:
+                found.canary = int(value)
+        elif percent:
+            return
+        elif wave is after and self.tokens[wave.end - 1].plural:
+            found.wave_count = int(value)
+        elif wave is before:
+            found.wave_size = int(value)
 
     def about_waves(self, index: int) -> bool:
         """Whether the number at ``index`` sizes a wave: ``canary of 5``, ``5-device canary``."""
@@ -365,7 +418,7 @@ class Reader(Phrases):
                 found.unknown_sites.append(token.raw)
             elif towards and token.plural:
                 found.unknown_classes.append(self.unknown_run(index))
-            elif (in_slot or marked) and (name or marked and not is_common(token.raw)):
+            elif (in_slot or marked) and (name or (marked and not is_common(token.raw))):
                 found.unknown_sites.append(token.raw)
             elif towards and after is not None and after.role in _NOUNS:
                 found.unknown_classes.append(self.unknown_run(index))

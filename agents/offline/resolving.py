@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from fieldgate.agents._summary import CatalogItem, PlanningContext
-from fieldgate.agents.offline.intent import Clarification, Intent, RequestFlags, Scope
+from fieldgate.agents.offline.intent import Clarification, Intent, RequestFlags, Scope, WaveAsk
 from fieldgate.agents.offline.lexicon import Role, build_lexicon, match, tokenize
 from fieldgate.agents.offline.nearest import closest
 from fieldgate.agents.offline.reading import Reader, Reading
@@ -113,6 +113,7 @@ class Resolver:
         if isinstance(chosen, Clarification):
             return chosen
         item, version_reason = chosen
+        scope = self.the_rest(module, item, scope)
         targets = find_targets(ctx, scope, [item])
         if targets.count == 0:
             return self.no_targets(module, scope, releases, item)
@@ -142,7 +143,14 @@ class Resolver:
             )
         for typed in r.not_versions:
             self.notes.append(f"not {typed}: left out, as asked")
-        if r.wave_sizes:
+        wave_ask = WaveAsk(
+            canary=r.canary,
+            canary_percent=r.canary_percent,
+            waves=r.wave_count,
+            wave_size=r.wave_size,
+            typed=list(dict.fromkeys(r.wave_sizes)),
+        )
+        if r.wave_sizes and not wave_ask.asked:
             self.notes.append(
                 f"asked for waves of {', '.join(r.wave_sizes)}: the planner sizes waves itself "
                 "(a canary of at most 5% above 10 targets, then growing waves)"
@@ -157,9 +165,28 @@ class Resolver:
             version_reason=version_reason,
             scope=scope.model_copy(update={"limit": limit}),
             flags=RequestFlags(**r.flags),
+            wave_ask=wave_ask,
             ignored=list(dict.fromkeys(r.ignored)),
             notes=self.notes,
         )
+
+    def the_rest(self, module: str, item: CatalogItem, scope: Scope) -> Scope:
+        """``the rest``, ``the others``: leave out the devices that already run the target."""
+        if not self.r.rest or self.r.devices:
+            return scope
+        installed = {module: f"!={item.version}"}
+        running = [v for v in self.r.from_versions if VersionSpec.parse(v) is not None]
+        if len(running) == 1 and (spec := VersionSpec.parse(running[0])) and spec.exact:
+            installed = {module: f"=={spec.exact}"}
+        found = find_targets(self.ctx, scope, [item])
+        already = found.installed(module).get(item.version, 0)
+        if not already and installed[module].startswith("!="):
+            return scope
+        self.notes.append(
+            f"the rest: only devices whose {module} is {installed[module]} "
+            f"({already} in scope already run {item.version})"
+        )
+        return scope.model_copy(update={"installed": installed})
 
     def resolve_module(self) -> str | Clarification:
         r = self.r
