@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.agents import PlanningContext, planning_context
+from fieldgate.agents import HISTORY_KINDS, PlanningContext, planning_context, previous_versions
 from fieldgate.agents.offline import (
     Clarification,
     Intent,
@@ -195,3 +195,108 @@ def test_the_rest_leaves_out_devices_already_on_the_target(
     assert count_targets(intent, half_done) == 54
     plan = propose_plan(intent, half_done, plan_id="pl-rest", requested_by="eng-ana")
     assert plan.target.installed["pump-logic"] in ("!=1.9.0", "==1.8.0")
+
+
+# --- context is context -----------------------------------------------------------------------
+
+
+def _after_rollout(previous: dict[str, str]) -> PlanningContext:
+    """The sample fleet after ber-03's 24 gateways moved to hvac-controller 2.4.1.
+
+    ``previous`` says what each of them ran before, by the first letters of the device id's
+    number: every device not in it has no record.
+    """
+    fleet = load_yaml(DATA / "fleet.yaml", FleetInventory)
+    catalog = load_yaml(DATA / "catalog.yaml", CatalogFile)
+    devices = []
+    history: dict[str, dict[str, str]] = {}
+    for device in fleet.all_devices():
+        if device.site == "ber-03" and device.device_class == "hvac-gw":
+            device = device.model_copy(
+                update={"installed": {**device.installed, "hvac-controller": "2.4.1"}}
+            )
+            ran = next((v for k, v in previous.items() if device.id.endswith(k)), None)
+            if ran is not None:
+                history[device.id] = {"hvac-controller": ran}
+        devices.append(device)
+    return planning_context(devices, catalog.modules, NOW, sites=fleet.sites, previous=history)
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "roll back hvac-controller on ber-03 to the previous version",
+        "undo the hvac-controller upgrade on ber-03",
+        "hvac-controller 2.4.1 is making the valves chatter, roll back ber-03",
+        "2.4.1 broke the integration, please go back on ber-03 hvac-controller",
+    ],
+)
+def test_the_previous_version_is_what_the_devices_ran_before(request_text: str) -> None:
+    # every gateway ran 2.3.4 before; the catalog's release before 2.4.1 is 2.4.0
+    ctx = _after_rollout({"": "2.3.4"})
+    intent = intent_of(request_text, ctx)
+    assert (intent.action.value, intent.version) == ("rollback", "2.3.4")
+    assert "ran before" in intent.version_reason
+    plan = propose_plan(intent, ctx, plan_id="pl-back", requested_by="eng-ana")
+    assert "a rollback to the version these devices ran before" in plan.rationale
+
+
+def test_devices_that_ran_different_versions_before_are_asked_about() -> None:
+    ctx = _after_rollout({"1": "2.3.4", "2": "2.4.0", "3": "2.3.4"})
+    q = question_of("roll back hvac-controller on ber-03 to the previous version", ctx)
+    assert q.reason == "version_ambiguous"
+    assert "ran different versions" in q.question
+    assert "2.3.4" in q.candidates and "2.4.0" in q.candidates
+
+
+def test_a_broken_version_named_as_the_reason_is_shown_not_planned() -> None:
+    ctx = _after_rollout({"": "2.3.4"})
+    intent = intent_of("hvac-controller 2.4.1 is making the valves chatter, roll back ber-03", ctx)
+    assert intent.version == "2.3.4"
+    assert intent.because == ["hvac-controller 2.4.1 is making the valves chatter"]
+    plan = propose_plan(intent, ctx, plan_id="pl-back", requested_by="eng-ana")
+    assert "Because: hvac-controller 2.4.1 is making the valves chatter." in plan.rationale
+
+
+def test_a_broken_version_the_devices_do_not_run_asks(sample: PlanningContext) -> None:
+    q = question_of("hvac-controller 2.4.1 is making the valves chatter, roll back ber-03", sample)
+    assert "2.4.1" in q.question and "2.3.4" in q.question
+
+
+def test_the_history_comes_from_the_audit_log(tmp_path: Path) -> None:
+    """Plans and device reports in a real audit log say what each device ran before."""
+    from fieldgate.audit import ActorKind, EventKind
+    from fieldgate.cli._init import load_sample_into
+    from fieldgate.store import Store
+
+    with Store.open(f"sqlite:///{tmp_path / 'fg.db'}") as store:
+        load_sample_into(store, "eng-ana")
+        sites, devices = store.fleet.snapshot()
+        catalog = [r.manifest for r in store.catalog.list()]
+        before = planning_context(devices, catalog, NOW, sites=sites)
+        plan = propose_plan(
+            intent_of("roll out hvac-controller 2.4.1 to ber-03", before),
+            before,
+            plan_id="pl-up",
+            requested_by="eng-ana",
+        )
+        store.audit.append(
+            EventKind.plan, ActorKind.agent, "planner", {"plan": plan.model_dump(mode="json")},
+            plan_id="pl-up",
+        )  # fmt: skip
+        moved = [d for d in devices if d.site == "ber-03" and d.device_class == "hvac-gw"]
+        for device in moved:
+            store.audit.append(
+                EventKind.device_report,
+                ActorKind.device,
+                device.id,
+                {"status": "applied", "installed": {"hvac-controller": "2.4.1"}},
+                plan_id="pl-up",
+            )
+            store.fleet.set_installed(device.id, "hvac-controller", "2.4.1")
+        history = previous_versions(store.audit.events(kinds=HISTORY_KINDS))
+        sites, devices = store.fleet.snapshot()
+        after = planning_context(devices, catalog, NOW, sites=sites, previous=history)
+    assert {history[d.id]["hvac-controller"] for d in moved} == {"2.3.4"}
+    intent = intent_of("roll back hvac-controller on ber-03 to the previous version", after)
+    assert intent.version == "2.3.4"

@@ -472,6 +472,10 @@ def _rationale(
         f"{verb} {item.ref} (safety {item.safety.value}) on {_plural(n, 'device')}; version: "
         f"{intent.version_reason}."
     )
+    if intent.because:
+        lines.append(f"Because: {'; '.join(intent.because)}.")
+    if intent.context:
+        lines.append(f"Context: {'; '.join(intent.context)}.")
     by_place: Counter[tuple[str, str]] = Counter()
     for group in found_groups:
         by_place[(group.site, group.device_class)] += group.count
@@ -497,9 +501,14 @@ def _rationale(
     sizes = wave_sizes(waves, n)
     steps = ", ".join(f"{w.name} {s}" for w, s in zip(waves, sizes, strict=True))
     if rollback and exempt:
+        ran = (
+            "the version these devices ran before"
+            if "ran before" in intent.version_reason
+            else ("an older release")
+        )
         why = (
-            "a rollback to a version the devices ran before; policy exempts it from the canary "
-            "rule, and it still goes in gated waves"
+            f"a rollback to {ran}; policy exempts rollbacks from the canary rule, and it still "
+            "goes in gated waves"
         )
     elif len(waves) == 1:
         why = "one wave: 10 or fewer targets, so no canary is required"

@@ -30,6 +30,15 @@ _PLACE_WORDS = frozenset(
     {"site", "location", "plant", "station", "region", "facility", "depot", "campus"}
 )
 """Words that only say the next id is a place: ``at site rtm-05``, ``in region eu-west``."""
+_TROUBLE = (
+    "broke", "break", "crash", "bug", "causing", "caus", "making", "make", "made", "fail",
+    "fault", "misbehav", "regress", "bad", "brick", "hang", "hung", "leak", "problem", "issue",
+    "error", "trouble", "wrong", "glitch", "corrupt", "unstable", "flak", "reboot", "kill",
+    "stuck", "freez", "froze", "trigger", "introduc", "slow", "worse", "spam", "drain",
+    "chatter", "flicker", "overheat", "degrad", "mess", "screw", "no good", "buggy", "panic",
+)  # fmt: skip
+"""Word beginnings that say a version named right before them is trouble, so it is the reason."""
+_FIXES = ("fix", "solv", "resolv", "repair", "cure", "address")
 _WAVE_WORDS = frozenset({Role.canary, Role.staging})
 _START_WORDS = frozenset({"start", "starting", "begin", "beginning", "starts", "begins", "kick"})
 _LOOSE_PREPS = frozenset({"for", "over"})
@@ -85,6 +94,10 @@ class Reading:
     canary_percent: float | None = None
     wave_count: int | None = None
     wave_size: int | None = None
+    reason_versions: list[str] = field(default_factory=list)
+    """Versions named as the reason (``2.4.1 is making the valves chatter``), not as targets."""
+    because: list[str] = field(default_factory=list)
+    """The reasons as typed."""
     rest: bool = False
     """``the rest``, ``the others``, ``those still on 1.8.0``: devices not yet on the target."""
     flags: dict[str, bool] = field(default_factory=dict)
@@ -227,6 +240,12 @@ class Reader(Phrases):
             # "12.5%" reads as a version
             self.read_share(index, Fraction(m.value) / 100, f"{self.text(m)}%")
             return
+        reason = self.reason_at(index)
+        if reason is not None:
+            # "4.7.1 is making the valves chatter": the version is why, not where to go
+            found.reason_versions.append(m.value)
+            found.because.append(reason)
+            return
         plain = frozenset({Role.article, Role.version_word})
         before = self.neighbour(index, -1, plain)
         named_from = self.neighbour(index, -1, plain | {Role.module, Role.module_word})
@@ -253,6 +272,55 @@ class Reader(Phrases):
                 or before.value in ARROWS
             ):
                 found.to_versions.append(m.value)
+
+    def reason_at(self, index: int) -> str | None:
+        """The reason the version at ``index`` is named with, if it is named as one.
+
+        ``2.4.1 is making the valves chatter``, ``2.4.0 keeps crashing``, ``1.9.0 broke the
+        integration``: a version followed within a few words by trouble, unless it comes right
+        after ``to`` or an arrow (then it is where to go, whatever follows).
+        """
+        before = self.neighbour(index, -1, frozenset({Role.article, Role.version_word}))
+        if before is not None and (
+            (before.role is Role.target_prep and before.value in ("to", "onto", "into"))
+            or before.value in ARROWS
+        ):
+            return None
+        start = self.matches[index].end
+        window = []
+        for token in self.tokens[start : start + 4]:
+            if token.kind == "punct" or token.kind == "version":
+                break
+            window.append(token.text)
+        if any(w.startswith(_FIXES) for w in window):
+            return None
+        if not any(w.startswith(_TROUBLE) for w in window):
+            return None
+        return self.clause_around(index)
+
+    def clause_around(self, index: int) -> str:
+        """The words of the clause the match at ``index`` stands in, as typed."""
+        first = index
+        while first > 0 and not self.ends_clause(self.matches[first - 1]):
+            first -= 1
+        last = index
+        while last + 1 < len(self.matches) and not self.ends_clause(self.matches[last + 1]):
+            last += 1
+        tokens = self.tokens[self.matches[first].start : self.matches[last].end]
+        pieces: dict[int, list[str]] = {}
+        for token in tokens:
+            pieces.setdefault(token.piece, []).append(token.raw)
+        return " ".join("-".join(raws) for raws in pieces.values())
+
+    @staticmethod
+    def ends_clause(m: Match) -> bool:
+        return (m.role is Role.punct and m.value not in ("%", *ARROWS)) or m.role in (
+            Role.clause,
+            Role.rollout,
+            Role.rollback,
+            Role.weak_verb,
+            Role.back,
+        )
 
     def read_share(self, index: int, share: Fraction, typed: str) -> None:
         """``half of the pumps``, ``25% of``: a share of the targets, unless it sizes a wave."""

@@ -59,6 +59,8 @@ class Resolver:
         self.r = reading
         self.ctx = ctx
         self.notes: list[str] = []
+        self.ran_from: list[str] = []
+        """What the targets ran before a rollback to the version they ran before."""
         self.context_versions: list[str] = []
         """Versions named besides the one after ``to`` (``2.4.1 is misbehaving``)."""
 
@@ -141,6 +143,14 @@ class Resolver:
                 f"named {typed} as well: planned {item.version}, the version after 'to'; "
                 f"{typed} read as {known}"
             )
+        for typed in dict.fromkeys(r.reason_versions):
+            if runs(typed, running) or runs(typed, self.ran_from):
+                known = "what the targets run now" if runs(typed, running) else "what they ran"
+            else:
+                known = f"context (the targets run {', '.join(running) or 'none of ' + module})"
+            self.notes.append(
+                f"named {typed} as the reason: planned {item.version}; {typed} read as {known}"
+            )
         for typed in r.not_versions:
             self.notes.append(f"not {typed}: left out, as asked")
         wave_ask = WaveAsk(
@@ -166,6 +176,7 @@ class Resolver:
             scope=scope.model_copy(update={"limit": limit}),
             flags=RequestFlags(**r.flags),
             wave_ask=wave_ask,
+            because=list(dict.fromkeys(r.because)),
             ignored=list(dict.fromkeys(r.ignored)),
             notes=self.notes,
         )
@@ -480,6 +491,9 @@ class Resolver:
                 candidates=[],
                 module=module,
             )
+        before = self.ran_before(module, targets, devices)
+        if before is not None:
+            return before
         highest = versions[-1]
         older = [i for i in stable if i.parsed_version < highest]
         distinct = sorted(set(versions))
@@ -497,6 +511,74 @@ class Resolver:
             candidates=[i.version for i in older],
             module=module,
         )
+
+    def ran_before(
+        self, module: str, targets: Targets, devices: str
+    ) -> tuple[CatalogItem, str] | Clarification | None:
+        """The version ``targets`` ran before, from the fleet's history; None without a record.
+
+        With a broken version named as the reason, only the devices running it count. When the
+        devices ran different versions before, or only some have a record, ask.
+        """
+        broken = [s for s in map(VersionSpec.parse, self.r.reason_versions) if s is not None]
+        groups = [g for g in targets.groups if module in g.installed]
+        if broken:
+            groups = [
+                g
+                for g in groups
+                if any(b.matches_version(parse_version(g.installed[module])) for b in broken)
+            ]
+            if not groups:
+                running = sorted(
+                    {g.installed[module] for g in targets.groups if module in g.installed}
+                )
+                return Clarification(
+                    reason="no_targets",
+                    question=(
+                        f"You named {', '.join(self.r.reason_versions)} as the trouble, but "
+                        f"{devices} run {module} {', '.join(running)}. Which devices or "
+                        "version did you mean?"
+                    ),
+                    candidates=running,
+                    module=module,
+                )
+        ran: Counter[str] = Counter()
+        unknown = 0
+        for group in groups:
+            version = group.previous.get(module)
+            if version is None:
+                unknown += group.count
+            else:
+                ran[version] += group.count
+        if not ran:
+            return None
+        if len(ran) > 1 or unknown:
+            parts = [f"{v} on {c}" for v, c in sorted(ran.items())]
+            if unknown:
+                parts.append(f"no record for {unknown}")
+            return Clarification(
+                reason="version_ambiguous",
+                question=(
+                    f"The {devices} ran different versions of {module} before: "
+                    f"{', '.join(parts)}. Which version should they go back to?"
+                ),
+                candidates=sorted(ran),
+                module=module,
+            )
+        version = next(iter(ran))
+        item = self.ctx.item(module, version)
+        if item is None:
+            return Clarification(
+                reason="unknown_version",
+                question=(
+                    f"The {devices} ran {module} {version} before, but the catalog no longer "
+                    "has it. Which version should they go back to?"
+                ),
+                candidates=[i.version for i in self.ctx.releases(module) if not i.prerelease],
+                module=module,
+            )
+        self.ran_from = sorted({g.installed[module] for g in groups})
+        return item, f"the version these devices ran before ({version}, from the fleet's history)"
 
     @staticmethod
     def pick(spec: VersionSpec, releases: Sequence[CatalogItem]) -> CatalogItem | None:
