@@ -391,7 +391,7 @@ class Reader(Phrases):
             found.ignored.append(self.text(m))
 
     def goes_first(self, index: int) -> bool:
-        """Whether the number at ``index`` says how many go first (``two first``, ``start with 2``)."""
+        """Whether the number at ``index`` says how many go first (``two first``)."""
         after = self.neighbour(index, 1, _NOUNS | {Role.article, Role.device_class})
         if after is not None and after.role is Role.limiter and after.value == "first":
             further = self.neighbour(self.matches.index(after), 1, frozenset())
