@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 
@@ -39,6 +40,37 @@ _TROUBLE = (
 )  # fmt: skip
 """Word beginnings that say a version named right before them is trouble, so it is the reason."""
 _FIXES = ("fix", "solv", "resolv", "repair", "cure", "address")
+_SENTENCE_ENDS = frozenset({".", "!", "?", ";", "\n"})
+_REQUEST_CONTENT = frozenset(
+    {
+        Role.module,
+        Role.module_word,
+        Role.version,
+        Role.rollout,
+        Role.rollback,
+        Role.weak_verb,
+        Role.back,
+        Role.site,
+        Role.region,
+        Role.region_group,
+        Role.device_class,
+        Role.class_head,
+        Role.device,
+        Role.everywhere,
+        Role.label,
+    }
+)
+"""What makes a sentence part of the request rather than context around it."""
+
+
+_QUESTION_LEAD = frozenset({Role.filler, Role.clause, Role.punct, Role.limiter, Role.word})
+"""What may come before the question word of a question (``so basically, if you could just``)."""
+
+
+def _ends_sentence(m: Match) -> bool:
+    return m.role is Role.punct and m.value in _SENTENCE_ENDS
+
+
 _WAVE_WORDS = frozenset({Role.canary, Role.staging})
 _START_WORDS = frozenset({"start", "starting", "begin", "beginning", "starts", "begins", "kick"})
 _LOOSE_PREPS = frozenset({"for", "over"})
@@ -98,6 +130,10 @@ class Reading:
     """Versions named as the reason (``2.4.1 is making the valves chatter``), not as targets."""
     because: list[str] = field(default_factory=list)
     """The reasons as typed."""
+    context: list[str] = field(default_factory=list)
+    """Context read as such: ticket ids, dates, people, side fields of a ticket."""
+    aside: set[str] = field(default_factory=set)
+    """Unknown names in sentences that ask for nothing (context, unless nothing else narrows)."""
     rest: bool = False
     """``the rest``, ``the others``, ``those still on 1.8.0``: devices not yet on the target."""
     flags: dict[str, bool] = field(default_factory=dict)
@@ -107,9 +143,17 @@ class Reading:
 class Reader(Phrases):
     """Walk the matched phrases of one request and collect what they say."""
 
-    def __init__(self, tokens: list[Token], matches: list[Match], ctx: PlanningContext) -> None:
+    def __init__(
+        self,
+        tokens: list[Token],
+        matches: list[Match],
+        ctx: PlanningContext,
+        tickets: Sequence[str] = (),
+    ) -> None:
         super().__init__(tokens, matches)
         self.ctx = ctx
+        self.tickets = {t.lower() for t in tickets}
+        """Ticket-shaped ids in the request (``CHG-1234``): context unless meant as a place."""
         self.found = Reading()
         self.used: set[int] = set()
         self.place_names = [s.id for s in ctx.sites] + ctx.regions
@@ -119,10 +163,7 @@ class Reader(Phrases):
 
     def read(self) -> Reading:
         found = self.found
-        tokens = self.tokens
-        if any(t.text == "?" for t in tokens[-2:]):
-            first = self.matches[0] if self.matches else None
-            found.question = first is not None and first.role is Role.question
+        found.question = self.asks_a_question()
         for index, m in enumerate(self.matches):
             if index in self.used:
                 continue
@@ -134,6 +175,23 @@ class Reader(Phrases):
         self.read_leftovers()
         found.held_back = self.holding_back()
         return found
+
+    def asks_a_question(self) -> bool:
+        """Whether a sentence ending in ``?`` starts its clause with a question word.
+
+        ``which version runs in eu-west?``, ``so, if you could just: what runs at rtm-05?``;
+        not ``can you roll out pump-logic 1.9.0 to rtm-05?``.
+        """
+        for index, m in enumerate(self.matches):
+            if not (m.role is Role.punct and m.value == "?"):
+                continue
+            at = index - 1
+            while at >= 0 and not _ends_sentence(self.matches[at]):
+                at -= 1
+            words = [w for w in self.matches[at + 1 : index] if w.role not in _QUESTION_LEAD]
+            if words and words[0].role is Role.question:
+                return True
+        return False
 
     def read_one(self, index: int, m: Match) -> None:
         found = self.found
@@ -472,24 +530,29 @@ class Reader(Phrases):
             before, skipped = self.walk_back(index)
             place = before is not None and before.role is Role.site_prep
             towards = before is not None and before.role is Role.target_prep
+            adjacent = self.neighbour(index, -1, SKIPPABLE | {Role.number, Role.number_word})
             marked = after is not None and after.role is Role.word and after.value in _PLACE_WORDS
+            named_next = after is not None and after.role in _PLACES
             name = (
                 self.proper_noun(m)
                 or not is_ordinary(token.raw)
                 or (not is_common(token.text) and resembles(token.text, self.place_names))
             )
-            in_slot = (place and not skipped & {"a", "an"}) or (
-                towards and before is not None and before.value not in _LOOSE_PREPS
+            in_slot = (
+                adjacent is not None
+                and adjacent.role in (Role.site_prep, Role.target_prep)
+                and adjacent.value not in _LOOSE_PREPS
+                and not (adjacent.role is Role.site_prep and skipped & {"a", "an"})
             )
             proper = self.proper_noun(m) and not is_common(token.raw)
-            if (towards or place) and proper:
-                found.unknown_sites.append(token.raw)
+            if (towards or place) and proper and not named_next:
+                self.unknown_site(index, token.raw)
             elif towards and token.plural:
-                found.unknown_classes.append(self.unknown_run(index))
-            elif (in_slot or marked) and (name or (marked and not is_common(token.raw))):
-                found.unknown_sites.append(token.raw)
+                self.unknown_class(index, self.unknown_run(index))
+            elif (in_slot and name and not named_next) or (marked and not is_common(token.raw)):
+                self.unknown_site(index, token.raw)
             elif towards and after is not None and after.role in _NOUNS:
-                found.unknown_classes.append(self.unknown_run(index))
+                self.unknown_class(index, self.unknown_run(index))
             else:
                 found.ignored.append(token.raw)
         for piece, indexes in compounds.items():
@@ -500,18 +563,47 @@ class Reader(Phrases):
             before, _ = self.walk_back(first)
             towards = before is not None and before.role is Role.target_prep
             last = self.tokens[max(self.matches[i].start for i in indexes)]
-            if _SITE_LIKE.match(raw) or _REGION_LIKE.match(raw):
-                found.unknown_sites.append(raw)
+            place = before is not None and before.role is Role.site_prep
+            if raw in self.tickets and not (
+                place or towards or resembles(raw.split("-")[0], self.place_names)
+            ):
+                found.context.append(f"ticket {raw.upper()}")
+            elif _SITE_LIKE.match(raw) or _REGION_LIKE.match(raw):
+                self.unknown_site(first, raw)
             elif raw.split("-")[-1] in _CLASS_HEADS or (towards and last.plural):
-                found.unknown_classes.append(raw)
+                self.unknown_class(first, raw)
             elif before is not None and before.role is Role.site_prep:
-                found.unknown_sites.append(raw)
+                self.unknown_site(first, raw)
             elif any(t.piece == piece and t.kind == "word" for t in self.tokens):
                 found.unknown_names.append(raw)
             else:
                 found.ignored.extend(self.text(self.matches[i]) for i in indexes)
         if not found.modules and not found.module_words and not found.unknown_names:
             found.unknown_names.extend(self.name_before_version())
+
+    def unknown_site(self, index: int, word: str) -> None:
+        self.found.unknown_sites.append(word)
+        if not self.in_request(index):
+            self.found.aside.add(word)
+
+    def unknown_class(self, index: int, words: str) -> None:
+        self.found.unknown_classes.append(words)
+        if not self.in_request(index):
+            self.found.aside.add(words)
+
+    def in_request(self, index: int) -> bool:
+        """Whether the sentence around ``index`` asks for something (names an action or thing).
+
+        ``keep an eye on the dashboards`` beside ``roll out pump-logic 1.9.0 to rtm-05`` does
+        not: its unknown words are context, unless nothing else narrows the request.
+        """
+        first = index
+        while first > 0 and not _ends_sentence(self.matches[first - 1]):
+            first -= 1
+        last = index
+        while last + 1 < len(self.matches) and not _ends_sentence(self.matches[last + 1]):
+            last += 1
+        return any(m.role in _REQUEST_CONTENT for m in self.matches[first : last + 1])
 
     def names_place(self, index: int) -> bool:
         """Whether the place word at ``index`` only marks a place (``at site rtm-05``)."""

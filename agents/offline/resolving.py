@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from fieldgate.agents._summary import CatalogItem, PlanningContext
+from fieldgate.agents.offline.context import read_context
 from fieldgate.agents.offline.intent import Clarification, Intent, RequestFlags, Scope, WaveAsk
 from fieldgate.agents.offline.lexicon import Role, build_lexicon, match, tokenize
 from fieldgate.agents.offline.nearest import closest
@@ -177,6 +178,7 @@ class Resolver:
             flags=RequestFlags(**r.flags),
             wave_ask=wave_ask,
             because=list(dict.fromkeys(r.because)),
+            context=list(dict.fromkeys(r.context)),
             ignored=list(dict.fromkeys(r.ignored)),
             notes=self.notes,
         )
@@ -276,6 +278,14 @@ class Resolver:
     def resolve_scope(self, module: str) -> Scope | Clarification:
         r = self.r
         ctx = self.ctx
+        narrowed = bool(
+            r.sites or r.regions or r.region_groups or r.classes or r.devices or r.everywhere
+        )
+        if narrowed or r.labels:
+            # unknown words in sentences that ask for nothing cannot widen a narrowed request
+            r.ignored += [w for w in (*r.unknown_sites, *r.unknown_classes) if w in r.aside]
+            r.unknown_sites = [w for w in r.unknown_sites if w not in r.aside]
+            r.unknown_classes = [w for w in r.unknown_classes if w not in r.aside]
         if r.unknown_sites:
             word = r.unknown_sites[0]
             options = [s.id for s in ctx.sites] + ctx.regions
@@ -654,7 +664,9 @@ def understand(request: str, ctx: PlanningContext) -> Intent | Clarification:
     Returns:
         The intent, or a question when the module, version, site, class or action is unclear.
     """
-    tokens = tokenize(request, [s.id for s in ctx.sites])
+    context = read_context(request)
+    tokens = tokenize(context.text, [s.id for s in ctx.sites])
     matches = match(tokens, build_lexicon(ctx))
-    reading = Reader(tokens, matches, ctx).read()
+    reading = Reader(tokens, matches, ctx, tickets=context.tickets).read()
+    reading.context = [*context.notes, *reading.context]
     return Resolver(reading, ctx).resolve()
