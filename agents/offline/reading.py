@@ -134,6 +134,8 @@ class Reading:
     """Context read as such: ticket ids, dates, people, side fields of a ticket."""
     aside: set[str] = field(default_factory=set)
     """Unknown names in sentences that ask for nothing (context, unless nothing else narrows)."""
+    unresolved_places: list[str] = field(default_factory=list)
+    """Objects of place prepositions that resolved to nothing (``the north sea platform``)."""
     rest: bool = False
     """``the rest``, ``the others``, ``those still on 1.8.0``: devices not yet on the target."""
     flags: dict[str, bool] = field(default_factory=dict)
@@ -524,6 +526,10 @@ class Reader(Phrases):
             if m.value in by_prefix and prefixes[m.value] == 1:
                 if after is not None and after.role is Role.number:
                     found.unknown_sites.append(f"{m.value}-{self.text(after)}")
+                elif self.excluded(index):
+                    # "except lyon": the site by its prefix, left out
+                    self.excluded_at.add(index)
+                    found.excluded_sites.append(by_prefix[m.value])
                 else:
                     found.sites.append(by_prefix[m.value])
                 continue
@@ -580,6 +586,26 @@ class Reader(Phrases):
                 found.ignored.extend(self.text(self.matches[i]) for i in indexes)
         if not found.modules and not found.module_words and not found.unknown_names:
             found.unknown_names.extend(self.name_before_version())
+        found.unresolved_places = self.unresolved_places()
+
+    def unresolved_places(self) -> list[str]:
+        """Words after ``to``, ``at``, ``in``, ``on`` that resolved to nothing and are not all
+        common English (``to the north sea platform``): a place the request names but
+        fieldgate does not know, so the request must not be read as everywhere."""
+        places = []
+        for index, m in enumerate(self.matches):
+            if m.role not in (Role.site_prep, Role.target_prep) or m.value in _LOOSE_PREPS:
+                continue
+            at = index + 1
+            while at < len(self.matches) and self.matches[at].role is Role.article:
+                at += 1
+            run = []
+            while at < len(self.matches) and self.matches[at].role is Role.word:
+                run.append(self.tokens[self.matches[at].start].raw)
+                at += 1
+            if run and not all(is_common(word) for word in run):
+                places.append(" ".join(run))
+        return places
 
     def unknown_site(self, index: int, word: str) -> None:
         self.found.unknown_sites.append(word)

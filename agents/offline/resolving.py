@@ -286,6 +286,9 @@ class Resolver:
             r.ignored += [w for w in (*r.unknown_sites, *r.unknown_classes) if w in r.aside]
             r.unknown_sites = [w for w in r.unknown_sites if w not in r.aside]
             r.unknown_classes = [w for w in r.unknown_classes if w not in r.aside]
+        if not (narrowed or r.labels) and r.unresolved_places:
+            # an ignored place must never become everywhere
+            r.unknown_sites = [*r.unknown_sites, *r.unresolved_places]
         if r.unknown_sites:
             word = r.unknown_sites[0]
             options = [s.id for s in ctx.sites] + ctx.regions
