@@ -96,6 +96,27 @@ def test_an_unknown_place_asks_naming_the_word_and_the_nearest_names(
         assert nearest in q.question
 
 
+@pytest.mark.parametrize(
+    ("request_text", "word"),
+    [
+        ("push pump-logic 1.9.0 to the north sea platform", "north sea platform"),
+        ("update all pumps in the netherlands to pump-logic 1.9.0", "netherlands"),
+        ("roll out pump-logic 1.9.0 to all pump controllers at our Dutch site", "Dutch"),
+    ],
+)
+def test_a_place_that_resolves_to_nothing_never_reads_as_everywhere(
+    sample: PlanningContext, request_text: str, word: str
+) -> None:
+    q = question_of(request_text, sample)
+    assert q.reason == "unknown_site"
+    assert f"'{word}'" in q.question
+
+
+def test_a_site_left_out_by_its_prefix_is_left_out(sample: PlanningContext) -> None:
+    intent = intent_of("upgrade the env sensors at osl-01 and lyon-02 to 1.3.0 except lyon", sample)
+    assert intent.scope.sites == ["osl-01"]
+
+
 def test_a_place_word_after_a_known_site_is_not_a_site(sample: PlanningContext) -> None:
     intent = intent_of("upgrade air-quality-model to 1.2.0 at the lyon site only", sample)
     assert intent.scope.sites == ["lyon-02"]
@@ -300,3 +321,38 @@ def test_the_history_comes_from_the_audit_log(tmp_path: Path) -> None:
     assert {history[d.id]["hvac-controller"] for d in moved} == {"2.3.4"}
     intent = intent_of("roll back hvac-controller on ber-03 to the previous version", after)
     assert intent.version == "2.3.4"
+
+
+def test_a_change_ticket_is_read_for_its_request_and_its_context_shown(
+    sample: PlanningContext,
+) -> None:
+    ticket = (
+        "CHG-4821\nSummary: roll out pump-logic 1.9.0 to rtm-05\nRequested by: Tom Berger\n"
+        "Backout plan: roll back to 1.8.0 if the health checks fail\nPriority: normal"
+    )
+    intent = intent_of(ticket, sample)
+    assert (intent.action.value, intent.version, intent.scope.sites) == (
+        "rollout",
+        "1.9.0",
+        ["rtm-05"],
+    )
+    assert "requested by: Tom Berger" in intent.context
+    assert any(c.startswith("backout plan: roll back to 1.8.0") for c in intent.context)
+    plan = propose_plan(intent, sample, plan_id="pl-ticket", requested_by="eng-ana")
+    assert "Context: " in plan.rationale and "requested by: Tom Berger" in plan.rationale
+
+
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "hey @ana roll out pump-logic 1.9.0 to rtm-05 pls",
+        "[OPS-4411] roll out pump-logic 1.9.0 to rtm-05 (ref INC0042311)",
+        "roll out pump-logic 1.9.0 to rtm-05 on 21.11.2026",
+        "roll out pump-logic 1.9.0 to rtm-05 as discussed with Ivo, ticket CHG-8812",
+    ],
+)
+def test_mentions_dates_and_ticket_ids_are_context(
+    sample: PlanningContext, request_text: str
+) -> None:
+    intent = intent_of(request_text, sample)
+    assert (intent.version, intent.scope.sites) == ("1.9.0", ["rtm-05"])

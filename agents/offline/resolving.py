@@ -278,15 +278,23 @@ class Resolver:
     def resolve_scope(self, module: str) -> Scope | Clarification:
         r = self.r
         ctx = self.ctx
-        narrowed = bool(
-            r.sites or r.regions or r.region_groups or r.classes or r.devices or r.everywhere
+        # a place dimension that says nothing known is not narrowed, whatever the classes say
+        placed = bool(
+            r.sites
+            or r.regions
+            or r.region_groups
+            or r.devices
+            or r.labels
+            or r.everywhere
+            or r.excluded_sites
+            or r.excluded_regions
         )
-        if narrowed or r.labels:
+        if placed:
             # unknown words in sentences that ask for nothing cannot widen a narrowed request
             r.ignored += [w for w in (*r.unknown_sites, *r.unknown_classes) if w in r.aside]
             r.unknown_sites = [w for w in r.unknown_sites if w not in r.aside]
             r.unknown_classes = [w for w in r.unknown_classes if w not in r.aside]
-        if not (narrowed or r.labels) and r.unresolved_places:
+        if not placed and r.unresolved_places:
             # an ignored place must never become everywhere
             r.unknown_sites = [*r.unknown_sites, *r.unresolved_places]
         if r.unknown_sites:
