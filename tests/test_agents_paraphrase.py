@@ -15,6 +15,7 @@ from fieldgate.evals.paraphrase import (
     FAMILIES,
     NOISE,
     Family,
+    FleetName,
     Reading,
     World,
     expected_holds,
@@ -28,12 +29,12 @@ MIN_VARIANT_ACCURACY = 0.99
 
 
 @pytest.fixture(scope="module")
-def fleets() -> dict[str, World]:
-    return dict(worlds())
+def fleets() -> dict[FleetName, World]:
+    return worlds()
 
 
 @pytest.fixture(scope="module")
-def readings(fleets: dict[str, World]) -> dict[str, tuple[Reading, dict[str, Reading]]]:
+def readings(fleets: dict[FleetName, World]) -> dict[str, tuple[Reading, dict[str, Reading]]]:
     """Each family's base reading and its variants' readings, by noise kind."""
     out = {}
     for family in FAMILIES:
