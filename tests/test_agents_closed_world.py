@@ -154,6 +154,8 @@ def plan_of(request: str, ctx: PlanningContext) -> tuple[RolloutPlan, list[int]]
         "roll out pump-logic 1.9.0 to rtm-05 with a canary of 2 devices",
         "roll out pump-logic 1.9.0 to rtm-05, start with 2 devices",
         "roll out pump-logic 1.9.0 to rtm-05 with a first wave of two",
+        "rtm-05: pump-logic 1.9.0 please, first 2 then the rest",
+        "roll out pump-logic 1.9.0 to rtm-05, canary 2",
     ],
 )
 def test_the_engineers_canary_size_is_honoured_where_policy_allows_it(

@@ -423,6 +423,10 @@ class Reader(Phrases):
         elif before is not None and before.role in named and m.role is Role.number:
             # "version 2", "vision-inspect 2"
             found.versions.append(m.value)
+        elif self.first_then_rest(index, before):
+            # "first 3 then the rest": a canary of 3, then everything else
+            found.canary = value
+            found.wave_sizes.append("first " + self.text(m))
         elif self.goes_first(index):
             # "two first", "start with 2 devices": a canary size, not a limit
             found.canary = value
@@ -449,6 +453,16 @@ class Reader(Phrases):
             found.limit = value
         elif m.role is Role.number:
             found.ignored.append(self.text(m))
+
+    def first_then_rest(self, index: int, before: Match | None) -> bool:
+        """Whether ``first N`` is followed by ``then the rest`` (``first 3, then the others``)."""
+        if before is None or before.role is not Role.limiter or before.value != "first":
+            return False
+        later = self.matches[index + 1 :]
+        for at, m in enumerate(later):
+            if m.role is Role.clause and m.value == "then":
+                return any(n.role in (Role.rest, Role.everywhere) for n in later[at + 1 : at + 5])
+        return False
 
     def goes_first(self, index: int) -> bool:
         """Whether the number at ``index`` says how many go first (``two first``)."""
