@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from fieldgate.agents import HISTORY_KINDS, PlanningContext, planning_context, previous_versions
+from fieldgate.agents import PlanningContext, planning_context
 from fieldgate.agents.offline import (
     Clarification,
     Intent,
@@ -288,6 +288,7 @@ def test_a_broken_version_the_devices_do_not_run_asks(sample: PlanningContext) -
 
 def test_the_history_comes_from_the_audit_log(tmp_path: Path) -> None:
     """Plans and device reports in a real audit log say what each device ran before."""
+    from fieldgate.agents import HISTORY_KINDS, previous_versions
     from fieldgate.audit import ActorKind, EventKind
     from fieldgate.cli._init import load_sample_into
     from fieldgate.store import Store
