@@ -183,6 +183,8 @@ def test_wave_counts_and_sizes_are_honoured(sample: PlanningContext) -> None:
     assert len(sizes) == 3 and sum(sizes) == 30 and sizes[0] == 1
     _, sizes = plan_of("roll out pump-logic 1.9.0 to rtm-05, waves of 20", sample)
     assert sizes == [3, 20, 20, 17]
+    _, sizes = plan_of("roll out pump-logic 1.9.0 to rtm-05 in waves of 25%", sample)
+    assert sizes == [3, 15, 15, 15, 12]
 
 
 @pytest.fixture(scope="module")

@@ -101,15 +101,16 @@ class WaveAsk(Contract):
     """How many waves (``in 3 waves``)."""
     wave_size: int | None = Field(default=None, ge=1)
     """Devices in each wave after the first (``waves of 10``)."""
+    wave_percent: float | None = Field(default=None, gt=0, le=100)
+    """Percent of the targets in each wave after the first (``waves of 20%``)."""
     typed: list[str] = []
     """The words that asked, for the rationale."""
 
     @property
     def asked(self) -> bool:
         """Whether anything was asked."""
-        return any(v is not None for v in (self.canary, self.canary_percent, self.waves)) or (
-            self.wave_size is not None
-        )
+        sizes = (self.canary, self.canary_percent, self.waves, self.wave_size, self.wave_percent)
+        return any(v is not None for v in sizes)
 
 
 class Intent(Contract):

@@ -173,6 +173,17 @@ def asked_waves(
             each = math.ceil(rest / (ask.waves - 1))
             later = [Wave(name=f"wave-{i}", count=each) for i in range(2, ask.waves)]
             honoured.append(f"{ask.waves} waves, as asked")
+    elif ask.wave_percent is not None:
+        each = max(1, math.floor(n * ask.wave_percent / 100))
+        steps = math.ceil(rest / each)
+        if steps > MAX_ASKED_WAVES:
+            declined.append(
+                f"waves of {ask.wave_percent:g}%: that makes {steps} waves after the first; "
+                f"the plan keeps at most {MAX_ASKED_WAVES}"
+            )
+        else:
+            later = [Wave(name=f"wave-{i}", percent=ask.wave_percent) for i in range(2, steps + 1)]
+            honoured.append(f"waves of {ask.wave_percent:g}% after the first, as asked")
     elif ask.wave_size is not None:
         steps = math.ceil(rest / ask.wave_size)
         if steps > MAX_ASKED_WAVES:

@@ -126,6 +126,7 @@ class Reading:
     canary_percent: float | None = None
     wave_count: int | None = None
     wave_size: int | None = None
+    wave_percent: float | None = None
     reason_versions: list[str] = field(default_factory=list)
     """Versions named as the reason (``2.4.1 is making the valves chatter``), not as targets."""
     because: list[str] = field(default_factory=list)
@@ -495,7 +496,8 @@ class Reader(Phrases):
             elif value >= 1:
                 found.canary = int(value)
         elif percent:
-            return
+            if wave is before:
+                found.wave_percent = value
         elif wave is after and self.tokens[wave.end - 1].plural:
             found.wave_count = int(value)
         elif wave is before:

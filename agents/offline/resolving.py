@@ -159,6 +159,7 @@ class Resolver:
             canary_percent=r.canary_percent,
             waves=r.wave_count,
             wave_size=r.wave_size,
+            wave_percent=r.wave_percent,
             typed=list(dict.fromkeys(r.wave_sizes)),
         )
         if r.wave_sizes and not wave_ask.asked:
