@@ -361,3 +361,17 @@ def test_mentions_dates_and_ticket_ids_are_context(
 ) -> None:
     intent = intent_of(request_text, sample)
     assert (intent.version, intent.scope.sites) == ("1.9.0", ["rtm-05"])
+
+
+def test_a_kind_of_site_in_a_place_slot_is_those_sites(sample: PlanningContext) -> None:
+    intent = intent_of("update hvac-controller to 2.4.1 in the field", sample)
+    assert "fab-01" not in intent.scope.sites  # the factory is not in the field
+    assert count_targets(intent, sample) == 84
+    # elsewhere the word says nothing about where
+    intent = intent_of("roll out pump-logic 1.9.0 to rtm-05, the field team asked", sample)
+    assert intent.scope.sites == ["rtm-05"]
+
+
+def test_a_ticket_id_after_ordinary_words_is_context(sample: PlanningContext) -> None:
+    intent = intent_of("install pump-logic 1.9.0 on rtm-05 in accordance with CHG-1234", sample)
+    assert intent.scope.sites == ["rtm-05"]

@@ -245,7 +245,7 @@ _FIXED_TEXT: dict[Role, str] = {
     Role.all_at_once: "all at once | everything at once | in one go | one go | single wave"
     " | one wave | one batch | single batch | one shot | single shot | simultaneously"
     " | same time | big bang | one step | single step | in parallel | in one hit"
-    " | all together | all in one",
+    " | all together | all in one | in bulk",
     Role.at_once: "at once",
     Role.canary: "canary | canary wave | canary phase | canary stage",
     Role.no_canary: "canary less | canaryless | no canary",

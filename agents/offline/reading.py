@@ -137,6 +137,8 @@ class Reading:
     """Unknown names in sentences that ask for nothing (context, unless nothing else narrows)."""
     unresolved_places: list[str] = field(default_factory=list)
     """Objects of place prepositions that resolved to nothing (``the north sea platform``)."""
+    kind_notes: list[str] = field(default_factory=list)
+    """How words naming a kind of site were read (``'field' read as the field sites``)."""
     rest: bool = False
     """``the rest``, ``the others``, ``those still on 1.8.0``: devices not yet on the target."""
     flags: dict[str, bool] = field(default_factory=dict)
@@ -527,6 +529,9 @@ class Reader(Phrases):
         prefixes = Counter(re.sub(r"[-\d]+$", "", s.id) for s in self.ctx.sites)
         by_prefix = {re.sub(r"[-\d]+$", "", s.id): s.id for s in self.ctx.sites}
         compounds: dict[int, list[int]] = {}
+        kinds: dict[str, list[str]] = {}
+        for site in self.ctx.sites:
+            kinds.setdefault(str(site.kind.value), []).append(site.id)
         for index, m in enumerate(self.matches):
             if m.role is not Role.word:
                 continue
@@ -538,6 +543,11 @@ class Reader(Phrases):
             if m.value in _PLACE_WORDS:
                 # a place word marks a name ("the rotterdam site", "at site rtm-05"), it is
                 # never one itself
+                continue
+            if m.value in kinds and not self.excluded(index) and self.names_a_kind(index):
+                # "in the field", "the factory": the sites of that kind
+                found.sites += kinds[m.value]
+                found.kind_notes.append(f"'{token.raw}' read as the {m.value} sites")
                 continue
             if m.value in by_prefix and prefixes[m.value] == 1:
                 if after is not None and after.role is Role.number:
@@ -586,9 +596,9 @@ class Reader(Phrases):
             towards = before is not None and before.role is Role.target_prep
             last = self.tokens[max(self.matches[i].start for i in indexes)]
             place = before is not None and before.role is Role.site_prep
-            if raw in self.tickets and not (
-                place or towards or resembles(raw.split("-")[0], self.place_names)
-            ):
+            adjacent = self.neighbour(first, -1, SKIPPABLE)
+            slot = adjacent is not None and adjacent.role in (Role.site_prep, Role.target_prep)
+            if raw in self.tickets and not (slot or resembles(raw.split("-")[0], self.place_names)):
                 found.context.append(f"ticket {raw.upper()}")
             elif _SITE_LIKE.match(raw) or _REGION_LIKE.match(raw):
                 self.unknown_site(first, raw)
@@ -622,6 +632,21 @@ class Reader(Phrases):
             if run and not all(is_common(word) for word in run):
                 places.append(" ".join(run))
         return places
+
+    def names_a_kind(self, index: int) -> bool:
+        """Whether a site-kind word stands where a place does: ``in the field``, ``field sites``.
+
+        Elsewhere (``the field team asked``) it says nothing about which devices.
+        """
+        adjacent = self.neighbour(index, -1, SKIPPABLE)
+        after = self.neighbour(index, 1, frozenset())
+        marked = after is not None and after.role is Role.word and after.value in _PLACE_WORDS
+        return marked or (
+            adjacent is not None
+            and adjacent.role in (Role.site_prep, Role.target_prep)
+            and adjacent.value not in _LOOSE_PREPS
+            and (after is None or after.role not in (Role.word, Role.generic))
+        )
 
     def unknown_site(self, index: int, word: str) -> None:
         self.found.unknown_sites.append(word)

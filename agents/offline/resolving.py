@@ -152,6 +152,7 @@ class Resolver:
             self.notes.append(
                 f"named {typed} as the reason: planned {item.version}; {typed} read as {known}"
             )
+        self.notes += r.kind_notes
         for typed in r.not_versions:
             self.notes.append(f"not {typed}: left out, as asked")
         wave_ask = WaveAsk(
