@@ -6,7 +6,8 @@ messages, one :data:`NOISE` kind at a time: chat one-liners with emoji and @ment
 with a greeting, background and signature, change-ticket bodies, non-native English, bullet
 lists and code spans, numbers as words, ticket headers and ids, greetings and sign-offs,
 context sentences about time, people and reasons, upper- and lower-case names, typos, filler,
-the passive voice and versions written ``v1.2.3``. Every variant of a family must be read
+the passive voice, versions written ``v1.2.3``, chat threads with a quoted message,
+markdown notes, a few words of another language and requests in capitals. Every variant of a family must be read
 as its base is; ``tests/test_agents_paraphrase.py`` holds that, and ``bench/understanding.py``
 reports accuracy per noise kind.
 
@@ -596,6 +597,29 @@ def v_versions(f: Family) -> str:
     return _VERSION.sub(r"v\1", f.base)
 
 
+def slack_thread(f: Family) -> str:
+    """A chat thread: a quoted earlier message, then the request."""
+    return (
+        f"> {_person(f, 'slack')}: the vendor call went fine, nothing blocking from their side\n"
+        f"ok, then {_lower_first(f.base)} :thumbsup:"
+    )
+
+
+def markdown(f: Family) -> str:
+    """A markdown note with a heading and bold text."""
+    return f"## Change request\n\n**Ask:** {_sentence(f.base)}\n\n_Notes:_ nothing special."
+
+
+def mixed_language(f: Family) -> str:
+    """English mixed with a few words of the engineer's own language."""
+    return f"Hallo zusammen, {_lower_first(f.base)}, bitte. Danke und Gruss"
+
+
+def shouting(f: Family) -> str:
+    """The whole request in capitals."""
+    return f.base.upper() + "!!!"
+
+
 NOISE: dict[str, Callable[[Family], str]] = {
     "chat": chat,
     "email": email,
@@ -611,6 +635,10 @@ NOISE: dict[str, Callable[[Family], str]] = {
     "filler": filler,
     "passive": passive,
     "v-versions": v_versions,
+    "slack-thread": slack_thread,
+    "markdown": markdown,
+    "mixed-language": mixed_language,
+    "shouting": shouting,
 }
 """Every noise kind, by name: each makes one variant of a family."""
 
