@@ -8,8 +8,8 @@ lists and code spans, numbers as words, ticket headers and ids, greetings and si
 context sentences about time, people and reasons, upper- and lower-case names, typos, filler,
 the passive voice, versions written ``v1.2.3``, chat threads with a quoted message,
 markdown notes, a few words of another language and requests in capitals. Every variant of a
-family must be read as its base is; ``tests/test_agents_paraphrase.py`` holds that, and ``bench/understanding.py``
-reports accuracy per noise kind.
+family must be read as its base is; ``tests/test_agents_paraphrase.py`` holds that, and
+``bench/understanding.py`` reports accuracy per noise kind.
 
 The families plan against the shipped sample fleet and catalog, and two histories of it
 (:data:`FLEETS`): part of rtm-05 already on pump-logic 1.9.0, and ber-03 moved from
