@@ -26,7 +26,7 @@ KNOWN_ZIPF = 1.5
 """Below this Zipf frequency English has no real record of the word (``updte``, ``xq-9``)."""
 NAME_SPREAD = 1.2
 """How much rarer a word may be in other languages than in English and still be a name."""
-_OTHER_LANGUAGES = ("de", "fr", "nl", "es", "it", "pl", "pt", "sv")
+_OTHER_LANGUAGES = ("de", "fr", "nl", "es", "it")
 
 
 @functools.lru_cache(maxsize=8192)
