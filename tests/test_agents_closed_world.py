@@ -112,6 +112,20 @@ def test_a_place_that_resolves_to_nothing_never_reads_as_everywhere(
     assert f"'{word}'" in q.question
 
 
+@pytest.mark.parametrize(
+    "request_text",
+    [
+        "roll out pump-logic 1.9.0 to rtm-05. Only the Rotterdam ones.",
+        "roll out pump-logic 1.9.0 to rtm-05. Just the ones near zaandam.",
+        "roll out pump-logic 1.9.0 to rtm-05. Only the rotterdam ones.",
+    ],
+)
+def test_a_sentence_that_narrows_is_never_context(
+    sample: PlanningContext, request_text: str
+) -> None:
+    assert question_of(request_text, sample).reason == "unknown_site"
+
+
 def test_a_site_left_out_by_its_prefix_is_left_out(sample: PlanningContext) -> None:
     intent = intent_of("upgrade the env sensors at osl-01 and lyon-02 to 1.3.0 except lyon", sample)
     assert intent.scope.sites == ["osl-01"]

@@ -577,11 +577,23 @@ class Reader(Phrases):
                 and not (adjacent.role is Role.site_prep and skipped & {"a", "an"})
             )
             proper = self.proper_noun(m) and not is_common(token.raw)
-            if (towards or place) and proper and not named_next:
+            narrowing = self.after_only(index) and (
+                self.proper_noun(m)
+                or (
+                    after is not None
+                    and (
+                        after.role in (*_NOUNS, Role.device_class)
+                        or self.tokens[after.start].text == "one"
+                    )
+                )
+            )
+            if (towards or place or narrowing) and proper and not named_next:
                 self.unknown_site(index, token.raw)
             elif towards and token.plural:
                 self.unknown_class(index, self.unknown_run(index))
-            elif (in_slot and name and not named_next) or (marked and not is_common(token.raw)):
+            elif ((in_slot or narrowing) and name and not named_next) or (
+                marked and not is_common(token.raw)
+            ):
                 self.unknown_site(index, token.raw)
             elif towards and after is not None and after.role in _NOUNS:
                 self.unknown_class(index, self.unknown_run(index))
@@ -633,6 +645,14 @@ class Reader(Phrases):
                 places.append(" ".join(run))
         return places
 
+    def after_only(self, index: int) -> bool:
+        """Whether the word at ``index`` comes right after ``only`` or ``just`` (and articles)."""
+        at = index - 1
+        while at >= 0 and self.matches[at].role is Role.article:
+            at -= 1
+        m = self.matches[at] if at >= 0 else None
+        return m is not None and m.role is Role.limiter and m.value in ("only", "just")
+
     def names_a_kind(self, index: int) -> bool:
         """Whether a site-kind word stands where a place does: ``in the field``, ``field sites``.
 
@@ -662,7 +682,8 @@ class Reader(Phrases):
         """Whether the sentence around ``index`` asks for something (names an action or thing).
 
         ``keep an eye on the dashboards`` beside ``roll out pump-logic 1.9.0 to rtm-05`` does
-        not: its unknown words are context, unless nothing else narrows the request.
+        not: its unknown words are context, unless nothing else narrows the request. A sentence
+        that narrows (``only the Rotterdam ones``, ``except hall B``) always asks.
         """
         first = index
         while first > 0 and not _ends_sentence(self.matches[first - 1]):
@@ -670,7 +691,12 @@ class Reader(Phrases):
         last = index
         while last + 1 < len(self.matches) and not _ends_sentence(self.matches[last + 1]):
             last += 1
-        return any(m.role in _REQUEST_CONTENT for m in self.matches[first : last + 1])
+        return any(
+            m.role in _REQUEST_CONTENT
+            or m.role is Role.exclusion
+            or (m.role is Role.limiter and m.value in ("only", "just", "exactly"))
+            for m in self.matches[first : last + 1]
+        )
 
     def names_place(self, index: int) -> bool:
         """Whether the place word at ``index`` only marks a place (``at site rtm-05``)."""
