@@ -306,11 +306,14 @@ def test_the_history_comes_from_the_audit_log(tmp_path: Path) -> None:
     """Plans and device reports in a real audit log say what each device ran before."""
     from fieldgate.agents import HISTORY_KINDS, previous_versions
     from fieldgate.audit import ActorKind, EventKind
-    from fieldgate.cli._init import load_sample_into
+    from fieldgate.sample import load_sample
     from fieldgate.store import Store
 
     with Store.open(f"sqlite:///{tmp_path / 'fg.db'}") as store:
-        load_sample_into(store, "eng-ana")
+        sample = load_sample()
+        modules = [(m, None) for m in sample.catalog.modules]
+        store.catalog.import_manifests(modules, source="sample", actor="eng-ana")
+        store.fleet.import_inventory(sample.fleet, source="sample", actor="eng-ana")
         sites, devices = store.fleet.snapshot()
         catalog = [r.manifest for r in store.catalog.list()]
         before = planning_context(devices, catalog, NOW, sites=sites)
