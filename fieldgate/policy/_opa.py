@@ -173,10 +173,10 @@ class OpaServerEngine:
                 if len(waiting) == len(pending):
                     break
                 pending = waiting
-            for exc in rejected.values():
+            for refusal in rejected.values():
                 results.extend(
                     RegoTestResult("<compile>", p.file, p.line, False, p.message)
-                    for p in exc.problems
+                    for p in refusal.problems
                     if isinstance(p, SourceProblem)
                 )
             for module in self.pack.tests:
