@@ -131,10 +131,19 @@ def run_opa_tests(pack: PolicyPack) -> list[RegoTestResult]:
         return [RegoTestResult("<compile>", p.file, p.line, False, p.message) for p in problems]
     results = []
     for module in pack.tests:
+        # each query OPA prepares compiles every module, so a test package is evaluated
+        # as one document; when one of its tests errors, the tests are queried one by one
+        try:
+            package = evaluate(engine, module.package, {})
+        except RegoEvaluationError:
+            package = None
         for rule, line in module.tests():
             name = f"{module.package}.{rule}"
             try:
-                value = evaluate(engine, name, {})
+                if isinstance(package, dict):
+                    value = package.get(rule, UNDEFINED)
+                else:
+                    value = evaluate(engine, name, {})
             except RegoEvaluationError as exc:
                 results.append(RegoTestResult(name, module.name, line, False, f"error: {exc}"))
                 continue
