@@ -426,14 +426,15 @@ def tool_inputs(draw: st.DrawFn) -> dict[str, Any]:
         )
     )
     args: dict[str, Any] = {}
-    for key, values in [
+    choices: list[tuple[str, list[Any]]] = [
         ("plan_hash", HASHES),
         ("module", MODULES),
         ("version", VERSIONS),
         ("digest", DIGESTS),
         ("wave", [0, 1, 2]),
         ("reason", ["operator asked"]),
-    ]:
+    ]
+    for key, values in choices:
         if draw(st.booleans()):
             args[key] = draw(st.sampled_from(values))
     document = {
