@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-import weakref
+import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -32,17 +32,12 @@ class _Worker:
     timeout and the engine refuses everything until that call has returned.
     """
 
-    def __init__(
-        self, name: str, context: Callable[[], Callable[[], Any] | None] | None = None
-    ) -> None:
-        """Start the thread; ``context`` (a weak reference) makes what the thread holds."""
+    def __init__(self, name: str) -> None:
         self._jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None] = (
             queue.SimpleQueue()
         )
         # the thread holds the queue, not the worker, so a dropped engine stops it
-        self._thread = threading.Thread(
-            target=_serve, args=(self._jobs, context), name=name, daemon=True
-        )
+        self._thread = threading.Thread(target=_serve, args=(self._jobs,), name=name, daemon=True)
         self._thread.start()
 
     def submit(self, job: Callable[[], T]) -> Future[T]:
@@ -58,16 +53,7 @@ class _Worker:
         self.stop()
 
 
-def _serve(
-    jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None],
-    context: Callable[[], Callable[[], Any] | None] | None,
-) -> None:
-    # What the context makes lives in this frame and is dropped on this thread (a regorus
-    # engine may only be dropped where it was made); a daemon thread's frame outlives the
-    # interpreter's teardown, so nothing is dropped on the wrong thread at exit.
-    make = context() if context is not None else None
-    held = make() if make is not None else None
-    del make, context
+def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None]) -> None:
     while (item := jobs.get()) is not None:
         job, future = item
         if not future.set_running_or_notify_cancel():
@@ -77,7 +63,6 @@ def _serve(
         except BaseException as exc:  # handed to the caller, who fails closed
             future.set_exception(exc)
         del job, future, item  # drop the engine the job refers to before waiting again
-    del held  # on this thread, once the worker is stopped
 
 
 class InProcessEngine:
@@ -91,6 +76,9 @@ class InProcessEngine:
     """
 
     name = "in-process"
+    inline = False
+    """Evaluate on the caller's thread, the timeout checked when the call returns (for an
+    evaluator that holds the GIL, which a worker thread could not give up on)."""
 
     def __init__(
         self,
@@ -111,9 +99,7 @@ class InProcessEngine:
         self.timeout_s = timeout_s
         self._lock = threading.Lock()
         self._worker = (
-            _Worker(f"fieldgate-{self.name}", weakref.WeakMethod(self._worker_context))
-            if timeout_s is not None
-            else None
+            _Worker(f"fieldgate-{self.name}") if timeout_s is not None and not self.inline else None
         )
         self._overrun: Future[Any] | None = None
         self._entrypoints = {normalize_path(p) for p in entrypoints}
@@ -140,10 +126,6 @@ class InProcessEngine:
             self._overrun = None
         return None
 
-    def _worker_context(self) -> Any:
-        """Make what the worker thread holds while it runs (nothing here)."""
-        return None
-
     def _compile(self) -> None:
         raise NotImplementedError
 
@@ -165,7 +147,13 @@ class InProcessEngine:
                     self._overrun = future
                     return fail_closed(path, f"timeout after {self.timeout_s:g} s at {path}")
             else:
+                started = time.perf_counter()
                 result = self._evaluate(path, input)
+                took = time.perf_counter() - started
+                if self.timeout_s is not None and took > self.timeout_s:
+                    return fail_closed(
+                        path, f"timeout after {self.timeout_s:g} s at {path} (took {took:.1f} s)"
+                    )
         except RegoEvaluationError as exc:
             return fail_closed(path, f"evaluation failed at {path}: {exc}")
         except (ValueError, TypeError) as exc:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -94,43 +93,42 @@ def evaluate(engine: Any, rule: str) -> Any:
     return UNDEFINED if value == _UNDEFINED_TEXT else value
 
 
-class _Held:
-    """The regorus engine of the thread that made it."""
-
-    def __init__(self, engine: Any) -> None:
-        self.engine = engine
-        self.thread = threading.get_ident()
+def _refuse_keys_that_are_not_strings(value: Any) -> None:
+    """Raise ValueError for an object key that is not a string (json.dumps would convert it)."""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, Mapping):
+            for key, child in item.items():
+                if type(key) is not str:
+                    raise ValueError(f"object keys must be strings, got {key!r}")
+                if isinstance(child, (Mapping, list, tuple)):
+                    pending.append(child)
+        elif isinstance(item, (list, tuple)):
+            pending.extend(c for c in item if isinstance(c, (Mapping, list, tuple)))
 
 
 class RegorusEngine(InProcessEngine):
     """Evaluates the pack in-process with regorus, always through JSON.
 
-    Each decision serialises the input once (``json.dumps``, NaN refused) and reads
-    the result back from JSON; see :class:`InProcessEngine` for the timeout and the
-    fail-closed rules.
+    Each decision serialises the input once (``json.dumps``, NaN and keys that are
+    not strings refused, as regopy refuses them) and reads the result back from JSON;
+    see :class:`InProcessEngine` for the fail-closed rules. regorus holds the GIL while
+    it evaluates, so a worker thread could not give up on an overrunning call: the
+    decision runs on the caller's thread and one that took longer than ``timeout_s`` is
+    a deny when it returns.
     """
 
     name = "regorus"
+    inline = True
 
     def _compile(self) -> None:
-        # A regorus engine may only be used, and dropped, on the thread that made it (on
-        # another it panics): the worker thread holds its own, a caller's thread its own.
+        # A regorus engine may only be used on the thread that made it (on another it
+        # panics), so each thread that decides gets its own.
         self._local = threading.local()
-        self._worker_holder: weakref.ref[_Held] | None = None
-        engine, self.problems = new_engine(self.pack)
-        self._local.engine = engine
-        if self._worker is not None and not self.problems:
-            self._worker.submit(lambda: None).result()  # the worker's engine is made
-
-    def _worker_context(self) -> _Held:
-        held = _Held(new_engine(self.pack)[0])
-        self._worker_holder = weakref.ref(held)
-        return held
+        self._local.engine, self.problems = new_engine(self.pack)
 
     def _thread_engine(self) -> Any:
-        held = self._worker_holder() if self._worker_holder is not None else None
-        if held is not None and held.thread == threading.get_ident():
-            return held.engine
         engine = getattr(self._local, "engine", None)
         if engine is None:
             engine, _ = new_engine(self.pack)
@@ -138,6 +136,7 @@ class RegorusEngine(InProcessEngine):
         return engine
 
     def _evaluate(self, path: str, input: Mapping[str, Any]) -> Any:
+        _refuse_keys_that_are_not_strings(input)
         document = json.dumps(input, allow_nan=False, ensure_ascii=False)
         engine = self._thread_engine()
         try:
