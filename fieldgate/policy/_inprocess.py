@@ -70,9 +70,10 @@ class InProcessEngine:
 
     A subclass compiles the pack in ``_compile`` (filling ``problems``) and evaluates
     one decision in ``_evaluate`` (returning the value or :data:`UNDEFINED`). Calls
-    run on one worker thread so that an overrun can be given up on; any compile
-    error, evaluation error, timeout, undefined or malformed result is a deny
-    carrying the reason. Safe to share between threads (calls are serialised).
+    run on one worker thread so that an overrun can be given up on (``inline``
+    engines: on the caller's thread, the timeout checked when the call returns); any
+    compile error, evaluation error, timeout, undefined or malformed result is a deny
+    carrying the reason. Safe to share between threads.
     """
 
     name = "in-process"
