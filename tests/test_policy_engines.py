@@ -290,3 +290,43 @@ def test_engines_that_agree_on_a_critical_plan_decide_normally() -> None:
     result = engine.decide(ROLLOUT, critical_rollout())
     assert "error" not in result and result["allow"] is True
     assert [a["count"] for a in result["approvals"] if a["role"] == "safety"] == [2]
+
+
+# --- what the pack avoids, pinned (an upgrade that changes one shows up here) -----------
+
+
+def test_regorus_hazards_the_pack_avoids() -> None:
+    raw = regorus.Engine()
+    raw.add_policy(
+        "p.rego",
+        'package p\n\ng := sprintf("%g", [0.89])\n\nn := count([x | some x in input.none])\n',
+    )
+    raw.set_input_json('{"none": null}')
+    assert json.loads(raw.eval_rule_as_json("data.p.g")) == "8.9e-1"
+    with pytest.raises(RuntimeError, match="expects array/set/object"):
+        raw.eval_rule_as_json("data.p.n")
+
+
+def test_regopy_object_union_does_not_merge_nested_objects() -> None:
+    from fieldgate.policy import _regopy
+
+    engine = RegoEngine(timeout_s=None)
+    engine._interpreter.set_input_term("{}")
+    merged = _regopy.query(
+        engine._interpreter, 'object.union({"g": {"a": 1, "b": 2}}, {"g": {"a": 3}})'
+    )
+    assert merged == {"g": {"a": 3}}  # OPA and regorus: {"g": {"a": 3, "b": 2}}
+
+
+def test_opa_negated_call_on_an_undefined_value_is_undefined() -> None:
+    from fieldgate.policy._opago import bindings
+
+    opa = bindings()
+    engine = opa.OpaEngine()
+    engine.add_policy(
+        "p.rego",
+        "package p\n\nnegated_call if not input.x > 0\n\nnegated_rule if not big\n\n"
+        "big if input.x > 0\n",
+    )
+    assert engine.eval_query("x := data.p.negated_call", {}) == []
+    assert engine.eval_document("p.negated_rule", {}) is True
