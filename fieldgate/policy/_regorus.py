@@ -93,19 +93,25 @@ def evaluate(engine: Any, rule: str) -> Any:
     return UNDEFINED if value == _UNDEFINED_TEXT else value
 
 
+_SCALARS = frozenset({str, int, float, bool, type(None)})
+
+
 def _refuse_keys_that_are_not_strings(value: Any) -> None:
     """Raise ValueError for an object key that is not a string (json.dumps would convert it)."""
     pending = [value]
+    scalars = _SCALARS
     while pending:
         item = pending.pop()
-        if isinstance(item, Mapping):
+        if type(item) is not dict and isinstance(item, Mapping):
+            item = dict(item)
+        if type(item) is dict:
             for key, child in item.items():
                 if type(key) is not str:
                     raise ValueError(f"object keys must be strings, got {key!r}")
-                if isinstance(child, (Mapping, list, tuple)):
+                if type(child) not in scalars:
                     pending.append(child)
         elif isinstance(item, (list, tuple)):
-            pending.extend(c for c in item if isinstance(c, (Mapping, list, tuple)))
+            pending.extend(child for child in item if type(child) not in scalars)
 
 
 class RegorusEngine(InProcessEngine):
