@@ -409,7 +409,7 @@ def tool_inputs(draw: st.DrawFn) -> dict[str, Any]:
     plan = draw(
         st.none()
         | st.builds(
-            lambda plan_id, plan_hash, module, version, digest, rollback, approved: {
+            lambda plan_id, plan_hash, module, version, digest, rollback, approved, back: {
                 "id": plan_id,
                 "hash": plan_hash,
                 "module": module,
@@ -417,6 +417,7 @@ def tool_inputs(draw: st.DrawFn) -> dict[str, Any]:
                 "digest": digest,
                 "rollback_version": rollback,
                 "approved": approved,
+                "rollback_plan": back,
             },
             st.sampled_from(["p-1", "p-2"]),
             st.sampled_from(HASHES),
@@ -424,6 +425,7 @@ def tool_inputs(draw: st.DrawFn) -> dict[str, Any]:
             st.sampled_from(VERSIONS),
             st.sampled_from(DIGESTS),
             st.none() | st.sampled_from(VERSIONS),
+            st.booleans(),
             st.booleans(),
         )
     )
@@ -457,6 +459,7 @@ def tool_inputs(draw: st.DrawFn) -> dict[str, Any]:
             )
         ),
         "kill_switch": draw(st.booleans()),
+        "freeze": draw(st.booleans()),
     }
     return input_document(ToolInput.model_validate(document))
 
