@@ -280,7 +280,7 @@ def approval_deadline(view: RunView) -> str | None:
     return value.get("deadline") if isinstance(value, dict) else None
 
 
-def _hold_hint(plan_id: str, held: dict[str, Any]) -> str:
+def hold_hint(plan_id: str, held: dict[str, Any]) -> str:
     """What lifts a hold of this kind."""
     kind = held.get("kind")
     if kind == "kill_switch":
@@ -309,7 +309,7 @@ def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> N
     when_held = "" if reached else " at its next executor step"
     console.print(
         f"[bold]{plan_id}:[/] [bold yellow]held by {label}[/]{when_held} — "
-        f"{shown(held.get('reason', ''))}\n  {_hold_hint(plan_id, held)}",
+        f"{shown(held.get('reason', ''))}\n  {hold_hint(plan_id, held)}",
         highlight=False,
     )
 
