@@ -5,6 +5,7 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
@@ -12,6 +13,7 @@ import typer
 
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, exit_code_for
+from fieldgate.cli._status import run_status, status_renderable
 from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
@@ -111,7 +113,11 @@ class ChatSession:
                     frozen = freeze_line(orchestrator.ctx.store)
                     if frozen:
                         console.print(frozen, highlight=False)
-                    print_run(view, run, pending_hold(orchestrator, view))
+                    now = datetime.now(UTC)
+                    progress = status_renderable(
+                        run_status(orchestrator, run, now), now, brief=True
+                    )
+                    print_run(view, run, pending_hold(orchestrator, view), progress)
         else:
             raise FieldgateError(f"unknown command {command}; /help lists the commands")
         return True

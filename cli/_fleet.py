@@ -19,7 +19,7 @@ from fieldgate.cli._common import (
     open_store,
     read_inventory_file,
 )
-from fieldgate.cli._output import console, handles_errors
+from fieldgate.cli._output import JsonOption, console, handles_errors, print_view
 from fieldgate.cli._rollout import refuse
 from fieldgate.errors import NotFound
 from fieldgate.fleet import Device, Site
@@ -27,6 +27,7 @@ from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
 from fieldgate.store import FleetSummary, Store
 from fieldgate.terminal import shown
+from fieldgate.views import FleetList, FleetShow
 
 fleet_app = typer.Typer(help="Sites and devices: import, list, show, seed.", no_args_is_help=True)
 
@@ -115,6 +116,7 @@ def list_(
     device_class: list[str] = typer.Option([], "--class", help="Only these device classes."),
     limit: int = typer.Option(50, help="Show at most this many devices (0: all)."),
     db: str = DbOption,
+    json_: bool = JsonOption,
 ) -> None:
     """List devices with their installed modules; a summary of those that match first.
 
@@ -137,6 +139,18 @@ def list_(
         devices = store.fleet.devices(selector)
         sites = {s.id: s for s in store.fleet.sites()}
     filtered = bool(site or region or device_class)
+    listed = devices if limit == 0 else devices[:limit]
+    if json_:
+        print_view(
+            FleetList(
+                summary=_summary_of(devices, sites) if filtered else whole,
+                fleet_devices=whole.devices,
+                matched=len(devices),
+                devices=listed,
+                truncated=len(listed) < len(devices),
+            )
+        )
+        return
     print_summary(_summary_of(devices, sites) if filtered else whole)
     if filtered:
         console.print(f"  (of {whole.devices} devices in the fleet)", highlight=False)
@@ -144,7 +158,6 @@ def list_(
     table.add_column("device", no_wrap=True)
     for column in ("site", "class", "arch", "memory", "installed"):
         table.add_column(column)
-    listed = devices if limit == 0 else devices[:limit]
     for d in listed:
         installed = ", ".join(f"{m} {v}" for m, v in sorted(d.installed.items()))
         table.add_row(
@@ -165,6 +178,7 @@ def list_(
 def show(
     ident: str = typer.Argument(..., metavar="ID", help="A device id or a site id."),
     db: str = DbOption,
+    json_: bool = JsonOption,
 ) -> None:
     """Show one device, or one site with its devices."""
     with open_store(db) as store:
@@ -172,6 +186,9 @@ def show(
         if ident in sites:
             site = sites[ident]
             devices = store.fleet.devices(Selector(sites=[ident]))
+            if json_:
+                print_view(FleetShow(kind="site", site=site, devices=[d.id for d in devices]))
+                return
             labels = ", ".join(f"{k}={v}" for k, v in sorted(site.labels.items()))
             console.print(
                 f"[bold]{shown(site.id)}[/] {site.kind.value} site in {shown(site.region)}, "
@@ -185,6 +202,9 @@ def show(
             device = store.fleet.device(ident)
         except NotFound:
             raise NotFound(f"no device or site named {ident!r}") from None
+    if json_:
+        print_view(FleetShow(kind="device", device=device, site=sites.get(device.site)))
+        return
     console.print_json(data=_shown_data(device.model_dump(mode="json", by_alias=True)))
 
 

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from fieldgate.cli._common import command_config, read_catalog_file, read_inventory_file
-from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._output import EXIT_FAILED, JsonOption, console, handles_errors, print_view
 from fieldgate.contract import load_yaml, read_yaml
 from fieldgate.errors import InputInvalid, PlanInvalid
 from fieldgate.fleet import Device, Site
@@ -38,6 +38,7 @@ from fieldgate.policy import (
 from fieldgate.scenario import load_scenario
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
+from fieldgate.views import PolicyRuleItem, PolicyShow
 from fieldgate.terminal import shown
 
 policy_app = typer.Typer(
@@ -90,10 +91,29 @@ def test(
 
 @policy_app.command("show")
 @handles_errors
-def show(directory: Path = DirOption) -> None:
+def show(directory: Path = DirOption, json_: bool = JsonOption) -> None:
     """List every rule of the pack in one line: id and name, what it requires, where it is."""
     pack = PolicyPack.load(directory)
     rules = pack.rules()
+    if json_:
+        print_view(
+            PolicyShow(
+                revision=str(pack.revision),
+                files=list(pack.revision.files),
+                rules=[
+                    PolicyRuleItem(
+                        title=r.title,
+                        description=r.description,
+                        file=r.file,
+                        line=r.line,
+                        package=r.package,
+                        rule=r.rule,
+                    )
+                    for r in rules
+                ],
+            )
+        )
+        return
     width = max((len(r.title) for r in rules), default=0)
     for rule in rules:
         console.print(

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich import box
+from rich.console import RenderableType
 from rich.table import Table
 
 from fieldgate.audit import AuditEvent, EventKind
@@ -387,15 +388,26 @@ def print_status(
     console.print(f"[bold]{plan_id}:[/] [bold]{state}[/]", highlight=False)
 
 
-def print_run(view: RunView, run: Run | None = None, pending: dict[str, Any] | None = None) -> None:
-    """Everything about a run: plan, dry run, verdict, approvals, execution and status."""
+def print_run(
+    view: RunView,
+    run: Run | None = None,
+    pending: dict[str, Any] | None = None,
+    progress: RenderableType | None = None,
+) -> None:
+    """Everything about a run: plan, dry run, verdict, approvals, execution and status.
+
+    ``progress`` shows the execution in place of the table of waves (``fieldgate status``'s
+    view of waves, devices per state, soak left and the last events).
+    """
     values = view.values
     if values.get("plan"):
         print_plan(values)
         print_dry_run(values)
         print_verdict(values)
         print_approvals(values)
-    if values.get("execution"):
+    if progress is not None:
+        console.print(progress)
+    elif values.get("execution"):
         console.print(execution_table(values["execution"]))
     print_status(view, run, pending)
 

@@ -379,12 +379,16 @@ def _waiting_line(status: RunStatus, waiting: Waiting, now: datetime) -> str:
     return f"  [{colour}]waiting for:[/] {shown(waiting.detail)}{until}{hint}"
 
 
-def status_renderable(status: RunStatus, now: datetime) -> RenderableType:
-    """One run as ``fieldgate status``, ``--watch`` and chat's ``/status`` show it."""
-    parts: list[RenderableType] = [_headline(status)]
+def status_renderable(status: RunStatus, now: datetime, *, brief: bool = False) -> RenderableType:
+    """One run as ``fieldgate status``, ``--watch`` and chat's ``/status`` show it.
+
+    ``brief``: only the waves and the last events, for chat, which says where the run
+    stands and what lifts a hold in its own status line.
+    """
+    parts: list[RenderableType] = [] if brief else [_headline(status)]
     if status.waves:
         parts.append(waves_table(status))
-    for waiting in status.waiting:
+    for waiting in [] if brief else status.waiting:
         parts.append(Text.from_markup(_waiting_line(status, waiting, now)))
     if status.events:
         events = Table(
