@@ -64,36 +64,50 @@ _STATE_COLOURS = {
 # --------------------------------------------------------------------------- the view
 
 
+def _reported(plan_id: str, waves: int, reports: list[AuditEvent]) -> list[dict[str, bool]]:
+    """Per wave, the devices that reported on their install: whether it applied healthy."""
+    found: list[dict[str, bool]] = [{} for _ in range(waves)]
+    for event in reports:
+        device, command_id = event.actor, event.payload.get("command_id")
+        for index in range(waves):
+            if command_id == command_id_for(plan_id, index, device, Action.install):
+                ok = event.payload.get("status") == "applied" and bool(
+                    event.payload.get("health_ok")
+                )
+                found[index].setdefault(device, ok)
+                break
+    return found
+
+
 def _device_states(
-    plan_id: str, execution: dict[str, Any], reports: list[AuditEvent]
-) -> list[dict[str, DeviceState]]:
-    """Each wave's devices by state: the checkpoint's, then reports that came in since."""
+    execution: dict[str, Any], reported: list[dict[str, bool]]
+) -> list[dict[str, DeviceState] | None]:
+    """Each wave's devices by state: the checkpoint's, then reports that came in since
+    (None for a wave whose devices the checkpoint does not list yet)."""
     rolled_back = set()
     if execution.get("rolled_back"):
         rolled_back = set(execution.get("touched") or []) - set(
             execution.get("rollback_failed") or []
         )
-    reported: dict[str, bool] = {}
-    for event in reports:
-        command_id = event.payload.get("command_id")
-        reported[str(command_id)] = event.payload.get("status") == "applied" and bool(
-            event.payload.get("health_ok")
-        )
-    waves = []
-    for wave in execution.get("waves") or []:
+    ran = execution.get("waves") or []
+    waves: list[dict[str, DeviceState] | None] = []
+    for index, since in enumerate(reported):
+        if index >= len(ran):
+            waves.append(None)
+            continue
+        wave = ran[index]
         states: dict[str, DeviceState] = {}
         applied, failed = set(wave.get("applied") or []), set(wave.get("failed") or [])
         unreachable = set(wave.get("unreachable") or [])
         for device in wave.get("devices") or []:
-            install = command_id_for(plan_id, wave.get("index", 0), device, Action.install)
             if device in rolled_back:
                 states[device] = "rolled_back"
             elif device in applied:
                 states[device] = "applied"
             elif device in failed:
                 states[device] = "failed"
-            elif install in reported:  # reported since the last checkpoint
-                states[device] = "applied" if reported[install] else "failed"
+            elif device in since:  # reported since the last checkpoint
+                states[device] = "applied" if since[device] else "failed"
             elif device in unreachable:
                 states[device] = "unreachable"
             else:
@@ -102,11 +116,15 @@ def _device_states(
     return waves
 
 
-def _counts(states: dict[str, DeviceState] | None, total: int) -> dict[DeviceState, int]:
-    counted = Counter((states or {}).values())
+def _counts(
+    states: dict[str, DeviceState] | None, total: int, since: dict[str, bool]
+) -> dict[DeviceState, int]:
+    if states is None:  # not started in the checkpoint: count what reported meanwhile
+        counted = Counter("applied" if ok else "failed" for ok in since.values())
+    else:
+        counted = Counter(states.values())
     counts: dict[DeviceState, int] = {state: counted.get(state, 0) for state in STATES}
-    if states is None:
-        counts["pending"] = total
+    counts["pending"] += max(0, total - sum(counts.values()))
     return counts
 
 
@@ -201,7 +219,8 @@ def run_status(orchestrator: Orchestrator, run: Run, now: datetime | None = None
     execution = values.get("execution") or {}
     events = store.audit.events(plan_id=run.plan_id)
     reports = [e for e in events if e.kind is EventKind.device_report]
-    states = _device_states(run.plan_id, execution, reports)
+    reported = _reported(run.plan_id, len(plan.get("waves") or []), reports)
+    states = _device_states(execution, reported)
     sizes = (values.get("findings") or {}).get("wave_sizes") or []
     ran = execution.get("waves") or []
     sleeping = run.detail.get("waiting") if run.status == "executing" else None
@@ -220,16 +239,24 @@ def run_status(orchestrator: Orchestrator, run: Run, now: datetime | None = None
         ):
             soak_until = sleeping["until"]
         soak_end = datetime.fromisoformat(soak_until) if soak_until else None
-        soaking = (
-            soak_end is not None and soak_end > now and progress.get("status") == "dispatching"
-        )
+        counts = _counts(states[index], total, reported[index])
+        # The checkpoint moves after a whole wave; the row and the reports say what it does now.
+        shown_status = str(progress.get("status", "pending"))
+        here = isinstance(sleeping, dict) and sleeping.get("wave") == index
+        if here and sleeping and sleeping.get("kind") == "soak":
+            shown_status = "soaking"
+        elif here:
+            shown_status = "waiting_window"
+        elif shown_status == "pending" and counts["pending"] < total:
+            shown_status = "dispatching"
+        soaking = shown_status == "soaking" and soak_end is not None and soak_end > now
         waves.append(
             WaveProgress(
                 number=index + 1,
                 name=str(spec.get("name", "")),
-                status=str(progress.get("status", "pending")),
+                status=shown_status,
                 devices=total,
-                states=_counts(states[index] if index < len(states) else None, total),
+                states=counts,
                 max_parallel=spec.get("max_parallel"),
                 min_success_rate=gate.get("min_success_rate") if gate else None,
                 max_failures=gate.get("max_failures") if gate else None,
@@ -315,7 +342,13 @@ def waves_table(status: RunStatus) -> Table:
     for column in ("wave", "status", "devices", "gate", "soak"):
         table.add_column(column, no_wrap=column in ("wave", "status"))
     for wave in status.waves:
-        colour = {"passed": "green", "failed": "red", "halted": "yellow"}.get(wave.status, "")
+        colour = {
+            "passed": "green",
+            "failed": "red",
+            "halted": "yellow",
+            "soaking": "cyan",
+            "waiting_window": "cyan",
+        }.get(wave.status, "")
         gate = (
             f"≥{percent(wave.min_success_rate)}, ≤{wave.max_failures} failed"
             if wave.min_success_rate is not None

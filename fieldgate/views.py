@@ -349,7 +349,8 @@ class WaveProgress(Contract):
     name: str
     """The wave's name, e.g. ``canary``."""
     status: str
-    """pending, dispatching, passed, failed or halted."""
+    """pending, dispatching, soaking, waiting_window (for a site's maintenance window),
+    passed, failed or halted."""
     devices: int
     """Devices in the wave."""
     states: dict[DeviceState, int]

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 
 from fieldgate.cli import app
 from fieldgate.graphs.compose import default_twin
+from fieldgate.scenario import Fault, FaultKind
 from fieldgate.schemas import CONTRACTS
 from fieldgate.store import Store
-from fieldgate.scenario import Fault, FaultKind
 
 runner = CliRunner()
 
@@ -134,7 +134,7 @@ def test_every_list_and_show_command_prints_json_its_schema_accepts(
     waiting = as_json("approvals-list", "approvals", "list")
     assert [p["plan_id"] for p in waiting["plans"]] == [runs["awaiting_approval"]]
     assert waiting["plans"][0]["missing"] == [{"role": "safety", "count": 1, "reason": ""}]
-    for state, plan in runs.items():
+    for plan in runs.values():
         read = as_json("approvals-show", "approvals", "show", plan)
         assert read["plan_id"] == plan and read["plan"]["plan_id"] == plan
     read = as_json("approvals-show", "approvals", "show", runs["awaiting_approval"])

@@ -308,7 +308,8 @@ def _wait_for_window(tc: ToolContext, site: Site) -> None:
     opens = site.next_maintenance(now)
     if opens is None:
         return
-    _waiting(tc, {"kind": "maintenance_window", "until": opens.isoformat(), "site": site.id})
+    window = {"kind": "maintenance_window", "until": opens.isoformat(), "site": site.id}
+    _waiting(tc, {**window, "wave": tc.execution.current})
     reports = tc.ctx.transport.sleep_until(opens)
     _waiting(tc, None)
     ingest(tc, reports)
