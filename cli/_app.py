@@ -22,9 +22,9 @@ from fieldgate.cli._keys import keys_app
 from fieldgate.cli._policy import policy_app
 from fieldgate.cli._runs import runs_app
 from fieldgate.cli._schema import schema
-from fieldgate.cli._status import status
 from fieldgate.cli._serve import serve_model
 from fieldgate.cli._serve_inbox import serve_app
+from fieldgate.cli._status import status
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
 

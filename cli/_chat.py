@@ -5,15 +5,14 @@ from __future__ import annotations
 import shlex
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
 
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, exit_code_for
-from fieldgate.cli._status import run_status, status_renderable
 from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
@@ -26,6 +25,7 @@ from fieldgate.cli._rollout import (
     print_why,
     runs_table,
 )
+from fieldgate.cli._status import run_status, status_renderable
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError
 from fieldgate.terminal import shown

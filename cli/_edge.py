@@ -19,6 +19,7 @@ import typer
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
 from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, CREDENTIALS_ENV, PASSWORD_ENV, Config
+from fieldgate.devices import enroll_devices
 from fieldgate.edge import (
     GATEWAY_IDENTITY,
     AgentSpec,
@@ -36,6 +37,7 @@ from fieldgate.plan import Selector
 from fieldgate.runtime import Settings
 from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store import Store
+from fieldgate.terminal import shown
 from fieldgate.transport import Transport, open_mqtt_transport
 
 if TYPE_CHECKING:
@@ -228,6 +230,13 @@ def agent(
         f"obeying control key {key_id_of(key)}; Ctrl-C stops",
         highlight=False,
     )
+    for one in agents:
+        public = one.device.store.public_key
+        console.print(
+            f"agent: {shown(one.device_id)} signs with {key_id_of(public)}; enroll it with "
+            f"`fieldgate fleet enroll {shown(one.device_id)} --public-key {public}`",
+            highlight=False,
+        )
     run_agents(agents, stop)
     console.print("agent: stopped", highlight=False)
 
@@ -248,6 +257,11 @@ def up(
         "--control-key",
         help="Control plane's public key, base64 or @FILE (default: this machine's own).",
     ),
+    re_enroll: bool = typer.Option(
+        False,
+        "--re-enroll",
+        help="Re-enroll devices whose state has another key than the fleet's (audited).",
+    ),
     mqtt_version: str = MqttVersionOption,
     ca_file: Path = CaFileOption,
     cert_file: Path = CertFileOption,
@@ -260,8 +274,8 @@ def up(
 ) -> None:
     """Start agent processes for the first N devices of the fleet, for local runs.
 
-    Each device starts from what the fleet inventory says it runs. Crashed processes are
-    started again. Ctrl-C stops them all.
+    Each device starts from what the fleet inventory says it runs, and its key is enrolled
+    in the fleet (audited). Crashed processes are started again. Ctrl-C stops them all.
     """
     config = command_config(db)
     tls = (ca_file, cert_file, key_file)
@@ -287,6 +301,10 @@ def up(
         log_dir=state_dir / "logs",
         credentials=credentials or config.mqtt_credentials,
     )
+    with Store.open(config.database_url) as store:
+        enrolled = enroll_devices(store, fleet.public_keys(), config.actor(), replace=re_enroll)
+    if enrolled:
+        console.print(f"fleet up: enrolled the keys of {len(enrolled)} devices", highlight=False)
     stop = _stop_on_signals()
     console.print(
         f"fleet up: {len(specs)} devices in {len(fleet.groups)} processes → {broker.url}, "
@@ -352,6 +370,7 @@ def open_mqtt_orchestrator(
             control_key=key.public_b64,
             client_id=client_id,
             connect_timeout=connect_timeout,
+            max_clock_skew=config.device_clock_skew_s,
         )
 
     with open_orchestrator(
@@ -370,6 +389,7 @@ def start_local_fleet(
     fail_installs: dict[str, list[str]] | None = None,
     per_process: int = 10,
     timeout: float = 60.0,
+    replace_keys: bool = False,
     credentials: Path | None = None,
 ) -> LocalFleet:
     """Start agents for the devices ``selector`` picks and wait until they are online.
@@ -385,6 +405,7 @@ def start_local_fleet(
         fail_installs: ``module@version`` refs whose install fails, by device id.
         per_process: Devices per process.
         timeout: Seconds to wait for every device to come online.
+        replace_keys: Re-enroll devices whose state has another key than the fleet's.
         credentials: Directory of the devices' broker credentials (None: ``broker``'s user).
 
     Raises:
@@ -408,6 +429,8 @@ def start_local_fleet(
         specs,
         per_process=per_process,
         log_dir=state_dir / "logs",
+        enroll_in=store,
+        replace_keys=replace_keys,
         credentials=credentials,
     ).start()
     with HelloWatcher(broker) as watcher:

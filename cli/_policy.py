@@ -38,8 +38,8 @@ from fieldgate.policy import (
 from fieldgate.scenario import load_scenario
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
-from fieldgate.views import PolicyRuleItem, PolicyShow
 from fieldgate.terminal import shown
+from fieldgate.views import PolicyRuleItem, PolicyShow
 
 policy_app = typer.Typer(
     help="The Rego policy pack: run its tests, evaluate a plan, list its rules.",

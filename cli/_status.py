@@ -28,8 +28,8 @@ from fieldgate.cli._rollout import (
     ago,
     find_run,
     hold_hint,
-    percent,
     pending_hold,
+    percent,
     when,
 )
 from fieldgate.commands import Action, command_id_for

@@ -17,6 +17,9 @@ from fieldgate.errors import ConfigInvalid, ModelUnavailable
 
 DEFAULT_MODEL = "offline"
 DEFAULT_MODEL_TIMEOUT_S = 60.0
+DEFAULT_DEVICE_CLOCK_SKEW_S = 30.0
+"""Seconds a device's clock may run ahead of the control plane's before its input is refused."""
+CLOCK_SKEW_ENV = "FIELDGATE_DEVICE_CLOCK_SKEW"
 """Seconds one model request may take before the client gives up on it."""
 DEFAULT_MODEL_RETRIES = 2
 """Retries of a request that timed out, was rate limited or hit a server error."""
@@ -84,6 +87,9 @@ class Config:
     checkpoints of the audit chain go to; None: ``HOME/audit-witness.jsonl``."""
     audit_checkpoint_every: int = DEFAULT_CHECKPOINT_EVERY
     """``FIELDGATE_AUDIT_CHECKPOINT_EVERY``: audit events between two checkpoints."""
+    device_clock_skew_s: float = DEFAULT_DEVICE_CLOCK_SKEW_S
+    """``FIELDGATE_DEVICE_CLOCK_SKEW``: seconds a device's report or hello may be stamped
+    ahead of the gateway's clock before it is refused."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -117,6 +123,7 @@ class Config:
             control_key=text(CONTROL_KEY_ENV),
             audit_witness=Path(witness) if (witness := text(WITNESS_ENV)) else None,
             audit_checkpoint_every=_checkpoint_every(env.get(CHECKPOINT_EVERY_ENV, "")),
+            device_clock_skew_s=_clock_skew(env.get(CLOCK_SKEW_ENV, "")),
         )
 
     @property
@@ -168,6 +175,19 @@ def _retries(raw: str) -> int:
     if not raw.isdigit():
         raise ModelUnavailable(f"FIELDGATE_MODEL_RETRIES={raw!r}: expected a count of 0 or more")
     return int(raw)
+
+
+def _clock_skew(raw: str) -> float:
+    raw = raw.strip()
+    if not raw:
+        return DEFAULT_DEVICE_CLOCK_SKEW_S
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= 3600:
+        raise ConfigInvalid(f"{CLOCK_SKEW_ENV}={raw!r}: expected seconds from 0 to 3600")
+    return seconds
 
 
 def _checkpoint_every(raw: str) -> int:

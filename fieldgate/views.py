@@ -94,6 +94,19 @@ class FleetList(Contract):
     """Whether ``--limit`` left devices out of ``devices``."""
 
 
+class DeviceKey(Contract):
+    """The ed25519 key a device is enrolled with (``fleet enroll``)."""
+
+    key_id: str
+    """``ed25519:`` and 16 hex digits."""
+    public_key: str
+    """The raw public key, base64."""
+    enrolled_at: datetime
+    """When it was enrolled (UTC)."""
+    enrolled_by: str
+    """Who enrolled it."""
+
+
 class FleetShow(Contract):
     """``fieldgate fleet show ID --json``: one device, or one site and its devices."""
 
@@ -105,6 +118,8 @@ class FleetShow(Contract):
     """The site (kind ``site``), or the device's site."""
     devices: list[str] = []
     """Ids of the site's devices (kind ``site``)."""
+    key: DeviceKey | None = None
+    """The key the device is enrolled with (None: not enrolled, or kind ``site``)."""
 
 
 # --------------------------------------------------------------------------- approvals

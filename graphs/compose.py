@@ -20,6 +20,7 @@ from fieldgate.audit import ActorKind, EventKind
 from fieldgate.audit_witness import AuditWitness
 from fieldgate.config import Config
 from fieldgate.contract import canonical_json, sha256_hex
+from fieldgate.devices import enroll_devices
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator
@@ -45,16 +46,27 @@ def wall_clock() -> datetime:
 
 
 def default_twin(store: Store, seed: int = 0) -> FleetTwin:
-    """The fleet twin of the stored fleet, created on first use and continued after."""
+    """The fleet twin of the stored fleet, created on first use and continued after.
+
+    Its simulated devices sign their reports; the keys of those with no key enrolled yet
+    are enrolled (audited). A device enrolled with a key of its own keeps it, and the
+    twin's reports in its name are refused: the twin is not that device.
+    """
     try:
-        return FleetTwin.load(store.engine, TWIN_ID)
+        twin = FleetTwin.load(store.engine, TWIN_ID)
     except NotFound:
         devices = store.fleet.devices()
         if not devices:
             raise FieldgateError("the database has no fleet yet; run `fieldgate init`") from None
-        return FleetTwin.create(
+        twin = FleetTwin.create(
             store.engine, TWIN_ID, store.fleet.sites(), devices, seed, wall_clock()
         )
+    keys = twin.public_keys()
+    enrolled = store.fleet.device_keys(keys)
+    unkeyed = {d: k for d, k in keys.items() if d not in enrolled}
+    if unkeyed:
+        enroll_devices(store, unkeyed, "twin", actor_kind=ActorKind.system)
+    return twin
 
 
 def build_context(

@@ -30,7 +30,7 @@ from fieldgate.contract import Contract
 from fieldgate.edge._artifacts import ArtifactSource
 from fieldgate.edge._credentials import as_identity
 from fieldgate.edge._device import DeviceStore, FieldDevice
-from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, encode, new_client
+from fieldgate.edge._wire import Broker, Channel, connect_async, encode, new_client
 
 AGENT = "fieldgate-agent/0.1"
 """Agent software name and version, sent in every hello."""
@@ -46,7 +46,7 @@ class FieldAgent:
         self.broker = broker
         site, device_id = device.site, device.device_id
         self.topics = {channel: broker.topic(site, device_id, channel) for channel in Channel}
-        will = Hello(device_id=device_id, site=site, online=False, agent=AGENT)
+        will = device.farewell(AGENT)
         self.client = new_client(
             broker,
             f"fieldgate-agent-{device_id}",
@@ -88,9 +88,7 @@ class FieldAgent:
         self._work.put(None)
         self._worker.join(timeout=max(timeout, self.device.apply_seconds + timeout))
         if self.connected.is_set():
-            goodbye = Hello(
-                device_id=self.device_id, site=self.device.site, online=False, agent=AGENT
-            )
+            goodbye = self.device.farewell(AGENT)
             info = self.client.publish(
                 self.topics[Channel.hello], encode(goodbye), qos=1, retain=True
             )
