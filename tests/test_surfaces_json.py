@@ -20,6 +20,7 @@ from fieldgate.cli import app
 from fieldgate.graphs.compose import default_twin
 from fieldgate.scenario import Fault, FaultKind
 from fieldgate.schemas import CONTRACTS
+from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 
 runner = CliRunner()
@@ -128,6 +129,11 @@ def test_every_list_and_show_command_prints_json_its_schema_accepts(
     device = fleet["devices"][0]["id"]
     one = as_json("fleet-show", "fleet", "show", device)
     assert one["kind"] == "device" and one["device"]["id"] == device
+    assert one["site"]["id"] == one["device"]["site"]
+    key = SigningKey.generate(device)
+    assert run_cli("fleet", "enroll", device, "--public-key", key.public_b64, "--replace")[0] == 0
+    one = as_json("fleet-show", "fleet", "show", device)
+    assert one["key"]["key_id"] == key.key_id and one["key"]["public_key"] == key.public_b64
     site = as_json("fleet-show", "fleet", "show", "rtm-05")
     assert site["kind"] == "site" and "rtm-05-pump-ctl-01" in site["devices"]
 
