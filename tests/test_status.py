@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -239,3 +242,51 @@ def test_watch_of_a_run_waiting_for_people_returns_at_once(initialised_db: str) 
         final = watch(watcher, plan, 1.0, target=shown, sleep=never)
     assert final.runs[0].settled and final.runs[0].waiting[0].kind == "approvals"
     assert "waiting for: approvals from 1× safety" in shown.export_text()
+
+
+@pytest.mark.mqtt
+def test_status_follows_a_soak_over_mqtt_from_another_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from _edge_support import clear_retained, shared_broker
+
+    from fieldgate.cli._edge import edge_demo
+    from fieldgate.plan import Selector
+
+    broker = shared_broker()
+    db = f"sqlite:///{tmp_path}/control.db"
+    monkeypatch.setenv("FIELDGATE_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FIELDGATE_DB", db)
+    for name in ("FIELDGATE_ROSTER", "FIELDGATE_FREEZE", "FIELDGATE_MODEL", "FIELDGATE_USER"):
+        monkeypatch.delenv(name, raising=False)
+    assert invoke("init")[0] == 0
+    seen: list[Any] = []
+    ended: list[Any] = []
+    with (
+        edge_demo(
+            db, tmp_path / "agents", broker=broker, selector=Selector(sites=["lyon-02"])
+        ) as opener,
+        opener(db, "offline") as worker,
+        open_orchestrator(db) as watcher,  # the other terminal: its own store and twin
+    ):
+        view = worker.submit("Update air-quality-model to 1.2.0 at lyon-02", "eng-ana")
+        assert view.status == "queued", view.values.get("reasons")
+        working = threading.Thread(target=lambda: ended.append(worker.work(view.thread_id)))
+        working.start()
+        while working.is_alive():
+            seen.append(status_report(watcher, view.plan_id))
+            time.sleep(0.2)
+        working.join()
+        final = status_report(watcher, view.plan_id).runs[0]
+    clear_retained(broker)
+    assert ended and ended[0].outcome == "completed", ended and ended[0].values.get("reasons")
+    soaking = [r for r in seen if r.runs[0].waiting and r.runs[0].waiting[0].kind == "soak"]
+    assert soaking, [r.runs[0].waiting for r in seen]
+    run, at = soaking[0].runs[0], soaking[0].at
+    wave = next(w for w in run.waves if w.status == "soaking")
+    assert wave.soak_remaining_seconds is not None and 0 < wave.soak_remaining_seconds <= 2
+    assert wave.states["applied"] == wave.devices  # the reports, before the checkpoint moved
+    shown = recording()
+    shown.print(status_renderable(run, at))
+    assert re.search(r"soaking .* [0-2]s left of \d+ min", shown.export_text()), shown.export_text()
+    assert final.outcome == "completed" and final.states["applied"] == 20
