@@ -195,8 +195,9 @@ def _waiting(
     if pending:
         return _held(pending)
     sleeping = run.detail.get("waiting")
-    if run.status == "executing" and isinstance(sleeping, dict):
-        until = datetime.fromisoformat(sleeping["until"])
+    until = datetime.fromisoformat(sleeping["until"]) if isinstance(sleeping, dict) else None
+    # A wait whose end passed is stale (a worker that died in it); the run moves on anyway.
+    if run.status == "executing" and isinstance(sleeping, dict) and until and until > now:
         if sleeping.get("kind") == "soak":
             detail = f"wave {int(sleeping.get('wave', 0)) + 1} soaks"
         else:
@@ -224,6 +225,8 @@ def run_status(orchestrator: Orchestrator, run: Run, now: datetime | None = None
     sizes = (values.get("findings") or {}).get("wave_sizes") or []
     ran = execution.get("waves") or []
     sleeping = run.detail.get("waiting") if run.status == "executing" else None
+    if isinstance(sleeping, dict) and datetime.fromisoformat(sleeping["until"]) <= now:
+        sleeping = None  # stale: see _waiting
     waves = []
     for index, spec in enumerate(plan.get("waves") or []):
         gate = spec.get("health_gate") or {}
@@ -509,7 +512,10 @@ def status(
         )
     with open_orchestrator(db) as orchestrator:
         if watch_:
-            watch(orchestrator, plan, interval)
+            try:
+                watch(orchestrator, plan, interval)
+            except KeyboardInterrupt:  # Ctrl-C ends the watch, never the run
+                raise typer.Exit(130) from None
             return
         report = status_report(orchestrator, plan)
     if json_:
