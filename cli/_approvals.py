@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fieldgate.cli._common import command_config
-from fieldgate.cli._output import EXIT_FAILED, JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import (
     DbOption,
     ago,
@@ -69,7 +69,7 @@ def _until(deadline: str | None, now: datetime) -> str:
 
 @approvals_app.command("list")
 @handles_errors
-def list_(db: str = DbOption, json_: bool = JsonOption) -> None:
+def list_(db: str = DbOption, json_: bool = json_option("approvals-list")) -> None:
     """List the plans waiting for approval: what, where, who asked, who must still approve."""
     from fieldgate.graphs.compose import open_orchestrator
 
@@ -189,7 +189,7 @@ def show(
         False, "--request", help="Also print the approval request as approval inboxes get it."
     ),
     db: str = DbOption,
-    json_: bool = JsonOption,
+    json_: bool = json_option("approvals-show"),
 ) -> None:
     """Show a plan as approvers read it: waves, dry run, policy verdict, who approved, what is
     missing, what changed since it was proposed, and the commands to decide."""

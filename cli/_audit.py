@@ -15,7 +15,7 @@ from rich.table import Table
 from fieldgate.audit import EventKind
 from fieldgate.audit_witness import AnchorResult, AuditWitness, verify_anchored
 from fieldgate.cli._common import command_config, open_store
-from fieldgate.cli._output import EXIT_FAILED, JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import refuse
 from fieldgate.config import Config
 from fieldgate.keyfiles import load_pinned_root
@@ -50,7 +50,7 @@ def show(
     kind: list[EventKind] = typer.Option([], "--kind", help="Only these kinds."),
     limit: int = typer.Option(200, help="At most this many events (0: all)."),
     db: str = DbOption,
-    json_: bool = JsonOption,
+    json_: bool = json_option("audit-show"),
 ) -> None:
     """List audit events in order."""
     with open_store(db) as store:

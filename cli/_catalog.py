@@ -22,7 +22,7 @@ from fieldgate.cli._common import (
     open_store,
     read_catalog_file,
 )
-from fieldgate.cli._output import JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import console, handles_errors, json_option, print_view
 from fieldgate.contract import parse_version
 from fieldgate.errors import FieldgateError
 from fieldgate.keyfiles import load_key, load_pinned_root
@@ -139,7 +139,7 @@ def publish(
 
 @catalog_app.command("list")
 @handles_errors
-def list_(db: str = DbOption, json_: bool = JsonOption) -> None:
+def list_(db: str = DbOption, json_: bool = json_option("catalog-list")) -> None:
     """List modules with their versions, safety class and signature state."""
     with open_store(db) as store:
         records = store.catalog.list()
@@ -183,7 +183,7 @@ def show(
     name: str = typer.Argument(..., help="Module name."),
     version: str = typer.Argument(None, help="Version (default: every version)."),
     db: str = DbOption,
-    json_: bool = JsonOption,
+    json_: bool = json_option("catalog-show"),
 ) -> None:
     """Show manifests with signature check and provenance."""
     with open_store(db) as store:

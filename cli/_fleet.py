@@ -21,7 +21,7 @@ from fieldgate.cli._common import (
     open_store,
     read_inventory_file,
 )
-from fieldgate.cli._output import JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import refuse
 from fieldgate.devices import enroll_devices
 from fieldgate.errors import InputInvalid, NotFound
@@ -121,7 +121,7 @@ def list_(
     device_class: list[str] = typer.Option([], "--class", help="Only these device classes."),
     limit: int = typer.Option(50, help="Show at most this many devices (0: all)."),
     db: str = DbOption,
-    json_: bool = JsonOption,
+    json_: bool = json_option("fleet-list"),
 ) -> None:
     """List devices with their installed modules; a summary of those that match first.
 
@@ -183,7 +183,7 @@ def list_(
 def show(
     ident: str = typer.Argument(..., metavar="ID", help="A device id or a site id."),
     db: str = DbOption,
-    json_: bool = JsonOption,
+    json_: bool = json_option("fleet-show"),
 ) -> None:
     """Show one device, or one site with its devices."""
     with open_store(db) as store:

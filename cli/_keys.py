@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._common import command_config
-from fieldgate.cli._output import EXIT_FAILED, JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import DbOption, refuse
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, InputInvalid, NotFound
@@ -247,7 +247,7 @@ def revoke(
 
 @keys_app.command("list")
 @handles_errors
-def list_(db: str = DbOption, json_: bool = JsonOption) -> None:
+def list_(db: str = DbOption, json_: bool = json_option("keys-list")) -> None:
     """List the stored keys, whether each is trusted (and why not), and whether this machine
     holds its private half; exit 1 when a key row is bad (forged, edited or unsigned)."""
     config = command_config(db)
@@ -320,7 +320,7 @@ def _held_here(config: Config, owner: str, key_id: str) -> str:
 
 @root_app.command("show")
 @handles_errors
-def root_show(db: str = DbOption, json_: bool = JsonOption) -> None:
+def root_show(db: str = DbOption, json_: bool = json_option("keys-root")) -> None:
     """Show the root of trust: its version, threshold and root keys."""
     config = command_config(db)
     with Store.open(config.database_url) as store:

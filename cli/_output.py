@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
 from pydantic import BaseModel
@@ -52,13 +52,14 @@ def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
     return run
 
 
-JsonOption = typer.Option(
-    False,
-    "--json",
-    help="Print JSON on stdout instead, and nothing else: its JSON Schema is "
-    "`fieldgate schema NAME` (see the README).",
-)
-"""``--json`` of every list and show command."""
+def json_option(contract: str) -> Any:
+    """``--json`` of a list or show command whose output is the view contract ``contract``."""
+    return typer.Option(
+        False,
+        "--json",
+        help=f"Print it as JSON on stdout, and nothing else (JSON Schema: "
+        f"`fieldgate schema {contract}`).",
+    )
 
 
 def print_view(view: BaseModel) -> None:

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from fieldgate.cli._common import command_config, read_catalog_file, read_inventory_file
-from fieldgate.cli._output import EXIT_FAILED, JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.contract import load_yaml, read_yaml
 from fieldgate.errors import InputInvalid, PlanInvalid
 from fieldgate.fleet import Device, Site
@@ -91,7 +91,7 @@ def test(
 
 @policy_app.command("show")
 @handles_errors
-def show(directory: Path = DirOption, json_: bool = JsonOption) -> None:
+def show(directory: Path = DirOption, json_: bool = json_option("policy-show")) -> None:
     """List every rule of the pack in one line: id and name, what it requires, where it is."""
     pack = PolicyPack.load(directory)
     rules = pack.rules()

@@ -11,7 +11,7 @@ import typer
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._common import command_config, open_store
-from fieldgate.cli._output import EXIT_FAILED, JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import DbOption, ModelOption, find_run, refuse, runs_table
 from fieldgate.cli._worker import (
     BrokerOption,
@@ -34,7 +34,7 @@ runs_app = typer.Typer(
 def list_(
     active: bool = typer.Option(False, "--active", help="Only runs that have not ended."),
     db: str = DbOption,
-    json_: bool = JsonOption,
+    json_: bool = json_option("runs-list"),
 ) -> None:
     """List the rollout runs, oldest first: plan, status or outcome, who asked, what."""
     with open_store(db) as store:

@@ -22,7 +22,7 @@ from rich.table import Table
 from rich.text import Text
 
 from fieldgate.audit import AuditEvent, EventKind
-from fieldgate.cli._output import JsonOption, console, handles_errors, print_view
+from fieldgate.cli._output import console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import (
     DbOption,
     ago,
@@ -488,7 +488,7 @@ def watch(
 @handles_errors
 def status(
     plan: str = typer.Argument(
-        None, metavar="[PLAN]", help="The plan (default: every run that has not ended)."
+        None, metavar="PLAN", help="The plan (default: every run that has not ended)."
     ),
     watch_: bool = typer.Option(
         False, "--watch", "-w", help="Redraw as the run moves, until it ends or waits for people."
@@ -496,7 +496,7 @@ def status(
     interval: float = typer.Option(
         2.0, "--interval", min=0.2, help="Seconds between two reads of the store with --watch."
     ),
-    json_: bool = JsonOption,
+    json_: bool = json_option("status"),
     db: str = DbOption,
 ) -> None:
     """Where a rollout stands: waves, devices per state, gates, soak left, what it waits for

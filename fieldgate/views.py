@@ -40,7 +40,7 @@ class CatalogItem(Contract):
 
 
 class CatalogList(Contract):
-    """``fieldgate catalog list --json``: every stored manifest, by name then version."""
+    """What fieldgate catalog list --json prints: every stored manifest, by name then version."""
 
     manifests: list[CatalogItem]
     """The manifests."""
@@ -68,7 +68,7 @@ class CatalogRecordView(Contract):
 
 
 class CatalogShow(Contract):
-    """``fieldgate catalog show NAME [VERSION] --json``: the module's manifests."""
+    """What fieldgate catalog show NAME [VERSION] --json prints: the module's manifests."""
 
     name: str
     """The module asked for."""
@@ -80,7 +80,7 @@ class CatalogShow(Contract):
 
 
 class FleetList(Contract):
-    """``fieldgate fleet list --json``: the devices that match, with a summary of them."""
+    """What fieldgate fleet list --json prints: the devices that match, with a summary of them."""
 
     summary: FleetSummary
     """Counts over the matching devices (the whole fleet when nothing filters)."""
@@ -108,7 +108,7 @@ class DeviceKey(Contract):
 
 
 class FleetShow(Contract):
-    """``fieldgate fleet show ID --json``: one device, or one site and its devices."""
+    """What fieldgate fleet show ID --json prints: one device, or one site and its devices."""
 
     kind: Literal["device", "site"]
     """What the id names."""
@@ -158,7 +158,7 @@ class AwaitingPlan(Contract):
 
 
 class ApprovalsList(Contract):
-    """``fieldgate approvals list --json``: plans waiting for approval, oldest first."""
+    """What fieldgate approvals list --json prints: plans waiting for approval, oldest first."""
 
     plans: list[AwaitingPlan]
     """The plans."""
@@ -174,7 +174,7 @@ class IgnoredDecision(Contract):
 
 
 class ApprovalsShow(Contract):
-    """``fieldgate approvals show PLAN --json``: the plan as approvers read it."""
+    """What fieldgate approvals show PLAN --json prints: the plan as approvers read it."""
 
     plan_id: str
     """The plan."""
@@ -236,7 +236,7 @@ class KeyItem(Contract):
 
 
 class KeysList(Contract):
-    """``fieldgate keys list --json``: the stored keys judged under the root of trust."""
+    """What fieldgate keys list --json prints: the stored keys judged under the root of trust."""
 
     root_version: int | None
     """The root version they were judged under (None: no root is pinned)."""
@@ -256,7 +256,7 @@ class RootKeyItem(Contract):
 
 
 class KeysRoot(Contract):
-    """``fieldgate keys root show --json``: the current root of trust."""
+    """What fieldgate keys root show --json prints: the current root of trust."""
 
     version: int
     """Root version (1 at ``fieldgate init``)."""
@@ -272,7 +272,7 @@ class KeysRoot(Contract):
 
 
 class AuditShow(Contract):
-    """``fieldgate audit show [PLAN] --json``: audit events in order."""
+    """What fieldgate audit show [PLAN] --json prints: audit events in order."""
 
     plan_id: str | None
     """The plan asked for (None: every plan)."""
@@ -298,7 +298,7 @@ class PolicyRuleItem(Contract):
 
 
 class PolicyShow(Contract):
-    """``fieldgate policy show --json``: every rule of the pack."""
+    """What fieldgate policy show --json prints: every rule of the pack."""
 
     revision: str
     """The pack's revision (a hash of its files)."""
@@ -332,7 +332,7 @@ class RunItem(Contract):
 
 
 class RunsList(Contract):
-    """``fieldgate runs list --json``: rollout runs, oldest first."""
+    """What fieldgate runs list --json prints: rollout runs, oldest first."""
 
     runs: list[RunItem]
     """The runs."""
@@ -448,7 +448,7 @@ class RunStatus(Contract):
 
 
 class StatusReport(Contract):
-    """``fieldgate status [PLAN] --json``: one run, or every run that has not ended."""
+    """What fieldgate status [PLAN] --json prints: one run, or every run that has not ended."""
 
     at: datetime
     """When the status was read (UTC)."""

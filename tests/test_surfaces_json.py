@@ -14,6 +14,7 @@ from typing import Any
 
 import jsonschema
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
@@ -110,6 +111,39 @@ def test_every_view_contract_has_a_schema_with_documented_fields() -> None:
     for name in views:
         for field, spec in schema(name)["properties"].items():
             assert spec.get("description"), f"{name}: {field} has no docstring"
+
+
+JSON_COMMANDS = {
+    ("status",): "status",
+    ("catalog", "list"): "catalog-list",
+    ("catalog", "show"): "catalog-show",
+    ("fleet", "list"): "fleet-list",
+    ("fleet", "show"): "fleet-show",
+    ("approvals", "list"): "approvals-list",
+    ("approvals", "show"): "approvals-show",
+    ("keys", "list"): "keys-list",
+    ("keys", "root", "show"): "keys-root",
+    ("audit", "show"): "audit-show",
+    ("policy", "show"): "policy-show",
+    ("runs", "list"): "runs-list",
+}
+"""Every command with --json, and the contract its output is."""
+
+
+def test_every_list_and_show_command_has_json_that_names_its_schema() -> None:
+    root = typer.main.get_command(app)
+    for path, name in JSON_COMMANDS.items():
+        command: Any = root
+        for part in path:
+            command = command.commands[part]
+        [option] = [p for p in command.params if "--json" in getattr(p, "opts", [])]
+        assert f"`fieldgate schema {name}`" in option.help, path
+        assert name in CONTRACTS
+    listed: set[str] = set()
+    for group in ("catalog", "fleet", "approvals", "keys", "audit", "policy", "runs"):
+        subcommands = root.commands[group].commands  # type: ignore[attr-defined]
+        listed |= {f"{group} {sub}" for sub in subcommands if sub in ("list", "show")}
+    assert listed <= {" ".join(p) for p in JSON_COMMANDS}
 
 
 def test_every_list_and_show_command_prints_json_its_schema_accepts(
