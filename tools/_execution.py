@@ -70,6 +70,8 @@ class WaveRun(BaseModel):
     unreachable: list[str] = []
     """Devices that did not answer before the wave deadline (their command stays queued)."""
     gate: GateResult | None = None
+    soak_until: datetime | None = None
+    """When the wave's soak ends (the run's clock), once it began."""
 
 
 class AbortState(BaseModel):
@@ -333,9 +335,19 @@ def _wait_for_window(tc: ToolContext, site: Site) -> None:
     opens = site.next_maintenance(now)
     if opens is None:
         return
+    window = {"kind": "maintenance_window", "until": opens.isoformat(), "site": site.id}
+    _waiting(tc, {**window, "wave": tc.execution.current})
     reports = tc.ctx.transport.sleep_until(opens)
+    _waiting(tc, None)
     ingest(tc, reports)
     _record(tc, tc.execution.waves[tc.execution.current], reports)
+
+
+def _waiting(tc: ToolContext, waiting: dict[str, Any] | None) -> None:
+    """Say in the run's row what the executor sleeps for, and until when: the checkpoint
+    only moves after the tool call, and ``fieldgate status`` in another terminal must show
+    a soak or a closed window while it lasts."""
+    tc.ctx.store.runs.update(tc.thread_id, "executing", detail={"waiting": waiting})
 
 
 def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
@@ -406,7 +418,10 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
         soak = timedelta(minutes=gate.soak_minutes)
         if ctx.settings.max_soak is not None:
             soak = min(soak, ctx.settings.max_soak)
-        reports = transport.sleep_until(ctx.now() + soak)
+        run.soak_until = ctx.now() + soak
+        _waiting(tc, {"kind": "soak", "until": run.soak_until.isoformat(), "wave": wave})
+        reports = transport.sleep_until(run.soak_until)
+        _waiting(tc, None)
         ingest(tc, reports)
         _record(tc, run, reports)
     # Health after the soak: a device that degraded since its install fails the gate.
