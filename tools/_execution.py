@@ -250,6 +250,9 @@ def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> 
 
 def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
     """Record device reports: audit events, installed versions in the fleet store."""
+    # Only this plan's: over MQTT a gateway hands back every report it took in, also those
+    # of runs other workers execute (they audit them under their own plan).
+    reports = [r for r in reports if tc.command_origin(r.command_id) is not None]
     if not reports:
         return
     store = tc.ctx.store
