@@ -10,8 +10,9 @@ Afterwards a worker pass or two must finish everything, and:
 - 0 stuck runs: every run ended, none of them left ``executing``;
 - 0 duplicated audit events: each device report once, one end per run.
 
-The default suite runs a short variant (a few kills each); ``-m slow`` the full soak
-(≥ 30 kills in all, over the twin and over MQTT to field agent processes).
+The default suite runs a short variant on the twin (3 kills on SQLite, 3 on PostgreSQL);
+``-m slow`` the full soak: 15 kills on each database over the twin and 8 on each over
+MQTT to field agent processes (46 in all).
 """
 
 from __future__ import annotations
@@ -152,23 +153,21 @@ def finish(plans: Sequence[str], extra: Sequence[str] = ()) -> None:
         assert store.audit.verify().ok
 
 
-def soak_twin(tmp_path: Path, *, workers: int, kills: int, seed: int) -> Soak:
+def soak_twin(tmp_path: Path, *, workers: int, kills: int, seed: int, runs: int) -> Soak:
+    """Kill workers ``kills`` times while up to ``runs`` rollouts run (two at a time)."""
     soak = Soak(
         [FIELDGATE, "worker", "--interval", "0.2"],
         workers,
         kills,
         random.Random(seed),
         tmp_path,
-        list(REQUESTS),
+        REQUESTS[:runs],
     )
     soak.feed()
     try:
         soak.run(time.monotonic() + 60 * kills)
     finally:
         soak.stop_all()
-    while soak.requests:  # the rest of the rollouts, without kills
-        soak.feed()
-        finish(soak.plans)
     finish(soak.plans)
     with Store.open() as store:
         effects = default_twin(store).effects()
@@ -191,15 +190,15 @@ def test_killed_workers_on_the_twin_leave_no_duplicate_and_no_stuck_run(
     initialised_db: str, tmp_path: Path
 ) -> None:
     workers = 2 if initialised_db.startswith("postgresql") else 1
-    soak = soak_twin(tmp_path, workers=workers, kills=3, seed=len(initialised_db))
-    assert soak.killed_at_work >= 1
+    soak = soak_twin(tmp_path, workers=workers, kills=3, seed=len(initialised_db), runs=8)
+    assert soak.killed == 3 and soak.killed_at_work >= 2
 
 
 @pytest.mark.slow
 def test_soak_thirty_kills_on_the_twin(initialised_db: str, tmp_path: Path) -> None:
     workers = 2 if initialised_db.startswith("postgresql") else 1
-    soak = soak_twin(tmp_path, workers=workers, kills=15, seed=7)
-    assert soak.killed_at_work >= 10
+    soak = soak_twin(tmp_path, workers=workers, kills=15, seed=7, runs=len(REQUESTS))
+    assert soak.killed >= 12 and soak.killed_at_work >= 10
 
 
 # --------------------------------------------------------------------------- over MQTT
@@ -237,14 +236,12 @@ def soak_mqtt(tmp_path: Path, *, workers: int, kills: int, seed: int) -> Soak:
                 soak.run(time.monotonic() + 90 * kills)
             finally:
                 soak.stop_all()
-            while soak.requests:
-                soak.feed()
-                finish(soak.plans, extra)
             finish(soak.plans, extra)
         for spec in specs:
             effects, _, installed = own_effects(state, spec.device_id)
             assert len(effects) == len(set(effects)), (spec.device_id, effects)
-            assert installed["air-quality-model"] == "1.2.0"
+            if "air-quality-model" in spec.installed:
+                assert installed["air-quality-model"] == "1.2.0", spec.device_id
     finally:
         broker.stop()
     print(f"\nsoak: {soak.killed} kills ({soak.killed_at_work} at work), {len(soak.plans)} runs")
@@ -258,16 +255,7 @@ def test_soak_kills_over_mqtt_with_workers_sharing_the_runs(
 ) -> None:
     workers = 2 if initialised_db.startswith("postgresql") else 1
     soak = soak_mqtt(tmp_path, workers=workers, kills=8, seed=11)
-    assert soak.killed_at_work >= 4
-
-
-@pytest.mark.mqtt
-def test_killed_workers_over_mqtt_leave_no_duplicate_effect(
-    initialised_db: str, tmp_path: Path
-) -> None:
-    if not initialised_db.startswith("postgresql"):
-        pytest.skip("the short MQTT variant runs on PostgreSQL, with two workers")
-    soak_mqtt(tmp_path, workers=2, kills=2, seed=3)
+    assert soak.killed >= 4 and soak.killed_at_work >= 4
 
 
 def test_the_soak_counts_what_it_should(initialised_db: str) -> None:
