@@ -44,17 +44,20 @@ from fieldgate.store import OPEN_STATUSES, Store
 
 FIELDGATE = str(Path(sys.executable).with_name("fieldgate"))
 
+SITES = {
+    "lyon-02": "air-quality-model",
+    "rtm-05": "pump-logic",
+    "osl-01": "air-quality-model",
+    "tpa-04": "pump-logic",
+    "bos-02": "air-quality-model",
+}
+VERSIONS = {"air-quality-model": ("1.2.0", "1.1.0"), "pump-logic": ("1.9.0", "1.8.0")}
 REQUESTS = [
-    "roll out air-quality-model 1.2.0 to lyon-02",
-    "roll out pump-logic 1.9.0 to rtm-05",
-    "roll out air-quality-model 1.2.0 to osl-01",
-    "roll out air-quality-model 1.2.0 to bos-02",
-    "roll out pump-logic 1.9.0 to tpa-04",
-    "roll out air-quality-model 1.3.0 to lyon-02",
-    "roll out air-quality-model 1.3.0 to osl-01",
-    "roll out air-quality-model 1.3.0 to bos-02",
+    f"roll out {module} {VERSIONS[module][turn % 2]} to {site}"
+    for turn in range(4)
+    for site, module in SITES.items()
 ]
-"""Rollouts the sample's policy allows without approvals, in an order that works."""
+"""Rollouts the sample's policy allows without approvals: forward and back, site by site."""
 
 
 @dataclass
@@ -94,12 +97,18 @@ class Soak:
         return [r.plan_id for r in store.runs.list(OPEN_STATUSES)]
 
     def feed(self) -> None:
-        """Queue the next rollouts while fewer than two runs are open."""
+        """Queue the next rollouts while fewer than two runs are open, never two at once
+        for one site (the next one there is planned on what the last one left)."""
         with Store.open() as store:
-            missing = 2 - len(self.open_runs(store))
-        for _ in range(max(0, missing)):
-            if self.requests:
-                self.plans.append(ask(self.requests.pop(0)))
+            open_runs = store.runs.list(OPEN_STATUSES)
+        busy = {r.request.rsplit(" ", 1)[-1] for r in open_runs}
+        for _ in range(2 - len(open_runs)):
+            free = [r for r in self.requests if r.rsplit(" ", 1)[-1] not in busy]
+            if not free:
+                return
+            self.requests.remove(free[0])
+            busy.add(free[0].rsplit(" ", 1)[-1])
+            self.plans.append(ask(free[0]))
 
     def run(self, deadline: float) -> None:
         """Kill a random worker ``kills`` times, each once it is at work."""
@@ -138,14 +147,18 @@ class Soak:
 
 def finish(plans: Sequence[str], extra: Sequence[str] = ()) -> None:
     """Two worker passes at most end every run: none is left stuck."""
+    said = []
     for _ in range(2):
         with Store.open() as store:
             if not store.runs.list(OPEN_STATUSES):
                 break
-        subprocess.run([FIELDGATE, "worker", "--once", *extra], capture_output=True, timeout=600)
+        done = subprocess.run(
+            [FIELDGATE, "worker", "--once", *extra], capture_output=True, timeout=600
+        )
+        said.append(done.stdout.decode() + done.stderr.decode())
     with Store.open() as store:
         stuck = {r.plan_id: r.status for r in store.runs.list(OPEN_STATUSES)}
-        assert stuck == {}, f"stuck runs: {stuck}"
+        assert stuck == {}, f"stuck runs: {stuck}\n" + "\n".join(said)
         outcomes = {p: store.runs.for_plan(p).outcome for p in plans}
         assert set(outcomes.values()) == {"completed"}, outcomes
         for plan in plans:
@@ -190,7 +203,7 @@ def test_killed_workers_on_the_twin_leave_no_duplicate_and_no_stuck_run(
     initialised_db: str, tmp_path: Path
 ) -> None:
     workers = 2 if initialised_db.startswith("postgresql") else 1
-    soak = soak_twin(tmp_path, workers=workers, kills=3, seed=len(initialised_db), runs=8)
+    soak = soak_twin(tmp_path, workers=workers, kills=3, seed=len(initialised_db), runs=10)
     assert soak.killed == 3 and soak.killed_at_work >= 2
 
 
@@ -198,7 +211,7 @@ def test_killed_workers_on_the_twin_leave_no_duplicate_and_no_stuck_run(
 def test_soak_thirty_kills_on_the_twin(initialised_db: str, tmp_path: Path) -> None:
     workers = 2 if initialised_db.startswith("postgresql") else 1
     soak = soak_twin(tmp_path, workers=workers, kills=15, seed=7, runs=len(REQUESTS))
-    assert soak.killed >= 12 and soak.killed_at_work >= 10
+    assert soak.killed == 15 and soak.killed_at_work >= 12
 
 
 # --------------------------------------------------------------------------- over MQTT
@@ -207,7 +220,7 @@ def test_soak_thirty_kills_on_the_twin(initialised_db: str, tmp_path: Path) -> N
 def soak_mqtt(tmp_path: Path, *, workers: int, kills: int, seed: int) -> Soak:
     broker = Mosquitto(tmp_path / "broker").start()
     config = Config.from_env()
-    requests = [r for r in REQUESTS if "air-quality-model 1.2.0" in r]
+    requests = [r for r in REQUESTS[:5] if "air-quality-model" in r]
     try:
         with Store.open() as store:
             key = control_plane_key(store, config.keys_dir).public_b64
@@ -240,7 +253,7 @@ def soak_mqtt(tmp_path: Path, *, workers: int, kills: int, seed: int) -> Soak:
         for spec in specs:
             effects, _, installed = own_effects(state, spec.device_id)
             assert len(effects) == len(set(effects)), (spec.device_id, effects)
-            if "air-quality-model" in spec.installed:
+            if effects:  # a device of a run that was queued: on the new version
                 assert installed["air-quality-model"] == "1.2.0", spec.device_id
     finally:
         broker.stop()
