@@ -8,6 +8,7 @@ catalog they plan against, and :func:`make_model` builds the chat model they cal
 model, which needs no network, is its own package: :mod:`fieldgate.agents.offline`.
 """
 
+from fieldgate.agents._history import HISTORY_KINDS, previous_versions
 from fieldgate.agents._summary import (
     CatalogItem,
     DeviceGroup,
@@ -21,6 +22,7 @@ from fieldgate.agents.planner import PlanDraft, PlannerDecision, run_planner
 from fieldgate.agents.validator import ValidatorReview, run_validator
 
 __all__ = [
+    "HISTORY_KINDS",
     "CatalogItem",
     "DeviceGroup",
     "ExecutorChoice",
@@ -32,6 +34,7 @@ __all__ = [
     "make_model",
     "next_action",
     "planning_context",
+    "previous_versions",
     "run_planner",
     "run_validator",
 ]

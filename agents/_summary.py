@@ -8,7 +8,7 @@ descriptions and device labels are untrusted free text and are left out on purpo
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import datetime
 
 from packaging.version import Version
@@ -63,6 +63,9 @@ class DeviceGroup(Contract):
     """How many devices have exactly these facts."""
     installed: dict[str, str] = {}
     """Installed modules by name, with versions."""
+    previous: dict[str, str] = {}
+    """The version each installed module ran before its current one, from the fleet's history
+    (empty when there is no record)."""
 
 
 class CatalogItem(Contract):
@@ -194,13 +197,22 @@ class PlanningContext(Contract):
         return picked
 
 
-def _group_key(device: Device) -> tuple[str, str, str, int, tuple[tuple[str, str], ...]]:
+_GroupKey = tuple[str, str, str, int, tuple[tuple[str, str], ...], tuple[tuple[str, str], ...]]
+
+
+def _group_key(device: Device, previous: Mapping[str, str]) -> _GroupKey:
+    ran_before = {
+        module: version
+        for module, version in previous.items()
+        if device.installed.get(module) not in (None, version)
+    }
     return (
         device.site,
         device.device_class,
         device.arch,
         device.memory_mb,
         tuple(sorted(device.installed.items())),
+        tuple(sorted(ran_before.items())),
     )
 
 
@@ -224,6 +236,7 @@ def planning_context(
     now: datetime,
     *,
     sites: Iterable[Site] | None = None,
+    previous: Mapping[str, Mapping[str, str]] | None = None,
 ) -> PlanningContext:
     """Summarise a fleet and a catalog for the planner.
 
@@ -232,7 +245,10 @@ def planning_context(
         manifests: Module manifests or scenario catalog entries.
         now: The current instant (UTC).
         sites: The sites of ``fleet`` when it is a plain device list.
+        previous: By device id, the version each module ran before its current one
+            (:func:`~fieldgate.agents.previous_versions` reads it from the audit log).
     """
+    previous = previous or {}
     if isinstance(fleet, FleetInventory):
         site_list = list(fleet.sites)
         devices = fleet.all_devices()
@@ -241,7 +257,7 @@ def planning_context(
             raise ValueError("planning_context: a device list needs its sites (sites=...)")
         site_list = list(sites)
         devices = list(fleet)
-    counts = Counter(_group_key(device) for device in devices)
+    counts = Counter(_group_key(device, previous.get(device.id, {})) for device in devices)
     groups = [
         DeviceGroup(
             site=site_id,
@@ -250,8 +266,11 @@ def planning_context(
             memory_mb=memory_mb,
             count=count,
             installed=dict(installed),
+            previous=dict(ran_before),
         )
-        for (site_id, device_class, arch, memory_mb, installed), count in sorted(counts.items())
+        for (site_id, device_class, arch, memory_mb, installed, ran_before), count in sorted(
+            counts.items()
+        )
     ]
     catalog = sorted(
         (_catalog_item(m) for m in manifests), key=lambda item: (item.name, item.parsed_version)

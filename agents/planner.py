@@ -38,7 +38,14 @@ Rules:
   health gate. Abort criteria: a failure threshold of at most 0.10 of executed devices.
   Roll back to the version the targets run now.
 - Schedule "maintenance" for safety class high or critical, otherwise "now".
-- "Roll back X to V" or "put X V back" is a rollback plan (intent "rollback").
+- "Roll back X to V" or "put X V back" is a rollback plan (intent "rollback"). "The previous
+  version", "undo" and a rollback without a version mean the version in the groups' "previous"
+  (what those devices ran before); if the groups ran different versions before, ask.
+- Never widen what was asked: a place, class or version the context does not know is a
+  question, never dropped. Versions named as the reason ("2.4.1 broke the valves") are context.
+- Honour a canary size, wave count or wave size the engineer names when policy allows it.
+  "The rest", "the others" and "those still on X" leave out devices already on the target
+  (selector installed, e.g. {"pump-logic": "!=1.9.0"}).
 - If the engineer asks for what policy forbids (no canary, all at once, no health gates), propose
   the compliant plan and say why in the rationale.
 - Write the rationale for the approver: what, where, why these waves, what happens on failure.

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from fieldgate.audit import ActorKind
 from fieldgate.commands import (
     Action,
     DeviceCommand,
@@ -42,6 +43,7 @@ from fieldgate.commands import (
     ReportStatus,
     command_id_for,
 )
+from fieldgate.devices import enroll_devices
 from fieldgate.edge import Broker, DeviceSpec, Gateway, HelloWatcher, LocalFleet, encode
 from fieldgate.edge._wire import Channel, connect_async, new_client
 from fieldgate.fleet import FleetInventory
@@ -145,6 +147,11 @@ def ingestion(
     payloads: list[tuple[str, bytes]] = []
     # A session of its own: the wave's session still holds what arrived after it closed.
     client_id = f"{broker.topic_root}-ingest-{uuid.uuid4().hex[:6]}"
+    # The bench speaks for the devices here: it signs their reports with keys it enrolls.
+    keys = {d: SigningKey.from_seed(d, f"fieldgate bench: {d}".encode()) for d in device_ids}
+    enroll_devices(
+        store, {d: k.public_b64 for d, k in keys.items()}, "bench", actor_kind=ActorKind.system
+    )
     with Gateway(store, broker, control_key=CONTROL.public_b64, client_id=client_id) as gw:
         for plan in range(plans):
             version = f"2.{plan}.0"
@@ -159,6 +166,8 @@ def ingestion(
                     health=Health(ok=True),
                     hlc=HybridTimestamp(wall_ms=now_ms + plan, node=c.device_id),
                 )
+                signature = keys[c.device_id].sign(report.signing_payload())
+                report = report.model_copy(update={"signature": signature})
                 topic = broker.topic(sites[c.device_id], c.device_id, Channel.report)
                 payloads.append((topic, encode(report)))
         total = len(payloads) * 2
@@ -223,6 +232,7 @@ def main() -> int:
             apply_seconds=args.apply_seconds,
             log_dir=root / "logs",
         )
+        agent_keys = fleet.public_keys()
         print(
             f"{len(device_ids)} devices at {args.sites} sites, {len(fleet.groups)} agent "
             f"processes, broker {broker.url} (MQTT {broker.version}, QoS 1, persistent sessions)"
@@ -237,6 +247,7 @@ def main() -> int:
             for n in range(args.repeat):
                 with Store.open(f"sqlite:///{root}/wave-{n}.db") as store:
                     store.fleet.import_inventory(inventory, source="bench", actor="bench")
+                    enroll_devices(store, agent_keys, "bench", actor_kind=ActorKind.system)
                     waves.append(wave(store, broker, device_ids, f"1.9.{n}"))
                 print(
                     f"  wave {n + 1}: dispatch {waves[-1].dispatch_s:.2f} s, "

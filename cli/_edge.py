@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fieldgate.catalog_metadata import export_repository
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
 from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, CREDENTIALS_ENV, PASSWORD_ENV, Config
+from fieldgate.devices import enroll_devices
 from fieldgate.edge import (
     GATEWAY_IDENTITY,
     AgentSpec,
@@ -36,6 +38,7 @@ from fieldgate.plan import Selector
 from fieldgate.runtime import Settings
 from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store import Store
+from fieldgate.terminal import shown
 from fieldgate.transport import Transport, open_mqtt_transport
 
 if TYPE_CHECKING:
@@ -196,6 +199,12 @@ def agent(
     password: str = PasswordOption,
     topic_root: str = TopicRootOption,
     credentials: Path = CredentialsOption,
+    catalog: list[Path] = typer.Option(
+        [],
+        "--catalog",
+        help="A catalog repository (TUF) to check every install against (repeat for more); "
+        "its first root is pinned in the device's state the first time.",
+    ),
 ) -> None:
     """Run a field agent: take signed commands over MQTT, apply each once, report back.
 
@@ -220,6 +229,7 @@ def agent(
         apply_seconds=apply_seconds,
         fail_installs=list(fail_install),
         credentials=credentials or config.mqtt_credentials,
+        catalogs=list(catalog),
     )
     agents = open_agents(spec)
     stop = _stop_on_signals()
@@ -228,6 +238,13 @@ def agent(
         f"obeying control key {key_id_of(key)}; Ctrl-C stops",
         highlight=False,
     )
+    for one in agents:
+        public = one.device.store.public_key
+        console.print(
+            f"agent: {shown(one.device_id)} signs with {key_id_of(public)}; enroll it with "
+            f"`fieldgate fleet enroll {shown(one.device_id)} --public-key {public}`",
+            highlight=False,
+        )
     run_agents(agents, stop)
     console.print("agent: stopped", highlight=False)
 
@@ -248,6 +265,11 @@ def up(
         "--control-key",
         help="Control plane's public key, base64 or @FILE (default: this machine's own).",
     ),
+    re_enroll: bool = typer.Option(
+        False,
+        "--re-enroll",
+        help="Re-enroll devices whose state has another key than the fleet's (audited).",
+    ),
     mqtt_version: str = MqttVersionOption,
     ca_file: Path = CaFileOption,
     cert_file: Path = CertFileOption,
@@ -260,8 +282,8 @@ def up(
 ) -> None:
     """Start agent processes for the first N devices of the fleet, for local runs.
 
-    Each device starts from what the fleet inventory says it runs. Crashed processes are
-    started again. Ctrl-C stops them all.
+    Each device starts from what the fleet inventory says it runs, and its key is enrolled
+    in the fleet (audited). Crashed processes are started again. Ctrl-C stops them all.
     """
     config = command_config(db)
     tls = (ca_file, cert_file, key_file)
@@ -276,17 +298,24 @@ def up(
             key = control_plane_key(store, config.keys_dir).public_b64
     specs = [DeviceSpec(device_id=d.id, site=d.site, installed=dict(d.installed)) for d in chosen]
     state_dir = state or config.home / "agents"
-    fleet = LocalFleet(
-        broker,
-        state_dir,
-        key,
-        specs,
-        per_process=per_process,
-        apply_seconds=apply_seconds,
-        fail_installs=fail_install,
-        log_dir=state_dir / "logs",
-        credentials=credentials or config.mqtt_credentials,
-    )
+    with Store.open(config.database_url) as store:
+        # The devices check their installs against the catalog this control plane verified.
+        catalogs = export_repository(store, state_dir / "catalog")
+        fleet = LocalFleet(
+            broker,
+            state_dir,
+            key,
+            specs,
+            per_process=per_process,
+            apply_seconds=apply_seconds,
+            fail_installs=fail_install,
+            log_dir=state_dir / "logs",
+            credentials=credentials or config.mqtt_credentials,
+            catalogs=catalogs,
+        )
+        enrolled = enroll_devices(store, fleet.public_keys(), config.actor(), replace=re_enroll)
+    if enrolled:
+        console.print(f"fleet up: enrolled the keys of {len(enrolled)} devices", highlight=False)
     stop = _stop_on_signals()
     console.print(
         f"fleet up: {len(specs)} devices in {len(fleet.groups)} processes → {broker.url}, "
@@ -352,6 +381,7 @@ def open_mqtt_orchestrator(
             control_key=key.public_b64,
             client_id=client_id,
             connect_timeout=connect_timeout,
+            max_clock_skew=config.device_clock_skew_s,
         )
 
     with open_orchestrator(
@@ -370,6 +400,7 @@ def start_local_fleet(
     fail_installs: dict[str, list[str]] | None = None,
     per_process: int = 10,
     timeout: float = 60.0,
+    replace_keys: bool = False,
     credentials: Path | None = None,
 ) -> LocalFleet:
     """Start agents for the devices ``selector`` picks and wait until they are online.
@@ -385,6 +416,7 @@ def start_local_fleet(
         fail_installs: ``module@version`` refs whose install fails, by device id.
         per_process: Devices per process.
         timeout: Seconds to wait for every device to come online.
+        replace_keys: Re-enroll devices whose state has another key than the fleet's.
         credentials: Directory of the devices' broker credentials (None: ``broker``'s user).
 
     Raises:
@@ -408,6 +440,8 @@ def start_local_fleet(
         specs,
         per_process=per_process,
         log_dir=state_dir / "logs",
+        enroll_in=store,
+        replace_keys=replace_keys,
         credentials=credentials,
     ).start()
     with HelloWatcher(broker) as watcher:

@@ -1,7 +1,9 @@
-"""``fieldgate fleet``: import, list, show and seed the fleet inventory."""
+"""``fieldgate fleet``: import, list, show and seed the fleet inventory; enroll device keys."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import difflib
 from collections import Counter
 from pathlib import Path
@@ -21,14 +23,17 @@ from fieldgate.cli._common import (
 )
 from fieldgate.cli._output import console, handles_errors
 from fieldgate.cli._rollout import refuse
-from fieldgate.errors import NotFound
+from fieldgate.devices import enroll_devices
+from fieldgate.errors import InputInvalid, NotFound
 from fieldgate.fleet import Device, Site
 from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
 from fieldgate.store import FleetSummary, Store
 from fieldgate.terminal import shown
 
-fleet_app = typer.Typer(help="Sites and devices: import, list, show, seed.", no_args_is_help=True)
+fleet_app = typer.Typer(
+    help="Sites and devices: import, list, show, seed; enroll device keys.", no_args_is_help=True
+)
 
 DbOption = typer.Option(None, "--db", help="Database URL (default: FIELDGATE_DB).")
 
@@ -185,7 +190,83 @@ def show(
             device = store.fleet.device(ident)
         except NotFound:
             raise NotFound(f"no device or site named {ident!r}") from None
-    console.print_json(data=_shown_data(device.model_dump(mode="json", by_alias=True)))
+        enrollment = store.fleet.enrollment(device.id)
+    document = device.model_dump(mode="json", by_alias=True)
+    document["key"] = (
+        {
+            "key_id": enrollment.key_id,
+            "public_key": enrollment.public_key,
+            "enrolled_at": enrollment.enrolled_at.isoformat(),
+            "enrolled_by": enrollment.enrolled_by,
+        }
+        if enrollment is not None
+        else None
+    )
+    console.print_json(data=_shown_data(document))
+
+
+@fleet_app.command("enroll")
+@handles_errors
+def enroll(
+    device_id: str = typer.Argument(..., metavar="DEVICE", help="The device's id."),
+    public_key: str = typer.Option(
+        ...,
+        "--public-key",
+        help="The device's ed25519 public key: base64, or a file holding it (@FILE or a path; "
+        "a `DEVICE KEY` line as `python -m fieldgate.edge --print-key` prints will do).",
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="Replace the key the device is enrolled with (audited)."
+    ),
+    actor: str = typer.Option(None, "--as", help="Who enrolls (default: the current user)."),
+    db: str = DbOption,
+) -> None:
+    """Enroll a device's public key: only reports and hellos it signs count from then on."""
+    key = read_public_key(device_id, public_key)
+    config = command_config(db)
+    who = actor or config.actor()
+    with Store.open(config.database_url) as store:
+        changed = enroll_devices(store, {device_id: key}, who, replace=replace)
+        enrollment = store.fleet.enrollment(device_id)
+    assert enrollment is not None
+    if not changed:
+        message = f"{shown(device_id)}: already enrolled with {enrollment.key_id}; nothing changed"
+    elif changed[0].previous_key_id:
+        message = (
+            f"{shown(device_id)}: re-enrolled with {enrollment.key_id} "
+            f"(was {changed[0].previous_key_id})"
+        )
+    else:
+        message = f"{shown(device_id)}: enrolled with {enrollment.key_id}"
+    console.print(message, highlight=False)
+
+
+def read_public_key(device_id: str, value: str) -> str:
+    """The base64 key ``--public-key`` names: given inline, or read from a file."""
+    text = value.strip()
+    path = Path(text[1:] if text.startswith("@") else text)
+    if text.startswith("@") or (len(text) < 4096 and path.is_file()):
+        try:
+            text = path.read_text().strip()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputInvalid("--public-key", [("", f"cannot read {path}: {exc}")]) from None
+        lines = [line.split() for line in text.splitlines() if line.strip()]
+        mine = [parts[-1] for parts in lines if len(parts) == 2 and parts[0] == device_id]
+        if mine:
+            text = mine[0]
+        elif len(lines) == 1 and len(lines[0]) == 1:
+            text = lines[0][0]
+        else:
+            rule = f"{path} holds neither one key nor a `{device_id} KEY` line"
+            raise InputInvalid("--public-key", [("", shown(rule, markup=False))])
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raw = b""
+    if len(raw) != 32:
+        rule = "not an ed25519 public key: 32 bytes in base64 (or a file holding one)"
+        raise InputInvalid("--public-key", [("", rule)])
+    return text
 
 
 def _shown_data(value: Any) -> Any:

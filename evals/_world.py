@@ -10,7 +10,9 @@ from datetime import UTC, datetime
 from langchain_core.language_models import BaseChatModel
 
 from fieldgate.agents.offline import OfflineChatModel
+from fieldgate.audit import ActorKind
 from fieldgate.config import Config
+from fieldgate.devices import enroll_devices
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.compose import build_context
 from fieldgate.graphs.runner import Orchestrator
@@ -91,6 +93,8 @@ def build_world(
     )
     store.fleet.import_inventory(scenario.fleet, source=f"scenario:{scenario.id}", actor="eval")
     twin = FleetTwin.from_scenario(store.engine, twin_id_of(scenario, seed), scenario, seed)
+    # The simulated devices sign their reports as field agents do: enroll their keys.
+    enroll_devices(store, twin.public_keys(), "twin", actor_kind=ActorKind.system)
     people = set(scenario.roster) | {a.by for a in scenario.approvals} | {scenario.actor}
     keys = {
         person: SigningKey.from_seed(person, f"{scenario.id}:{seed}:{person}".encode())

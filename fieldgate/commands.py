@@ -114,3 +114,9 @@ class DeviceReport(Contract):
     """Why the command failed or was rejected."""
     hlc: HybridTimestamp
     """When the device produced the report."""
+    signature: str | None = None
+    """Base64 ed25519 signature of the device's own key over the report without this field."""
+
+    def signing_payload(self) -> dict[str, object]:
+        """The fields the device signs."""
+        return self.model_dump(mode="json", exclude={"signature"})

@@ -148,6 +148,10 @@ class CommandUnsigned(FieldgateError):
     """A command to publish does not carry a valid control-plane signature."""
 
 
+class DeviceKeyConflict(FieldgateError):
+    """A device is enrolled with another key; replacing it must be asked for explicitly."""
+
+
 class EvalError(FieldgateError):
     """A scenario run could not be driven to an outcome."""
 

@@ -20,11 +20,12 @@ from fieldgate.audit import ActorKind, EventKind
 from fieldgate.audit_witness import AuditWitness
 from fieldgate.config import Config
 from fieldgate.contract import canonical_json, sha256_hex
+from fieldgate.devices import enroll_devices
 from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator
 from fieldgate.keyfiles import control_plane_key, load_pinned_root
-from fieldgate.policy import PolicyEngine, PolicyGate, RegoEngine
+from fieldgate.policy import PolicyEngine, PolicyGate, configured_engine
 from fieldgate.runtime import Context, Settings
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
@@ -45,16 +46,27 @@ def wall_clock() -> datetime:
 
 
 def default_twin(store: Store, seed: int = 0) -> FleetTwin:
-    """The fleet twin of the stored fleet, created on first use and continued after."""
+    """The fleet twin of the stored fleet, created on first use and continued after.
+
+    Its simulated devices sign their reports; the keys of those with no key enrolled yet
+    are enrolled (audited). A device enrolled with a key of its own keeps it, and the
+    twin's reports in its name are refused: the twin is not that device.
+    """
     try:
-        return FleetTwin.load(store.engine, TWIN_ID)
+        twin = FleetTwin.load(store.engine, TWIN_ID)
     except NotFound:
         devices = store.fleet.devices()
         if not devices:
             raise FieldgateError("the database has no fleet yet; run `fieldgate init`") from None
-        return FleetTwin.create(
+        twin = FleetTwin.create(
             store.engine, TWIN_ID, store.fleet.sites(), devices, seed, wall_clock()
         )
+    keys = twin.public_keys()
+    enrolled = store.fleet.device_keys(keys)
+    unkeyed = {d: k for d, k in keys.items() if d not in enrolled}
+    if unkeyed:
+        enroll_devices(store, unkeyed, "twin", actor_kind=ActorKind.system)
+    return twin
 
 
 def build_context(
@@ -81,7 +93,7 @@ def build_context(
         transport: How commands reach devices (default: the stored fleet's twin).
         model: The chat model (default: built from ``model_name``).
         model_name: The model's name (default: ``config.model``).
-        engine: The policy engine (default: the shipped pack in-process).
+        engine: The policy engine (default: ``config.policy_engine`` over the shipped pack).
         control_key: The key that signs commands (default: this machine's, made on
             first use under ``config.keys_dir``).
         roster: Roles by person (default: ``config.roster``).
@@ -98,7 +110,7 @@ def build_context(
     transport = transport or TwinTransport(default_twin(store))
     return Context(
         store=store,
-        policy=PolicyGate(engine or RegoEngine(), store.audit, clock=transport.now),
+        policy=PolicyGate(engine or configured_engine(config), store.audit, clock=transport.now),
         transport=transport,
         model=model or make_model(name, config=config),
         control_key=control_key or control_plane_key(store, config.keys_dir),

@@ -13,6 +13,7 @@ import os
 import random
 import shutil
 import socket
+import sqlite3
 import subprocess
 import threading
 import time
@@ -20,17 +21,19 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import paho.mqtt.client as mqtt
 import pytest
 from conftest import MQTT_HOST, MQTT_PORT, require_mqtt
 
-from fieldgate.commands import Action, DeviceCommand, command_id_for
+from fieldgate.commands import Action, DeviceCommand, DeviceReport, command_id_for
+from fieldgate.devices import enroll_devices
 from fieldgate.edge import Broker
-from fieldgate.edge._wire import connect_async, new_client
+from fieldgate.edge._wire import Hello, connect_async, new_client
 from fieldgate.manifest import sample_digest
 from fieldgate.signing import SigningKey
+from fieldgate.store import Store
 
 CONTROL = SigningKey.from_seed("control-plane", b"fieldgate edge tests: control plane")
 """The control plane's key in these tests."""
@@ -69,6 +72,33 @@ def command(
     if key is None:
         return unsigned
     return unsigned.model_copy(update={"signature": key.sign(unsigned.signing_payload())})
+
+
+def device_key(device_id: str) -> SigningKey:
+    """The key of a device no agent runs (a test speaks for it), derived from its id."""
+    return SigningKey.from_seed(device_id, f"fieldgate edge tests: device {device_id}".encode())
+
+
+def state_key(state_dir: Path, device_id: str) -> SigningKey:
+    """The key an agent's device made for itself, read from its state file."""
+    path = state_dir / f"{device_id}.sqlite"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
+        (text,) = db.execute("SELECT value FROM identity WHERE key = 'device_key'").fetchone()
+    return SigningKey.from_private_b64(device_id, text)
+
+
+def enroll(store: Store, keys: dict[str, SigningKey]) -> None:
+    """Enroll the public halves of ``keys`` in the store's fleet (replacing what is there)."""
+    public = {d: k.public_b64 for d, k in keys.items()}
+    enroll_devices(store, public, "test", replace=True)
+
+
+Signed = TypeVar("Signed", DeviceReport, Hello)
+
+
+def signed(document: Signed, key: SigningKey) -> Signed:
+    """``document`` signed with ``key``, as a device signs what it sends."""
+    return document.model_copy(update={"signature": key.sign(document.signing_payload())})
 
 
 def unique_root() -> str:

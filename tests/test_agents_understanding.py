@@ -65,6 +65,7 @@ def test_context_json_shape(sample: PlanningContext) -> None:
         "memory_mb",
         "count",
         "installed",
+        "previous",
     }
     assert set(data["catalog"][0]) == {
         "name",

@@ -23,9 +23,13 @@ from _edge_support import (
     INTRUDER,
     clear_retained,
     command,
+    device_key,
+    enroll,
     publish,
     raw_client,
     shared_broker,
+    signed,
+    state_key,
     wait_until,
 )
 
@@ -146,8 +150,15 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         DeviceSpec(device_id=d, site=SITE, installed={"pump-logic": "1.8.0"}) for d in (A, B)
     ]
     fleet = LocalFleet(
-        broker, tmp / "agents", CONTROL.public_b64, devices, per_process=2, log_dir=tmp / "logs"
+        broker,
+        tmp / "agents",
+        CONTROL.public_b64,
+        devices,
+        per_process=2,
+        log_dir=tmp / "logs",
+        enroll_in=store,
     )
+    enroll(store, {C: device_key(C)})  # no agent runs C: the tests speak for it
     with fleet, HelloWatcher(broker) as watcher:
         assert watcher.wait([A, B], timeout=30), "agents did not come online"
         gateway = Gateway(
@@ -357,12 +368,12 @@ def test_the_gateway_files_bad_reports_and_hellos_and_keeps_ingesting(edge: Edge
         ),
         (
             edge.topic(A, Channel.report),
-            encode(fake_report(A, sent.command_id)),
+            encode(signed(fake_report(A, sent.command_id), state_key(edge.state, A))),
             f"report for {sent.command_id}, a command sent to {C}",
         ),
         (
             edge.topic(C, Channel.report),
-            encode(fake_report(C, "cmd-" + "0" * 32)),
+            encode(signed(fake_report(C, "cmd-" + "0" * 32), device_key(C))),
             "a command the control plane never sent",
         ),
     ]
@@ -373,7 +384,7 @@ def test_the_gateway_files_bad_reports_and_hellos_and_keeps_ingesting(edge: Edge
     assert sent.command_id in edge.gateway.outstanding()
     assert edge.store.fleet.device(C).installed["pump-logic"] == "1.8.0"
     # The gateway still ingests: C's real answer arrives and counts once.
-    answer = fake_report(C, sent.command_id, wall_ms=int(time.time() * 1000))
+    answer = signed(fake_report(C, sent.command_id, wall_ms=int(time.time() * 1000)), device_key(C))
     publish(edge.raw, edge.topic(C, Channel.report), encode(answer))
     publish(edge.raw, edge.topic(C, Channel.report), encode(answer))
     reports = edge.gateway.collect({sent.command_id}, 15)

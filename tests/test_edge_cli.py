@@ -9,7 +9,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from _edge_support import CONTROL, clear_retained, command, shared_broker, wait_until
+from _edge_support import (
+    CONTROL,
+    clear_retained,
+    command,
+    enroll,
+    shared_broker,
+    state_key,
+    wait_until,
+)
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
@@ -87,6 +95,7 @@ def test_fieldgate_agent_applies_a_command_and_stops_cleanly(tmp_path: Path) -> 
         with Store.open(f"sqlite:///{tmp_path}/control.db") as store, HelloWatcher(broker) as w:
             store.fleet.import_inventory(inventory, source="test", actor="test")
             assert w.wait([device], timeout=30), "the agent did not come online"
+            enroll(store, {device: state_key(tmp_path / "state", device)})
             cmd = command(device, "air-quality-model", "1.2.0", plan_id="pl-cli")
             with Gateway(
                 store, broker, control_key=CONTROL.public_b64, client_id=broker.topic_root

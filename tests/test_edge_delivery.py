@@ -22,9 +22,12 @@ from _edge_support import (
     Mosquitto,
     clear_retained,
     command,
+    device_key,
+    enroll,
     publish,
     raw_client,
     shared_broker,
+    signed,
     wait_until,
 )
 from cryptography import x509
@@ -85,7 +88,13 @@ def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
 
 
 def agents(
-    broker: Broker, tmp_path: Path, devices: list[str], *, apply_seconds: float = 0.0
+    store: Store,
+    broker: Broker,
+    tmp_path: Path,
+    devices: list[str],
+    *,
+    apply_seconds: float = 0.0,
+    replace_keys: bool = False,
 ) -> LocalFleet:
     specs = [DeviceSpec(device_id=d, site=SITE, installed={"pump-logic": "1.8.0"}) for d in devices]
     return LocalFleet(
@@ -96,6 +105,8 @@ def agents(
         per_process=1,
         apply_seconds=apply_seconds,
         log_dir=tmp_path / "logs",
+        enroll_in=store,
+        replace_keys=replace_keys,
     )
 
 
@@ -140,8 +151,9 @@ def test_a_stale_report_never_overwrites_newer_state(store: Store) -> None:
             hlc=HybridTimestamp(wall_ms=wall_ms, node=device),
         )
 
-    installed = report("1.9.0", install.command_id, 1_000)
-    rolled_back = report("1.8.0", rollback.command_id, 2_000)
+    enroll(store, {device: device_key(device)})
+    installed = signed(report("1.9.0", install.command_id, 1_000), device_key(device))
+    rolled_back = signed(report("1.8.0", rollback.command_id, 2_000), device_key(device))
     client = raw_client(broker)
     with Gateway(store, broker, control_key=CONTROL.public_b64, client_id=broker.topic_root) as gw:
         gw.send([install, rollback])
@@ -176,7 +188,7 @@ def test_reports_wait_in_the_outbox_while_the_link_is_cut(
     site_side = mosquitto.broker(port=cutter.port)
     cmd = command(device, plan_id="pl-outbox")
     with (
-        agents(site_side, tmp_path, [device], apply_seconds=1.5),
+        agents(store, site_side, tmp_path, [device], apply_seconds=1.5),
         Gateway(store, mosquitto.broker(), control_key=CONTROL.public_b64) as gw,
     ):
         wait_until(lambda: device in gw.online(), 20, "the device online")
@@ -202,7 +214,7 @@ def test_commands_for_an_offline_device_wait_for_it(
     cutter = LinkCutter(mosquitto.port)
     cmd = command(device, plan_id="pl-offline")
     with (
-        agents(mosquitto.broker(port=cutter.port), tmp_path, [device]),
+        agents(store, mosquitto.broker(port=cutter.port), tmp_path, [device]),
         Gateway(store, mosquitto.broker(), control_key=CONTROL.public_b64) as gw,
     ):
         wait_until(lambda: device in gw.online(), 20, "the device online")
@@ -225,13 +237,14 @@ def test_a_device_that_missed_its_command_reconciles_against_the_desired_state(
     with Gateway(store, mosquitto.broker(), control_key=CONTROL.public_b64) as gw:
         # No agent ever ran: the broker has no session to queue the command in.
         assert gw.send([cmd]).queued == [cmd.command_id]
-        with agents(mosquitto.broker(), tmp_path, [device]):
+        with agents(store, mosquitto.broker(), tmp_path, [device]):
             assert answer(gw, cmd.command_id).status is ReportStatus.applied
         assert effects(tmp_path, device) == [cmd.command_id]
-        # A replaced device (fresh state) converges on the same desired state.
+        # A replaced device (fresh state, so a new key, enrolled explicitly) converges on
+        # the same desired state.
         (tmp_path / "agents" / f"{device}.sqlite").unlink()
         with (
-            agents(mosquitto.broker(), tmp_path, [device]),
+            agents(store, mosquitto.broker(), tmp_path, [device], replace_keys=True),
             HelloWatcher(mosquitto.broker()) as watcher,
         ):
             assert watcher.wait([device], timeout=20)
@@ -246,7 +259,7 @@ def test_outstanding_commands_survive_a_broker_that_lost_its_state(
     cutter = LinkCutter(mosquitto.port)
     cmd = command(device, plan_id="pl-amnesia")
     with (
-        agents(mosquitto.broker(port=cutter.port), tmp_path, [device]),
+        agents(store, mosquitto.broker(port=cutter.port), tmp_path, [device]),
         Gateway(store, mosquitto.broker(), control_key=CONTROL.public_b64) as gw,
     ):
         wait_until(lambda: device in gw.online(), 20, "the device online")
@@ -349,7 +362,7 @@ def test_agents_and_gateway_talk_over_tls_with_passwords(
                 connect_timeout=3,
             ).start()
         with (
-            agents(devices, tmp_path, [device]),
+            agents(store, devices, tmp_path, [device]),
             Gateway(
                 store,
                 secure.broker(username="gateway", password="gw-secret", **tls),

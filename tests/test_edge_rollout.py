@@ -216,6 +216,8 @@ def run_rollout_under_fire(tmp_path: Path, devices: int, *, soak: bool) -> None:
                 ],
                 apply_seconds=0.3,
                 log_dir=tmp_path / "logs" / d,
+                enroll_in=world.store,
+                replace_keys=True,  # the agents stand in for the world's simulated devices
             )
             for d in ids
         }

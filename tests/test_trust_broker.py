@@ -435,6 +435,8 @@ def start_agents(
         fail_installs=fail_installs,
         log_dir=tmp_path / "logs",
         credentials=credentials,
+        enroll_in=world.store,
+        replace_keys=True,  # the agents stand in for the world's simulated devices
     ).start()
     stack.callback(fleet.stop)
     return ids

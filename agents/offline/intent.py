@@ -40,6 +40,8 @@ class Scope(Contract):
     """Explicit device ids."""
     labels: dict[str, str] = {}
     """Site labels that must match, e.g. ``regulated: "true"``."""
+    installed: dict[str, str] = {}
+    """Installed module versions that must match, e.g. ``pump-logic: "!=1.9.0"`` for "the rest"."""
     limit: int | None = Field(default=None, ge=1)
     """Take only this many of the matching devices (``to 5 pump controllers``).
 
@@ -60,6 +62,7 @@ class Scope(Contract):
             classes=list(self.classes),
             devices=list(self.devices),
             labels=dict(self.labels),
+            installed=dict(self.installed),
         )
 
     @property
@@ -87,6 +90,29 @@ class RequestFlags(Contract):
         return [name for name, value in self.model_dump().items() if value]
 
 
+class WaveAsk(Contract):
+    """How the engineer asked the waves to be sized; honoured where policy allows it."""
+
+    canary: int | None = Field(default=None, ge=1)
+    """Devices in the first wave (``a canary of 2``, ``two first``)."""
+    canary_percent: float | None = Field(default=None, gt=0, le=100)
+    """Percent of the targets in the first wave (``a 2% canary``)."""
+    waves: int | None = Field(default=None, ge=1)
+    """How many waves (``in 3 waves``)."""
+    wave_size: int | None = Field(default=None, ge=1)
+    """Devices in each wave after the first (``waves of 10``)."""
+    wave_percent: float | None = Field(default=None, gt=0, le=100)
+    """Percent of the targets in each wave after the first (``waves of 20%``)."""
+    typed: list[str] = []
+    """The words that asked, for the rationale."""
+
+    @property
+    def asked(self) -> bool:
+        """Whether anything was asked."""
+        sizes = (self.canary, self.canary_percent, self.waves, self.wave_size, self.wave_percent)
+        return any(v is not None for v in sizes)
+
+
 class Intent(Contract):
     """What the engineer asked for, resolved against the fleet and the catalog."""
 
@@ -102,6 +128,12 @@ class Intent(Contract):
     """Which devices."""
     flags: RequestFlags = RequestFlags()
     """How the engineer asked for it to run."""
+    wave_ask: WaveAsk = WaveAsk()
+    """How the engineer asked the waves to be sized."""
+    because: list[str] = []
+    """Reasons the engineer gave, as typed (``4.7.1 is making the valves chatter``)."""
+    context: list[str] = []
+    """Context read as such: tickets, dates, people (``ticket CHG-1234``, ``asked by ana``)."""
     ignored: list[str] = []
     """Words of the request that were not understood and had no effect."""
     notes: list[str] = []

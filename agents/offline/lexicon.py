@@ -71,6 +71,8 @@ class Role(StrEnum):
     question = "question"
     time = "time"
     filler = "filler"
+    rest = "rest"
+    """The devices not yet done: ``the rest``, ``the others``, ``those still on 1.8.0``."""
     # tokens no phrase matched
     word = "word"
     number = "number"
@@ -126,7 +128,7 @@ class Match:
 
 # --- tokens -------------------------------------------------------------------------------
 
-_PIECE = re.compile(r"[A-Za-z0-9]+(?:[._\-][A-Za-z0-9*]+)*|->|=>|→|[,;:!?%()\"]|\.")
+_PIECE = re.compile(r"[A-Za-z0-9]+(?:[._\-][A-Za-z0-9*]+)*|->|=>|→|[,;:!?%()\"\n]|\.")
 _VERSION = re.compile(
     r"^v?\d+(?:\.\d+){1,2}(?:\.[x*])?(?:[-.]?(?:rc|alpha|beta|a|b|pre|dev)\.?\d*)?$"
 )
@@ -221,10 +223,14 @@ _ROLLOUT_VERBS = _alternatives(
     " | ship | release | apply | migrate | bump | promote | patch | distribute"
     " | upgrate | updte | deply"
 )
-_ROLLBACK_VERBS = _alternatives("roll back | rollback | revert | downgrade | restore | undo")
+_ROLLBACK_VERBS = _alternatives(
+    "roll back | rollback | revert | downgrade | restore | undo | undone | rolled back"
+)
 _WEAK_VERBS = _alternatives("put | bring | move | switch | get | take | set | send | turn | roll")
-_DEFER_VERBS = _alternatives("cancel | call off | hold off | postpone | defer | put off | shelve")
-_HALT_VERBS = _alternatives("stop | halt | pause | abort | delay | hold | hold back")
+_DEFER_VERBS = _alternatives(
+    "cancel | call off | hold off | held off | postpone | defer | put off | shelve"
+)
+_HALT_VERBS = _alternatives("stop | halt | pause | abort | delay | hold | hold back | held back")
 
 # fixed phrases by role; verbs get their inflections added below
 _FIXED_TEXT: dict[Role, str] = {
@@ -239,7 +245,7 @@ _FIXED_TEXT: dict[Role, str] = {
     Role.all_at_once: "all at once | everything at once | in one go | one go | single wave"
     " | one wave | one batch | single batch | one shot | single shot | simultaneously"
     " | same time | big bang | one step | single step | in parallel | in one hit"
-    " | all together | all in one",
+    " | all together | all in one | in bulk",
     Role.at_once: "at once",
     Role.canary: "canary | canary wave | canary phase | canary stage",
     Role.no_canary: "canary less | canaryless | no canary",
@@ -268,11 +274,14 @@ _FIXED_TEXT: dict[Role, str] = {
     Role.generic: "device | unit | box | node | machine | endpoint | host | target"
     " | edge device | edge node | edge box | fleet",
     Role.percent: "percent | per cent | pct",
+    Role.rest: "rest | the rest | remaining | remainder | other | others | still | leftover"
+    " | everything else | the remaining ones | not yet updated",
     Role.limiter: "first | only | just | exactly | max | up to | at most | no more than",
     Role.site_prep: "at | in | within | near | inside",
     Role.target_prep: "to | on | onto | for | across | into | over",
-    Role.article: "the | all | every | each | our | my | those | these | its | their | both"
-    " | any | some | a | an | of | remaining | other | current | existing | whole | entire"
+    # "teh", "hte": the typos of "the" fast typists make, so they never read as a name
+    Role.article: "the | teh | hte | all | every | each | our | my | those | these | its | their"
+    " | both | any | some | a | an | of | current | existing | whole | entire"
     " | all the | all of the | all our",
     Role.clause: "and | or | but | then | also | plus | however | after that",
     Role.question: "what | which | how | where | when | why | who | is | are | was | were"
@@ -280,7 +289,8 @@ _FIXED_TEXT: dict[Role, str] = {
     Role.time: "morning | afternoon | evening | night | tonight | tomorrow | weekend | week"
     " | monday | tuesday | wednesday | thursday | friday | saturday | sunday | am | pm"
     " | hour | minute | noon | midnight | utc | cet | cest | local time | o clock | later"
-    " | soon | this week | next week",
+    " | soon | this week | next week | yesterday | today s | last week | month | ago"
+    " | earlier today | last night | day",
 }
 
 _FIXED: list[tuple[str, Role]] = [
@@ -296,6 +306,10 @@ _NUMBER_WORDS = {
     "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
     "nine": 9, "ten": 10, "eleven": 11, "twelve": 12, "fifteen": 15, "twenty": 20,
     "thirty": 30, "forty": 40, "fifty": 50, "hundred": 100, "dozen": 12, "single": 1,
+}  # fmt: skip
+_UNITS = {
+    "one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8,
+    "nine": 9,
 }  # fmt: skip
 _VAGUE_NUMBERS = {"couple": 2, "pair": 2, "few": 3, "handful": 3}
 _FRACTIONS = {
@@ -314,8 +328,8 @@ _FILLER_TEXT = (
     "whatever wherever whichever new newer build module package software firmware model "
     "be do have if possible much make ensure safe safely carefully reasonably kind "
     "should shall must may might really actually mind just quick quickly again too well "
-    "thing stuff order start begin kick kicking started usual normal standard rest "
-    "currently presently still yet already same respective respectively pretty "
+    "thing stuff order start begin kick kicking started usual normal standard "
+    "currently presently yet already same respective respectively pretty "
     "via using through per by as up out down off bit lot edge time one ones "
     "hurry rush case general advance short fact particular sequence turn progress future "
     "with about bother try trying production prod live u during while"
@@ -473,6 +487,12 @@ def _lexicon_of(
     phrases += [
         Phrase((normalise(w),), Role.number_word, str(n), _FIXED_RANK)
         for w, n in _NUMBER_WORDS.items()
+    ]
+    # "twenty-five", "forty two": tens and units as one number
+    phrases += [
+        Phrase((tens, unit), Role.number_word, str(_NUMBER_WORDS[tens] + value), _FIXED_RANK)
+        for tens in ("twenty", "thirty", "forty", "fifty")
+        for unit, value in _UNITS.items()
     ]
     phrases += [
         Phrase((normalise(w),), Role.vague_number, str(n), _FIXED_RANK)

@@ -11,7 +11,7 @@ import re
 
 from fieldgate.agents.offline.lexicon import Match, Role, Token
 
-SKIPPABLE = frozenset({Role.article, Role.limiter, Role.filler})
+SKIPPABLE = frozenset({Role.article, Role.limiter, Role.filler, Role.rest})
 _BREAKS = frozenset({Role.punct, Role.clause, Role.rollout, Role.rollback})
 _NEGATION_REACH = 6
 ENTITIES = frozenset(
@@ -28,7 +28,15 @@ ENTITIES = frozenset(
     }
 )
 _BETWEEN_EXCLUDED = frozenset(
-    {Role.article, Role.filler, Role.site_prep, Role.target_prep, Role.generic, Role.limiter}
+    {
+        Role.article,
+        Role.filler,
+        Role.site_prep,
+        Role.target_prep,
+        Role.generic,
+        Role.limiter,
+        Role.rest,
+    }
 )
 _NAMES = frozenset({Role.module, Role.module_word, Role.version, Role.version_word})
 
@@ -50,6 +58,7 @@ _ACTIONS = frozenset({Role.rollout, Role.rollback, Role.weak_verb})
 _BEFORE_ACTION = frozenset(
     {
         Role.article,
+        Role.rest,
         Role.filler,
         Role.limiter,
         Role.module,

@@ -18,7 +18,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from fieldgate.agents._summary import CatalogItem, DeviceGroup, PlanningContext
-from fieldgate.agents.offline.intent import Intent
+from fieldgate.agents.offline.intent import Intent, WaveAsk
 from fieldgate.agents.offline.targets import Targets, select_groups
 from fieldgate.contract import parse_version, version_in_range
 from fieldgate.errors import PlanningError
@@ -114,6 +114,93 @@ def rollout_waves(n: int, careful: bool, one_wave: bool) -> list[Wave]:
             Wave(name="wave-4", percent=100),
         ]
     return _gated(draft, n, careful, rollback=False)
+
+
+MAX_ASKED_WAVES = 20
+"""Most waves an engineer's wave size may produce; beyond it the planner's own waves stay."""
+
+
+def _canary_rule(size: int, n: int) -> str:
+    """Why a first wave of ``size`` is refused, in the words of policy rule D5."""
+    return (
+        f"canary: a first wave of {size} devices; with {n} targets it may take at most "
+        f"{canary_limit(n)} ({CANARY_PERCENT}% of the targets, at least 1)"
+    )
+
+
+def asked_waves(
+    n: int, careful: bool, ask: WaveAsk, planned: list[Wave]
+) -> tuple[list[Wave], list[str], list[str]]:
+    """The waves the engineer asked for, where policy allows them, else ``planned``.
+
+    Returns:
+        The waves, what was honoured (for the rationale) and what was declined, and why.
+    """
+    honoured: list[str] = []
+    declined: list[str] = []
+    first: Wave | None = None
+    size = 0
+    if ask.canary is not None or ask.canary_percent is not None:
+        percent = ask.canary_percent
+        size = (
+            ask.canary if ask.canary is not None else max(1, math.floor(n * (percent or 0) / 100))
+        )
+        typed = f"{size} devices" if percent is None else f"{percent:g}% ({size} devices)"
+        if n > CANARY_MIN_TARGETS and size > canary_limit(n):
+            declined.append(f"a first wave of {typed}: {_canary_rule(size, n)}")
+        elif size >= n:
+            declined.append(f"a first wave of {typed}: there are only {n} targets")
+        else:
+            name = "canary" if n > CANARY_MIN_TARGETS else "pilot"
+            first = (
+                Wave(name=name, count=size) if percent is None else Wave(name=name, percent=percent)
+            )
+            honoured.append(f"first wave of {typed}, as asked")
+    if first is None and len(planned) > 1:
+        first = planned[0]
+        size = wave_sizes(planned, n)[0]
+    if first is None:
+        return planned, honoured, declined
+    rest = n - size
+    later: list[Wave] | None = None
+    if ask.waves is not None:
+        if ask.waves < 2 or ask.waves - 1 > rest:
+            declined.append(
+                f"{ask.waves} waves: with {n} targets and a first wave of {size}, "
+                f"the plan keeps {len(planned)} waves"
+            )
+        else:
+            each = math.ceil(rest / (ask.waves - 1))
+            later = [Wave(name=f"wave-{i}", count=each) for i in range(2, ask.waves)]
+            honoured.append(f"{ask.waves} waves, as asked")
+    elif ask.wave_percent is not None:
+        each = max(1, math.floor(n * ask.wave_percent / 100))
+        steps = math.ceil(rest / each)
+        if steps > MAX_ASKED_WAVES:
+            declined.append(
+                f"waves of {ask.wave_percent:g}%: that makes {steps} waves after the first; "
+                f"the plan keeps at most {MAX_ASKED_WAVES}"
+            )
+        else:
+            later = [Wave(name=f"wave-{i}", percent=ask.wave_percent) for i in range(2, steps + 1)]
+            honoured.append(f"waves of {ask.wave_percent:g}% after the first, as asked")
+    elif ask.wave_size is not None:
+        steps = math.ceil(rest / ask.wave_size)
+        if steps > MAX_ASKED_WAVES:
+            declined.append(
+                f"waves of {ask.wave_size}: that makes {steps} waves after the first; "
+                f"the plan keeps at most {MAX_ASKED_WAVES}"
+            )
+        else:
+            later = [Wave(name=f"wave-{i}", count=ask.wave_size) for i in range(2, steps + 1)]
+            honoured.append(f"waves of {ask.wave_size} after the first, as asked")
+    if later is None:
+        if first is planned[0]:
+            return planned, honoured, declined
+        later = [w.model_copy(update={"health_gate": None}) for w in planned[1:]] or []
+        later = later[:-1]
+    draft = [first, *later, Wave(name=f"wave-{len(later) + 2}" if later else "rest", percent=100)]
+    return _gated(draft, n, careful, rollback=False), honoured, declined
 
 
 def rollback_waves(n: int, careful: bool, exempt: bool) -> list[Wave]:
@@ -319,6 +406,10 @@ def propose_plan(
     )
     one_wave = intent.flags.all_at_once or intent.flags.skip_canary
     waves = rollback_waves(n, careful, exempt) if rollback else rollout_waves(n, careful, one_wave)
+    wave_notes: list[str] = []
+    wave_declined: list[str] = []
+    if intent.wave_ask.asked and not rollback:
+        waves, wave_notes, wave_declined = asked_waves(n, careful, intent.wave_ask, waves)
 
     if rollback:
         back_to = _most_common(newer or installed, item.version)
@@ -347,7 +438,8 @@ def propose_plan(
         rollback_spec=rollback_spec,
         schedule=schedule,
         exempt=exempt,
-        notes=targeting.notes,
+        notes=[*targeting.notes, *wave_notes],
+        declined=wave_declined,
     )
     return RolloutPlan(
         plan_id=plan_id,
@@ -380,6 +472,7 @@ def _rationale(
     schedule: Schedule,
     exempt: bool,
     notes: list[str],
+    declined: list[str],
 ) -> str:
     rollback = intent.action is PlanIntent.rollback
     careful = item.safety in _CAREFUL
@@ -390,6 +483,10 @@ def _rationale(
         f"{verb} {item.ref} (safety {item.safety.value}) on {_plural(n, 'device')}; version: "
         f"{intent.version_reason}."
     )
+    if intent.because:
+        lines.append(f"Because: {'; '.join(intent.because)}.")
+    if intent.context:
+        lines.append(f"Context: {'; '.join(intent.context)}.")
     by_place: Counter[tuple[str, str]] = Counter()
     for group in found_groups:
         by_place[(group.site, group.device_class)] += group.count
@@ -415,9 +512,14 @@ def _rationale(
     sizes = wave_sizes(waves, n)
     steps = ", ".join(f"{w.name} {s}" for w, s in zip(waves, sizes, strict=True))
     if rollback and exempt:
+        ran = (
+            "the version these devices ran before"
+            if "ran before" in intent.version_reason
+            else ("an older release")
+        )
         why = (
-            "a rollback to a version the devices ran before; policy exempts it from the canary "
-            "rule, and it still goes in gated waves"
+            f"a rollback to {ran}; policy exempts rollbacks from the canary rule, and it still "
+            "goes in gated waves"
         )
     elif len(waves) == 1:
         why = "one wave: 10 or fewer targets, so no canary is required"
@@ -492,7 +594,7 @@ def _rationale(
             f"Schedule: now (safety class {item.safety.value} needs no maintenance window)."
         )
 
-    declined = _declined(intent, n, careful, len(waves), rollback, exempt)
+    declined = [*declined, *_declined(intent, n, careful, len(waves), rollback, exempt)]
     if declined:
         lines.append("Asked for but not done:")
         lines.extend(f"  - {line}" for line in declined)

@@ -5,14 +5,15 @@ What cannot be resolved against the planning context becomes a question, not a g
 
 from __future__ import annotations
 
-import difflib
 import math
 from collections import Counter
 from collections.abc import Sequence
 
 from fieldgate.agents._summary import CatalogItem, PlanningContext
-from fieldgate.agents.offline.intent import Clarification, Intent, RequestFlags, Scope
+from fieldgate.agents.offline.context import read_context
+from fieldgate.agents.offline.intent import Clarification, Intent, RequestFlags, Scope, WaveAsk
 from fieldgate.agents.offline.lexicon import Role, build_lexicon, match, tokenize
+from fieldgate.agents.offline.nearest import closest
 from fieldgate.agents.offline.reading import Reader, Reading
 from fieldgate.agents.offline.targets import Targets, find_targets
 from fieldgate.agents.offline.versions import VersionSpec, newest_release, runs, versions_text
@@ -21,11 +22,14 @@ from fieldgate.plan import PlanIntent
 
 
 def _closest(word: str, options: Sequence[str], limit: int = 3) -> list[str]:
-    lowered = word.lower()
-    prefix = [o for o in options if o.split("-")[0] and lowered.startswith(o.split("-")[0])]
-    close = difflib.get_close_matches(lowered, options, n=limit, cutoff=0.55)
-    picked = list(dict.fromkeys([*prefix, *close]))[:limit]
-    return picked or list(options)
+    return closest(word, options, limit) or list(options)
+
+
+def _nearest_text(candidates: Sequence[str], options: Sequence[str]) -> str:
+    """``Nearest known: rtm-05.`` when the candidates are a choice, not every name there is."""
+    if not candidates or len(candidates) == len(options):
+        return f"Known: {', '.join(options)}."
+    return f"Nearest known: {', '.join(candidates)}."
 
 
 def _capitalised(text: str) -> str:
@@ -56,6 +60,8 @@ class Resolver:
         self.r = reading
         self.ctx = ctx
         self.notes: list[str] = []
+        self.ran_from: list[str] = []
+        """What the targets ran before a rollback to the version they ran before."""
         self.context_versions: list[str] = []
         """Versions named besides the one after ``to`` (``2.4.1 is misbehaving``)."""
 
@@ -110,6 +116,7 @@ class Resolver:
         if isinstance(chosen, Clarification):
             return chosen
         item, version_reason = chosen
+        scope = self.the_rest(module, item, scope)
         targets = find_targets(ctx, scope, [item])
         if targets.count == 0:
             return self.no_targets(module, scope, releases, item)
@@ -137,9 +144,26 @@ class Resolver:
                 f"named {typed} as well: planned {item.version}, the version after 'to'; "
                 f"{typed} read as {known}"
             )
+        for typed in dict.fromkeys(r.reason_versions):
+            if runs(typed, running) or runs(typed, self.ran_from):
+                known = "what the targets run now" if runs(typed, running) else "what they ran"
+            else:
+                known = f"context (the targets run {', '.join(running) or 'none of ' + module})"
+            self.notes.append(
+                f"named {typed} as the reason: planned {item.version}; {typed} read as {known}"
+            )
+        self.notes += r.kind_notes
         for typed in r.not_versions:
             self.notes.append(f"not {typed}: left out, as asked")
-        if r.wave_sizes:
+        wave_ask = WaveAsk(
+            canary=r.canary,
+            canary_percent=r.canary_percent,
+            waves=r.wave_count,
+            wave_size=r.wave_size,
+            wave_percent=r.wave_percent,
+            typed=list(dict.fromkeys(r.wave_sizes)),
+        )
+        if r.wave_sizes and not wave_ask.asked:
             self.notes.append(
                 f"asked for waves of {', '.join(r.wave_sizes)}: the planner sizes waves itself "
                 "(a canary of at most 5% above 10 targets, then growing waves)"
@@ -154,9 +178,30 @@ class Resolver:
             version_reason=version_reason,
             scope=scope.model_copy(update={"limit": limit}),
             flags=RequestFlags(**r.flags),
+            wave_ask=wave_ask,
+            because=list(dict.fromkeys(r.because)),
+            context=list(dict.fromkeys(r.context)),
             ignored=list(dict.fromkeys(r.ignored)),
             notes=self.notes,
         )
+
+    def the_rest(self, module: str, item: CatalogItem, scope: Scope) -> Scope:
+        """``the rest``, ``the others``: leave out the devices that already run the target."""
+        if not self.r.rest or self.r.devices:
+            return scope
+        installed = {module: f"!={item.version}"}
+        running = [v for v in self.r.from_versions if VersionSpec.parse(v) is not None]
+        if len(running) == 1 and (spec := VersionSpec.parse(running[0])) and spec.exact:
+            installed = {module: f"=={spec.exact}"}
+        found = find_targets(self.ctx, scope, [item])
+        already = found.installed(module).get(item.version, 0)
+        if not already and installed[module].startswith("!="):
+            return scope
+        self.notes.append(
+            f"the rest: only devices whose {module} is {installed[module]} "
+            f"({already} in scope already run {item.version})"
+        )
+        return scope.model_copy(update={"installed": installed})
 
     def resolve_module(self) -> str | Clarification:
         r = self.r
@@ -235,13 +280,36 @@ class Resolver:
     def resolve_scope(self, module: str) -> Scope | Clarification:
         r = self.r
         ctx = self.ctx
+        # a place dimension that says nothing known is not narrowed, whatever the classes say
+        placed = bool(
+            r.sites
+            or r.regions
+            or r.region_groups
+            or r.devices
+            or r.labels
+            or r.everywhere
+            or r.excluded_sites
+            or r.excluded_regions
+        )
+        if placed:
+            # unknown words in sentences that ask for nothing cannot widen a narrowed request
+            r.ignored += [w for w in (*r.unknown_sites, *r.unknown_classes) if w in r.aside]
+            r.unknown_sites = [w for w in r.unknown_sites if w not in r.aside]
+            r.unknown_classes = [w for w in r.unknown_classes if w not in r.aside]
+        if not placed and r.unresolved_places:
+            # an ignored place must never become everywhere
+            r.unknown_sites = [*r.unknown_sites, *r.unresolved_places]
         if r.unknown_sites:
             word = r.unknown_sites[0]
             options = [s.id for s in ctx.sites] + ctx.regions
+            nearest = _closest(word, options)
             return Clarification(
                 reason="unknown_site",
-                question=f"I do not know a site or region called '{word}'. Which one did you mean?",
-                candidates=_closest(word, options),
+                question=(
+                    f"I do not know a site or region called '{word}'. "
+                    f"{_nearest_text(nearest, options)} Which one did you mean?"
+                ),
+                candidates=nearest,
                 module=module,
             )
         classes = list(dict.fromkeys(r.classes))
@@ -446,6 +514,9 @@ class Resolver:
                 candidates=[],
                 module=module,
             )
+        before = self.ran_before(module, targets, devices)
+        if before is not None:
+            return before
         highest = versions[-1]
         older = [i for i in stable if i.parsed_version < highest]
         distinct = sorted(set(versions))
@@ -463,6 +534,74 @@ class Resolver:
             candidates=[i.version for i in older],
             module=module,
         )
+
+    def ran_before(
+        self, module: str, targets: Targets, devices: str
+    ) -> tuple[CatalogItem, str] | Clarification | None:
+        """The version ``targets`` ran before, from the fleet's history; None without a record.
+
+        With a broken version named as the reason, only the devices running it count. When the
+        devices ran different versions before, or only some have a record, ask.
+        """
+        broken = [s for s in map(VersionSpec.parse, self.r.reason_versions) if s is not None]
+        groups = [g for g in targets.groups if module in g.installed]
+        if broken:
+            groups = [
+                g
+                for g in groups
+                if any(b.matches_version(parse_version(g.installed[module])) for b in broken)
+            ]
+            if not groups:
+                running = sorted(
+                    {g.installed[module] for g in targets.groups if module in g.installed}
+                )
+                return Clarification(
+                    reason="no_targets",
+                    question=(
+                        f"You named {', '.join(self.r.reason_versions)} as the trouble, but "
+                        f"{devices} run {module} {', '.join(running)}. Which devices or "
+                        "version did you mean?"
+                    ),
+                    candidates=running,
+                    module=module,
+                )
+        ran: Counter[str] = Counter()
+        unknown = 0
+        for group in groups:
+            version = group.previous.get(module)
+            if version is None:
+                unknown += group.count
+            else:
+                ran[version] += group.count
+        if not ran:
+            return None
+        if len(ran) > 1 or unknown:
+            parts = [f"{v} on {c}" for v, c in sorted(ran.items())]
+            if unknown:
+                parts.append(f"no record for {unknown}")
+            return Clarification(
+                reason="version_ambiguous",
+                question=(
+                    f"The {devices} ran different versions of {module} before: "
+                    f"{', '.join(parts)}. Which version should they go back to?"
+                ),
+                candidates=sorted(ran),
+                module=module,
+            )
+        version = next(iter(ran))
+        item = self.ctx.item(module, version)
+        if item is None:
+            return Clarification(
+                reason="unknown_version",
+                question=(
+                    f"The {devices} ran {module} {version} before, but the catalog no longer "
+                    "has it. Which version should they go back to?"
+                ),
+                candidates=[i.version for i in self.ctx.releases(module) if not i.prerelease],
+                module=module,
+            )
+        self.ran_from = sorted({g.installed[module] for g in groups})
+        return item, f"the version these devices ran before ({version}, from the fleet's history)"
 
     @staticmethod
     def pick(spec: VersionSpec, releases: Sequence[CatalogItem]) -> CatalogItem | None:
@@ -538,7 +677,9 @@ def understand(request: str, ctx: PlanningContext) -> Intent | Clarification:
     Returns:
         The intent, or a question when the module, version, site, class or action is unclear.
     """
-    tokens = tokenize(request, [s.id for s in ctx.sites])
+    context = read_context(request)
+    tokens = tokenize(context.text, [s.id for s in ctx.sites])
     matches = match(tokens, build_lexicon(ctx))
-    reading = Reader(tokens, matches, ctx).read()
+    reading = Reader(tokens, matches, ctx, tickets=context.tickets).read()
+    reading.context = [*context.notes, *reading.context]
     return Resolver(reading, ctx).resolve()

@@ -30,7 +30,8 @@ from fieldgate.contract import Contract
 from fieldgate.edge._artifacts import ArtifactSource
 from fieldgate.edge._credentials import as_identity
 from fieldgate.edge._device import DeviceStore, FieldDevice
-from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, encode, new_client
+from fieldgate.edge._targets import CatalogSet
+from fieldgate.edge._wire import Broker, Channel, connect_async, encode, new_client
 
 AGENT = "fieldgate-agent/0.1"
 """Agent software name and version, sent in every hello."""
@@ -46,7 +47,7 @@ class FieldAgent:
         self.broker = broker
         site, device_id = device.site, device.device_id
         self.topics = {channel: broker.topic(site, device_id, channel) for channel in Channel}
-        will = Hello(device_id=device_id, site=site, online=False, agent=AGENT)
+        will = device.farewell(AGENT)
         self.client = new_client(
             broker,
             f"fieldgate-agent-{device_id}",
@@ -88,9 +89,7 @@ class FieldAgent:
         self._work.put(None)
         self._worker.join(timeout=max(timeout, self.device.apply_seconds + timeout))
         if self.connected.is_set():
-            goodbye = Hello(
-                device_id=self.device_id, site=self.device.site, online=False, agent=AGENT
-            )
+            goodbye = self.device.farewell(AGENT)
             info = self.client.publish(
                 self.topics[Channel.hello], encode(goodbye), qos=1, retain=True
             )
@@ -232,6 +231,10 @@ class AgentSpec(Contract):
     credentials: Path | None = None
     """Directory of broker credentials ``{device}.json`` (``fieldgate broker config``): each
     device connects as itself with its own password. None: the broker's user, if any."""
+    catalogs: list[Path] = []
+    """Catalog repositories (TUF) the devices check every install against themselves; the
+    first root of each is pinned in a device's state when it is first given it. Empty: the
+    control plane's digest is the only check."""
 
 
 def open_agents(spec: AgentSpec) -> list[FieldAgent]:
@@ -242,9 +245,13 @@ def open_agents(spec: AgentSpec) -> list[FieldAgent]:
         CredentialsInvalid: a device's credentials file is missing or malformed.
     """
     agents: list[FieldAgent] = []
-    artifacts = ArtifactSource(spec.artifacts)
     try:
         for device in spec.devices:
+            artifacts = ArtifactSource(spec.artifacts)
+            if spec.catalogs:
+                catalogs = CatalogSet(spec.catalogs, spec.state_dir, device.device_id)
+                catalogs.pin()
+                artifacts = ArtifactSource(spec.artifacts, targets=catalogs)
             store = DeviceStore.open(
                 spec.state_dir,
                 device.device_id,

@@ -2,8 +2,9 @@
 
 The state is one SQLite file per device:
 
-- ``identity``: device id, site, the pinned control-plane key, health and the
-  hybrid logical clock's last reading;
+- ``identity``: device id, site, the device's own ed25519 key (made when the state is
+  provisioned; it never leaves the device, only its public half is enrolled in the
+  fleet), the pinned control-plane key, health and the hybrid logical clock's last reading;
 - ``installed``: module versions;
 - ``inbox``: every authenticated command id with its final report, the idempotency
   record (a repeated id gets the stored report back and nothing runs again);
@@ -27,6 +28,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 from pydantic import ValidationError
 
@@ -43,7 +45,9 @@ from fieldgate.edge._clock import HybridClock, wall_ms
 from fieldgate.edge._wire import MAX_PAYLOAD, Hello, check_segment, encode
 from fieldgate.epoch import to_ms, to_us
 from fieldgate.errors import DeviceStateInvalid
-from fieldgate.signing import key_id_of, verify
+from fieldgate.signing import SigningKey, key_id_of, verify
+
+DocumentT = TypeVar("DocumentT", DeviceReport, Hello)
 
 REFUSED_PREFIX = "refused:"
 """Command id prefix of reports about input the device could not authenticate.
@@ -161,6 +165,8 @@ class DeviceStore:
                     f"not {key_id_of(control_key)}; replace it explicitly to rotate keys"
                 )
             values = {"device_id": device_id, "site": site}
+            if "device_key" not in known:
+                values["device_key"] = SigningKey.generate(device_id).private_b64()
             if control_key:
                 values["control_key"] = control_key
             db.executemany(
@@ -201,6 +207,18 @@ class DeviceStore:
         value = self._identity("site")
         assert value is not None
         return value
+
+    @property
+    def signing_key(self) -> SigningKey:
+        """The device's own key: it signs every report and hello."""
+        value = self._identity("device_key")
+        assert value is not None
+        return SigningKey.from_private_b64(self.device_id, value)
+
+    @property
+    def public_key(self) -> str:
+        """The public half of the device's key (base64): what the fleet enrolls."""
+        return self.signing_key.public_b64
 
     @property
     def control_key(self) -> str | None:
@@ -413,6 +431,12 @@ class FieldDevice:
         self.clock = HybridClock(
             self.device_id, store.clock_last(), physical=physical_ms or wall_ms
         )
+        self.key = store.signing_key
+
+    def signed(self, document: DocumentT) -> DocumentT:
+        """Return ``document`` (a report or hello) signed with the device's key."""
+        signature = self.key.sign(document.signing_payload())
+        return document.model_copy(update={"signature": signature})
 
     def now(self) -> datetime:
         """The device's wall clock."""
@@ -518,27 +542,31 @@ class FieldDevice:
         installed = self.store.installed()
         if status is ReportStatus.applied and command.action is not Action.validate:
             installed[command.module] = command.version
-        report = DeviceReport(
-            command_id=command.command_id,
-            device_id=self.device_id,
-            status=status,
-            installed=installed,
-            health=health or self.store.health(),
-            reason=reason,
-            hlc=self.clock.now(),
+        report = self.signed(
+            DeviceReport(
+                command_id=command.command_id,
+                device_id=self.device_id,
+                status=status,
+                installed=installed,
+                health=health or self.store.health(),
+                reason=reason,
+                hlc=self.clock.now(),
+            )
         )
         seq = self.store.record(command, report, self.clock.last, effect)
         return Handled(report, seq, effect is not None)
 
     def _refuse(self, claimed: str, reason: str) -> Handled:
-        report = DeviceReport(
-            command_id=REFUSED_PREFIX + claimed,
-            device_id=self.device_id,
-            status=ReportStatus.rejected,
-            installed=self.store.installed(),
-            health=self.store.health(),
-            reason=reason,
-            hlc=self.clock.now(),
+        report = self.signed(
+            DeviceReport(
+                command_id=REFUSED_PREFIX + claimed,
+                device_id=self.device_id,
+                status=ReportStatus.rejected,
+                installed=self.store.installed(),
+                health=self.store.health(),
+                reason=reason,
+                hlc=self.clock.now(),
+            )
         )
         return Handled(report, self.store.enqueue(report, self.clock.last), False)
 
@@ -546,12 +574,20 @@ class FieldDevice:
         """What the device says about itself when it comes online (the clock reading persisted)."""
         hlc = self.clock.now()
         self.store.save_clock(self.clock.last)
-        return Hello(
-            device_id=self.device_id,
-            site=self.site,
-            online=True,
-            installed=self.store.installed(),
-            health=self.store.health(),
-            hlc=hlc,
-            agent=agent,
+        return self.signed(
+            Hello(
+                device_id=self.device_id,
+                site=self.site,
+                online=True,
+                installed=self.store.installed(),
+                health=self.store.health(),
+                hlc=hlc,
+                agent=agent,
+            )
+        )
+
+    def farewell(self, agent: str) -> Hello:
+        """The signed offline hello: the will the broker publishes, and the goodbye."""
+        return self.signed(
+            Hello(device_id=self.device_id, site=self.site, online=False, agent=agent)
         )

@@ -17,9 +17,15 @@ What it promises:
 - **No stale overwrite.** Each report and hello carries the device's hybrid logical
   clock; device state (installed modules, health) and the fleet store only move to a
   reading newer than the last one applied, whatever order the broker delivers them in.
+- **Only the device speaks for itself.** Every report and hello must carry a valid
+  signature of the device's enrolled key, a clock no further ahead than
+  ``max_clock_skew``, and (a report) answer a command sent to that device; an old signed
+  reading sent again is refused as a replay (see :func:`fieldgate.devices.refusal_of`).
+  Refused input never reaches :meth:`collect`, the device view or the fleet store.
 - **Bad input is filed, not obeyed.** Malformed payloads, unknown devices, topics that
-  disagree with their payload and reports that answer no command are written to
-  ``edge_rejections`` and the audit log; the device's own refusals too.
+  disagree with their payload, refused reports and hellos are written to
+  ``edge_rejections`` and the audit log, and counted in ``stats.refused`` by kind; the
+  device's own refusals too.
 
 Messages are taken off the network thread into a queue and ingested in batches by one
 thread, each batch in one transaction.
@@ -42,16 +48,20 @@ from sqlalchemy import select
 
 from fieldgate.batches import chunks
 from fieldgate.commands import DeviceCommand, DeviceReport
+from fieldgate.devices import MAX_CLOCK_SKEW_S
+from fieldgate.edge._clock import wall_ms
 from fieldgate.edge._ingest import (
     DeviceView,
     GatewayStats,
     Rejection,
     apply_state,
     audit,
+    authenticate,
     is_known,
     match,
     parse,
     persist,
+    read_ledger,
 )
 from fieldgate.edge._tables import (
     COMMANDS,
@@ -112,6 +122,7 @@ class Gateway:
         *,
         control_key: str | None = None,
         client_id: str = "fieldgate-gateway",
+        max_clock_skew: float = MAX_CLOCK_SKEW_S,
         resend_after: float = 30.0,
         connect_timeout: float = 10.0,
         publish_timeout: float = 10.0,
@@ -124,6 +135,8 @@ class Gateway:
             control_key: The control plane's public key: commands that do not verify with
                 it are refused before anything is published (fail closed).
             client_id: The gateway's persistent MQTT session.
+            max_clock_skew: Seconds a device's clock may run ahead of the gateway's wall
+                clock; reports and hellos stamped later are refused.
             resend_after: Seconds before an unanswered command to an online device is
                 published again.
             connect_timeout: How long :meth:`start` waits for the broker.
@@ -133,6 +146,7 @@ class Gateway:
         self.broker = broker
         self.control_key = control_key
         self.client_id = client_id
+        self.max_clock_skew = max_clock_skew
         self.resend_after = resend_after
         self.connect_timeout = connect_timeout
         self.publish_timeout = publish_timeout
@@ -228,6 +242,7 @@ class Gateway:
                     seen_us=row["seen_us"],
                     hlc=(row["hlc_wall"], row["hlc_counter"]),
                     health=json.loads(row["health"]) if row["health"] else None,
+                    hello_signature=row["hello_signature"],
                 )
             pending = conn.execute(
                 select(
@@ -534,9 +549,15 @@ class Gateway:
         ]
         views = self._ensure_views({m.document.device_id for m in incoming})
         known = [m for m in incoming if is_known(m, views, rejections)]
-        reports = [m for m in known if isinstance(m.document, DeviceReport)]
-        hellos = [m.document for m in known if isinstance(m.document, Hello)]
-        fresh, readings = match(self._engine, reports, rejections, self.stats)
+        keys = self.store.fleet.device_keys({m.document.device_id for m in known})
+        ledger = read_ledger(self._engine, known)
+        skew_ms = round(self.max_clock_skew * 1000)
+        trusted = authenticate(
+            known, views, keys, ledger, rejections, self.stats, wall_ms(), skew_ms
+        )
+        reports = [m for m in trusted if isinstance(m.document, DeviceReport)]
+        hellos = [m.document for m in trusted if isinstance(m.document, Hello)]
+        fresh, readings = match(ledger, reports, rejections, self.stats)
         changes, came_online = apply_state(readings, hellos, views, self._lock, self.stats)
         persist(self._writer, fresh, views, rejections, self._lock, self.stats)
         for device_id, module, version in changes:

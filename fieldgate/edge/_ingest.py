@@ -1,4 +1,5 @@
-"""The gateway's ingestion steps: parse, check, match against the ledger, apply, store.
+"""The gateway's ingestion steps: parse, check, authenticate, match against the ledger,
+apply, store.
 
 The gateway's ingesting thread runs them on each batch of messages (see
 :meth:`Gateway._ingest`); each takes what it works on as arguments, and files what it
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
@@ -21,6 +22,7 @@ from fieldgate.audit import ActorKind, EventKind
 from fieldgate.batches import chunks
 from fieldgate.commands import DeviceReport
 from fieldgate.contract import problems_of
+from fieldgate.devices import Known, refusal_of
 from fieldgate.edge._device import REFUSED_PREFIX
 from fieldgate.edge._tables import (
     COMMANDS,
@@ -45,6 +47,8 @@ class DeviceView:
     seen_us: int = 0
     hlc: tuple[int, int] = (-1, -1)
     health: dict[str, Any] | None = None
+    hello_signature: str | None = None
+    """Signature of the last hello taken (the retained one, delivered again, is no replay)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,8 @@ class GatewayStats:
     refusals: int = 0
     resent: int = 0
     connects: int = 0
+    refused: dict[str, int] = field(default_factory=dict)
+    """Reports and hellos refused by :func:`fieldgate.devices.refusal_of`, by kind."""
 
 
 def parse(
@@ -130,60 +136,134 @@ def is_known(message: Incoming, views: dict[str, DeviceView], rejections: list[R
     return False
 
 
-def match(
-    engine: Engine, reports: list[Incoming], rejections: list[Rejection], stats: GatewayStats
-) -> tuple[list[DeviceReport], list[DeviceReport]]:
-    """Sort reports: first answers, and every report that may move device state.
+@dataclass(frozen=True)
+class LedgerEntry:
+    """What the ledger says of one command: its device, its report status and signature."""
 
-    A report moves state when it answers a command sent to its device (the first time
-    or again) or is the device's refusal of input it could not authenticate (filed
-    with the device as its source: it answers no command). Every other report is
-    filed as rejected and changes nothing.
+    device_id: str
+    status: str | None
+    signature: str | None
+
+
+def read_ledger(engine: Engine, reports: list[Incoming]) -> dict[str, LedgerEntry]:
+    """The ledger entries of the commands ``reports`` answer."""
+    ids = sorted(
+        {
+            m.document.command_id
+            for m in reports
+            if isinstance(m.document, DeviceReport)
+            and not m.document.command_id.startswith(REFUSED_PREFIX)
+        }
+    )
+    ledger: dict[str, LedgerEntry] = {}
+    with engine.connect() as conn:
+        for chunk in chunks(ids, IN_LIST):
+            rows = conn.execute(
+                select(
+                    COMMANDS.c.command_id,
+                    COMMANDS.c.device_id,
+                    COMMANDS.c.status,
+                    COMMANDS.c.report,
+                ).where(COMMANDS.c.command_id.in_(chunk))
+            )
+            for cid, device, status, text in rows:
+                signature = json.loads(text).get("signature") if text else None
+                ledger[cid] = LedgerEntry(device, status, signature)
+    return ledger
+
+
+def authenticate(
+    messages: list[Incoming],
+    views: dict[str, DeviceView],
+    keys: dict[str, str],
+    ledger: dict[str, LedgerEntry],
+    rejections: list[Rejection],
+    stats: GatewayStats,
+    now_ms: int,
+    max_skew_ms: int,
+) -> list[Incoming]:
+    """Keep the messages :func:`fieldgate.devices.refusal_of` lets through; file the others.
+
+    Messages are checked in arrival order, each against what the ones before it taken.
     """
-    answers: list[tuple[Incoming, DeviceReport]] = []
+    newest: dict[str, tuple[int, int]] = {}
+    hellos: dict[str, str | None] = {}
+    answered: dict[str, str | None] = {}
+    kept: list[Incoming] = []
+    for message in messages:
+        document = message.document
+        device_id = document.device_id
+        view = views[device_id]
+        last = newest.get(device_id, view.hlc)
+        if isinstance(document, Hello):
+            taken_hello = hellos.get(device_id, view.hello_signature)
+            known = Known(keys.get(device_id), last, taken_signature=taken_hello)
+        else:
+            entry = ledger.get(document.command_id)
+            if document.command_id in answered:
+                taken: str | None = answered[document.command_id]
+            else:
+                taken = entry.signature if entry is not None else None
+            known = Known(
+                keys.get(device_id),
+                last,
+                entry.device_id if entry is not None else None,
+                document.command_id in answered or (entry is not None and entry.status is not None),
+                taken,
+            )
+        refused = refusal_of(document, known, now_ms, max_skew_ms)
+        if refused is not None:
+            stats.refused[refused.kind.value] = stats.refused.get(refused.kind.value, 0) + 1
+            rejections.append(
+                Rejection(
+                    message.topic,
+                    device_id,
+                    "gateway",
+                    f"{refused.kind.value}: {refused.reason}",
+                    message.payload,
+                )
+            )
+            continue
+        kept.append(message)
+        if document.hlc is not None:
+            newest[device_id] = max(last, (document.hlc.wall_ms, document.hlc.counter))
+        if isinstance(document, Hello):
+            hellos[device_id] = document.signature
+        elif not document.command_id.startswith(REFUSED_PREFIX):
+            answered.setdefault(document.command_id, document.signature)
+    return kept
+
+
+def match(
+    ledger: dict[str, LedgerEntry],
+    reports: list[Incoming],
+    rejections: list[Rejection],
+    stats: GatewayStats,
+) -> tuple[list[DeviceReport], list[DeviceReport]]:
+    """Sort authenticated reports: first answers, and every report that may move device state.
+
+    Every report here passed :func:`authenticate`, so it answers a command the ledger
+    sent to its device (the first time or again), or is the device's refusal of input it
+    could not authenticate (filed with the device as its source: it answers no command).
+    """
     readings: list[DeviceReport] = []
+    fresh: list[DeviceReport] = []
+    taken: set[str] = set()
     for message in reports:
         report = message.document
         assert isinstance(report, DeviceReport)
+        readings.append(report)
         if report.command_id.startswith(REFUSED_PREFIX):
             reason = f"{report.command_id}: {report.reason}"
             rejections.append(
                 Rejection(message.topic, report.device_id, "device", reason, message.payload)
             )
             stats.refusals += 1
-            readings.append(report)
-        else:
-            answers.append((message, report))
-    ids = sorted({r.command_id for _, r in answers})
-    ledger: dict[str, tuple[str, str | None]] = {}
-    with engine.connect() as conn:
-        for chunk in chunks(ids, IN_LIST):
-            rows = conn.execute(
-                select(COMMANDS.c.command_id, COMMANDS.c.device_id, COMMANDS.c.status).where(
-                    COMMANDS.c.command_id.in_(chunk)
-                )
-            )
-            ledger.update({cid: (device, status) for cid, device, status in rows})
-    fresh: list[DeviceReport] = []
-    taken: set[str] = set()
-    for message, report in answers:
-        entry = ledger.get(report.command_id)
-        if entry is None:
-            reason = f"report for {report.command_id}, a command the control plane never sent"
-        elif entry[0] != report.device_id:
-            reason = f"report for {report.command_id}, a command sent to {entry[0]}"
-        elif entry[1] is not None or report.command_id in taken:
+        elif ledger[report.command_id].status is not None or report.command_id in taken:
             stats.duplicates += 1
-            readings.append(report)
-            continue
         else:
             taken.add(report.command_id)
             fresh.append(report)
-            readings.append(report)
-            continue
-        rejections.append(
-            Rejection(message.topic, report.device_id, "gateway", reason, message.payload)
-        )
     stats.fresh += len(fresh)
     return fresh, readings
 
@@ -215,6 +295,7 @@ def apply_state(
                 came_online.add(hello.device_id)
             view.online = hello.online
             view.seen_us = seen
+            view.hello_signature = hello.signature
         for report in reports:
             # A report is proof of life, whatever order the hellos and wills came in.
             view = views[report.device_id]
@@ -267,6 +348,7 @@ def persist(
                     "hlc_counter": v.hlc[1],
                     "installed": json.dumps(v.installed, sort_keys=True),
                     "health": json.dumps(v.health) if v.health is not None else None,
+                    "hello_signature": v.hello_signature,
                 }
                 for v in views.values()
             ]

@@ -12,14 +12,18 @@ from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import paho.mqtt.client as mqtt
 
 from fieldgate.batches import chunks
 from fieldgate.config import PASSWORD_ENV
 from fieldgate.edge._agent import AgentSpec, DeviceSpec
+from fieldgate.edge._device import DeviceStore
 from fieldgate.edge._wire import Broker, Channel, Hello, connect_async, new_client
+
+if TYPE_CHECKING:
+    from fieldgate.store import Store
 
 
 class LocalFleet:
@@ -41,7 +45,10 @@ class LocalFleet:
         fail_installs: Iterable[str] = (),
         artifacts: Path | None = None,
         log_dir: Path | None = None,
+        enroll_in: Store | None = None,
+        replace_keys: bool = False,
         credentials: Path | None = None,
+        catalogs: Sequence[Path] | None = None,
     ) -> None:
         """Plan the processes; :meth:`start` launches them.
 
@@ -55,14 +62,24 @@ class LocalFleet:
             fail_installs: ``module@version`` refs whose install fails.
             artifacts: Artifact directory (default: sample stand-ins).
             log_dir: Where each process writes its log (default: inherit stderr).
+            enroll_in: The control plane's store: :meth:`start` enrolls every device's
+                key in its fleet (audited) before the agents speak.
+            replace_keys: Re-enroll a device whose state has another key than the fleet's
+                (a state made anew); without it that is refused.
             credentials: Directory of the devices' broker credentials: each agent connects
                 as its device, and the broker's own user and password stay here.
+            catalogs: Catalog repositories the devices check their installs against. None:
+                with ``enroll_in``, the repositories that store holds, exported under
+                ``state_dir/catalog`` when the fleet starts; else none.
         """
         if per_process < 1:
             raise ValueError("per_process must be at least 1")
         self.broker = broker
         self.state_dir = state_dir
         self.log_dir = log_dir
+        self.control_key = control_key
+        self.enroll_in = enroll_in
+        self.replace_keys = replace_keys
         self.groups = [list(group) for group in chunks(devices, per_process)]
         self._spec = dict(
             control_key=control_key,
@@ -70,7 +87,9 @@ class LocalFleet:
             fail_installs=list(fail_installs),
             artifacts=artifacts,
             credentials=credentials,
+            catalogs=list(catalogs or []),
         )
+        self._export_catalogs = catalogs is None
         self._group_of = {d.device_id: i for i, group in enumerate(self.groups) for d in group}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -86,6 +105,22 @@ class LocalFleet:
     def start(self) -> LocalFleet:
         """Launch every process."""
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.enroll_in is not None:
+            from fieldgate.audit import ActorKind
+            from fieldgate.catalog_metadata import export_repository
+            from fieldgate.devices import enroll_devices
+
+            if self._export_catalogs:
+                exported = export_repository(self.enroll_in, self.state_dir / "catalog")
+                self._spec["catalogs"] = exported
+
+            enroll_devices(
+                self.enroll_in,
+                self.public_keys(),
+                "local-fleet",
+                actor_kind=ActorKind.system,
+                replace=self.replace_keys,
+            )
         for index in range(len(self.groups)):
             self.start_group(index)
         return self
@@ -126,6 +161,27 @@ class LocalFleet:
         finally:
             if out is not None:
                 out.close()
+
+    def public_keys(self) -> dict[str, str]:
+        """Each device's public key, from its state (provisioned now if new: its key is made then).
+
+        Raises:
+            DeviceStateInvalid: a state belongs to another device or pins another key.
+        """
+        keys = {}
+        for device in (d for group in self.groups for d in group):
+            store = DeviceStore.open(
+                self.state_dir,
+                device.device_id,
+                site=device.site,
+                installed=device.installed,
+                control_key=self.control_key,
+            )
+            try:
+                keys[device.device_id] = store.public_key
+            finally:
+                store.close()
+        return keys
 
     def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
         """Send ``sig`` to process ``index`` and, for a kill, wait until it is gone."""

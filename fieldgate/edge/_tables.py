@@ -76,6 +76,8 @@ class EdgeDeviceRow(EdgeTable, table=True):
     """Installed modules (JSON)."""
     health: str | None = Field(default=None, sa_type=Text)
     """Health (JSON)."""
+    hello_signature: str | None = Field(default=None, sa_type=Text)
+    """Signature of the last hello taken from the device."""
 
 
 class EdgeRejectionRow(EdgeTable, table=True):

@@ -186,6 +186,12 @@ class Hello(Contract):
     """When it said so; the will carries none."""
     agent: str = ""
     """Agent software and version."""
+    signature: str | None = None
+    """Base64 ed25519 signature of the device's own key over the hello without this field."""
+
+    def signing_payload(self) -> dict[str, object]:
+        """The fields the device signs."""
+        return self.model_dump(mode="json", exclude={"signature"})
 
 
 def encode(document: Contract) -> bytes:

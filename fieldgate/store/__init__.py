@@ -13,7 +13,7 @@ from fieldgate.store._audit import AuditLog, NewEvent, VerifyResult
 from fieldgate.store._catalog import CatalogRecord, CatalogStore, HeldMetadata, ImportResult
 from fieldgate.store._checkpoints import AUDIT_TABLES, CheckpointStore, WatchedAuditLog
 from fieldgate.store._engine import open_engine
-from fieldgate.store._fleet import FleetStore, FleetSummary, InventoryImport
+from fieldgate.store._fleet import Enrollment, FleetStore, FleetSummary, InventoryImport
 from fieldgate.store._freeze import Freeze, FreezeStore
 from fieldgate.store._keys import KeyPurpose, KeyStore, TrustedKey
 from fieldgate.store._plans import PlanRecord, PlanStore
@@ -28,6 +28,7 @@ __all__ = [
     "CatalogRecord",
     "CatalogStore",
     "CheckpointStore",
+    "Enrollment",
     "FleetStore",
     "FleetSummary",
     "Freeze",

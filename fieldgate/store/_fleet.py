@@ -1,9 +1,11 @@
-"""The fleet as rows: sites, devices, labels and installed module versions."""
+"""The fleet as rows: sites, devices, labels, installed module versions and device keys."""
 
 from __future__ import annotations
 
+import base64
 import re
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -16,13 +18,15 @@ from sqlmodel import Field, Session, col
 
 from fieldgate.batches import chunks
 from fieldgate.contract import Contract, parse_version
-from fieldgate.errors import NotFound, StoreError
+from fieldgate.errors import DeviceKeyConflict, InputInvalid, NotFound, StoreError
 from fieldgate.fleet import Device, FleetInventory, Site
 from fieldgate.manifest import NAME_PATTERN
 from fieldgate.plan import Selector, select_devices
+from fieldgate.signing import key_id_of
 from fieldgate.store._engine import for_writing, is_sqlite, read_scalar, transaction
 from fieldgate.store._table import (
     StoreTable,
+    as_utc,
     from_json_text,
     json_text,
     table_of,
@@ -102,6 +106,37 @@ class InstalledRow(StoreTable, table=True):
     device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
     module: str = Field(primary_key=True, index=True)
     version: str
+
+
+class DeviceKeyRow(StoreTable, table=True):
+    """The enrolled public key of one device: the only key its reports and hellos count under.
+
+    Kept apart from the device row, so an inventory import never touches a device's
+    identity.
+    """
+
+    __tablename__ = "fleet_device_key"
+
+    device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
+    public_key: str
+    """The raw ed25519 public key (base64)."""
+    key_id: str = Field(index=True)
+    """Its fingerprint (``ed25519:`` and 16 hex digits)."""
+    enrolled_at: datetime = utc_time_field()
+    enrolled_by: str
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """One device's enrolled key."""
+
+    device_id: str
+    public_key: str
+    key_id: str
+    enrolled_at: datetime
+    enrolled_by: str
+    previous_key_id: str | None = None
+    """The key this enrollment replaced (set only by :meth:`FleetStore.enroll`)."""
 
 
 class FleetRevisionRow(StoreTable, table=True):
@@ -431,6 +466,113 @@ class FleetStore:
                 )
             return _load_devices(session, Selector(devices=[device_id]))[0]
 
+    def enroll(
+        self,
+        keys: Mapping[str, str],
+        actor: str,
+        *,
+        replace: bool = False,
+        tx: Session | None = None,
+    ) -> list[Enrollment]:
+        """Enroll each device's public key (device id -> base64 key) in one transaction.
+
+        A device keeps the key it has unless ``replace`` is set; enrolling the key it
+        already has changes nothing.
+
+        Returns:
+            The enrollments that changed something (new, or a different key), by device id.
+
+        Raises:
+            NotFound: a device is not in the fleet; nothing was enrolled.
+            DeviceKeyConflict: a device has another key and ``replace`` is not set.
+        """
+        for device_id, public_key in keys.items():
+            _check_public_key(device_id, public_key)
+        if tx is not None:
+            return self._enroll(tx, keys, actor, replace)
+        with transaction(self._writer, "enrolling device keys") as session:
+            return self._enroll(session, keys, actor, replace)
+
+    def _enroll(
+        self, session: Session, keys: Mapping[str, str], actor: str, replace: bool
+    ) -> list[Enrollment]:
+        ids = sorted(keys)
+        present: set[str] = set()
+        current: dict[str, str] = {}
+        for chunk in chunks(ids, _CHUNK):
+            present.update(
+                session.scalars(select(col(DeviceRow.id)).where(col(DeviceRow.id).in_(chunk)))
+            )
+            rows = session.execute(
+                select(col(DeviceKeyRow.device_id), col(DeviceKeyRow.public_key)).where(
+                    col(DeviceKeyRow.device_id).in_(chunk)
+                )
+            )
+            current.update({device_id: key for device_id, key in rows})
+        missing = [d for d in ids if d not in present]
+        if missing:
+            raise NotFound(f"device {missing[0]!r} is not in the fleet; no key was enrolled")
+        now = utc_now()
+        changed: list[Enrollment] = []
+        for device_id in ids:
+            key, before = keys[device_id], current.get(device_id)
+            if before == key:
+                continue
+            if before is not None and not replace:
+                raise DeviceKeyConflict(
+                    f"device {device_id} is enrolled with key {key_id_of(before)}, not "
+                    f"{key_id_of(key)}; re-enroll explicitly (--replace) to change its key"
+                )
+            changed.append(
+                Enrollment(
+                    device_id,
+                    key,
+                    key_id_of(key),
+                    now,
+                    actor,
+                    key_id_of(before) if before else None,
+                )
+            )
+        if changed:
+            _upsert(
+                session,
+                DeviceKeyRow,
+                [
+                    {
+                        "device_id": e.device_id,
+                        "public_key": e.public_key,
+                        "key_id": e.key_id,
+                        "enrolled_at": e.enrolled_at,
+                        "enrolled_by": e.enrolled_by,
+                    }
+                    for e in changed
+                ],
+            )
+        return changed
+
+    def device_keys(self, device_ids: Iterable[str] | None = None) -> dict[str, str]:
+        """The enrolled public keys (base64) of ``device_ids`` (every enrolled device: None)."""
+        query = select(col(DeviceKeyRow.device_id), col(DeviceKeyRow.public_key))
+        found: dict[str, str] = {}
+        with transaction(self._engine, "reading device keys") as session:
+            if device_ids is None:
+                found.update({d: k for d, k in session.execute(query)})
+            else:
+                for chunk in chunks(sorted(set(device_ids)), _CHUNK):
+                    rows = session.execute(query.where(col(DeviceKeyRow.device_id).in_(chunk)))
+                    found.update({d: k for d, k in rows})
+        return found
+
+    def enrollment(self, device_id: str) -> Enrollment | None:
+        """The key enrolled for ``device_id``, with when and by whom (None: none)."""
+        with transaction(self._engine, f"reading the key of {device_id}") as session:
+            row = session.get(DeviceKeyRow, device_id)
+            if row is None:
+                return None
+            return Enrollment(
+                row.device_id, row.public_key, row.key_id, as_utc(row.enrolled_at), row.enrolled_by
+            )
+
     def summary(self) -> FleetSummary:
         """Count sites and devices by region, site, class and installed version, in SQL."""
         device_count = func.count(col(DeviceRow.id))
@@ -474,6 +616,18 @@ class FleetStore:
         if not sites:
             raise NotFound("the fleet is empty: import an inventory first")
         return FleetInventory(sites=sites, devices=self.devices())
+
+
+def _check_public_key(device_id: str, public_key: str) -> None:
+    try:
+        raw = base64.b64decode(public_key, validate=True)
+    except (ValueError, TypeError):
+        raw = b""
+    if len(raw) != 32:
+        raise InputInvalid(
+            "device key",
+            [(device_id, "must be a raw ed25519 public key in base64 (32 bytes)")],
+        )
 
 
 def _check_module_version(module: str, version: str | None) -> None:

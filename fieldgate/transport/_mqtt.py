@@ -9,6 +9,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from fieldgate.commands import DeviceCommand, DeviceReport
+from fieldgate.devices import MAX_CLOCK_SKEW_S
 from fieldgate.edge import Broker, Gateway
 from fieldgate.store import Store
 from fieldgate.transport._base import Dispatched
@@ -78,6 +79,7 @@ def open_mqtt_transport(
     client_id: str = "fieldgate-gateway",
     resend_after: float = 30.0,
     connect_timeout: float = 10.0,
+    max_clock_skew: float = MAX_CLOCK_SKEW_S,
 ) -> Iterator[MqttTransport]:
     """Connect a gateway on ``store`` to ``broker`` and yield the transport over it.
 
@@ -89,6 +91,8 @@ def open_mqtt_transport(
         client_id: The gateway's persistent session (one per worker).
         resend_after: Seconds before an unanswered command to an online device is resent.
         connect_timeout: Seconds to wait for the broker before giving up.
+        max_clock_skew: Seconds a device's report or hello may be stamped ahead of the
+            gateway's clock (``FIELDGATE_DEVICE_CLOCK_SKEW``).
 
     Raises:
         BrokerUnreachable: the broker cannot be reached; nothing was sent.
@@ -100,6 +104,7 @@ def open_mqtt_transport(
         client_id=client_id,
         resend_after=resend_after,
         connect_timeout=connect_timeout,
+        max_clock_skew=max_clock_skew,
     ).start()
     try:
         yield MqttTransport(gateway)

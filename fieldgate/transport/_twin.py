@@ -1,12 +1,22 @@
-"""The fleet twin as a transport: commands run on simulated devices in virtual time."""
+"""The fleet twin as a transport: commands run on simulated devices in virtual time.
+
+Every report the twin's devices send passes :func:`fieldgate.devices.refusal_of`, the
+check the gateway runs over MQTT, against the keys enrolled in the fleet store, before
+it reaches the executor: a refused report is counted in :attr:`TwinTransport.refused`,
+kept in :attr:`TwinTransport.rejections` and never handed on.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
 from fieldgate.commands import DeviceCommand, DeviceReport
+from fieldgate.devices import MAX_CLOCK_SKEW_S, Known, Refused, refusal_of
+from fieldgate.edge import REFUSED_PREFIX
+from fieldgate.epoch import to_ms
+from fieldgate.store import FleetStore
 from fieldgate.transport._base import Dispatched
 from fieldgate.twin import FleetTwin
 
@@ -14,8 +24,31 @@ from fieldgate.twin import FleetTwin
 class TwinTransport:
     """Delivers commands to a :class:`FleetTwin`; waiting advances its virtual clock."""
 
-    def __init__(self, twin: FleetTwin) -> None:
+    def __init__(
+        self,
+        twin: FleetTwin,
+        *,
+        keys: Callable[[Iterable[str]], dict[str, str]] | None = None,
+        max_clock_skew: float = MAX_CLOCK_SKEW_S,
+    ) -> None:
+        """Wrap ``twin``.
+
+        Args:
+            twin: The simulated fleet.
+            keys: Enrolled public keys by device id, for the devices asked about
+                (default: the fleet store on the twin's database).
+            max_clock_skew: Seconds a report's clock may run ahead of the twin's.
+        """
         self.twin = twin
+        self.keys = keys or FleetStore(twin.engine).device_keys
+        self.max_clock_skew = max_clock_skew
+        self.refused: dict[str, int] = {}
+        """Reports refused, by kind."""
+        self.rejections: list[tuple[DeviceReport, Refused]] = []
+        """Every refused report and why."""
+        self._enrolled: dict[str, str] = {}
+        self._newest: dict[str, tuple[int, int]] = {}
+        self._answers: dict[str, str | None] = {}
 
     @property
     def name(self) -> str:
@@ -34,10 +67,15 @@ class TwinTransport:
     def dispatch(self, commands: Sequence[DeviceCommand], wave: int) -> Dispatched:
         """Hand commands to the simulated devices."""
         result = self.twin.dispatch(commands, wave)
+        stored = [d.report for d in result.duplicates if d.report is not None]
+        trusted = {r.command_id for r in self._trusted(stored)}
         return Dispatched(
             accepted=list(result.accepted),
             queued=list(result.queued),
-            duplicates={d.command_id: d.report for d in result.duplicates},
+            duplicates={
+                d.command_id: d.report if d.command_id in trusted else None
+                for d in result.duplicates
+            },
             unknown=list(result.unknown_device),
         )
 
@@ -49,9 +87,9 @@ class TwinTransport:
             upcoming = self.twin.next_event()
             if upcoming is None or upcoming > until:
                 if until > self.twin.now:
-                    reports.extend(self.twin.advance(until))
+                    reports.extend(self._trusted(self.twin.advance(until)))
                 break
-            arrived = self.twin.advance(upcoming)
+            arrived = self._trusted(self.twin.advance(upcoming))
             reports.extend(arrived)
             waiting -= {r.command_id for r in arrived}
         return reports
@@ -60,7 +98,7 @@ class TwinTransport:
         """Advance the virtual clock to ``until``."""
         if until <= self.twin.now:
             return []
-        return self.twin.advance(until)
+        return self._trusted(self.twin.advance(until))
 
     def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
         """Which of ``command_ids`` the twin's effect ledger holds, with their reports."""
@@ -69,3 +107,32 @@ class TwinTransport:
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """The simulated device's status, with its free-text note (untrusted)."""
         return self.twin.telemetry(device_id)
+
+    def _trusted(self, reports: list[DeviceReport]) -> list[DeviceReport]:
+        """The reports :func:`refusal_of` lets through, in order; the others are kept aside."""
+        missing = {r.device_id for r in reports} - self._enrolled.keys()
+        if missing:
+            self._enrolled.update(self.keys(missing))
+        now_ms, skew_ms = to_ms(self.twin.now), round(self.max_clock_skew * 1000)
+        kept = []
+        for report in reports:
+            answers = not report.command_id.startswith(REFUSED_PREFIX)
+            known = Known(
+                self._enrolled.get(report.device_id),
+                self._newest.get(report.device_id, (-1, -1)),
+                self.twin.addressee(report.command_id) if answers else None,
+                report.command_id in self._answers,
+                self._answers.get(report.command_id),
+            )
+            refused = refusal_of(report, known, now_ms, skew_ms)
+            if refused is not None:
+                self.refused[refused.kind.value] = self.refused.get(refused.kind.value, 0) + 1
+                self.rejections.append((report, refused))
+                continue
+            kept.append(report)
+            reading = (report.hlc.wall_ms, report.hlc.counter)
+            self._newest[report.device_id] = max(
+                self._newest.get(report.device_id, reading), reading
+            )
+            self._answers.setdefault(report.command_id, report.signature)
+        return kept

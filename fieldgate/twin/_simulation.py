@@ -45,6 +45,7 @@ from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus
 from fieldgate.epoch import at_ms
 from fieldgate.scenario import Fault, FaultKind
 from fieldgate.twin import _draws
+from fieldgate.twin._keys import TwinKeys
 from fieldgate.twin._models import DispatchOutcome, DispatchResult, DuplicateCommand, EffectPhase
 from fieldgate.twin._state import Binding, FaultEntry, LedgerEntry, SimDevice, to_json
 from fieldgate.twin._stored import Changes
@@ -72,8 +73,12 @@ class Simulation:
         devices: Iterable[SimDevice],
         faults: Iterable[FaultEntry],
         effects: Iterable[LedgerEntry],
+        keys: TwinKeys,
     ) -> None:
-        """Hold the working copy; call :meth:`rebuild_schedule` when it was loaded."""
+        """Hold the working copy; call :meth:`rebuild_schedule` when it was loaded.
+
+        ``keys`` are the devices' own: every report is signed with its device's.
+        """
         self.seed = seed
         self.clock_ms = clock_ms
         self.next_seq = next_seq
@@ -81,6 +86,7 @@ class Simulation:
         self.faults = list(faults)
         self.effects = {e.command_id: e for e in effects}
         self.changes = Changes()
+        self.keys = keys
         self._events: list[tuple[int, int, str, str]] = []
 
     def rebuild_schedule(self) -> None:
@@ -158,7 +164,7 @@ class Simulation:
                         device_id=command.device_id,
                         first_outcome=known.outcome,
                         phase=known.phase,
-                        report=known.report(),
+                        report=known.report(self.keys),
                         conflicting=command != known.command(),
                     )
                 )
@@ -317,11 +323,12 @@ class Simulation:
         else:
             device.hlc_counter += 1
         effect.installed_json = to_json(device.installed)
+        effect.report_signature = None
         effect.note = device.note or None
         effect.hlc = (device.hlc_wall, device.hlc_counter)
         effect.reported_ms = t
         effect.phase = EffectPhase.done
         self.changes.changed_effects[effect.command_id] = effect
-        report = effect.report()
+        report = effect.report(self.keys)
         assert report is not None
         reports.append(report)

@@ -17,6 +17,7 @@ from fieldgate.commands import Action, DeviceCommand, DeviceReport, Health, Repo
 from fieldgate.epoch import at_ms, at_us, to_us
 from fieldgate.fleet import Device
 from fieldgate.scenario import Fault, FaultKind
+from fieldgate.twin._keys import TwinKeys
 from fieldgate.twin._models import DeviceState, DispatchOutcome, Effect, EffectPhase
 
 
@@ -239,6 +240,9 @@ class LedgerEntry:
     """The device's note when the report went out (None when empty)."""
     hlc: tuple[int, int] | None = None
     """The hybrid logical clock reading of the report (wall ms, counter)."""
+    report_signature: str | None = None
+    """The device's signature of the report once made; not stored (ed25519 signatures are
+    deterministic, so a loaded twin makes the same one again)."""
 
     FIXED: ClassVar[tuple[str, ...]] = (
         "twin_id",
@@ -397,21 +401,27 @@ class LedgerEntry:
             }
         )
 
-    def report(self) -> DeviceReport | None:
-        """Rebuild the report the device sent (None before it was sent)."""
+    def report(self, keys: TwinKeys) -> DeviceReport | None:
+        """Rebuild the report the device sent, signed with its key (None before it was sent)."""
         if self.hlc is None or self.status is None or self.installed_json is None:
             return None
         assert self.health_ok is not None and self.health_score is not None
+        health = shared_health(self.health_ok, self.health_score, self.note or "")
+        # The signed payload is built here, field for field as DeviceReport.signing_payload
+        # dumps it: a dump per report would cost as much as the rest of the step.
+        payload: dict[str, Any] = {
+            "command_id": self.command_id,
+            "device_id": self.device_id,
+            "status": str(self.status),
+            "installed": json.loads(self.installed_json),
+            "health": {"ok": health.ok, "score": health.score, "note": health.note},
+            "reason": self.reason(),
+            "hlc": {"wall_ms": self.hlc[0], "counter": self.hlc[1], "node": self.device_id},
+        }
+        if self.report_signature is None:
+            self.report_signature = keys.sign(self.device_id, payload)
         return DeviceReport.model_validate(
-            {
-                "command_id": self.command_id,
-                "device_id": self.device_id,
-                "status": self.status,
-                "installed": json.loads(self.installed_json),
-                "health": shared_health(self.health_ok, self.health_score, self.note or ""),
-                "reason": self.reason(),
-                "hlc": {"wall_ms": self.hlc[0], "counter": self.hlc[1], "node": self.device_id},
-            }
+            payload | {"health": health, "signature": self.report_signature}
         )
 
     def reason(self) -> str:
@@ -424,8 +434,8 @@ class LedgerEntry:
             return f"install of {self.module} {self.version} failed; {kept} stays installed"
         return ""
 
-    def public(self) -> Effect:
-        """Return the public ledger entry."""
+    def public(self, keys: TwinKeys) -> Effect:
+        """Return the public ledger entry (its report signed with ``keys``)."""
         return Effect.model_construct(
             seq=self.seq,
             command_id=self.command_id,
@@ -444,7 +454,7 @@ class LedgerEntry:
             status=self.status,
             version_before=self.version_before,
             version_after=self.version_after,
-            report=self.report(),
+            report=self.report(keys),
         )
 
 

@@ -26,6 +26,7 @@ from fieldgate.errors import InputInvalid, NotFound, StoreError
 from fieldgate.fleet import Device, Site
 from fieldgate.scenario import Fault, Injection, Scenario
 from fieldgate.store._engine import for_writing, reason_of
+from fieldgate.twin._keys import TwinKeys
 from fieldgate.twin._models import (
     DeviceState,
     DispatchResult,
@@ -80,6 +81,7 @@ class FleetTwin:
             devices=devices,
             faults=faults,
             effects=effects,
+            keys=TwinKeys(seed),
         )
         self._broken: str | None = None
 
@@ -287,6 +289,20 @@ class FleetTwin:
         """Tell whether ``device_id`` is online now."""
         return self._device(device_id).reachable(self._sim.clock_ms)
 
+    @property
+    def engine(self) -> Engine:
+        """The database the twin writes through to."""
+        return self._engine
+
+    def addressee(self, command_id: str) -> str | None:
+        """The device a command was dispatched to (None: never dispatched to this twin)."""
+        effect = self._sim.effects.get(command_id)
+        return effect.device_id if effect is not None else None
+
+    def public_keys(self) -> dict[str, str]:
+        """Each simulated device's public key (base64): what the fleet enrolls for it."""
+        return self._sim.keys.public_keys(sorted(self._sim.devices))
+
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """Return what the device publishes about itself; ``health.note`` is untrusted text."""
         device = self._device(device_id)
@@ -316,7 +332,7 @@ class FleetTwin:
         if device_id is not None:
             self._device(device_id)
         return [
-            e.public()
+            e.public(self._sim.keys)
             for e in self._sim.effects.values()
             if device_id is None or e.device_id == device_id
         ]
