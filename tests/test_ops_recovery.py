@@ -239,6 +239,8 @@ def test_a_stop_over_mqtt_holds_mid_soak_and_the_record_shows_the_canary_changed
             world.ctx.control_key.public_b64,
             specs,
             log_dir=tmp_path / "logs",
+            enroll_in=world.store,
+            replace_keys=True,  # the agents stand in for the world's simulated devices
         )
         fleet.start()
         stack.callback(fleet.stop)

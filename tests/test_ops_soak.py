@@ -230,10 +230,18 @@ def soak_mqtt(tmp_path: Path, *, workers: int, kills: int, seed: int) -> Soak:
             DeviceSpec(device_id=d.id, site=d.site, installed=dict(d.installed)) for d in devices
         ]
         state = tmp_path / "agents"
+        store = Store.open()
         fleet = LocalFleet(
-            broker.broker(), state, key, specs, per_process=20, log_dir=tmp_path / "logs"
+            broker.broker(),
+            state,
+            key,
+            specs,
+            per_process=20,
+            log_dir=tmp_path / "logs",
+            enroll_in=store,
+            replace_keys=True,
         )
-        with fleet, HelloWatcher(broker.broker()) as watcher:
+        with store, fleet, HelloWatcher(broker.broker()) as watcher:
             assert watcher.wait(fleet.device_ids, timeout=60)
             extra = ["--transport", "mqtt", "--broker", broker.broker().url, "--max-soak", "2"]
             soak = Soak(
