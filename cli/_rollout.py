@@ -6,6 +6,7 @@ graph state of the run (``RunView.values``) and from its audit events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -304,8 +305,11 @@ def hold_hint(plan_id: str, held: dict[str, Any]) -> str:
     )
 
 
-def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> None:
-    """``PLAN: held by the kill switch — …`` and what lifts it."""
+def print_held(
+    plan_id: str, held: dict[str, Any], *, reached: bool = True, unknown: Sequence[str] = ()
+) -> None:
+    """``PLAN: held by the kill switch — …``, what lifts it, and the devices that were sent
+    a command and have not said what they run (``unknown``)."""
     label = HOLD_LABELS.get(str(held.get("kind")), str(held.get("kind")))
     when_held = "" if reached else " at its next executor step"
     console.print(
@@ -313,6 +317,12 @@ def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> N
         f"{shown(held.get('reason', ''))}\n  {hold_hint(plan_id, held)}",
         highlight=False,
     )
+    if unknown:
+        console.print(
+            f"  [yellow]state not known yet[/] of {len(unknown)} device(s) sent a command: "
+            f"{shown(', '.join(unknown))}",
+            highlight=False,
+        )
 
 
 def print_status(
@@ -354,7 +364,7 @@ def print_status(
         )
         return
     if view.held:
-        print_held(plan_id, view.held)
+        print_held(plan_id, view.held, unknown=(run.detail.get("unknown") or []) if run else ())
         return
     if view.status == "awaiting_approval":
         missing = (values.get("approvals") or {}).get("missing") or []

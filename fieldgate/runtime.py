@@ -47,6 +47,9 @@ class Settings:
     """Times an invalid model answer is fed back before the run ends with an error."""
     executor_steps: int = 200
     """Most executor steps in one run (a guard against a model that never finishes)."""
+    hold_check: timedelta = timedelta(seconds=1)
+    """How often a soak on a wall-clock transport looks at the kill switch and the freeze
+    (the twin's virtual soak passes in no time, so it looks once, at its end)."""
     max_soak: timedelta | None = None
     """Cap on every wave's soak (None: the plan's own). For wall-clock transports in tests
     and demos, where a 30-minute soak would be spent really waiting."""

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.batches import chunks
@@ -124,6 +125,9 @@ class Execution(BaseModel):
     """What holds the run, while something does."""
     engine_failures: int = Field(default=0, ge=0)
     """Tool calls in a row the policy engine could not decide."""
+    audited: int = Field(default=0, ge=0)
+    """Events the executor appended for this run. Each is keyed by the count so far, so a
+    step replayed from its checkpoint after a crash appends none of them twice."""
 
     @property
     def finished_waves(self) -> bool:
@@ -187,18 +191,34 @@ class ToolContext:
         return hold_for(self.ctx, self.plan_id, forward=self.forward)
 
     def audit(
-        self, kind: EventKind, actor_kind: ActorKind, actor: str, payload: dict[str, Any]
+        self,
+        kind: EventKind,
+        actor_kind: ActorKind,
+        actor: str,
+        payload: dict[str, Any],
+        *,
+        tx: Session | None = None,
     ) -> None:
-        """Append one event of this run, stamped with the run's clock."""
-        self.ctx.store.audit.append(
-            kind,
-            actor_kind,
-            actor,
-            payload,
+        """Append one event of this run, stamped with the run's clock (in ``tx`` if given).
+
+        The event is keyed by how many the run appended before it: a worker that dies
+        after the write but before the step's checkpoint replays the step from the
+        checkpoint, and the replayed event lands on the same key and is dropped.
+        """
+        ex = self.execution
+        key = f"run:{self.thread_id}:{ex.audited}:{kind}"
+        ex.audited += 1
+        event = NewEvent(
+            kind=kind,
+            actor_kind=actor_kind,
+            actor=actor,
+            payload=payload,
             plan_id=self.plan_id,
             thread_id=self.thread_id,
             at=self.ctx.now(),
+            once=key,
         )
+        self.ctx.store.audit.append_many([event], tx=tx)
 
     def command_origin(self, command_id: str) -> tuple[int, str] | None:
         """(wave, device) of an install or rollback command of this plan."""
@@ -259,6 +279,9 @@ def command_windows(tc: ToolContext, device_id: str, now: datetime) -> list[Star
 
 def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
     """Record device reports: audit events, installed versions in the fleet store."""
+    # Only this plan's: over MQTT a gateway hands back every report it took in, also those
+    # of runs other workers execute (they audit them under their own plan).
+    reports = [r for r in reports if tc.command_origin(r.command_id) is not None]
     if not reports:
         return
     store = tc.ctx.store
@@ -280,6 +303,9 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
                 plan_id=tc.plan_id,
                 thread_id=tc.thread_id,
                 at=tc.ctx.now(),
+                # A report read again (re-sent after a crash, or stored and handed back)
+                # is audited once.
+                once=f"report:{report.command_id}",
             )
         )
         if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
@@ -420,10 +446,13 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
             soak = min(soak, ctx.settings.max_soak)
         run.soak_until = ctx.now() + soak
         _waiting(tc, {"kind": "soak", "until": run.soak_until.isoformat(), "wave": wave})
-        reports = transport.sleep_until(run.soak_until)
+        held = _soak(tc, run, run.soak_until)
         _waiting(tc, None)
-        ingest(tc, reports)
-        _record(tc, run, reports)
+        if held is not None:
+            # Held mid-soak: the wave is judged after a full soak once the run resumes.
+            ex.held = held
+            run.status = "halted"
+            return {"wave": wave, "halted": held.describe(), "held": held.kind}
     # Health after the soak: a device that degraded since its install fails the gate.
     for device_id in list(run.applied):
         health = transport.telemetry(device_id).get("health", {})
@@ -441,6 +470,62 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
         if not ex.abort.tripped:
             ex.abort = AbortState(tripped=True, reason=run.gate.reason)
     return {"wave": wave, **_counts(run), "gate": run.gate.model_dump()}
+
+
+def _soak(tc: ToolContext, run: WaveRun, until: datetime) -> Hold | None:
+    """Let the wave soak until ``until``, taking reports in; on a wall-clock transport look
+    at the kill switch and the freeze every ``hold_check`` and stop soaking when either
+    holds the run (returned)."""
+    ctx = tc.ctx
+    transport = ctx.transport
+    step = until - ctx.now() if transport.name == "twin" else ctx.settings.hold_check
+    while True:
+        reports = transport.sleep_until(min(until, ctx.now() + step))
+        ingest(tc, reports)
+        _record(tc, run, reports)
+        if ctx.now() >= until:
+            return None
+        held = tc.hold()
+        if held is not None:
+            return held
+
+
+def settle(tc: ToolContext) -> list[str]:
+    """Take in every report of this run's commands that no step took in yet (those that came
+    while the run was held or no worker listened, or before a crash), and count every device
+    the devices' side says was sent a command as touched, so a rollback includes it.
+
+    Returns:
+        Touched devices whose install has no report yet: their state is not known.
+    """
+    ex = tc.execution
+    transport = tc.ctx.transport
+    reports = transport.wait(set(), tc.ctx.now())
+    seen = {r.command_id for r in reports}
+    wave_of = {d: w.index for w in ex.waves for d in w.devices}
+    ids = {
+        command_id_for(tc.plan_id, wave, device_id, Action.install): device_id
+        for device_id, wave in wave_of.items()
+    }
+    touched = set(ex.touched)
+    for command_id, report in transport.sent(set(ids)).items():
+        if ids[command_id] not in touched:
+            ex.touched.append(ids[command_id])
+            touched.add(ids[command_id])
+        if report is not None and command_id not in seen:
+            reports.append(report)
+    ingest(tc, reports)
+    for wave in ex.waves:
+        _record(tc, wave, reports)
+        settled = set(wave.applied) | set(wave.failed)
+        wave.unreachable = [d for d in wave.unreachable if d not in settled]
+    return unknown_devices(ex)
+
+
+def unknown_devices(ex: Execution) -> list[str]:
+    """Touched devices with no report of their install: nobody knows what they run."""
+    settled = {d for w in ex.waves for d in (*w.applied, *w.failed)}
+    return [d for d in ex.touched if d not in settled]
 
 
 def judge_gate(plan: RolloutPlan, wave: int, run: WaveRun) -> GateResult:

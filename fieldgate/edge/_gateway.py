@@ -456,6 +456,11 @@ class Gateway:
                     found[command_id] = DeviceReport.model_validate_json(text) if text else None
         return found
 
+    def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
+        """Which of ``command_ids`` the ledger holds (whichever gateway sent them), each with
+        its stored first answer (None: none yet)."""
+        return self._ledger_reports(sorted(command_ids))
+
     def ledger(self) -> dict[str, tuple[str, str | None]]:
         """Every command id in the ledger with its device and report status (None: none yet)."""
         with self._engine.connect() as conn:

@@ -100,6 +100,10 @@ class TwinTransport:
             return []
         return self._trusted(self.twin.advance(until))
 
+    def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
+        """Which of ``command_ids`` the twin's effect ledger holds, with their reports."""
+        return {e.command_id: e.report for e in self.twin.effects() if e.command_id in command_ids}
+
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """The simulated device's status, with its free-text note (untrusted)."""
         return self.twin.telemetry(device_id)
