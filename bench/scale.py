@@ -48,25 +48,46 @@ def scenario_of(devices: int) -> Any:
             "category": "approval",
             "description": "scale benchmark",
             "context": {"now": "2026-11-21T10:00:00Z", "freeze": False},
-            "roster": {"eng-ana": ["engineer"], "saf-lee": ["safety"], "rm-kim": ["release-manager"],
-                       "cmp-ivo": ["compliance"]},
+            "roster": {
+                "eng-ana": ["engineer"],
+                "saf-lee": ["safety"],
+                "rm-kim": ["release-manager"],
+                "cmp-ivo": ["compliance"],
+            },
             "actor": "eng-ana",
             "fleet": {
                 "sites": [
-                    {"id": s, "region": "eu-central", "kind": "field",
-                     "timezone": "Europe/Berlin", "maintenance": ["Sat 01:00-05:00"]}
+                    {
+                        "id": s,
+                        "region": "eu-central",
+                        "kind": "field",
+                        "timezone": "Europe/Berlin",
+                        "maintenance": ["Sat 01:00-05:00"],
+                    }
                     for s in sites
                 ],
                 "generate": [
-                    {"sites": sites, "class": "hvac-gw", "per_site": devices // SITES,
-                     "arch": "arm64", "memory_mb": 1024,
-                     "installed": {"edge-runtime": "3.2.0", "hvac-controller": "2.3.4"}}
+                    {
+                        "sites": sites,
+                        "class": "hvac-gw",
+                        "per_site": devices // SITES,
+                        "arch": "arm64",
+                        "memory_mb": 1024,
+                        "installed": {"edge-runtime": "3.2.0", "hvac-controller": "2.3.4"},
+                    }
                 ],
             },
             "catalog": [
-                {"name": "hvac-controller", "version": v, "safety": "high",
-                 "device_classes": ["hvac-gw"], "arch": ["arm64"], "min_memory_mb": 512,
-                 "requires": [{"module": "edge-runtime", "range": ">=3.0,<4"}], "signed": True}
+                {
+                    "name": "hvac-controller",
+                    "version": v,
+                    "safety": "high",
+                    "device_classes": ["hvac-gw"],
+                    "arch": ["arm64"],
+                    "min_memory_mb": 512,
+                    "requires": [{"module": "edge-runtime", "range": ">=3.0,<4"}],
+                    "signed": True,
+                }
                 for v in ("2.3.4", "2.4.1")
             ],
             "request": "Roll out hvac-controller 2.4.1 to all hvac gateways in eu-central",
@@ -118,7 +139,9 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
             seconds = time.perf_counter() - began
             decisions = [
                 e.payload
-                for e in world.store.audit.events(plan_id="scale", kinds=[EventKind.policy_decision])
+                for e in world.store.audit.events(
+                    plan_id="scale", kinds=[EventKind.policy_decision]
+                )
             ]
             versions: dict[str, int] = {}
             for device in world.store.fleet.devices():
@@ -206,8 +229,7 @@ def main() -> int:
     if "sqlite" in results and "postgres" in results:
         for s, p in zip(results["sqlite"], results["postgres"], strict=True):
             print(
-                f"  {s['devices']:>7} devices: PostgreSQL/SQLite "
-                f"{p['seconds'] / s['seconds']:.2f}x"
+                f"  {s['devices']:>7} devices: PostgreSQL/SQLite {p['seconds'] / s['seconds']:.2f}x"
             )
     print(f"  {GOALS}; peak RSS <= 400 MiB at 100k")
     return 0
