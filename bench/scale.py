@@ -25,8 +25,8 @@ import sys
 import tempfile
 import time
 import uuid
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -123,8 +123,17 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
     from fieldgate.evals._world import open_run
     from fieldgate.policy import RegoEngine
 
+    class MeasuredEngine(RegoEngine):
+        """The in-process engine, recording the size of every input it decides on."""
+
+        sizes: list[tuple[str, int]] = []
+
+        def decide(self, path: str, document: Any) -> Any:
+            self.sizes.append((path.rsplit("/", 1)[-1], len(json.dumps(document, default=str))))
+            return super().decide(path, document)
+
     scenario = scenario_of(devices)
-    engine = RegoEngine()
+    engine = MeasuredEngine()
     with database(backend) as url:
         began = time.perf_counter()
         with open_run(scenario, url, engine) as (world, orch):
@@ -156,7 +165,7 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
         "outcome": view.outcome,
         "installed": versions,
         "policy_ms": [round(d.get("latency_ms", 0.0), 2) for d in decisions],
-        "policy_input_chars": [d.get("input_chars") for d in decisions],
+        "policy_input_chars": sorted(set(MeasuredEngine.sizes)),
         "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -180,9 +189,9 @@ def show(run: dict[str, Any]) -> None:
         f"{run['rss_mib']:.0f} MiB, setup {run['setup']:.1f} s (not timed), outcome "
         f"{run['outcome']}, installed {run['installed']}"
     )
-    print(
-        f"           policy decisions {run['policy_ms']} ms, input {run['policy_input_chars']} chars"
-    )
+    print(f"           policy decisions {run['policy_ms']} ms")
+    sizes = ", ".join(f"{name} {chars}" for name, chars in run["policy_input_chars"])
+    print(f"           policy input chars (summaries: flat in the fleet): {sizes}")
 
 
 def exponent(runs: list[dict[str, Any]]) -> float | None:
