@@ -112,6 +112,10 @@ class SendResult:
     """Addressed to a device the fleet does not have; not published."""
 
 
+GATEWAY_INFLIGHT = 2000
+"""QoS 1 messages the gateway keeps in flight: a 1,000-device wave's cmd and desired."""
+
+
 class Gateway:
     """Publishes commands to field agents and ingests what they send back."""
 
@@ -154,6 +158,9 @@ class Gateway:
         self._engine = store.engine
         self._writer = for_writing(store.engine)
         self._client = new_client(broker, client_id)
+        # A wave goes out in one tick: its QoS 1 publishes are acknowledged in flight
+        # together, not 100 at a time (a device's own client keeps the default).
+        self._client.max_inflight_messages_set(GATEWAY_INFLIGHT)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
