@@ -278,9 +278,11 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
         if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
             version = report.installed.get(tc.manifest.name)
             installed.append((report.device_id, tc.manifest.name, version))
-    # One transaction and one fleet-revision bump for the whole batch.
-    store.fleet.set_installed_many(installed)
-    store.audit.append_many(events)
+    # The whole batch in one transaction (one fleet-revision bump): its installed versions
+    # and its audit events land together or not at all.
+    with store.writing(f"recording {len(reports)} device reports") as tx:
+        store.fleet.set_installed_many(installed, tx=tx)
+        store.audit.append_many(events, tx=tx)
 
 
 def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> None:

@@ -465,13 +465,16 @@ class FleetStore:
         self.set_installed_many([(device_id, module, version)])
         return self.device(device_id)
 
-    def set_installed_many(self, changes: Iterable[tuple[str, str, str | None]]) -> int:
+    def set_installed_many(
+        self, changes: Iterable[tuple[str, str, str | None]], *, tx: Session | None = None
+    ) -> int:
         """Record many ``(device_id, module, version)`` at once (version None: not installed).
 
         One transaction and at most one fleet-revision bump for the whole batch, the
         rows written with one statement each (``executemany``); a later change of the same
         device and module wins. A version that differs from the stored one keeps the
-        stored one as the device's previous version (:meth:`previous_versions`).
+        stored one as the device's previous version (:meth:`previous_versions`). Given
+        ``tx`` (see :meth:`Store.writing`), the rows join that transaction.
 
         Returns:
             How many (device, module) rows changed.
@@ -485,60 +488,58 @@ class FleetStore:
             latest[(device_id, module)] = version
         if not latest:
             return 0
+        if tx is not None:
+            return self._set_installed(tx, latest)
+        what = f"recording installed versions on {len({d for d, _ in latest})} devices"
+        with transaction(self._writer, what) as session:
+            return self._set_installed(session, latest)
+
+    def _set_installed(self, session: Session, latest: dict[tuple[str, str], str | None]) -> int:
         ids = sorted({device_id for device_id, _ in latest})
         item = table_of(InstalledRow).c
-        with transaction(
-            self._writer, f"recording installed versions on {len(ids)} devices"
-        ) as session:
-            present: set[str] = set()
-            current: dict[tuple[str, str], str] = {}
-            for chunk in chunks(ids, _CHUNK):
-                present.update(
-                    session.scalars(select(col(DeviceRow.id)).where(col(DeviceRow.id).in_(chunk)))
-                )
-                rows = session.execute(
-                    select(item.device_id, item.module, item.version).where(
-                        item.device_id.in_(chunk)
-                    )
-                )
-                current.update({(d, m): v for d, m, v in rows})
-            missing = [d for d in ids if d not in present]
-            if missing:
-                raise NotFound(f"device {missing[0]!r} is not in the fleet")
-            changed = {key: v for key, v in latest.items() if current.get(key) != v}
-            if not changed:
-                return 0
-            _bump_revision(session)
-            gone = [
-                {"d": device_id, "m": module}
-                for (device_id, module), v in changed.items()
-                if v is None
-            ]
-            if gone:
-                session.execute(
-                    delete(table_of(InstalledRow)).where(
-                        item.device_id == bindparam("d"), item.module == bindparam("m")
-                    ),
-                    gone,
-                )
-            _upsert(
-                session,
-                InstalledRow,
-                [
-                    {"device_id": d, "module": m, "version": v}
-                    for (d, m), v in changed.items()
-                    if v is not None
-                ],
+        present: set[str] = set()
+        current: dict[tuple[str, str], str] = {}
+        for chunk in chunks(ids, _CHUNK):
+            present.update(
+                session.scalars(select(col(DeviceRow.id)).where(col(DeviceRow.id).in_(chunk)))
             )
-            _upsert(
-                session,
-                PreviousRow,
-                [
-                    {"device_id": d, "module": m, "version": current[(d, m)]}
-                    for (d, m) in changed
-                    if (d, m) in current
-                ],
+            rows = session.execute(
+                select(item.device_id, item.module, item.version).where(item.device_id.in_(chunk))
             )
+            current.update({(d, m): v for d, m, v in rows})
+        missing = [d for d in ids if d not in present]
+        if missing:
+            raise NotFound(f"device {missing[0]!r} is not in the fleet")
+        changed = {key: v for key, v in latest.items() if current.get(key) != v}
+        if not changed:
+            return 0
+        _bump_revision(session)
+        gone = [{"d": d, "m": m} for (d, m), v in changed.items() if v is None]
+        if gone:
+            session.execute(
+                delete(table_of(InstalledRow)).where(
+                    item.device_id == bindparam("d"), item.module == bindparam("m")
+                ),
+                gone,
+            )
+        _upsert(
+            session,
+            InstalledRow,
+            [
+                {"device_id": d, "module": m, "version": v}
+                for (d, m), v in changed.items()
+                if v is not None
+            ],
+        )
+        _upsert(
+            session,
+            PreviousRow,
+            [
+                {"device_id": d, "module": m, "version": current[(d, m)]}
+                for (d, m) in changed
+                if (d, m) in current
+            ],
+        )
         return len(changed)
 
     def previous_versions(self) -> dict[str, dict[str, str]]:
