@@ -117,8 +117,33 @@ def database(backend: str) -> Iterator[str]:
             conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
 
+CRYPTO_CPU = {"sign": 0.0, "verify": 0.0}
+"""Process CPU seconds in ed25519 signing (commands, device reports) and verification."""
+
+
+def time_crypto() -> None:
+    """Count the CPU time of every signature made and checked (the checks are not changed)."""
+    import fieldgate.signing as signing
+    from fieldgate.twin._keys import TwinKeys
+
+    def timed(kind: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                CRYPTO_CPU[kind] += time.process_time() - began
+
+        return wrapper
+
+    signing._verifies = timed("verify", signing._verifies)  # type: ignore[assignment]
+    signing.SigningKey.sign = timed("sign", signing.SigningKey.sign)  # type: ignore[method-assign]
+    TwinKeys.sign = timed("sign", TwinKeys.sign)  # type: ignore[method-assign]
+
+
 def one_run(devices: int, backend: str) -> dict[str, Any]:
     """Build the world, then time request -> approvals -> execution (in this process)."""
+    time_crypto()
     from fieldgate.audit import EventKind
     from fieldgate.evals._world import open_run
     from fieldgate.policy import RegoEngine
@@ -139,6 +164,7 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
         with open_run(scenario, url, engine) as (world, orch):
             setup = time.perf_counter() - began
             began, cpu = time.perf_counter(), time.process_time()
+            crypto_before = dict(CRYPTO_CPU)
             view = orch.submit(scenario.request, scenario.actor, plan_id="scale")
             planned = time.perf_counter() - began
             for person in ("saf-lee", "rm-kim", "cmp-ivo"):
@@ -147,6 +173,7 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
             view = orch.work(view.thread_id)
             seconds = time.perf_counter() - began
             cpu = time.process_time() - cpu
+            crypto = {k: CRYPTO_CPU[k] - crypto_before[k] for k in CRYPTO_CPU}
             decisions = [
                 e.payload
                 for e in world.store.audit.events(
@@ -164,6 +191,7 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
         "planning": planned,
         "seconds": seconds,
         "cpu": cpu,
+        "crypto": crypto,
         "outcome": view.outcome,
         "installed": versions,
         "policy_ms": [round(d.get("latency_ms", 0.0), 2) for d in decisions],
@@ -191,6 +219,12 @@ def show(run: dict[str, Any]) -> None:
         f"({run['cpu'] / run['devices'] * 1000:.3f} CPU), peak RSS "
         f"{run['rss_mib']:.0f} MiB, setup {run['setup']:.1f} s (not timed), outcome "
         f"{run['outcome']}, installed {run['installed']}"
+    )
+    crypto = run["crypto"]
+    both = crypto["sign"] + crypto["verify"]
+    print(
+        f"           ed25519: signing {crypto['sign']:.2f} s + verifying {crypto['verify']:.2f} s "
+        f"CPU = {both * 1000 / run['devices']:.3f} ms/device, {both / run['cpu']:.0%} of the CPU"
     )
     print(f"           policy decisions {run['policy_ms']} ms")
     sizes = ", ".join(f"{name} {chars}" for name, chars in run["policy_input_chars"])
