@@ -231,12 +231,12 @@ def show(run: dict[str, Any]) -> None:
     print(f"           policy input chars (summaries: flat in the fleet): {sizes}")
 
 
-def exponent(runs: list[dict[str, Any]]) -> float | None:
-    """The least-squares slope of log(seconds) against log(devices)."""
+def exponent(runs: list[dict[str, Any]], key: str = "seconds") -> float | None:
+    """The least-squares slope of log(``key``: seconds or cpu) against log(devices)."""
     if len(runs) < 2:
         return None
     xs = [math.log(r["devices"]) for r in runs]
-    ys = [math.log(r["seconds"]) for r in runs]
+    ys = [math.log(r[key]) for r in runs]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
         (x - mx) ** 2 for x in xs
@@ -270,9 +270,9 @@ def main() -> int:
             show(run)
             sys.stdout.flush()
     for backend, runs in results.items():
-        k = exponent(runs)
-        if k is not None:
-            print(f"  growth exponent {backend}: {k:.3f}")
+        k, k_cpu = exponent(runs), exponent(runs, "cpu")
+        if k is not None and k_cpu is not None:
+            print(f"  growth exponent {backend}: {k:.3f} wall, {k_cpu:.3f} process CPU")
     if "sqlite" in results and "postgres" in results:
         for s, p in zip(results["sqlite"], results["postgres"], strict=True):
             print(
