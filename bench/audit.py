@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 from fieldgate.store import NewEvent, Store
@@ -112,7 +113,7 @@ def main() -> None:
         # reports (max_parallel 5 for safety-class high/critical plans, 10 otherwise).
         for per_batch in (5, 10):
             with fresh(f"run-{per_batch}") as store:
-                timing = timed(lambda n=per_batch: append_batched(store, single_n, n))
+                timing = timed(partial(append_batched, store, single_n, per_batch))
             print(
                 f"as runs write   : {rate(single_n, timing)}  {single_n:,} events, "
                 f"{per_batch} per transaction (one dispatch batch); goal >= 5,000 events/s"

@@ -136,7 +136,7 @@ def time_crypto() -> None:
 
         return wrapper
 
-    signing._verifies = timed("verify", signing._verifies)  # type: ignore[assignment]
+    signing._verifies = timed("verify", signing._verifies)
     signing.SigningKey.sign = timed("sign", signing.SigningKey.sign)  # type: ignore[method-assign]
     TwinKeys.sign = timed("sign", TwinKeys.sign)  # type: ignore[method-assign]
 
