@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/transport.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -11,7 +11,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from fieldgate.agents import HISTORY_KINDS, planning_context, previous_versions
+from fieldgate.agents import planning_context
 from fieldgate.agents.planner import run_planner
 from fieldgate.agents.validator import run_validator
 from fieldgate.audit import ActorKind, EventKind
@@ -117,7 +117,9 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     store = ctx.store
     manifests = [r.manifest for r in store.catalog.list()]
     sites, devices = store.fleet.snapshot()
-    history = previous_versions(store.audit.events(kinds=HISTORY_KINDS))
+    # What each device ran before, kept in the fleet store as versions change: one query,
+    # not a read of every plan and device report in the audit log.
+    history = store.fleet.previous_versions()
     summary = planning_context(devices, manifests, ctx.now(), sites=sites, previous=history)
     previous = plan_of(ctx, state) if state.get("plan") else None
     try:

@@ -174,6 +174,8 @@ class ToolContext:
     rollback_plan: bool = False
     """Whether the rollout policy judged the plan a rollback (it runs under a freeze)."""
     _command_index: dict[str, tuple[int, str]] = field(default_factory=dict)
+    _settled: dict[int, set[str]] = field(default_factory=dict)
+    _touched: set[str] | None = None
 
     @property
     def plan_id(self) -> str:
@@ -229,6 +231,25 @@ class ToolContext:
                         cid = command_id_for(self.plan_id, wave.index, device_id, action)
                         self._command_index[cid] = (wave.index, device_id)
         return self._command_index.get(command_id)
+
+    def settled(self, wave: int) -> set[str]:
+        """The devices of ``wave`` in its applied or failed list, as a set (kept in step
+        with the lists by :func:`_record`): membership is O(1), however large the wave."""
+        found = self._settled.get(wave)
+        if found is None:
+            run = self.execution.waves[wave]
+            found = self._settled[wave] = set(run.applied) | set(run.failed)
+        return found
+
+    def touch(self, device_ids: Sequence[str]) -> None:
+        """Add devices to :attr:`Execution.touched` (in order, each once) in O(1) each."""
+        ex = self.execution
+        if self._touched is None:
+            self._touched = set(ex.touched)
+        for device_id in device_ids:
+            if device_id not in self._touched:
+                self._touched.add(device_id)
+                ex.touched.append(device_id)
 
 
 def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> DeviceCommand:
@@ -286,6 +307,7 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
         return
     store = tc.ctx.store
     events = []
+    installed: list[tuple[str, str, str | None]] = []
     for report in reports:
         events.append(
             NewEvent(
@@ -310,12 +332,17 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
         )
         if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
             version = report.installed.get(tc.manifest.name)
-            store.fleet.set_installed(report.device_id, tc.manifest.name, version)
-    store.audit.append_many(events)
+            installed.append((report.device_id, tc.manifest.name, version))
+    # The whole batch in one transaction (one fleet-revision bump): its installed versions
+    # and its audit events land together or not at all.
+    with store.writing(f"recording {len(reports)} device reports") as tx:
+        store.fleet.set_installed_many(installed, tx=tx)
+        store.audit.append_many(events, tx=tx)
 
 
 def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> None:
     """Sort install reports of this plan into their waves' applied and failed lists."""
+    answered: dict[int, set[str]] = {}
     for report in reports:
         origin = tc.command_origin(report.command_id)
         if origin is None:
@@ -324,16 +351,21 @@ def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> N
         if report.command_id != command_id_for(tc.plan_id, wave_index, device_id, Action.install):
             continue
         target = tc.execution.waves[wave_index]
-        if device_id in target.applied or device_id in target.failed:
+        settled = tc.settled(wave_index)
+        if device_id in settled:
             continue
-        if device_id in target.unreachable:
-            target.unreachable.remove(device_id)
+        settled.add(device_id)
+        if target.unreachable:
+            answered.setdefault(wave_index, set()).add(device_id)
         tc.execution.executed += 1
         if report.status is ReportStatus.applied and report.health.ok:
             target.applied.append(device_id)
         else:
             target.failed.append(device_id)
             tc.execution.failures += 1
+    for wave_index, late in answered.items():
+        target = tc.execution.waves[wave_index]
+        target.unreachable = [d for d in target.unreachable if d not in late]
 
 
 def _check_abort(tc: ToolContext) -> None:
@@ -385,7 +417,7 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     transport = ctx.transport
     run.status = "dispatching"
     wave_deadline = ctx.now() + ctx.settings.wave_deadline
-    done = set(run.applied) | set(run.failed)
+    done = tc.settled(wave)
     by_site: dict[str, list[str]] = {}
     for device_id in run.devices:
         if device_id not in done:
@@ -409,9 +441,7 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
                 return {"wave": wave, "halted": held.describe(), "held": held.kind}
             _wait_for_window(tc, site)
             commands = [make_command(tc, wave, d, Action.install) for d in chunk]
-            for device_id in chunk:
-                if device_id not in ex.touched:
-                    ex.touched.append(device_id)
+            tc.touch(chunk)
             dispatched = transport.dispatch(commands, wave)
             stored = [r for r in dispatched.duplicates.values() if r is not None]
             queued.update(dispatched.queued)
@@ -428,17 +458,13 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
                 run.status = "failed"
                 return {"wave": wave, "abort": ex.abort.reason, **_counts(run)}
     waiting = {
-        cid
-        for cid in queued
-        if (o := tc.command_origin(cid)) is not None
-        and o[1] not in run.applied
-        and o[1] not in run.failed
+        cid for cid in queued if (o := tc.command_origin(cid)) is not None and o[1] not in done
     }
     if waiting:
         reports = transport.wait(waiting, until=max(wave_deadline, ctx.now()))
         ingest(tc, reports)
         _record(tc, run, reports)
-    run.unreachable = [d for d in run.devices if d not in run.applied and d not in run.failed]
+    run.unreachable = [d for d in run.devices if d not in done]
     gate = spec.health_gate
     if gate is not None and gate.soak_minutes:
         soak = timedelta(minutes=gate.soak_minutes)
@@ -454,12 +480,14 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
             run.status = "halted"
             return {"wave": wave, "halted": held.describe(), "held": held.kind}
     # Health after the soak: a device that degraded since its install fails the gate.
-    for device_id in list(run.applied):
-        health = transport.telemetry(device_id).get("health", {})
-        if not health.get("ok", False):
-            run.applied.remove(device_id)
-            run.failed.append(device_id)
-            ex.failures += 1
+    degraded = [
+        d for d in run.applied if not transport.telemetry(d).get("health", {}).get("ok", False)
+    ]
+    if degraded:
+        moved = set(degraded)
+        run.applied = [d for d in run.applied if d not in moved]
+        run.failed.extend(degraded)
+        ex.failures += len(degraded)
     run.gate = judge_gate(tc.plan, wave, run)
     _check_abort(tc)
     if run.gate.passed and not ex.abort.tripped:
