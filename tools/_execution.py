@@ -180,15 +180,16 @@ class ToolContext:
     def audit(
         self, kind: EventKind, actor_kind: ActorKind, actor: str, payload: dict[str, Any]
     ) -> None:
-        """Append one event of this run, stamped with the run's clock."""
+        """Append one event of this run, stamped with the wall clock (the simulated run's
+        virtual time in the payload, see :meth:`Context.with_virtual_at`)."""
         self.ctx.store.audit.append(
             kind,
             actor_kind,
             actor,
-            payload,
+            self.ctx.with_virtual_at(payload),
             plan_id=self.plan_id,
             thread_id=self.thread_id,
-            at=self.ctx.now(),
+            at=self.ctx.people_now(),
         )
 
     def command_origin(self, command_id: str) -> tuple[int, str] | None:
@@ -240,17 +241,19 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
                 kind=EventKind.device_report,
                 actor_kind=ActorKind.device,
                 actor=report.device_id,
-                payload={
-                    "command_id": report.command_id,
-                    "status": report.status.value,
-                    "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
-                    "health_ok": report.health.ok,
-                    "reason": report.reason,
-                    "hlc": report.hlc.model_dump(),
-                },
+                payload=tc.ctx.with_virtual_at(
+                    {
+                        "command_id": report.command_id,
+                        "status": report.status.value,
+                        "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
+                        "health_ok": report.health.ok,
+                        "reason": report.reason,
+                        "hlc": report.hlc.model_dump(),
+                    }
+                ),
                 plan_id=tc.plan_id,
                 thread_id=tc.thread_id,
-                at=tc.ctx.now(),
+                at=tc.ctx.people_now(),
             )
         )
         if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
