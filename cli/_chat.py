@@ -6,6 +6,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -25,6 +26,7 @@ from fieldgate.cli._rollout import (
     print_why,
     runs_table,
 )
+from fieldgate.cli._status import run_status, status_renderable
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError
 from fieldgate.terminal import shown
@@ -113,7 +115,11 @@ class ChatSession:
                     frozen = freeze_line(orchestrator.ctx.store)
                     if frozen:
                         console.print(frozen, highlight=False)
-                    print_run(view, run, pending_hold(orchestrator, view))
+                    now = datetime.now(UTC)
+                    progress = status_renderable(
+                        run_status(orchestrator, run, now), now, brief=True
+                    )
+                    print_run(view, run, pending_hold(orchestrator, view), progress)
                     print_twin_clock(orchestrator.ctx.store, run.plan_id)
         else:
             raise FieldgateError(f"unknown command {command}; /help lists the commands")
