@@ -22,6 +22,7 @@ from fieldgate.cli._rollout import (
     print_rationale,
     print_review,
     print_run,
+    print_twin_clock,
     print_why,
     runs_table,
 )
@@ -57,6 +58,7 @@ def submit_request(orchestrator: Orchestrator, request: str, requester: str) -> 
     print_run(
         view, orchestrator.ctx.store.runs.get(view.thread_id), pending_hold(orchestrator, view)
     )
+    print_twin_clock(orchestrator.ctx.store, view.plan_id)
     return view
 
 
@@ -118,6 +120,7 @@ class ChatSession:
                         run_status(orchestrator, run, now), now, brief=True
                     )
                     print_run(view, run, pending_hold(orchestrator, view), progress)
+                    print_twin_clock(orchestrator.ctx.store, run.plan_id)
         else:
             raise FieldgateError(f"unknown command {command}; /help lists the commands")
         return True

@@ -92,6 +92,33 @@ def when(value: str | datetime | None) -> str:
     return f"{at:%Y-%m-%d %H:%M} UTC"
 
 
+def twin_clock(virtual: datetime, wall: datetime) -> str:
+    """A time on the twin's virtual clock, labelled with how far it runs from the wall
+    clock: ``virtual 2026-12-06 09:50 UTC (+3d 02:10)``."""
+    ahead = round((virtual - wall).total_seconds()) // 60
+    sign, ahead = ("+", ahead) if ahead >= 0 else ("-", -ahead)
+    days, rest = divmod(ahead, 24 * 60)
+    offset = f"{sign}{days}d {rest // 60:02d}:{rest % 60:02d}"
+    return f"virtual {virtual:%Y-%m-%d %H:%M} UTC ({offset})"
+
+
+def print_twin_clock(store: Store, plan_id: str) -> None:
+    """Say where the twin's virtual clock stood at the plan's last simulated step, once its
+    executor ran on the twin: the run's own times are not the wall clock's."""
+    events = store.audit.events(plan_id=plan_id)
+    if not any(e.kind is EventKind.tool_call for e in events):
+        return
+    last = next((e for e in reversed(events) if e.virtual_at() is not None), None)
+    virtual = last.virtual_at() if last is not None else None
+    if last is None or virtual is None:
+        return
+    console.print(
+        f"[dim]simulated on the twin (twin clock): its last step at {twin_clock(virtual, last.at)}"
+        f", at {when(last.at)} by the wall clock[/]",
+        highlight=False,
+    )
+
+
 def ago(seconds: float) -> str:
     """A span of seconds as ``3m``, ``5h``, ``2d``."""
     if seconds < 60:

@@ -21,6 +21,7 @@ from fieldgate.cli._rollout import (
     approval_deadline,
     print_held,
     print_status,
+    print_twin_clock,
     wave_counts,
     when,
 )
@@ -150,6 +151,7 @@ def execute(orchestrator: Orchestrator, run: Run) -> RunView:
     with WaveProgress(view.values) as progress:
         view = orchestrator.work(run.thread_id, on_update=progress.on_update)
     print_status(view, orchestrator.ctx.store.runs.get(run.thread_id))
+    print_twin_clock(orchestrator.ctx.store, run.plan_id)
     return view
 
 

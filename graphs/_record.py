@@ -44,17 +44,18 @@ def audit_many(
 ) -> None:
     """Append events in order, in one transaction (``tx``, when the caller has one).
 
-    They are stamped ``at`` (default: the run's clock). With ``once`` (for one event),
-    an append under a key already used is dropped.
+    They are stamped ``at`` (default: the clock of what people do, the wall clock outside
+    scenarios); a simulated run's virtual time goes in each payload as ``virtual_at``.
+    With ``once`` (for one event), an append under a key already used is dropped.
     """
-    at = at or ctx.now()
+    at = at or ctx.people_now()
     ctx.store.audit.append_many(
         (
             NewEvent(
                 kind=kind,
                 actor_kind=actor_kind,
                 actor=actor,
-                payload=payload,
+                payload=ctx.with_virtual_at(payload),
                 plan_id=state.get("plan_id"),
                 thread_id=state.get("thread_id"),
                 at=at,

@@ -120,7 +120,7 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     # What each device ran before, kept in the fleet store as versions change: one query,
     # not a read of every plan and device report in the audit log.
     history = store.fleet.previous_versions()
-    summary = planning_context(devices, manifests, ctx.now(), sites=sites, previous=history)
+    summary = planning_context(devices, manifests, ctx.people_now(), sites=sites, previous=history)
     previous = plan_of(ctx, state) if state.get("plan") else None
     try:
         call = run_planner(
@@ -222,7 +222,7 @@ def validator(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     findings = check_plan(plan, manifest, devices, sites)
     target_sites = sorted({d.site for d in select_devices(plan.target, devices, sites)})
     forecast = (
-        dry_run(plan, findings.wave_sizes, [sites[s] for s in target_sites], ctx.now())
+        dry_run(plan, findings.wave_sizes, [sites[s] for s in target_sites], ctx.people_now())
         if findings.wave_sizes
         else DryRun(targets=0, waves=[], starts_at=None, predicted_minutes=0, blast_radius=0)
     )
@@ -318,7 +318,7 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
             sites,
             installed,
             actor=state["actor"],
-            now=ctx.now(),
+            now=ctx.people_now(),
             freeze=ctx.freeze_in_force() is not None,
         ),
         thread_id=state.get("thread_id"),

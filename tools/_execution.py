@@ -201,7 +201,8 @@ class ToolContext:
         *,
         tx: Session | None = None,
     ) -> None:
-        """Append one event of this run, stamped with the run's clock (in ``tx`` if given).
+        """Append one event of this run, stamped with the wall clock (the simulated run's
+        virtual time in the payload, see :meth:`Context.with_virtual_at`), in ``tx`` if given.
 
         The event is keyed by how many the run appended before it: a worker that dies
         after the write but before the step's checkpoint replays the step from the
@@ -214,10 +215,10 @@ class ToolContext:
             kind=kind,
             actor_kind=actor_kind,
             actor=actor,
-            payload=payload,
+            payload=self.ctx.with_virtual_at(payload),
             plan_id=self.plan_id,
             thread_id=self.thread_id,
-            at=self.ctx.now(),
+            at=self.ctx.people_now(),
             once=key,
         )
         self.ctx.store.audit.append_many([event], tx=tx)
@@ -314,17 +315,19 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
                 kind=EventKind.device_report,
                 actor_kind=ActorKind.device,
                 actor=report.device_id,
-                payload={
-                    "command_id": report.command_id,
-                    "status": report.status.value,
-                    "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
-                    "health_ok": report.health.ok,
-                    "reason": report.reason,
-                    "hlc": report.hlc.model_dump(),
-                },
+                payload=tc.ctx.with_virtual_at(
+                    {
+                        "command_id": report.command_id,
+                        "status": report.status.value,
+                        "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
+                        "health_ok": report.health.ok,
+                        "reason": report.reason,
+                        "hlc": report.hlc.model_dump(),
+                    }
+                ),
                 plan_id=tc.plan_id,
                 thread_id=tc.thread_id,
-                at=tc.ctx.now(),
+                at=tc.ctx.people_now(),
                 # A report read again (re-sent after a crash, or stored and handed back)
                 # is audited once.
                 once=f"report:{report.command_id}",
