@@ -24,13 +24,15 @@ from fieldgate.cli._common import (
 from fieldgate.cli._output import console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import refuse
 from fieldgate.devices import enroll_devices
+from fieldgate.edge._tables import device_seen
+from fieldgate.epoch import at_us
 from fieldgate.errors import InputInvalid, NotFound
 from fieldgate.fleet import Device, Site
 from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
 from fieldgate.store import FleetSummary, Store
 from fieldgate.terminal import shown
-from fieldgate.views import DeviceKey, FleetList, FleetShow
+from fieldgate.views import DeviceKey, DeviceSeen, FleetList, FleetShow
 
 fleet_app = typer.Typer(
     help="Sites and devices: import, list, show, seed; enroll device keys.", no_args_is_help=True
@@ -208,15 +210,14 @@ def show(
         except NotFound:
             raise NotFound(f"no device or site named {ident!r}") from None
         enrollment = store.fleet.enrollment(device.id)
-    document = device.model_dump(mode="json", by_alias=True)
-    document["key"] = (
-        {
-            "key_id": enrollment.key_id,
-            "public_key": enrollment.public_key,
-            "enrolled_at": enrollment.enrolled_at.isoformat(),
-            "enrolled_by": enrollment.enrolled_by,
-        }
-        if enrollment is not None
+        heard = device_seen(store.engine, device.id)
+    seen = (
+        DeviceSeen(
+            online=heard["online"],
+            last_seen=at_us(heard["seen_us"]) if heard["seen_us"] else None,
+            health=heard["health"],
+        )
+        if heard is not None
         else None
     )
     if json_:
@@ -230,9 +231,47 @@ def show(
             if enrollment is not None
             else None
         )
-        print_view(FleetShow(kind="device", device=device, site=sites.get(device.site), key=key))
+        view = FleetShow(
+            kind="device", device=device, site=sites.get(device.site), key=key, seen=seen
+        )
+        print_view(view)
         return
-    console.print_json(data=_shown_data(document))
+    home = sites.get(device.site)
+    table = Table(title=shown(device.id), show_header=False, title_justify="left")
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    where = f"{shown(device.site)}" + (
+        f" ({shown(home.region)}, {shown(home.timezone)}, maintenance "
+        f"{shown(', '.join(home.maintenance)) or 'none'})"
+        if home is not None
+        else ""
+    )
+    table.add_row("site", where)
+    table.add_row("class", shown(device.device_class))
+    table.add_row("hardware", f"{shown(device.arch)}, {device.memory_mb} MiB")
+    labels = ", ".join(f"{k}={v}" for k, v in sorted(device.labels.items()))
+    table.add_row("labels", shown(labels) or "-")
+    installed = "\n".join(f"{m} {v}" for m, v in sorted(device.installed.items()))
+    table.add_row("installed", shown(installed, multiline=True) or "-")
+    table.add_row(
+        "key",
+        f"{shown(enrollment.key_id)}, enrolled {enrollment.enrolled_at:%Y-%m-%d %H:%M} UTC "
+        f"by {shown(enrollment.enrolled_by)}"
+        if enrollment is not None
+        else "[yellow]not enrolled[/]: its reports and hellos are refused",
+    )
+    if seen is None:
+        table.add_row("last seen", "never heard from by a gateway")
+        table.add_row("health", "-")
+    else:
+        when = f"{seen.last_seen:%Y-%m-%d %H:%M:%S} UTC" if seen.last_seen else "-"
+        table.add_row("last seen", f"{'online' if seen.online else 'offline'}, {when}")
+        health = seen.health or {}
+        note = f" — {shown(health.get('note', ''))}" if health.get("note") else ""
+        state = "ok" if health.get("ok") else "[red]not ok[/]" if health else "-"
+        score = f", score {health.get('score')}" if "score" in health else ""
+        table.add_row("health", f"{state}{score}{note}")
+    console.print(table)
 
 
 @fleet_app.command("enroll")

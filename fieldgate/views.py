@@ -107,6 +107,17 @@ class DeviceKey(Contract):
     """Who enrolled it."""
 
 
+class DeviceSeen(Contract):
+    """What the MQTT gateway last heard from a device."""
+
+    online: bool
+    """Whether its last hello or will said online."""
+    last_seen: datetime | None
+    """When the gateway last took in a hello or report of it (UTC)."""
+    health: dict[str, Any] | None
+    """Its health from that reading; ``note`` in it is untrusted text."""
+
+
 class FleetShow(Contract):
     """What fieldgate fleet show ID --json prints: one device, or one site and its devices."""
 
@@ -120,6 +131,8 @@ class FleetShow(Contract):
     """Ids of the site's devices (kind ``site``)."""
     key: DeviceKey | None = None
     """The key the device is enrolled with (None: not enrolled, or kind ``site``)."""
+    seen: DeviceSeen | None = None
+    """What a gateway last heard from the device (None: none has, or kind ``site``)."""
 
 
 # --------------------------------------------------------------------------- approvals

@@ -14,6 +14,7 @@ import typer
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
+from fieldgate.edge._tables import EdgeTable, upsert_devices
 from fieldgate.store import Store
 
 runner = CliRunner()
@@ -112,7 +113,29 @@ def test_catalog_and_fleet_views(sqlite_url: str) -> None:
     code, out = invoke("fleet", "show", "ber-03", "--db", sqlite_url)
     assert code == 0 and "24 devices" in out and "regulated" in out
     code, out = invoke("fleet", "show", "ber-03-hvac-gw-07", "--db", sqlite_url)
-    assert code == 0 and '"hvac-controller": "2.3.4"' in out
+    assert code == 0 and "hvac-controller 2.3.4" in out and "Europe/Berlin" in out
+    assert "never heard from by a gateway" in out and "not enrolled" in out
+    with Store.open(sqlite_url) as store:
+        EdgeTable.metadata.create_all(store.engine)
+        with store.engine.begin() as conn:
+            health = {"ok": False, "score": 0.2, "note": "\x1b[2Jvalve stuck"}
+            row = {
+                "device_id": "ber-03-hvac-gw-07",
+                "site": "ber-03",
+                "online": False,
+                "seen_us": 1_796_000_000_000_000,
+                "hlc_wall": 0,
+                "hlc_counter": 0,
+                "installed": "{}",
+                "health": json.dumps(health),
+            }
+            upsert_devices(conn, [row])
+    code, out = invoke("fleet", "show", "ber-03-hvac-gw-07", "--db", sqlite_url)
+    assert code == 0 and "offline, 2026-11-30 00:53:20 UTC" in out and "not ok, score 0.2" in out
+    assert "\x1b" not in out and "␛[2Jvalve stuck" in out
+    code, out = invoke("fleet", "show", "ber-03-hvac-gw-07", "--json", "--db", sqlite_url)
+    seen = json.loads(out)["seen"]
+    assert seen["online"] is False and seen["health"]["score"] == 0.2
     code, out = invoke("fleet", "show", "ghost-1", "--db", sqlite_url)
     assert code == 2 and "no device or site named 'ghost-1'" in out
 

@@ -5,6 +5,7 @@ They have their own metadata, so that the gateway creates exactly these.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from sqlalchemy import BigInteger, Text, inspect, select
@@ -122,3 +123,17 @@ def offline_devices(engine: Engine) -> set[str]:
     with engine.connect() as conn:
         rows = conn.execute(select(DEVICES.c.device_id).where(DEVICES.c.online.is_(False)))
         return {device_id for (device_id,) in rows}
+
+
+def device_seen(engine: Engine, device_id: str) -> dict[str, Any] | None:
+    """What the gateway last heard from a device: online, when (UTC, from its clock reading
+    ``seen_us``) and its health; None when no gateway has heard from it."""
+    if not inspect(engine).has_table(DEVICES.name):
+        return None
+    with engine.connect() as conn:
+        row = conn.execute(select(DEVICES).where(DEVICES.c.device_id == device_id)).mappings()
+        found = row.first()
+    if found is None:
+        return None
+    health = json.loads(found["health"]) if found["health"] else None
+    return {"online": bool(found["online"]), "seen_us": found["seen_us"], "health": health}
