@@ -366,7 +366,9 @@ def edit(
         not_enrolled = key_not_enrolled(orchestrator, approver, key.key_id)
         if not_enrolled is not None:
             refuse(not_enrolled)
-        draft = PlanDraft.of(orchestrator.ctx.plans.plan(view.values["plan"], view.values["plan_hash"]))
+        draft = PlanDraft.of(
+            orchestrator.ctx.plans.plan(view.values["plan"], view.values["plan_hash"])
+        )
         waves = [wave.model_copy() for wave in draft.waves]
         if canary is not None:
             waves[0] = waves[0].model_copy(update={"count": canary, "percent": None})
@@ -375,8 +377,9 @@ def edit(
         update: dict[str, Any] = {"waves": waves}
         if version is not None:
             update["version"] = version
-        draft = PlanDraft.model_validate({**draft.model_dump(), **update, "waves": [
-            w.model_dump() for w in waves]})
+        draft = PlanDraft.model_validate(
+            {**draft.model_dump(), **update, "waves": [w.model_dump() for w in waves]}
+        )
         before = view.values.get("plan_hash")
         after = orchestrator.edit(run.thread_id, key, draft, comment)
         if after.values.get("plan_hash") == before:

@@ -14,6 +14,7 @@ import typer
 
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, exit_code_for
+from fieldgate.cli._questions import answer_question
 from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
@@ -27,7 +28,6 @@ from fieldgate.cli._rollout import (
     print_why,
     runs_table,
 )
-from fieldgate.cli._questions import answer_question
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, NotFound, WithdrawRefused
 from fieldgate.store import Conversation, Store
@@ -39,8 +39,9 @@ if TYPE_CHECKING:
 HELP = """\
 Type a rollout request, e.g. [bold]roll out pump-logic 1.9.0 to rtm-05[/]. Follow-ups revise
 the last plan ([bold]make the canary smaller[/], [bold]only the Munich site[/],
-[bold]use 1.9.1 instead[/]); [bold]yes[/] confirms a plan that needs no approvals; [bold]withdraw[/] takes the last plan back;
-fleet questions ([bold]which version of edge-runtime runs in eu-west?[/]) create no plan. Commands:
+[bold]use 1.9.1 instead[/]); [bold]yes[/] confirms a plan that needs no approvals;
+[bold]withdraw[/] takes the last plan back; fleet questions
+([bold]which version of edge-runtime runs in eu-west?[/]) create no plan. Commands:
   [bold]/status [PLAN][/]    where a plan stands (default: the last plan)
   [bold]/why [PLAN][/]       why: rationale, validator, policy decision and reasons (audit log)
   [bold]/withdraw [PLAN][/]  take back a plan that is not yet executing
@@ -86,8 +87,10 @@ def continued_request(pending: dict[str, Any], answer: str) -> str | None:
     request = str(pending.get("request", ""))
     words = set(re.findall(r"[a-z0-9][a-z0-9._-]*", answer.lower()))
     picked = [
-        c for c in pending.get("candidates") or [] if c.lower() in words or
-        any(w in c.lower().split("-") or c.lower().startswith(w) for w in words if len(w) > 2)
+        c
+        for c in pending.get("candidates") or []
+        if c.lower() in words
+        or any(w in c.lower().split("-") or c.lower().startswith(w) for w in words if len(w) > 2)
     ]
     if len(picked) != 1:
         return None

@@ -13,8 +13,11 @@ from collections import Counter
 from fieldgate.store import Store
 
 _ASKS = re.compile(r"^\s*(which|what|how many|where|is|are|does|do)\b|\?\s*$", re.I)
-_CATALOG = re.compile(r"\b(versions?|releases?)\b.*\b(are there|exist|available|in the catalog)\b|"
-                      r"\bwhat versions?\b|\bwhich versions? (of \S+ )?(are|exist)\b", re.I)
+_CATALOG = re.compile(
+    r"\b(versions?|releases?)\b.*\b(are there|exist|available|in the catalog)\b|"
+    r"\bwhat versions?\b|\bwhich versions? (of \S+ )?(are|exist)\b",
+    re.I,
+)
 _ACTION = re.compile(r"\b(roll|deploy|install|update|upgrade|push|pilot|put|pin|bring)\b", re.I)
 
 

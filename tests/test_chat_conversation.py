@@ -23,7 +23,9 @@ HVAC = "Roll out hvac-controller 2.4.1 to muc-01"
 
 def chat(*lines: str, args: tuple[str, ...] = ()) -> str:
     result = runner.invoke(
-        app, ["chat", "--as", "eng-ana", *args], input="\n".join(lines) + "\n",
+        app,
+        ["chat", "--as", "eng-ana", *args],
+        input="\n".join(lines) + "\n",
         catch_exceptions=False,
     )
     assert result.exit_code == 0, result.output
@@ -201,7 +203,8 @@ def test_an_approvers_signed_edit_is_revision_2_needing_new_decisions(
     assert runs(initialised_db)[0].status == "awaiting_approval"
     with Store.open(initialised_db) as store:
         edits = [
-            e for e in store.audit.events(plan_id=run.plan_id, kinds=[EventKind.plan])
+            e
+            for e in store.audit.events(plan_id=run.plan_id, kinds=[EventKind.plan])
             if e.payload.get("edited_by") == "saf-lee"
         ]
     assert len(edits) == 1 and edits[0].payload["revision"] == 2

@@ -29,8 +29,8 @@ def revise(
 ) -> Intent | Clarification:
     """What ``follow_up`` asks, applied to the draft ``previous``.
 
-    Raises nothing: a version the catalog does not hold, or a follow-up that changes
-    nothing it can name, comes back as a question.
+    A version the catalog does not hold comes back as a question; a line that changes
+    nothing of the plan is read as a request of its own.
     """
     module = str(previous.get("module", ""))
     tokens = tokenize(follow_up, [s.id for s in ctx.sites])
@@ -79,13 +79,8 @@ def revise(
         wave_ask = WaveAsk(canary=size, typed=[f"canary of {size} (was {first})"])
         changed = True
     if not changed:
-        return Clarification(
-            reason="unclear_action",
-            question=(
-                f"I could not tell what to change in plan {previous.get('plan_id', '')}: name a "
-                "version, a site or region, or say 'make the canary smaller'."
-            ),
-        )
+        # Nothing of the last plan to change: the line is a request of its own.
+        return understand(follow_up, ctx)
     return Intent(
         action=PlanIntent(previous.get("intent", "rollout")),
         module=module,

@@ -65,9 +65,7 @@ def plan_decision(prompt: str) -> dict[str, Any]:
     context = PlanningContext.model_validate_json(context_json)
     revising = first_section(prompt, "plan_to_revise")
     understood = (
-        revise(request, json.loads(revising), context)
-        if revising
-        else understand(request, context)
+        revise(request, json.loads(revising), context) if revising else understand(request, context)
     )
     if isinstance(understood, Clarification):
         return {
