@@ -208,3 +208,24 @@ def test_an_approvers_signed_edit_is_revision_2_needing_new_decisions(
             if e.payload.get("edited_by") == "saf-lee"
         ]
     assert len(edits) == 1 and edits[0].payload["revision"] == 2
+
+
+def test_the_openai_path_gets_the_conversation_as_chat_messages(
+    initialised_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldgate.agents.offline.server import Recording, ReplayBackend, model_server
+
+    backend = ReplayBackend(Recording(replies=[]))
+    with model_server(backend) as base_url:
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        chat(PUMP, "make the canary smaller", args=("--model", "openai:offline"))
+    first, second = runs(initialised_db)
+    messages = backend.requests("planner")[-1]["messages"]
+    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user"]
+    assert messages[1]["content"] == PUMP
+    assert first.plan_id in messages[2]["content"]
+    assert "<plan_to_revise" in messages[3]["content"]
+    assert "make the canary smaller" in messages[3]["content"]
+    old, new = plan_of(initialised_db, first.plan_id), plan_of(initialised_db, second.plan_id)
+    assert new["findings"]["wave_sizes"][0] < old["findings"]["wave_sizes"][0]
