@@ -7,9 +7,12 @@ BIN = $(VENV)/bin
 # graphs/, ... into fieldgate.*), and that tree is what Python and plain `mypy` read. Edits
 # show through the links; a file added or removed needs a new link tree, so the install
 # reruns whenever a package directory's listing changes.
+# OPA's own evaluator, the reference of the policy conformance suite: its wheel asks for
+# Python >= 3.14 but loads and evaluates from 3.11, so it is installed apart (README).
+OPA_GO = opa-golib-python-bindings==0.4.4
 PACKAGE_DIRS := $(shell find fieldgate cli agents graphs tools evals policies -type d -not -name __pycache__)
 
-.PHONY: setup demo test lint bench clean
+.PHONY: setup demo test conformance lint bench clean
 
 setup: $(VENV)/.installed
 
@@ -17,6 +20,7 @@ $(VENV)/.installed: pyproject.toml $(PACKAGE_DIRS)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python '$(OPA_GO)'
 	touch $@
 
 demo: setup
@@ -32,6 +36,11 @@ lint: setup
 # test that needs a service gets its own schema, broker, port or topic root.
 test: lint
 	$(BIN)/pytest -n 2
+
+# The long run of the policy conformance suite: every eval suite's decisions and 10,000
+# generated inputs on regopy, regorus and OPA's evaluator (.ci/run runs it after test).
+conformance: setup
+	$(BIN)/pytest -n 2 -q -m slow tests/test_policy_conformance.py
 
 bench: setup
 	$(BIN)/python bench/twin.py

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 import typer
 
+from fieldgate.catalog_metadata import export_repository
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, handles_errors
 from fieldgate.config import BROKER_ENV, CONTROL_KEY_ENV, CREDENTIALS_ENV, PASSWORD_ENV, Config
@@ -198,6 +199,12 @@ def agent(
     password: str = PasswordOption,
     topic_root: str = TopicRootOption,
     credentials: Path = CredentialsOption,
+    catalog: list[Path] = typer.Option(
+        [],
+        "--catalog",
+        help="A catalog repository (TUF) to check every install against (repeat for more); "
+        "its first root is pinned in the device's state the first time.",
+    ),
 ) -> None:
     """Run a field agent: take signed commands over MQTT, apply each once, report back.
 
@@ -222,6 +229,7 @@ def agent(
         apply_seconds=apply_seconds,
         fail_installs=list(fail_install),
         credentials=credentials or config.mqtt_credentials,
+        catalogs=list(catalog),
     )
     agents = open_agents(spec)
     stop = _stop_on_signals()
@@ -290,18 +298,21 @@ def up(
             key = control_plane_key(store, config.keys_dir).public_b64
     specs = [DeviceSpec(device_id=d.id, site=d.site, installed=dict(d.installed)) for d in chosen]
     state_dir = state or config.home / "agents"
-    fleet = LocalFleet(
-        broker,
-        state_dir,
-        key,
-        specs,
-        per_process=per_process,
-        apply_seconds=apply_seconds,
-        fail_installs=fail_install,
-        log_dir=state_dir / "logs",
-        credentials=credentials or config.mqtt_credentials,
-    )
     with Store.open(config.database_url) as store:
+        # The devices check their installs against the catalog this control plane verified.
+        catalogs = export_repository(store, state_dir / "catalog")
+        fleet = LocalFleet(
+            broker,
+            state_dir,
+            key,
+            specs,
+            per_process=per_process,
+            apply_seconds=apply_seconds,
+            fail_installs=fail_install,
+            log_dir=state_dir / "logs",
+            credentials=credentials or config.mqtt_credentials,
+            catalogs=catalogs,
+        )
         enrolled = enroll_devices(store, fleet.public_keys(), config.actor(), replace=re_enroll)
     if enrolled:
         console.print(f"fleet up: enrolled the keys of {len(enrolled)} devices", highlight=False)

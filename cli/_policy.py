@@ -14,6 +14,7 @@ from rich.table import Table
 
 from fieldgate.cli._common import command_config, read_catalog_file, read_inventory_file
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.config import Config
 from fieldgate.contract import load_yaml, read_yaml
 from fieldgate.errors import InputInvalid, PlanInvalid
 from fieldgate.fleet import Device, Site
@@ -27,9 +28,9 @@ from fieldgate.policy import (
     PolicyEngine,
     PolicyGate,
     PolicyPack,
-    RegoEngine,
     RolloutDecision,
     RolloutInput,
+    configured_engine,
     input_document,
     read_decision,
     rollout_input,
@@ -49,7 +50,9 @@ DirOption = typer.Option(
     None, "--dir", help="Policy directory (default: the pack shipped with fieldgate)."
 )
 OpaOption = typer.Option(
-    None, "--opa-url", help="Evaluate on this OPA server instead of in-process (regopy)."
+    None,
+    "--opa-url",
+    help="Evaluate on this OPA server instead of the engine FIELDGATE_POLICY_ENGINE names.",
 )
 SCENARIO_FACTORY = SigningKey.from_seed("factory", b"fieldgate-scenario-factory")
 """The key that signs a scenario's catalog when ``policy eval --scenario`` builds it."""
@@ -59,7 +62,7 @@ def _engine(directory: Path | None, opa_url: str | None) -> PolicyEngine:
     pack = PolicyPack.load(directory)
     if opa_url:
         return OpaServerEngine(opa_url, pack)
-    return RegoEngine(pack)
+    return configured_engine(Config.from_env(), pack)
 
 
 @policy_app.command("test")

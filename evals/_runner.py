@@ -16,12 +16,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 
+from fieldgate.config import Config
 from fieldgate.evals._metrics import scenario_figures, summarize
 from fieldgate.evals._results import EvalResults, LoadError, RunResult, ScenarioResult
 from fieldgate.evals._run import run_once
 from fieldgate.evals._safety import PolicyFacts
 from fieldgate.evals._suite import Suite, SuiteEntry
-from fieldgate.policy import PolicyEngine, RegoEngine
+from fieldgate.policy import PolicyEngine, configured_engine
 from fieldgate.scenario import Scenario
 
 Progress = Callable[[ScenarioResult], None]
@@ -35,7 +36,7 @@ def _process_engine() -> tuple[PolicyEngine, PolicyFacts]:
     """The policy engine of this process, compiled on first use."""
     global _engine, _facts
     if _engine is None or _facts is None:
-        _engine = RegoEngine()
+        _engine = configured_engine(Config.from_env())
         _facts = PolicyFacts.of(_engine)
     return _engine, _facts
 

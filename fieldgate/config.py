@@ -37,6 +37,10 @@ WITNESS_ENV = "FIELDGATE_AUDIT_WITNESS"
 """The audit witness file, in place of ``HOME/audit-witness.jsonl``."""
 CHECKPOINT_EVERY_ENV = "FIELDGATE_AUDIT_CHECKPOINT_EVERY"
 """Audit events between two signed checkpoints."""
+POLICY_ENGINES = ("regorus", "regopy", "opa")
+"""Engines ``FIELDGATE_POLICY_ENGINE`` names: two in-process, and an OPA server."""
+DEFAULT_POLICY_ENGINE = "regorus"
+"""The fastest engine that passes the conformance suite (see the README)."""
 PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
 """The broker password, when ``--password`` is not given (and how agent processes get it)."""
 CREDENTIALS_ENV = "FIELDGATE_MQTT_CREDENTIALS"
@@ -93,6 +97,14 @@ class Config:
     device_clock_skew_s: float = DEFAULT_DEVICE_CLOCK_SKEW_S
     """``FIELDGATE_DEVICE_CLOCK_SKEW``: seconds a device's report or hello may be stamped
     ahead of the gateway's clock before it is refused."""
+    policy_engine: str = DEFAULT_POLICY_ENGINE
+    """``FIELDGATE_POLICY_ENGINE``: ``regorus`` or ``regopy`` (in-process), or ``opa``
+    (the OPA server at ``OPA_URL``, which must then be set)."""
+    opa_url: str | None = None
+    """``OPA_URL``: the OPA server the ``opa`` engine evaluates on."""
+    policy_crosscheck: bool = False
+    """``FIELDGATE_POLICY_CROSSCHECK``: ``1`` also evaluates the decisions on plans of safety
+    class critical on a second in-process engine, and denies when the two disagree."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -128,6 +140,9 @@ class Config:
             audit_witness=Path(witness) if (witness := text(WITNESS_ENV)) else None,
             audit_checkpoint_every=_checkpoint_every(env.get(CHECKPOINT_EVERY_ENV, "")),
             device_clock_skew_s=_clock_skew(env.get(CLOCK_SKEW_ENV, "")),
+            policy_engine=_policy_engine(env.get("FIELDGATE_POLICY_ENGINE", ""), text("OPA_URL")),
+            opa_url=text("OPA_URL"),
+            policy_crosscheck=env.get("FIELDGATE_POLICY_CROSSCHECK", "") == "1",
         )
 
     @property
@@ -203,6 +218,17 @@ def _checkpoint_every(raw: str) -> int:
             f"FIELDGATE_AUDIT_CHECKPOINT_EVERY={raw!r}: expected a count of events above 0"
         )
     return int(raw)
+
+
+def _policy_engine(raw: str, opa_url: str | None) -> str:
+    name = raw.strip().lower() or DEFAULT_POLICY_ENGINE
+    if name not in POLICY_ENGINES:
+        raise ConfigInvalid(
+            f"FIELDGATE_POLICY_ENGINE={raw!r}: expected one of {', '.join(POLICY_ENGINES)}"
+        )
+    if name == "opa" and not opa_url:
+        raise ConfigInvalid("FIELDGATE_POLICY_ENGINE=opa: OPA_URL must name the OPA server")
+    return name
 
 
 def _roster(path: str | None) -> dict[str, list[str]]:

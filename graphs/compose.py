@@ -25,7 +25,7 @@ from fieldgate.errors import FieldgateError, NotFound
 from fieldgate.graphs.checkpoint import open_checkpointer
 from fieldgate.graphs.runner import Orchestrator
 from fieldgate.keyfiles import control_plane_key, load_pinned_root
-from fieldgate.policy import PolicyEngine, PolicyGate, RegoEngine
+from fieldgate.policy import PolicyEngine, PolicyGate, configured_engine
 from fieldgate.runtime import Context, Settings
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
@@ -93,7 +93,7 @@ def build_context(
         transport: How commands reach devices (default: the stored fleet's twin).
         model: The chat model (default: built from ``model_name``).
         model_name: The model's name (default: ``config.model``).
-        engine: The policy engine (default: the shipped pack in-process).
+        engine: The policy engine (default: ``config.policy_engine`` over the shipped pack).
         control_key: The key that signs commands (default: this machine's, made on
             first use under ``config.keys_dir``).
         roster: Roles by person (default: ``config.roster``).
@@ -110,7 +110,7 @@ def build_context(
     transport = transport or TwinTransport(default_twin(store))
     return Context(
         store=store,
-        policy=PolicyGate(engine or RegoEngine(), store.audit, clock=transport.now),
+        policy=PolicyGate(engine or configured_engine(config), store.audit, clock=transport.now),
         transport=transport,
         model=model or make_model(name, config=config),
         control_key=control_key or control_plane_key(store, config.keys_dir),

@@ -15,11 +15,21 @@ roster := input.roster if {
 	is_object(input.roster)
 } else := data.fieldgate.roster
 
+# The input's lists, empty where the input has none (errors says so): regorus stops with
+# an error when it iterates null, where OPA and regopy iterate nothing.
+default required := []
+
+required := input.required if is_array(input.required)
+
+default received := []
+
+received := input.approvals if is_array(input.approvals)
+
 # Approvals needed, by role (the same role named twice adds up).
 need := {role: n |
-	some r in input.required
+	some r in required
 	role := r.role
-	n := sum([x.count | some x in input.required; x.role == role])
+	n := sum([x.count | some x in required; x.role == role])
 	n > 0
 }
 
@@ -27,7 +37,7 @@ need := {role: n |
 # not a function: regopy 1.5.2 does not cache function calls, and it treats a
 # function argument inside a comprehension as a free variable.
 holds := {person: roles_held |
-	some person in {a.approver | some a in input.approvals}
+	some person in {a.approver | some a in received}
 	roles_held := {role | some role in roster[person]; need[role]}
 }
 

@@ -16,11 +16,21 @@ default module_ref := "the module"
 
 module_ref := sprintf("%s@%s", [input.plan.module, input.plan.version])
 
+# The input's lists, empty where the input has none (D0 denies such an input): regorus
+# stops with an error when it iterates null, where OPA and regopy iterate nothing.
+default targets := []
+
+targets := input.targets if is_array(input.targets)
+
+default waves := []
+
+waves := input.waves if is_array(input.waves)
+
 default target_count := 0
 
-target_count := sum([g.count | some g in input.targets])
+target_count := sum([g.count | some g in targets])
 
-regions := {g.region | some g in input.targets}
+regions := {g.region | some g in targets}
 
 default safety := "unknown"
 
@@ -31,8 +41,8 @@ default is_rollback := false
 
 is_rollback if {
 	input.plan.intent == "rollback"
-	count(input.targets) > 0
-	every g in input.targets {
+	count(targets) > 0
+	every g in targets {
 		g.relation == "downgrade"
 	}
 }
@@ -49,19 +59,19 @@ decision := {
 	"targets": target_count,
 }
 
-missing_part contains "plan" if not is_object(input.plan)
+missing_part contains "plan" if not is_object(object.get(input, "plan", null))
 
-missing_part contains "manifest" if not is_object(input.manifest)
+missing_part contains "manifest" if not is_object(object.get(input, "manifest", null))
 
-missing_part contains "verification" if not is_object(input.verification)
+missing_part contains "verification" if not is_object(object.get(input, "verification", null))
 
-missing_part contains "targets" if not is_array(input.targets)
+missing_part contains "targets" if not is_array(object.get(input, "targets", null))
 
-missing_part contains "waves" if not is_array(input.waves)
+missing_part contains "waves" if not is_array(object.get(input, "waves", null))
 
-missing_part contains "coverage" if not is_object(input.coverage)
+missing_part contains "coverage" if not is_object(object.get(input, "coverage", null))
 
-missing_part contains "context" if not is_object(input.context)
+missing_part contains "context" if not is_object(object.get(input, "context", null))
 
 # METADATA
 # title: D0 input
@@ -82,6 +92,15 @@ violation contains {"rule": "D0", "message": msg} if {
 }
 
 # The reason Python found when the signature did not verify (missing: not said).
+# Facts negated below. OPA moves the arguments of a negated call out of the negation (its
+# issue 1877): `not is_string(x.y)` is undefined, not true, when x.y is undefined, where
+# regopy and regorus say true. A negated rule means the same in every engine.
+digest_checked if is_string(input.verification.observed_digest)
+
+has_abort if is_object(input.plan.abort)
+
+has_rollback_version if is_string(input.plan.rollback.version)
+
 default signature_problem := "signature missing or not verified"
 
 signature_problem := input.verification.signature_problem if is_string(input.verification.signature_problem)
@@ -110,7 +129,7 @@ violation contains {"rule": "D2", "message": msg} if {
 }
 
 violation contains {"rule": "D2", "message": msg} if {
-	not is_string(input.verification.observed_digest)
+	not digest_checked
 	msg := sprintf("%s: the artifact digest was not checked against its manifest", [module_ref])
 }
 
@@ -118,7 +137,7 @@ violation contains {"rule": "D2", "message": msg} if {
 # title: D3 compatible
 # description: Every target must have a device class, arch and memory the manifest supports.
 violation contains {"rule": "D3", "message": msg} if {
-	groups := input.targets
+	groups := targets
 	supported := {c | some c in input.manifest.device_classes}
 	bad := {g.class | some g in groups} - supported
 	count(bad) > 0
@@ -130,7 +149,7 @@ violation contains {"rule": "D3", "message": msg} if {
 }
 
 violation contains {"rule": "D3", "message": msg} if {
-	groups := input.targets
+	groups := targets
 	supported := {a | some a in input.manifest.arch}
 	bad := {g.arch | some g in groups} - supported
 	count(bad) > 0
@@ -142,7 +161,7 @@ violation contains {"rule": "D3", "message": msg} if {
 }
 
 violation contains {"rule": "D3", "message": msg} if {
-	groups := input.targets
+	groups := targets
 	needed := input.manifest.min_memory_mb
 	low := [g | some g in groups; g.memory_mb < needed]
 	count(low) > 0
@@ -156,7 +175,7 @@ violation contains {"rule": "D3", "message": msg} if {
 
 # Requirements not met, one entry per group and requirement: [module, device count, installed].
 unmet_requirements := [[r.module, g.count, installed_text(r.installed)] |
-	some g in input.targets
+	some g in targets
 	some r in g.requires
 	not r.satisfied
 ]
@@ -200,13 +219,13 @@ violation contains {"rule": "D5", "message": msg} if {
 # title: D6 gates
 # description: Every wave needs a health gate and the plan abort criteria (how strict they must be is D11).
 violation contains {"rule": "D6", "message": msg} if {
-	some w in input.waves
-	not is_object(w.health_gate)
+	some w in waves
+	not is_object(object.get(w, "health_gate", null))
 	msg := sprintf("health gate: wave '%s' has no health gate", [w.name])
 }
 
 violation contains {"rule": "D6", "message": msg} if {
-	not is_object(input.plan.abort)
+	not has_abort
 	msg := "abort: the plan has no abort criteria"
 }
 
@@ -216,7 +235,7 @@ violation contains {"rule": "D6", "message": msg} if {
 # description: Modules of safety class high or critical change devices only inside maintenance windows.
 violation contains {"rule": "D7", "message": msg} if {
 	safety in data.fieldgate.config.maintenance_safety_classes
-	some w in input.waves
+	some w in waves
 	w.outside_window > 0
 	msg := sprintf(
 		"maintenance: %s has safety class %s and wave '%s' would change %d device(s) outside maintenance windows (schedule %s)",
@@ -228,7 +247,7 @@ violation contains {"rule": "D7", "message": msg} if {
 # title: D8 downgrade
 # description: A target running a newer version is not moved back unless the manifest to install allows downgrades.
 violation contains {"rule": "D8", "message": msg} if {
-	down := [g | some g in input.targets; g.relation == "downgrade"]
+	down := [g | some g in targets; g.relation == "downgrade"]
 	count(down) > 0
 	not input.manifest.downgrade_allowed == true
 	n := sum([g.count | some g in down])
@@ -300,16 +319,16 @@ violation contains {"rule": "D11", "message": msg} if {
 }
 
 violation contains {"rule": "D11", "message": msg} if {
-	some w in input.waves
+	some w in waves
 	is_object(w.health_gate)
 	some field in ["min_success_rate", "max_failures"]
-	not is_number(w.health_gate[field])
+	not is_number(object.get(w.health_gate, field, null))
 	msg := sprintf("wave %d %s: the health gate has no %s", [w.index + 1, w.name, field])
 }
 
 violation contains {"rule": "D11", "message": msg} if {
 	least := gate_floor.min_success_rate
-	some w in input.waves
+	some w in waves
 	rate := w.health_gate.min_success_rate
 	rate < least
 	msg := sprintf(
@@ -320,7 +339,7 @@ violation contains {"rule": "D11", "message": msg} if {
 
 violation contains {"rule": "D11", "message": msg} if {
 	percent := gate_floor.max_failures_percent
-	some w in input.waves
+	some w in waves
 	failures := w.health_gate.max_failures
 	allowed := ceil((w.size * percent) / 100)
 	failures > allowed
@@ -332,7 +351,7 @@ violation contains {"rule": "D11", "message": msg} if {
 
 violation contains {"rule": "D11", "message": msg} if {
 	least := gate_floor.min_soak_minutes
-	some w in input.waves
+	some w in waves
 	is_object(w.health_gate)
 	soak := object.get(w.health_gate, "soak_minutes", 0)
 	soak < least
@@ -344,7 +363,7 @@ violation contains {"rule": "D11", "message": msg} if {
 
 violation contains {"rule": "D11", "message": msg} if {
 	is_object(input.plan.abort)
-	not is_number(input.plan.abort.failure_threshold)
+	not is_number(object.get(input.plan.abort, "failure_threshold", null))
 	msg := "abort: the abort criteria have no failure_threshold"
 }
 
@@ -383,8 +402,8 @@ warning contains msg if {
 }
 
 warning contains msg if {
-	not is_string(input.plan.rollback.version)
-	some g in input.targets
+	not has_rollback_version
+	some g in targets
 	g.relation != "fresh"
 	msg := "rollback: the plan names no rollback version although targets run the module"
 }
@@ -403,7 +422,7 @@ warning contains msg if {
 }
 
 warning contains msg if {
-	some w in input.waves
+	some w in waves
 	w.size == 0
 	msg := sprintf("waves: wave '%s' takes no devices", [w.name])
 }
@@ -439,7 +458,7 @@ approval contains {"role": "release-manager", "count": 1, "reason": reason} if {
 # partial rules that iterate.
 regulated_sites := {site |
 	label := data.fieldgate.config.regulated_label
-	some g in input.targets
+	some g in targets
 	g.site_labels[label] == "true"
 	some site in g.sites
 }
@@ -461,7 +480,9 @@ join(xs) := trim_space(concat(", ", sorted(xs)))
 # regopy. The trim_space is there for the reason given at join.
 number_text(x) := trim_space(format_int(x, 10)) if x == floor(x)
 
-number_text(x) := sprintf("%g", [x]) if x != floor(x)
+# Six decimals without trailing zeros: regorus writes %g as 8.9e-1, regopy %v as
+# 0.9399999999999999; this reads the same in every engine.
+number_text(x) := trim_right(trim_right(sprintf("%.6f", [x]), "0"), ".") if x != floor(x)
 
 # Sorts a set or an array into an array. regopy 1.5.2 returns sort() of a set as a
 # set (it cannot be indexed and does not equal an array), so sets become arrays first.

@@ -1,11 +1,13 @@
-"""A small OPA-REST-compatible server for tests, evaluating with regopy.
+"""A small OPA-REST-compatible server for tests, evaluating with OPA's own Go evaluator.
 
 It implements the part of the OPA REST API that opa-python-client uses:
 ``GET /health``, ``GET|PUT|DELETE /v1/policies/{id}``, ``GET /v1/policies``,
 ``GET|PUT|DELETE /v1/data/{path}`` and ``POST /v1/data/{path}`` with
-``{"input": …}`` → ``{"result": …}`` (``{}`` when undefined). Like OPA 1.x it
-refuses a module that does not parse or is not Rego v1, answering 400 with
-``rego_parse_error`` entries carrying file, row and column.
+``{"input": …}`` → ``{"result": …}`` (``{}`` when undefined). Policies are compiled and
+evaluated by ``github.com/open-policy-agent/opa/v1/rego`` (the opa-golib-python-bindings
+wheel, see the README), so :class:`OpaServerEngine` is tested against OPA's evaluator.
+Like OPA 1.x it refuses a module that does not parse, is not Rego v1 or does not
+compile with the others, answering 400 with ``rego_*_error`` entries carrying file and row.
 
     server = OpaTestServer().start()
     ... OpaServerEngine(server.url) ...
@@ -20,12 +22,10 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from regopy import Interpreter, LogLevel, RegoError
-
 from fieldgate.policy import check_v1
+from fieldgate.policy._opago import bindings
 
-_ERROR_AT = re.compile(r"\(error (\d+):")
-_ERROR_MESSAGE = re.compile(r"\(errormsg (\d+):")
+_ERROR = re.compile(r"^(?P<file>\S+?):(?P<row>\d+): (?P<code>rego_\w+): (?P<message>.+)$", re.M)
 
 
 class _Undefined(Exception):
@@ -41,7 +41,8 @@ class OpaTestServer:
         self.requests: list[tuple[str, str]] = []
         """(method, path) of every request, for assertions."""
         self._lock = threading.Lock()
-        self._compiled: dict[str, tuple[Interpreter, Any]] = {}
+        self._engine: Any = None
+        self._packages: dict[str, Any] = {}
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -91,13 +92,13 @@ class OpaTestServer:
                 errors = self._compile_errors(candidate)
             if not errors:
                 self.policies = candidate
-                self._compiled.clear()
+                self._engine = None
             return errors
 
     def delete_policy(self, policy_id: str) -> bool:
         with self._lock:
             found = self.policies.pop(policy_id, None) is not None
-            self._compiled.clear()
+            self._engine = None
             return found
 
     def put_data(self, path: list[str], value: Any) -> None:
@@ -109,7 +110,7 @@ class OpaTestServer:
                 for key in path[:-1]:
                     node = node.setdefault(key, {})
                 node[path[-1]] = value
-            self._compiled.clear()
+            self._engine = None
 
     def delete_data(self, path: list[str]) -> bool:
         with self._lock:
@@ -117,74 +118,69 @@ class OpaTestServer:
             for key in path[:-1]:
                 node = node.get(key, {})
             found = node.pop(path[-1], None) is not None if path else False
-            self._compiled.clear()
+            self._engine = None
             return found
 
     def evaluate(self, path: list[str], input: Any) -> Any:
         """The value at ``data.<path>`` for ``input``; raise _Undefined or RuntimeError."""
-        entrypoint = "/".join(path)
+        opa = bindings()
         with self._lock:
-            if entrypoint not in self._compiled:
-                interpreter = self._interpreter(self.policies)
-                interpreter.add_data(self.data)
-                self._compiled[entrypoint] = (interpreter, interpreter.build(None, [entrypoint]))
-            interpreter, bundle = self._compiled[entrypoint]
-            if input is not None:
-                interpreter.set_input_term(json.dumps(input))
-            else:
-                interpreter.set_input_term("{}")
+            if self._engine is None:
+                self._engine = self._new_engine(self.policies)
+                self._engine.add_data(self.data)
+                self._packages = {}
+            if path and path[-1].startswith("test_"):
+                # a Rego test: each query OPA prepares compiles every module (a tenth
+                # of a second), so a test package is evaluated once and its tests read
+                package = ".".join(path[:-1])
+                if package not in self._packages:
+                    try:
+                        self._packages[package] = self._engine.eval_document(package, {})
+                    except opa.OpaError:
+                        self._packages[package] = None  # one test fails: query them one by one
+                tests = self._packages[package]
+                if isinstance(tests, dict) and input in (None, {}):
+                    if path[-1] not in tests:
+                        raise _Undefined
+                    return tests[path[-1]]
             try:
-                output = interpreter.query_bundle_entrypoint(bundle, entrypoint)
-            except (RegoError, ValueError) as exc:  # ValueError: output that is not JSON
-                raise RuntimeError(str(exc).strip()) from None
-            if not output.ok():
-                raise RuntimeError(str(output).strip() or "evaluation error")
-            if not output.results or not output.results[0].expressions:
-                raise _Undefined
-            return output.results[0].expressions[0]
+                return self._engine.eval_document(".".join(path), input)
+            except opa.OpaUndefinedError:
+                raise _Undefined from None
+            except opa.OpaError as exc:
+                raise RuntimeError(exc.message) from None
 
-    # --- regopy ----------------------------------------------------------------
+    # --- OPA's Go evaluator ------------------------------------------------------
 
     @staticmethod
-    def _interpreter(policies: dict[str, str]) -> Interpreter:
-        interpreter = Interpreter()
-        interpreter.log_level = LogLevel.NONE
-        interpreter.strict_built_in_errors = True
+    def _new_engine(policies: dict[str, str]) -> Any:
+        opa = bindings()
+        assert opa is not None, "opa-golib-python-bindings is not installed (see the README)"
+        engine = opa.OpaEngine()
         for policy_id, source in policies.items():
-            interpreter.add_module(policy_id, source)
-        return interpreter
+            engine.add_policy(policy_id, source)
+        return engine
 
     def _compile_errors(self, policies: dict[str, str]) -> list[dict[str, Any]]:
+        opa = bindings()
         try:
-            self._interpreter(policies)
-        except RegoError as exc:
-            return _parse_errors(str(exc), policies)
+            # modules are parsed when added and compiled together when a query is prepared
+            self._new_engine(policies).eval_query("x := 1")
+        except opa.OpaError as exc:
+            return _errors(exc.message)
         return []
 
 
-def _parse_errors(text: str, policies: dict[str, str]) -> list[dict[str, Any]]:
-    errors = []
-    for match in _ERROR_AT.finditer(text):
-        start = match.end()
-        name = text[start : start + int(match[1])]
-        offset = re.match(r"\|(\d+)\|", text[start + int(match[1]) :])
-        message_match = _ERROR_MESSAGE.search(text, start)
-        message = "error"
-        if message_match:
-            message = text[message_match.end() : message_match.end() + int(message_match[1])]
-        row = col = 0
-        if offset and name in policies:
-            before = policies[name].encode()[: int(offset[1])].decode(errors="replace")
-            row = before.count("\n") + 1
-            col = len(before) - (before.rfind("\n") + 1) + 1
-        errors.append(
-            {
-                "code": "rego_parse_error",
-                "message": message,
-                "location": {"file": name, "row": row, "col": col},
-            }
-        )
-    return errors or [{"code": "rego_compile_error", "message": text.strip()[:200]}]
+def _errors(message: str) -> list[dict[str, Any]]:
+    errors = [
+        {
+            "code": m["code"],
+            "message": m["message"],
+            "location": {"file": m["file"], "row": int(m["row"]), "col": 0},
+        }
+        for m in _ERROR.finditer(message)
+    ]
+    return errors or [{"code": "rego_compile_error", "message": message.strip()[:200]}]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -8,18 +8,31 @@ not what the factory's targets metadata records, even when the command's digest 
 
 from __future__ import annotations
 
+import sqlite3
+from contextlib import ExitStack
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _edge_support import CONTROL, command
+from _edge_support import CONTROL, command, shared_broker
 
 from fieldgate.catalog_metadata import export_repository, publish_repository
 from fieldgate.commands import ReportStatus
-from fieldgate.edge import DeviceStore, FieldDevice, digest_of, sample_artifact
+from fieldgate.config import Config
+from fieldgate.edge import (
+    DeviceSpec,
+    DeviceStore,
+    FieldDevice,
+    Gateway,
+    HelloWatcher,
+    LocalFleet,
+    digest_of,
+    sample_artifact,
+)
 from fieldgate.edge._artifacts import ArtifactSource
 from fieldgate.edge._targets import CatalogTargets, pin_catalog_root
 from fieldgate.edge._wire import encode
+from fieldgate.keyfiles import control_plane_key
 from fieldgate.manifest import ModuleManifest, sample_digest
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
@@ -136,3 +149,47 @@ def test_the_repository_the_control_plane_holds_is_what_devices_verify_against(
         encode(command(DEVICE, version="9.9.9", plan_id="pl-other", digest=digest_of(REAL)))
     ).report
     assert report.status is ReportStatus.rejected and "not a target" in report.reason
+
+
+@pytest.mark.mqtt
+def test_field_agents_refuse_wrong_software_even_from_a_compromised_control_plane(
+    initialised_db: str, tmp_path: Path
+) -> None:
+    """Agents started by the control plane get the catalog it verified; a command signed by
+    the control plane's own key that names other software's digest is refused on the
+    device, while the factory's artifact installs."""
+    broker = shared_broker()
+    wrong = b"artifact pump-logic@1.9.0, but not the factory's"
+    for name, content in (("honest", REAL), ("wrong", wrong)):
+        (tmp_path / name / "pump-logic").mkdir(parents=True)
+        (tmp_path / name / "pump-logic" / "1.9.0").write_bytes(content)
+    good, bad = "rtm-05-pump-ctl-01", "rtm-05-pump-ctl-02"
+    with Store.open(initialised_db) as store, ExitStack() as stack:
+        control = control_plane_key(store, Config.from_env().keys_dir)
+        for device_id, source in ((good, "honest"), (bad, "wrong")):
+            device = store.fleet.device(device_id)
+            spec = DeviceSpec(device_id=device.id, site=device.site, installed=device.installed)
+            fleet = LocalFleet(
+                broker,
+                tmp_path / f"agents-{source}",
+                control.public_b64,
+                [spec],
+                artifacts=tmp_path / source,
+                enroll_in=store,
+            ).start()
+            stack.callback(fleet.stop)
+        with HelloWatcher(broker) as watcher:
+            assert watcher.wait([good, bad], timeout=30)
+        gateway = stack.enter_context(Gateway(store, broker, control_key=control.public_b64))
+        honest = command(good, key=control, plan_id="pl-honest")
+        forged = command(bad, key=control, plan_id="pl-forged", digest=digest_of(wrong))
+        gateway.send([honest, forged])
+        pending = {honest.command_id, forged.command_id}
+        reports = {r.device_id: r for r in gateway.collect(pending, 30)}
+    assert reports[good].status is ReportStatus.applied, reports[good].reason
+    assert reports[bad].status is ReportStatus.rejected
+    assert "catalog targets: the artifact" in reports[bad].reason, reports[bad].reason
+    effects = sqlite3.connect(tmp_path / "agents-wrong" / f"{bad}.sqlite").execute(
+        "SELECT count(*) FROM effects"
+    )
+    assert effects.fetchone() == (0,), "nothing ran on the device told to install wrong software"

@@ -108,7 +108,7 @@ def test_policy_eval_with_a_scenario(tmp_path: Path) -> None:
     assert allowed.exit_code == 0, allowed.output
     decision = json.loads(allowed.output)
     assert (
-        decision["allow"] is True and decision["targets"] == 60 and decision["engine"] == "regopy"
+        decision["allow"] is True and decision["targets"] == 60 and decision["engine"] == "regorus"
     )
     big = write_plan(
         tmp_path,

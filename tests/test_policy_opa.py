@@ -1,5 +1,5 @@
-"""The OPA server engine over real HTTP: against the loopback test server, and against a real OPA
-server when ``OPA_URL`` is set (marker ``opa``)."""
+"""The OPA server engine over real HTTP, against the loopback test server (OPA's Go evaluator
+behind OPA's REST API), or a real OPA server when ``OPA_URL`` is set (marker ``opa``)."""
 
 from __future__ import annotations
 
@@ -238,19 +238,43 @@ def test_rego_tests_run_on_the_server(server: OpaTestServer, tmp_path: Path) -> 
     assert "fieldgate-tests/tools_test" not in server.policies
 
 
-@pytest.mark.opa
-def test_real_opa_server_agrees_with_the_in_process_engine(rego: RegoEngine) -> None:
+@pytest.fixture
+def opa_url() -> Iterator[str]:
+    """``OPA_URL`` when set (a real OPA server), else the test server on OPA's Go evaluator."""
     url = os.environ.get("OPA_URL")
-    if not url:
-        pytest.skip(
-            "OPA_URL is not set: no real OPA server to test against (e.g. OPA_URL=http://127.0.0.1:8181)"
-        )
-    engine = OpaServerEngine(url)
+    if url:
+        yield url
+        return
+    opa = OpaTestServer().start()
+    try:
+        yield opa.url
+    finally:
+        opa.stop()
+
+
+@pytest.mark.opa
+def test_opa_evaluator_over_rest_agrees_with_the_in_process_engine(
+    opa_url: str, rego: RegoEngine
+) -> None:
+    """The pack's Rego tests and the decisions, through opa-python-client, on OPA's evaluator."""
+    engine = OpaServerEngine(opa_url)
     assert engine.load(), engine.upload_error
     results = engine.test()
     failed = [f"{r.where} {r.name}: {r.message}" for r in results if not r.passed]
     assert results and not failed, failed
+    assert len(results) == sum(len(m.tests()) for m in engine.pack.tests)
     for path, document in decision_inputs():
         remote = engine.decide(path, document)
         assert "error" not in remote, remote
         assert canonical(remote) == canonical(rego.decide(path, document)), path
+
+
+def test_the_test_server_evaluates_with_opa_not_regopy(server: OpaTestServer) -> None:
+    """A negated call on an undefined argument is undefined in OPA (its issue 1877), true in
+    regopy: the server answers as OPA does."""
+    server.put_policy("probe", "package probe\n\nnegated if not input.missing > 0\n")
+    engine = OpaServerEngine(server.url, PolicyPack.load())
+    assert engine.load(), engine.upload_error
+    assert engine._client.query_rule({}, "probe", "negated") == {}
+    probe = PolicyPack.load(default_policy_dir())
+    assert probe.revision.digest == engine.revision

@@ -30,6 +30,7 @@ from fieldgate.contract import Contract
 from fieldgate.edge._artifacts import ArtifactSource
 from fieldgate.edge._credentials import as_identity
 from fieldgate.edge._device import DeviceStore, FieldDevice
+from fieldgate.edge._targets import CatalogSet
 from fieldgate.edge._wire import Broker, Channel, connect_async, encode, new_client
 
 AGENT = "fieldgate-agent/0.1"
@@ -230,6 +231,10 @@ class AgentSpec(Contract):
     credentials: Path | None = None
     """Directory of broker credentials ``{device}.json`` (``fieldgate broker config``): each
     device connects as itself with its own password. None: the broker's user, if any."""
+    catalogs: list[Path] = []
+    """Catalog repositories (TUF) the devices check every install against themselves; the
+    first root of each is pinned in a device's state when it is first given it. Empty: the
+    control plane's digest is the only check."""
 
 
 def open_agents(spec: AgentSpec) -> list[FieldAgent]:
@@ -240,9 +245,13 @@ def open_agents(spec: AgentSpec) -> list[FieldAgent]:
         CredentialsInvalid: a device's credentials file is missing or malformed.
     """
     agents: list[FieldAgent] = []
-    artifacts = ArtifactSource(spec.artifacts)
     try:
         for device in spec.devices:
+            artifacts = ArtifactSource(spec.artifacts)
+            if spec.catalogs:
+                catalogs = CatalogSet(spec.catalogs, spec.state_dir, device.device_id)
+                catalogs.pin()
+                artifacts = ArtifactSource(spec.artifacts, targets=catalogs)
             store = DeviceStore.open(
                 spec.state_dir,
                 device.device_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from fieldgate.edge._targets import CatalogTargets
+from fieldgate.edge._targets import CatalogSet, CatalogTargets
 from fieldgate.errors import ArtifactUnavailable
 
 
@@ -29,7 +29,7 @@ class ArtifactSource:
     catalog's signed TUF targets."""
 
     def __init__(
-        self, directory: Path | None = None, targets: CatalogTargets | None = None
+        self, directory: Path | None = None, targets: CatalogTargets | CatalogSet | None = None
     ) -> None:
         self.directory = directory
         self.targets = targets

@@ -48,6 +48,7 @@ class LocalFleet:
         enroll_in: Store | None = None,
         replace_keys: bool = False,
         credentials: Path | None = None,
+        catalogs: Sequence[Path] | None = None,
     ) -> None:
         """Plan the processes; :meth:`start` launches them.
 
@@ -67,6 +68,9 @@ class LocalFleet:
                 (a state made anew); without it that is refused.
             credentials: Directory of the devices' broker credentials: each agent connects
                 as its device, and the broker's own user and password stay here.
+            catalogs: Catalog repositories the devices check their installs against. None:
+                with ``enroll_in``, the repositories that store holds, exported under
+                ``state_dir/catalog`` when the fleet starts; else none.
         """
         if per_process < 1:
             raise ValueError("per_process must be at least 1")
@@ -83,7 +87,9 @@ class LocalFleet:
             fail_installs=list(fail_installs),
             artifacts=artifacts,
             credentials=credentials,
+            catalogs=list(catalogs or []),
         )
+        self._export_catalogs = catalogs is None
         self._group_of = {d.device_id: i for i, group in enumerate(self.groups) for d in group}
         self.processes: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -101,7 +107,12 @@ class LocalFleet:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         if self.enroll_in is not None:
             from fieldgate.audit import ActorKind
+            from fieldgate.catalog_metadata import export_repository
             from fieldgate.devices import enroll_devices
+
+            if self._export_catalogs:
+                exported = export_repository(self.enroll_in, self.state_dir / "catalog")
+                self._spec["catalogs"] = exported
 
             enroll_devices(
                 self.enroll_in,

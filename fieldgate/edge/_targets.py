@@ -120,3 +120,45 @@ class CatalogTargets:
                 f"the artifact's sha256 is {observed}; the catalog's signed targets say {expected}"
             )
         return None
+
+
+class CatalogSet:
+    """The catalog repositories a device was given, each with its own pinned root; the
+    repository that lists a module version is the one whose signed word counts."""
+
+    def __init__(self, repositories: list[Path], state_dir: Path, device_id: str) -> None:
+        """Bind one client per repository, pinned under the device's own state directory
+        (devices sharing an agent process never share trusted metadata)."""
+        self.members = [
+            CatalogTargets(repo, state_dir / f"{device_id}.catalog" / repo.name)
+            for repo in repositories
+        ]
+
+    def pin(self) -> None:
+        """Pin each repository's first root where none is pinned yet (provisioning): the
+        client then walks the signed root versions from there."""
+        for member in self.members:
+            if not (member.metadata_dir / "root.json").exists():
+                first = member.repository / "metadata" / "1.root.json"
+                member.metadata_dir.mkdir(parents=True, exist_ok=True)
+                (member.metadata_dir / "root.json").write_bytes(first.read_bytes())
+
+    def _member(self, module: str, version: str) -> CatalogTargets | None:
+        path = f"manifests/{module}/{version}.json"
+        for member in self.members:
+            if (member.repository / "targets" / path).is_file():
+                return member
+        return None
+
+    def length(self, module: str, version: str) -> int | None:
+        """The signed length of the artifact (see :meth:`CatalogTargets.length`)."""
+        member = self._member(module, version)
+        return member.length(module, version) if member is not None else None
+
+    def problem(self, module: str, version: str, content: bytes) -> str | None:
+        """Why ``content`` is not what the catalog signed; a module version no repository
+        lists is refused."""
+        member = self._member(module, version)
+        if member is None:
+            return f"{module}@{version} is not a target of any catalog this device was given"
+        return member.problem(module, version, content)

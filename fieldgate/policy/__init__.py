@@ -7,9 +7,13 @@ runs the engines and logs every decision. Three decisions:
 - ``data.fieldgate.approvals.decision`` (:data:`APPROVALS`) with :func:`approvals_input`,
 - ``data.fieldgate.tools.decision`` (:data:`TOOLS`) with :func:`tool_input`.
 
-Engines (:class:`PolicyEngine`): :class:`RegoEngine` (regopy, in-process, the default)
-and :class:`OpaServerEngine` (an OPA server). Both fail closed. :class:`PolicyGate`
-writes each decision to the audit log.
+Engines (:class:`PolicyEngine`), all failing closed: :class:`RegorusEngine` (regorus,
+in-process, the default), :class:`RegoEngine` (regopy, in-process),
+:class:`OpaServerEngine` (an OPA server) and :class:`GoOpaEngine` (OPA's own evaluator
+in-process, the reference of the conformance suite; test extra only).
+:func:`configured_engine` makes the one ``FIELDGATE_POLICY_ENGINE`` names, paired in a
+:class:`CrossCheckEngine` for critical plans with ``FIELDGATE_POLICY_CROSSCHECK=1``.
+:class:`PolicyGate` writes each decision to the audit log.
 """
 
 from fieldgate.policy._build import (
@@ -21,6 +25,8 @@ from fieldgate.policy._build import (
     verify_approvals,
     verify_artifact,
 )
+from fieldgate.policy._choose import configured_engine
+from fieldgate.policy._crosscheck import CrossCheckEngine
 from fieldgate.policy._decision import (
     ApprovalNeed,
     ApprovalsDecision,
@@ -55,6 +61,7 @@ from fieldgate.policy._input import (
     ToolInput,
 )
 from fieldgate.policy._opa import OpaServerEngine
+from fieldgate.policy._opago import GoOpaEngine, run_opa_tests
 from fieldgate.policy._pack import (
     PolicyModule,
     PolicyPack,
@@ -65,6 +72,7 @@ from fieldgate.policy._pack import (
     default_policy_dir,
 )
 from fieldgate.policy._rego import RegoEngine, run_rego_tests
+from fieldgate.policy._regorus import RegorusEngine, run_regorus_tests
 
 __all__ = [
     "APPROVALS",
@@ -78,6 +86,8 @@ __all__ = [
     "ApprovalsInput",
     "ArtifactCheck",
     "AuditSink",
+    "CrossCheckEngine",
+    "GoOpaEngine",
     "IgnoredApproval",
     "OpaServerEngine",
     "OperationDecision",
@@ -89,6 +99,7 @@ __all__ = [
     "PolicyRevision",
     "RegoEngine",
     "RegoTestResult",
+    "RegorusEngine",
     "RoleCount",
     "RoleNeed",
     "RolloutDecision",
@@ -102,6 +113,7 @@ __all__ = [
     "approval_timing",
     "approvals_input",
     "check_v1",
+    "configured_engine",
     "default_policy_dir",
     "fail_closed",
     "input_digest",
@@ -110,7 +122,9 @@ __all__ = [
     "read_decision",
     "relation_of",
     "rollout_input",
+    "run_opa_tests",
     "run_rego_tests",
+    "run_regorus_tests",
     "tool_input",
     "verify_approvals",
     "verify_artifact",

@@ -153,18 +153,35 @@ class OpaServerEngine:
         results: list[RegoTestResult] = []
         uploaded = []
         try:
+            # a test module may call another's functions (rollout_floors_test uses
+            # rollout_test), and OPA refuses it until that one is there: upload in
+            # passes until none is taken
+            pending = list(self.pack.tests)
+            rejected: dict[str, PolicyUploadRejected] = {}
+            while pending:
+                waiting = []
+                for module in pending:
+                    policy_id = f"{TEST_PREFIX}/{_stem(module.name)}"
+                    try:
+                        self._upload(module.name, module.source, policy_id)
+                    except PolicyUploadRejected as exc:
+                        rejected[module.name] = exc
+                        waiting.append(module)
+                        continue
+                    rejected.pop(module.name, None)
+                    uploaded.append(policy_id)
+                if len(waiting) == len(pending):
+                    break
+                pending = waiting
+            for refusal in rejected.values():
+                results.extend(
+                    RegoTestResult("<compile>", p.file, p.line, False, p.message)
+                    for p in refusal.problems
+                    if isinstance(p, SourceProblem)
+                )
             for module in self.pack.tests:
-                policy_id = f"{TEST_PREFIX}/{_stem(module.name)}"
-                try:
-                    self._upload(module.name, module.source, policy_id)
-                except PolicyUploadRejected as exc:
-                    results.extend(
-                        RegoTestResult("<compile>", p.file, p.line, False, p.message)
-                        for p in exc.problems
-                        if isinstance(p, SourceProblem)
-                    )
+                if module.name in rejected:
                     continue
-                uploaded.append(policy_id)
                 for rule, line in module.tests():
                     name = f"{module.package}.{rule}"
                     try:

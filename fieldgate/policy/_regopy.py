@@ -17,7 +17,9 @@ Rego that regopy 1.5.2 gets wrong, avoided in the pack (see the comments there):
 is treated as a free variable; ``sprintf`` quotes a string made by ``concat``,
 ``lower`` and a few other built-ins when it formats it beside other values;
 ``some k, v in …`` inside a comprehension does not parse; ``replace(s, "", "")``
-never returns; unsafe variables and unknown functions compile (the first makes a
+never returns; ``sprintf("%v")`` writes 0.94 as ``0.9399999999999999``;
+``object.union`` replaces nested objects instead of merging them; unsafe variables and
+unknown functions compile (the first makes a
 rule undefined, the second an error at evaluation); partial rules that iterate are
 several times slower than comprehensions.
 """
