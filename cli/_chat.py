@@ -337,10 +337,11 @@ def chat(
     ),
     model: str = ModelOption,
     db: str = DbOption,
-    resume: str = typer.Option(
-        None,
-        "--resume",
-        help="Continue a conversation: its id (cv-…), or '' for your latest.",
+    resume: bool = typer.Option(
+        False, "--resume", help="Continue a conversation: the one named, else your latest."
+    ),
+    conversation: str = typer.Argument(
+        None, metavar="[ID]", help="The conversation --resume continues (cv-…)."
     ),
     yes: bool = typer.Option(
         False, "--yes", "-y", help="Queue plans that need no approvals without asking."
@@ -351,7 +352,7 @@ def chat(
     Reads one request a line; works with piped input (echo "roll out …" | fieldgate chat).
     A plan policy allows without approvals waits for your "yes" (a later line, or
     `fieldgate plans confirm PLAN`) unless --yes or FIELDGATE_CONFIRM=0. The conversation
-    is stored: `chat --resume ''` continues your latest.
+    is stored: `chat --resume` continues your latest, `chat --resume ID` that one.
     """
     interactive = sys.stdin.isatty()
     try:
@@ -359,7 +360,14 @@ def chat(
         requester = (actor or config.actor()).strip()
         if not requester:
             raise typer.BadParameter("the requester id is empty", param_hint="--as")
-        session = ChatSession(requester, config, resume=resume, confirm=False if yes else None)
+        if conversation and not resume:
+            raise typer.BadParameter("a conversation id goes with --resume", param_hint="ID")
+        session = ChatSession(
+            requester,
+            config,
+            resume=(conversation or "") if resume else None,
+            confirm=False if yes else None,
+        )
         session.check()
     except FieldgateError as error:
         errors.print(f"[red]error: {shown(error, multiline=True)}[/]", highlight=False)

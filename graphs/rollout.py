@@ -1,11 +1,11 @@
 """The rollout graph: intake → planner ⇄ validator → policy gate → approval (or the
 requester's confirmation) → queue → executor.
 
-The graph pauses in three places: at the approval or confirm interrupt (approvers or
-the requester answer),
-after ``queue`` (a worker picks the run up and executes it) and after ``hold`` (the
-kill switch, the change freeze or a policy engine error holds the run; a worker takes
-it up again once the hold lifts).
+The graph pauses in three places: at the approval or confirm interrupt (approvers, or
+the requester of a plan that needs no approvals, answer), after ``queue`` (a worker
+picks the run up and executes it) and after ``hold`` (the kill switch, the change
+freeze or a policy engine error holds the run; a worker takes it up again once the
+hold lifts).
 """
 
 from __future__ import annotations

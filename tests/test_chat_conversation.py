@@ -103,7 +103,7 @@ def test_fleet_and_catalog_questions_are_answered_without_a_plan(initialised_db:
 def test_resume_continues_the_conversation_in_another_process(initialised_db: str) -> None:
     chat(PUMP)
     (run,) = runs(initialised_db)
-    out = chat("status?", "yes", args=("--resume", ""))
+    out = chat("status?", "yes", args=("--resume",))
     assert run.plan_id in out
     (after,) = runs(initialised_db)
     assert after.status == "queued"
@@ -147,7 +147,7 @@ def test_withdraw_from_the_cli_and_the_chat_is_audited(initialised_db: str) -> N
         app, ["plans", "withdraw", pump.plan_id, "--as", "eng-ana", "--reason", "wrong site"]
     )
     assert result.exit_code == 0, result.output
-    out = chat(f"cancel {hvac.plan_id}", args=("--resume", ""))
+    out = chat(f"cancel {hvac.plan_id}", args=("--resume",))
     assert "withdrawn" in out
     assert [(r.status, r.outcome) for r in runs(initialised_db)] == [
         ("done", "withdrawn"),

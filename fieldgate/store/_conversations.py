@@ -100,11 +100,12 @@ class ConversationStore:
             return _conversation(row)
 
     def latest(self, requester: str) -> Conversation | None:
-        """``requester``'s most recently changed conversation, if any."""
+        """``requester``'s most recently changed conversation that has turns, if any."""
         with transaction(self._engine, "reading conversations") as session:
             row = session.exec(
                 select(ConversationRow)
                 .where(ConversationRow.requester == requester)
+                .where(ConversationRow.turns_json != "[]")
                 .order_by(col(ConversationRow.updated_at).desc())
                 .limit(1)
             ).first()
