@@ -261,10 +261,11 @@ class ChatSession:
         given: dict[str, Any] = {"conversation": earlier, "confirm": self.confirm}
         request = text
         revised: str | None = None
-        if talk.pending.get("question"):
-            continued = continued_request(talk.pending, text)
-            if continued is not None:
-                request = continued
+        continued = (
+            continued_request(talk.pending, text) if talk.pending.get("question") else None
+        )
+        if continued is not None:
+            request = continued
         elif talk.last_plan_id and not self._names_module(store, text):
             last = find_run(store, talk.last_plan_id)
             plan = orchestrator.view(last.thread_id).values.get("plan")

@@ -229,3 +229,17 @@ def test_the_openai_path_gets_the_conversation_as_chat_messages(
     assert "make the canary smaller" in messages[3]["content"]
     old, new = plan_of(initialised_db, first.plan_id), plan_of(initialised_db, second.plan_id)
     assert new["findings"]["wave_sizes"][0] < old["findings"]["wave_sizes"][0]
+
+
+def test_only_one_site_narrows_the_last_plan_and_an_unknown_name_asks(initialised_db: str) -> None:
+    out = chat(
+        "roll out hvac-controller 2.4.1 to muc-01 and ber-03",
+        "only the Atlantis site",
+        "only muc-01",
+    )
+    first, asked, narrowed = runs(initialised_db)
+    assert asked.outcome == "needs_clarification"  # never planned wider, never guessed
+    values = plan_of(initialised_db, narrowed.plan_id)
+    assert values["plan"]["target"]["sites"] == ["muc-01"]
+    assert narrowed.detail.get("supersedes") == first.plan_id
+    assert f"superseded by {narrowed.plan_id}" in out
