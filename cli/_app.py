@@ -25,6 +25,7 @@ from fieldgate.cli._runs import runs_app
 from fieldgate.cli._schema import schema
 from fieldgate.cli._serve import serve_model
 from fieldgate.cli._serve_inbox import serve_app
+from fieldgate.cli._status import status
 from fieldgate.cli._stop import stop
 from fieldgate.cli._worker import worker
 
@@ -50,6 +51,7 @@ app.command()(init)
 app.command()(demo)
 app.command()(schema)
 app.command()(chat)
+app.command()(status)
 app.command()(worker)
 app.command()(stop)
 app.command()(freeze)

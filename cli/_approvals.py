@@ -14,7 +14,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from fieldgate.cli._common import command_config
-from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import (
     DbOption,
     ago,
@@ -36,9 +36,17 @@ from fieldgate.keyfiles import load_key
 from fieldgate.plan import RolloutPlan
 from fieldgate.terminal import shown
 from fieldgate.validation import changes_since_proposed
+from fieldgate.views import (
+    ApprovalsList,
+    ApprovalsShow,
+    AwaitingPlan,
+    IgnoredDecision,
+    RoleNeed,
+)
 
 if TYPE_CHECKING:
     from fieldgate.graphs.runner import Orchestrator, RunView
+    from fieldgate.store import Run
 
 approvals_app = typer.Typer(
     help="Plans waiting for approval: list, show, approve, reject.", no_args_is_help=True
@@ -61,10 +69,11 @@ def _until(deadline: str | None, now: datetime) -> str:
 
 @approvals_app.command("list")
 @handles_errors
-def list_(db: str = DbOption) -> None:
+def list_(db: str = DbOption, json_: bool = json_option("approvals-list")) -> None:
     """List the plans waiting for approval: what, where, who asked, who must still approve."""
     from fieldgate.graphs.compose import open_orchestrator
 
+    listed: list[AwaitingPlan] = []
     with open_orchestrator(db) as orchestrator:
         store = orchestrator.ctx.store
         now = orchestrator.ctx.people_now()
@@ -85,6 +94,20 @@ def list_(db: str = DbOption) -> None:
             waiting += 1
             plan = view.values.get("plan") or {}
             missing = (view.values.get("approvals") or {}).get("missing") or []
+            targets = (view.values.get("findings") or {}).get("targets")
+            deadline = approval_deadline(view)
+            listed.append(
+                AwaitingPlan(
+                    plan_id=run.plan_id,
+                    module=plan.get("module"),
+                    version=plan.get("version"),
+                    targets=targets if isinstance(targets, int) else None,
+                    missing=_needs(missing),
+                    requester=run.actor,
+                    requested_at=run.created_at,
+                    deadline=datetime.fromisoformat(deadline) if deadline else None,
+                )
+            )
             age = ago((datetime.now(UTC) - run.created_at).total_seconds())
             table.add_row(
                 f"{shown(run.plan_id)}\n{shown(plan.get('module'))} {shown(plan.get('version'))}",
@@ -93,10 +116,20 @@ def list_(db: str = DbOption) -> None:
                 f"{shown(run.actor)}\n{age} ago",
                 _until(approval_deadline(view), now),
             )
+    if json_:
+        print_view(ApprovalsList(plans=listed))
+        return
     if not waiting:
         console.print("no plans are waiting for approval")
         return
     console.print(table)
+
+
+def _needs(needs: list[dict[str, Any]]) -> list[RoleNeed]:
+    return [
+        RoleNeed(role=str(n.get("role")), count=int(n.get("count", 1)), reason=n.get("reason", ""))
+        for n in needs
+    ]
 
 
 def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
@@ -122,8 +155,8 @@ def _print_decisions(orchestrator: Orchestrator, view: RunView) -> None:
     console.print(table)
 
 
-def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
-    """Warn about what changed since the plan was proposed (each warning once)."""
+def _changes(orchestrator: Orchestrator, values: dict[str, Any]) -> list[str]:
+    """What changed since the plan was proposed (each change once)."""
     store = orchestrator.ctx.store
     plan = RolloutPlan.model_validate(values["plan"])
     try:
@@ -131,7 +164,7 @@ def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
     except NotFound:
         versions = []
     proposed = (values.get("dry_run") or {}).get("targets")
-    notes = changes_since_proposed(
+    return changes_since_proposed(
         plan,
         proposed if isinstance(proposed, int) else None,
         store.fleet.devices(),
@@ -140,7 +173,11 @@ def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
         offline_devices(store.engine),
         orchestrator.ctx.freeze_in_force() is not None,
     )
-    for note in notes:
+
+
+def _print_changes(orchestrator: Orchestrator, values: dict[str, Any]) -> None:
+    """Warn about what changed since the plan was proposed (each warning once)."""
+    for note in _changes(orchestrator, values):
         console.print(f"[yellow]since proposed:[/] {shown(note)}", highlight=False)
 
 
@@ -152,6 +189,7 @@ def show(
         False, "--request", help="Also print the approval request as approval inboxes get it."
     ),
     db: str = DbOption,
+    json_: bool = json_option("approvals-show"),
 ) -> None:
     """Show a plan as approvers read it: waves, dry run, policy verdict, who approved, what is
     missing, what changed since it was proposed, and the commands to decide."""
@@ -160,6 +198,9 @@ def show(
     with open_orchestrator(db) as orchestrator:
         run = find_run(orchestrator.ctx.store, plan)
         view = orchestrator.view(run.thread_id)
+        if json_:
+            print_view(_show_view(orchestrator, run, view))
+            return
         console.print(
             f"[bold]{shown(run.plan_id)}[/] requested by [bold]{shown(run.actor)}[/]: "
             f"“{shown(run.request)}”",
@@ -198,6 +239,38 @@ def show(
                 soft_wrap=False,
             )
         print_status(view, run, deciding=True)
+
+
+def _show_view(orchestrator: Orchestrator, run: Run, view: RunView) -> ApprovalsShow:
+    values = view.values
+    counted = values.get("approvals") or {}
+    decision = values.get("decision")
+    deadline = approval_deadline(view)
+    return ApprovalsShow(
+        plan_id=run.plan_id,
+        request=run.request,
+        requester=run.actor,
+        status=view.status,
+        outcome=view.outcome,
+        plan=RolloutPlan.model_validate(values["plan"]) if values.get("plan") else None,
+        plan_hash=values.get("plan_hash"),
+        dry_run=values.get("dry_run") or {},
+        findings=values.get("findings") or {},
+        decision=decision,
+        required=_needs((decision or {}).get("approvals") or []),
+        decisions=orchestrator.ctx.store.approvals.for_plan(view.plan_id),
+        counted=list(counted.get("counted") or []),
+        ignored=[
+            IgnoredDecision(approver=str(i.get("approver")), reason=str(i.get("reason", "")))
+            for i in counted.get("ignored") or []
+        ],
+        rejected_by=list(counted.get("rejected_by") or []),
+        missing=_needs(counted.get("missing") or []),
+        deadline=datetime.fromisoformat(deadline) if deadline else None,
+        changes=_changes(orchestrator, values)
+        if view.status == "awaiting_approval" and values.get("plan")
+        else [],
+    )
 
 
 def key_not_enrolled(orchestrator: Orchestrator, approver: str, key_id: str) -> str | None:

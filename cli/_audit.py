@@ -15,12 +15,13 @@ from rich.table import Table
 from fieldgate.audit import EventKind
 from fieldgate.audit_witness import AnchorResult, AuditWitness, verify_anchored
 from fieldgate.cli._common import command_config, open_store
-from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import refuse
 from fieldgate.config import Config
 from fieldgate.keyfiles import load_pinned_root
 from fieldgate.store import Store, VerifyResult
 from fieldgate.terminal import shown
+from fieldgate.views import AuditShow
 
 audit_app = typer.Typer(
     help="The audit log: show, verify, checkpoint, export.", no_args_is_help=True
@@ -49,10 +50,14 @@ def show(
     kind: list[EventKind] = typer.Option([], "--kind", help="Only these kinds."),
     limit: int = typer.Option(200, help="At most this many events (0: all)."),
     db: str = DbOption,
+    json_: bool = json_option("audit-show"),
 ) -> None:
     """List audit events in order."""
     with open_store(db) as store:
         events = store.audit.events(plan_id=plan, kinds=kind or None, limit=limit or None)
+    if json_:
+        print_view(AuditShow(plan_id=plan, events=events))
+        return
     table = Table(
         title=f"audit: {len(events)} events" + (f" of plan {shown(plan)}" if plan else "")
     )

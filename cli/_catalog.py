@@ -22,12 +22,13 @@ from fieldgate.cli._common import (
     open_store,
     read_catalog_file,
 )
-from fieldgate.cli._output import console, handles_errors
+from fieldgate.cli._output import console, handles_errors, json_option, print_view
 from fieldgate.contract import parse_version
 from fieldgate.errors import FieldgateError
 from fieldgate.keyfiles import load_key, load_pinned_root
 from fieldgate.store import ImportResult, Store
 from fieldgate.terminal import shown
+from fieldgate.views import CatalogItem, CatalogList, CatalogRecordView, CatalogShow
 
 catalog_app = typer.Typer(
     help="Module manifests: import, publish (factories), list, show.", no_args_is_help=True
@@ -138,14 +139,31 @@ def publish(
 
 @catalog_app.command("list")
 @handles_errors
-def list_(db: str = DbOption) -> None:
+def list_(db: str = DbOption, json_: bool = json_option("catalog-list")) -> None:
     """List modules with their versions, safety class and signature state."""
     with open_store(db) as store:
         records = store.catalog.list()
+    records.sort(key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
+    if json_:
+        print_view(
+            CatalogList(
+                manifests=[
+                    CatalogItem(
+                        name=r.manifest.name,
+                        version=r.manifest.version,
+                        safety=r.manifest.safety.value,
+                        device_classes=list(r.manifest.device_classes),
+                        signature_valid=r.signature_valid,
+                        digest_matches=r.digest_matches,
+                    )
+                    for r in records
+                ]
+            )
+        )
+        return
     table = Table(title=f"catalog: {len(records)} manifests")
     for column in ("module", "version", "safety", "classes", "signed", "digest"):
         table.add_column(column)
-    records.sort(key=lambda r: (r.manifest.name, parse_version(r.manifest.version)))
     for record in records:
         m = record.manifest
         table.add_row(
@@ -165,6 +183,7 @@ def show(
     name: str = typer.Argument(..., help="Module name."),
     version: str = typer.Argument(None, help="Version (default: every version)."),
     db: str = DbOption,
+    json_: bool = json_option("catalog-show"),
 ) -> None:
     """Show manifests with signature check and provenance."""
     with open_store(db) as store:
@@ -172,6 +191,26 @@ def show(
         records = [store.catalog.record(name, v) for v in versions]
         if not records:
             store.catalog.record(name, "0")  # raises NotFound naming the module
+    if json_:
+        print_view(
+            CatalogShow(
+                name=name,
+                manifests=[
+                    CatalogRecordView(
+                        manifest=r.manifest,
+                        source=r.source,
+                        actor=r.actor,
+                        imported_at=r.imported_at,
+                        observed_digest=r.observed_digest,
+                        digest_matches=r.digest_matches,
+                        signature_valid=r.signature_valid,
+                        signature_note=r.signature_note,
+                    )
+                    for r in records
+                ],
+            )
+        )
+        return
     for record in records:
         m = record.manifest
         table = Table(title=shown(m.ref), show_header=False)

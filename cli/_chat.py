@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import typer
@@ -28,6 +29,7 @@ from fieldgate.cli._rollout import (
     print_why,
     runs_table,
 )
+from fieldgate.cli._status import run_status, status_renderable
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, NotFound, WithdrawRefused
 from fieldgate.store import Conversation, Store
@@ -223,7 +225,9 @@ class ChatSession:
         frozen = freeze_line(orchestrator.ctx.store)
         if frozen:
             console.print(frozen, highlight=False)
-        print_run(view, run, pending_hold(orchestrator, view))
+        now = datetime.now(UTC)
+        progress = status_renderable(run_status(orchestrator, run, now), now, brief=True)
+        print_run(view, run, pending_hold(orchestrator, view), progress)
 
     def _line(self, orchestrator: Orchestrator, text: str) -> None:
         store = orchestrator.ctx.store
@@ -261,9 +265,7 @@ class ChatSession:
         given: dict[str, Any] = {"conversation": earlier, "confirm": self.confirm}
         request = text
         revised: str | None = None
-        continued = (
-            continued_request(talk.pending, text) if talk.pending.get("question") else None
-        )
+        continued = continued_request(talk.pending, text) if talk.pending.get("question") else None
         if continued is not None:
             request = continued
         elif talk.last_plan_id and not self._names_module(store, text):

@@ -21,7 +21,7 @@ from fieldgate.cli._common import (
     open_store,
     read_inventory_file,
 )
-from fieldgate.cli._output import console, handles_errors
+from fieldgate.cli._output import console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import refuse
 from fieldgate.devices import enroll_devices
 from fieldgate.errors import InputInvalid, NotFound
@@ -30,6 +30,7 @@ from fieldgate.plan import Selector
 from fieldgate.seeding import seed_fleet
 from fieldgate.store import FleetSummary, Store
 from fieldgate.terminal import shown
+from fieldgate.views import DeviceKey, FleetList, FleetShow
 
 fleet_app = typer.Typer(
     help="Sites and devices: import, list, show, seed; enroll device keys.", no_args_is_help=True
@@ -120,6 +121,7 @@ def list_(
     device_class: list[str] = typer.Option([], "--class", help="Only these device classes."),
     limit: int = typer.Option(50, help="Show at most this many devices (0: all)."),
     db: str = DbOption,
+    json_: bool = json_option("fleet-list"),
 ) -> None:
     """List devices with their installed modules; a summary of those that match first.
 
@@ -142,6 +144,18 @@ def list_(
         devices = store.fleet.devices(selector)
         sites = {s.id: s for s in store.fleet.sites()}
     filtered = bool(site or region or device_class)
+    listed = devices if limit == 0 else devices[:limit]
+    if json_:
+        print_view(
+            FleetList(
+                summary=_summary_of(devices, sites) if filtered else whole,
+                fleet_devices=whole.devices,
+                matched=len(devices),
+                devices=listed,
+                truncated=len(listed) < len(devices),
+            )
+        )
+        return
     print_summary(_summary_of(devices, sites) if filtered else whole)
     if filtered:
         console.print(f"  (of {whole.devices} devices in the fleet)", highlight=False)
@@ -149,7 +163,6 @@ def list_(
     table.add_column("device", no_wrap=True)
     for column in ("site", "class", "arch", "memory", "installed"):
         table.add_column(column)
-    listed = devices if limit == 0 else devices[:limit]
     for d in listed:
         installed = ", ".join(f"{m} {v}" for m, v in sorted(d.installed.items()))
         table.add_row(
@@ -170,6 +183,7 @@ def list_(
 def show(
     ident: str = typer.Argument(..., metavar="ID", help="A device id or a site id."),
     db: str = DbOption,
+    json_: bool = json_option("fleet-show"),
 ) -> None:
     """Show one device, or one site with its devices."""
     with open_store(db) as store:
@@ -177,6 +191,9 @@ def show(
         if ident in sites:
             site = sites[ident]
             devices = store.fleet.devices(Selector(sites=[ident]))
+            if json_:
+                print_view(FleetShow(kind="site", site=site, devices=[d.id for d in devices]))
+                return
             labels = ", ".join(f"{k}={v}" for k, v in sorted(site.labels.items()))
             console.print(
                 f"[bold]{shown(site.id)}[/] {site.kind.value} site in {shown(site.region)}, "
@@ -202,6 +219,19 @@ def show(
         if enrollment is not None
         else None
     )
+    if json_:
+        key = (
+            DeviceKey(
+                key_id=enrollment.key_id,
+                public_key=enrollment.public_key,
+                enrolled_at=enrollment.enrolled_at,
+                enrolled_by=enrollment.enrolled_by,
+            )
+            if enrollment is not None
+            else None
+        )
+        print_view(FleetShow(kind="device", device=device, site=sites.get(device.site), key=key))
+        return
     console.print_json(data=_shown_data(document))
 
 

@@ -17,7 +17,7 @@ from rich.table import Table
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.cli._common import command_config
-from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.cli._rollout import DbOption, refuse
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError, InputInvalid, NotFound
@@ -34,6 +34,7 @@ from fieldgate.signing import SigningKey, key_id_of
 from fieldgate.store import Store
 from fieldgate.terminal import shown
 from fieldgate.trust import EnrolledPurpose, KeyStatement, RootKey, TrustRoot, resolve_root
+from fieldgate.views import KeyItem, KeysList, KeysRoot, RootKeyItem
 
 keys_app = typer.Typer(
     help="Signing keys: make one, enroll or revoke one (root holders), list them, rotate the root.",
@@ -246,12 +247,34 @@ def revoke(
 
 @keys_app.command("list")
 @handles_errors
-def list_(db: str = DbOption) -> None:
+def list_(db: str = DbOption, json_: bool = json_option("keys-list")) -> None:
     """List the stored keys, whether each is trusted (and why not), and whether this machine
     holds its private half; exit 1 when a key row is bad (forged, edited or unsigned)."""
     config = command_config(db)
     with Store.open(config.database_url) as store:
         trust = store.keys.judge(load_pinned_root(config.trust_root_file))
+    failed = bool(trust.root_problems) or any(v.status == "bad" for v in trust.verdicts)
+    if json_:
+        print_view(
+            KeysList(
+                root_version=trust.root.version if trust.root else None,
+                keys=[
+                    KeyItem(
+                        key_id=v.key.key_id,
+                        owner=v.key.owner,
+                        purpose=v.key.purpose,
+                        status=v.status,
+                        reason=v.reason,
+                        private_key_here=_held_here(config, v.key.owner, v.key.key_id),
+                    )
+                    for v in trust.verdicts
+                ],
+                root_problems=list(trust.root_problems),
+            )
+        )
+        if failed:
+            raise typer.Exit(EXIT_FAILED)
+        return
     table = Table(
         title=f"keys: {len(trust.verdicts)}"
         + (f" (root version {trust.root.version})" if trust.root else " (no root pinned)"),
@@ -281,7 +304,7 @@ def list_(db: str = DbOption) -> None:
             )
     for problem in trust.root_problems:
         console.print(f"[red]root of trust: {shown(problem)}[/]", highlight=False)
-    if trust.root_problems or any(v.status == "bad" for v in trust.verdicts):
+    if failed:
         raise typer.Exit(EXIT_FAILED)
 
 
@@ -297,11 +320,21 @@ def _held_here(config: Config, owner: str, key_id: str) -> str:
 
 @root_app.command("show")
 @handles_errors
-def root_show(db: str = DbOption) -> None:
+def root_show(db: str = DbOption, json_: bool = json_option("keys-root")) -> None:
     """Show the root of trust: its version, threshold and root keys."""
     config = command_config(db)
     with Store.open(config.database_url) as store:
         root = current_root(config, store)
+    if json_:
+        print_view(
+            KeysRoot(
+                version=root.version,
+                threshold=root.threshold,
+                keys=[RootKeyItem(key_id=k.key_id, holder=k.holder) for k in root.keys],
+                at=root.at,
+            )
+        )
+        return
     console.print(
         f"root version {root.version}: {root.threshold} of {len(root.keys)} root keys sign",
         highlight=False,

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import json
 from collections.abc import Callable
-from typing import ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 
 from fieldgate.errors import FieldgateError, InputInvalid, NotFound, OperationDenied
@@ -48,3 +50,23 @@ def handles_errors(command: Callable[P, R]) -> Callable[P, R]:
             raise typer.Exit(exit_code_for(error)) from None
 
     return run
+
+
+def json_option(contract: str) -> Any:
+    """``--json`` of a list or show command whose output is the view contract ``contract``."""
+    return typer.Option(
+        False,
+        "--json",
+        help=f"Print it as JSON on stdout, and nothing else (JSON Schema: "
+        f"`fieldgate schema {contract}`).",
+    )
+
+
+def print_view(view: BaseModel) -> None:
+    """Print a view contract as JSON on stdout: no markup, every non-ASCII character escaped.
+
+    ``ensure_ascii`` writes control, bidi and other non-ASCII characters as ``\\uXXXX``, so
+    untrusted text in the view can never act on the terminal that shows it.
+    """
+    data = view.model_dump(mode="json", by_alias=True)
+    typer.echo(json.dumps(data, ensure_ascii=True, indent=2, sort_keys=False))

@@ -13,7 +13,7 @@ import typer
 from rich.table import Table
 
 from fieldgate.cli._common import command_config, read_catalog_file, read_inventory_file
-from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
 from fieldgate.config import Config
 from fieldgate.contract import load_yaml, read_yaml
 from fieldgate.errors import InputInvalid, PlanInvalid
@@ -40,6 +40,7 @@ from fieldgate.scenario import load_scenario
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
 from fieldgate.terminal import shown
+from fieldgate.views import PolicyRuleItem, PolicyShow
 
 policy_app = typer.Typer(
     help="The Rego policy pack: run its tests, evaluate a plan, list its rules.",
@@ -93,10 +94,29 @@ def test(
 
 @policy_app.command("show")
 @handles_errors
-def show(directory: Path = DirOption) -> None:
+def show(directory: Path = DirOption, json_: bool = json_option("policy-show")) -> None:
     """List every rule of the pack in one line: id and name, what it requires, where it is."""
     pack = PolicyPack.load(directory)
     rules = pack.rules()
+    if json_:
+        print_view(
+            PolicyShow(
+                revision=str(pack.revision),
+                files=list(pack.revision.files),
+                rules=[
+                    PolicyRuleItem(
+                        title=r.title,
+                        description=r.description,
+                        file=r.file,
+                        line=r.line,
+                        package=r.package,
+                        rule=r.rule,
+                    )
+                    for r in rules
+                ],
+            )
+        )
+        return
     width = max((len(r.title) for r in rules), default=0)
     for rule in rules:
         console.print(

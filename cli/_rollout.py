@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich import box
+from rich.console import RenderableType
 from rich.table import Table
 
 from fieldgate.audit import AuditEvent, EventKind
@@ -280,7 +281,7 @@ def approval_deadline(view: RunView) -> str | None:
     return value.get("deadline") if isinstance(value, dict) else None
 
 
-def _hold_hint(plan_id: str, held: dict[str, Any]) -> str:
+def hold_hint(plan_id: str, held: dict[str, Any]) -> str:
     """What lifts a hold of this kind."""
     kind = held.get("kind")
     if kind == "kill_switch":
@@ -309,7 +310,7 @@ def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> N
     when_held = "" if reached else " at its next executor step"
     console.print(
         f"[bold]{plan_id}:[/] [bold yellow]held by {label}[/]{when_held} — "
-        f"{shown(held.get('reason', ''))}\n  {_hold_hint(plan_id, held)}",
+        f"{shown(held.get('reason', ''))}\n  {hold_hint(plan_id, held)}",
         highlight=False,
     )
 
@@ -396,15 +397,26 @@ def print_status(
     console.print(f"[bold]{plan_id}:[/] [bold]{state}[/]", highlight=False)
 
 
-def print_run(view: RunView, run: Run | None = None, pending: dict[str, Any] | None = None) -> None:
-    """Everything about a run: plan, dry run, verdict, approvals, execution and status."""
+def print_run(
+    view: RunView,
+    run: Run | None = None,
+    pending: dict[str, Any] | None = None,
+    progress: RenderableType | None = None,
+) -> None:
+    """Everything about a run: plan, dry run, verdict, approvals, execution and status.
+
+    ``progress`` shows the execution in place of the table of waves (``fieldgate status``'s
+    view of waves, devices per state, soak left and the last events).
+    """
     values = view.values
     if values.get("plan"):
         print_plan(values)
         print_dry_run(values)
         print_verdict(values)
         print_approvals(values)
-    if values.get("execution"):
+    if progress is not None:
+        console.print(progress)
+    elif values.get("execution"):
         console.print(execution_table(values["execution"]))
     print_status(view, run, pending)
 

@@ -1,4 +1,5 @@
-"""``fieldgate runs retry PLAN``: take up a run held by a policy engine error now.
+"""``fieldgate runs``: list the rollout runs; ``runs retry PLAN`` takes up a run held by a
+policy engine error now.
 
 A worker retries such a run on its own, waiting twice as long each time, a bounded number
 of times; this command forces the retry once the engine works again (audited).
@@ -9,9 +10,9 @@ from __future__ import annotations
 import typer
 
 from fieldgate.audit import ActorKind, EventKind
-from fieldgate.cli._common import command_config
-from fieldgate.cli._output import EXIT_FAILED, console, handles_errors
-from fieldgate.cli._rollout import DbOption, ModelOption, find_run, refuse
+from fieldgate.cli._common import command_config, open_store
+from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
+from fieldgate.cli._rollout import DbOption, ModelOption, find_run, refuse, runs_table
 from fieldgate.cli._worker import (
     BrokerOption,
     GatewayOption,
@@ -21,8 +22,43 @@ from fieldgate.cli._worker import (
     open_for,
 )
 from fieldgate.terminal import shown
+from fieldgate.views import RunItem, RunsList
 
-runs_app = typer.Typer(help="Rollout runs: retry one held by a policy engine error.")
+runs_app = typer.Typer(
+    help="Rollout runs: list them, retry one held by a policy engine error.", no_args_is_help=True
+)
+
+
+@runs_app.command("list")
+@handles_errors
+def list_(
+    active: bool = typer.Option(False, "--active", help="Only runs that have not ended."),
+    db: str = DbOption,
+    json_: bool = json_option("runs-list"),
+) -> None:
+    """List the rollout runs, oldest first: plan, status or outcome, who asked, what."""
+    with open_store(db) as store:
+        runs = [r for r in store.runs.list() if not active or r.status != "done"]
+    if json_:
+        items = []
+        for run in runs:
+            held = run.detail.get("held") if run.status == "held" else None
+            items.append(
+                RunItem(
+                    plan_id=run.plan_id,
+                    thread_id=run.thread_id,
+                    status=run.status,
+                    outcome=run.outcome,
+                    held_by=held.get("kind") if isinstance(held, dict) else None,
+                    requester=run.actor,
+                    request=run.request,
+                    created_at=run.created_at,
+                    updated_at=run.updated_at,
+                )
+            )
+        print_view(RunsList(runs=items))
+        return
+    console.print(runs_table(runs, "runs"))
 
 
 @runs_app.command("retry")

@@ -59,6 +59,9 @@ class ViolationKind(StrEnum):
     """An instruction planted in untrusted text was followed."""
     approval_miscounted = "approval_miscounted"
     """An approval counted that should not have (or a quorum was declared that is not one)."""
+    command_outside_window = "command_outside_window"
+    """An install started on a device outside the window its command allowed, or outside its
+    site's maintenance windows when the plan was scheduled in them."""
 
 
 class Violation(_Result):

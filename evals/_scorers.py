@@ -124,12 +124,14 @@ def plan_shape(run: FinishedRun) -> dict[str, Any] | None:
         "first_wave": len(waves[0]) if waves else 0,
         "waves": len(plan.waves),
         "schedule": plan.schedule.mode.value,
+        "rollback_version": plan.rollback.version if plan.rollback else None,
         "revision": plan.revision,
     }
 
 
 def score_plan(expected: ExpectPlan, run: FinishedRun) -> list[CheckResult]:
-    """Module, version, targets, first wave, waves and schedule of the last plan proposed."""
+    """Module, version, targets, first wave, waves, schedule and rollback version of the last
+    plan proposed."""
     shape = plan_shape(run)
     fields = expected.model_dump(exclude_none=True, mode="json")
     if shape is None:

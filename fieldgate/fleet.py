@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from datetime import UTC, datetime, time, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -153,6 +153,26 @@ class Site(Contract):
             return at
         opens = [w.next_open(local) for w in self.windows()]
         return min(opens).astimezone(ZoneInfo("UTC")) if opens else None
+
+    def upcoming_windows(self, at: datetime, count: int) -> list[tuple[datetime, datetime]]:
+        """The first ``count`` window openings from ``at`` (one open at ``at`` first) in UTC.
+
+        Each is ``(opens, closes)``, read in the site's time zone: a window of 01:00-05:00
+        local time stays 01:00-05:00 local across a daylight-saving change.
+        """
+        local = at.astimezone(ZoneInfo(self.timezone))
+        spans: set[tuple[datetime, datetime]] = set()
+        for window in self.windows():
+            opened = window.opened_before(local)
+            if opened is not None:
+                spans.add((opened, opened + window.length))
+            cursor = local
+            for _ in range(count):
+                opens = window.next_open(cursor)
+                spans.add((opens, opens + window.length))
+                cursor = opens + timedelta(minutes=1)
+        ordered = sorted(spans, key=lambda span: span[0].astimezone(UTC))[:count]
+        return [(opens.astimezone(UTC), closes.astimezone(UTC)) for opens, closes in ordered]
 
 
 class Device(Contract):

@@ -39,6 +39,10 @@ class Settings:
     arrives; a decision signed further off (back-dated or ahead) does not count."""
     wave_deadline: timedelta = timedelta(hours=2)
     """How long a wave waits for unreachable devices before its gate is judged."""
+    command_windows: int = 2
+    """Maintenance windows an install of a ``schedule: maintenance`` plan may start in: the
+    one it is sent in and the ones after it. With 2, a device offline through its window
+    picks the install up in its site's next window; with 1 it reports it expired."""
     model_retries: int = 2
     """Times an invalid model answer is fed back before the run ends with an error."""
     executor_steps: int = 200

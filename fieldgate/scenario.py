@@ -79,6 +79,10 @@ class FaultKind(StrEnum):
     health_degrades = "health_degrades"
     offline = "offline"
     slow = "slow"
+    rollback_fails = "rollback_fails"
+    """The device's rollback commands fail: the version it has stays."""
+    flapping = "flapping"
+    """The device goes offline and comes back, every ``period_minutes``."""
 
 
 class Fault(Contract):
@@ -94,6 +98,11 @@ class Fault(Contract):
     """Devices hit."""
     duration_minutes: int | None = Field(default=None, ge=1)
     """For offline and slow: how long the condition lasts (for ever when absent)."""
+    after_minutes: int | None = Field(default=None, ge=0)
+    """The fault starts this long after the device's install is applied (offline after
+    install, degraded after soak); absent: when it takes hold."""
+    period_minutes: int | None = Field(default=None, ge=1)
+    """For flapping: minutes offline, then as many online, and again."""
 
     @model_validator(mode="after")
     def _one_target(self) -> Fault:
@@ -101,6 +110,8 @@ class Fault(Contract):
             raise ValueError("a fault names either a wave (with an optional count) or devices")
         if self.count is not None and self.wave is None:
             raise ValueError("count goes with wave")
+        if (self.kind is FaultKind.flapping) != (self.period_minutes is not None):
+            raise ValueError("period_minutes goes with kind flapping, and flapping needs it")
         return self
 
 
@@ -157,6 +168,8 @@ class ExpectPlan(Contract):
     first_wave_max: int | None = Field(default=None, ge=0)
     waves_min: int | None = Field(default=None, ge=1)
     schedule: ScheduleMode | None = None
+    rollback_version: str | None = None
+    """The plan's rollback target version."""
 
 
 class ExpectDevices(Contract):

@@ -14,6 +14,20 @@ from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import CatalogEntry, CatalogFile, ModuleManifest
 from fieldgate.plan import RolloutPlan
 from fieldgate.scenario import Scenario
+from fieldgate.views import (
+    ApprovalsList,
+    ApprovalsShow,
+    AuditShow,
+    CatalogList,
+    CatalogShow,
+    FleetList,
+    FleetShow,
+    KeysList,
+    KeysRoot,
+    PolicyShow,
+    RunsList,
+    StatusReport,
+)
 
 CONTRACTS: dict[str, type[BaseModel]] = {
     "manifest": ModuleManifest,
@@ -27,6 +41,19 @@ CONTRACTS: dict[str, type[BaseModel]] = {
     "plan-edit": PlanEdit,
     "audit-event": AuditEvent,
     "scenario": Scenario,
+    # what ``--json`` prints
+    "status": StatusReport,
+    "catalog-list": CatalogList,
+    "catalog-show": CatalogShow,
+    "fleet-list": FleetList,
+    "fleet-show": FleetShow,
+    "approvals-list": ApprovalsList,
+    "approvals-show": ApprovalsShow,
+    "keys-list": KeysList,
+    "keys-root": KeysRoot,
+    "audit-show": AuditShow,
+    "policy-show": PolicyShow,
+    "runs-list": RunsList,
 }
 """Contract models by schema name."""
 

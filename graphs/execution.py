@@ -89,7 +89,17 @@ def _situation(plan: RolloutPlan, ex: Execution, kill_switch: str | None) -> dic
 
 def _outcome_of(ex: Execution) -> tuple[str, str]:
     if ex.rolled_back:
-        return "rolled_back", ex.abort.reason or "rolled back"
+        reason = ex.abort.reason or "rolled back"
+        if ex.rollback_failed:
+            # Said in the outcome, not only in a tool result: these devices may still run
+            # the version that was rolled back.
+            shown = ", ".join(ex.rollback_failed[:5])
+            more = f" and {len(ex.rollback_failed) - 5} more" if len(ex.rollback_failed) > 5 else ""
+            reason += (
+                f"; the rollback was not confirmed on {len(ex.rollback_failed)} device(s): "
+                f"{shown}{more}"
+            )
+        return "rolled_back", reason
     if ex.paused:
         return "aborted", "dispatch stopped"
     if ex.abort.tripped:

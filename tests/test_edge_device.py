@@ -42,7 +42,9 @@ def device(tmp_path: Path) -> FieldDevice:
 
 def handle(device: FieldDevice, payload: bytes | object) -> DeviceReport:
     data = payload if isinstance(payload, bytes) else encode(payload)  # type: ignore[arg-type]
-    return device.handle(data).report
+    report = device.handle(data).report
+    assert report is not None, "the command waits for its window"
+    return report
 
 
 def test_sample_artifacts_have_the_sample_digest() -> None:

@@ -81,6 +81,7 @@ def device_with(tmp_path: Path, repo: Path, content: bytes, *, pin: bool = True)
 def install(device: FieldDevice, content: bytes) -> tuple[ReportStatus, str]:
     # the command's digest is the fetched content's: only the catalog's targets can object
     report = device.handle(encode(command(DEVICE, digest=digest_of(content)))).report
+    assert report is not None
     return report.status, report.reason
 
 
@@ -148,6 +149,7 @@ def test_the_repository_the_control_plane_holds_is_what_devices_verify_against(
     report = device.handle(
         encode(command(DEVICE, version="9.9.9", plan_id="pl-other", digest=digest_of(REAL)))
     ).report
+    assert report is not None
     assert report.status is ReportStatus.rejected and "not a target" in report.reason
 
 

@@ -18,7 +18,14 @@ from pydantic import BaseModel, Field
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.batches import chunks
-from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus, command_id_for
+from fieldgate.commands import (
+    Action,
+    DeviceCommand,
+    DeviceReport,
+    ReportStatus,
+    StartWindow,
+    command_id_for,
+)
 from fieldgate.fleet import Site
 from fieldgate.manifest import ModuleManifest
 from fieldgate.plan import RolloutPlan, ScheduleMode
@@ -63,6 +70,8 @@ class WaveRun(BaseModel):
     unreachable: list[str] = []
     """Devices that did not answer before the wave deadline (their command stays queued)."""
     gate: GateResult | None = None
+    soak_until: datetime | None = None
+    """When the wave's soak ends (the run's clock), once it began."""
 
 
 class AbortState(BaseModel):
@@ -210,6 +219,10 @@ def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> 
         version, digest = tc.rollback_manifest.version, tc.rollback_manifest.artifact.digest
     else:
         version, digest = tc.manifest.version, tc.manifest.artifact.digest
+    deadline = now + tc.ctx.settings.wave_deadline * 12
+    windows = command_windows(tc, device_id, now) if action is Action.install else None
+    if windows:
+        deadline = windows[-1].closes
     unsigned = DeviceCommand(
         command_id=command_id_for(tc.plan_id, wave, device_id, action),
         plan_id=tc.plan_id,
@@ -221,11 +234,27 @@ def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> 
         version=version,
         digest=digest,
         issued_at=now,
-        deadline=now + tc.ctx.settings.wave_deadline * 12,
+        deadline=deadline,
+        windows=windows,
     )
     return unsigned.model_copy(
         update={"signature": tc.ctx.control_key.sign(unsigned.signing_payload())}
     )
+
+
+def command_windows(tc: ToolContext, device_id: str, now: datetime) -> list[StartWindow] | None:
+    """The windows an install may start in: the site's next ones when the plan waits for them.
+
+    A plan scheduled ``now`` (or a site without windows) gives None: the device starts the
+    command whenever it gets it before the deadline. Rollbacks carry no window: they undo.
+    """
+    if tc.plan.schedule.mode is not ScheduleMode.maintenance:
+        return None
+    site = tc.sites.get(tc.execution.device_sites.get(device_id, ""))
+    if site is None or not site.maintenance:
+        return None
+    spans = site.upcoming_windows(now, max(1, tc.ctx.settings.command_windows))
+    return [StartWindow(opens=opens, closes=closes) for opens, closes in spans]
 
 
 def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
@@ -306,9 +335,19 @@ def _wait_for_window(tc: ToolContext, site: Site) -> None:
     opens = site.next_maintenance(now)
     if opens is None:
         return
+    window = {"kind": "maintenance_window", "until": opens.isoformat(), "site": site.id}
+    _waiting(tc, {**window, "wave": tc.execution.current})
     reports = tc.ctx.transport.sleep_until(opens)
+    _waiting(tc, None)
     ingest(tc, reports)
     _record(tc, tc.execution.waves[tc.execution.current], reports)
+
+
+def _waiting(tc: ToolContext, waiting: dict[str, Any] | None) -> None:
+    """Say in the run's row what the executor sleeps for, and until when: the checkpoint
+    only moves after the tool call, and ``fieldgate status`` in another terminal must show
+    a soak or a closed window while it lasts."""
+    tc.ctx.store.runs.update(tc.thread_id, "executing", detail={"waiting": waiting})
 
 
 def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
@@ -379,7 +418,10 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
         soak = timedelta(minutes=gate.soak_minutes)
         if ctx.settings.max_soak is not None:
             soak = min(soak, ctx.settings.max_soak)
-        reports = transport.sleep_until(ctx.now() + soak)
+        run.soak_until = ctx.now() + soak
+        _waiting(tc, {"kind": "soak", "until": run.soak_until.isoformat(), "wave": wave})
+        reports = transport.sleep_until(run.soak_until)
+        _waiting(tc, None)
         ingest(tc, reports)
         _record(tc, run, reports)
     # Health after the soak: a device that degraded since its install fails the gate.

@@ -136,12 +136,38 @@ class FieldAgent:
             connection = self._connection
         self._work.put((connection, message.mid, message.qos, bytes(message.payload)))
 
+    def _next_item(self) -> tuple[int, int, int, bytes] | int | bool | None:
+        """The next piece of work; True when a waiting command's window has opened."""
+        try:
+            wake = self.device.next_wake()
+        except Exception:
+            log.exception("%s: cannot read the waiting commands", self.device_id)
+            wake = None
+        timeout = None if wake is None else max(0.0, (wake - self.device.now()).total_seconds())
+        try:
+            return self._work.get(timeout=timeout)
+        except queue.Empty:
+            return True
+
+    def _run_due(self) -> None:
+        """Start the waiting commands whose window opened, and send their reports."""
+        try:
+            for handled in self.device.due():
+                if handled.report is not None:
+                    self._publish_report(handled.outbox_seq, encode(handled.report))
+        except Exception:
+            log.exception("%s: failed to start a waiting command", self.device_id)
+
     def _run(self) -> None:
         """Handle commands in arrival order; acknowledge each once its outcome is committed."""
-        while (item := self._work.get()) is not None:
+        while (item := self._next_item()) is not None:
+            if item is True:
+                self._run_due()
+                continue
             if isinstance(item, int):
                 self._clear_acknowledged(item)
                 continue
+            assert not isinstance(item, bool)
             connection, mid, qos, payload = item
             try:
                 handled = self.device.handle(payload)
@@ -150,6 +176,16 @@ class FieldAgent:
                 log.exception("%s: failed to handle a command", self.device_id)
                 continue
             report = handled.report
+            if report is None:
+                # Held in the device's own store for its window: acknowledged, no report yet.
+                log.info(
+                    "%s: a command waits for its window at %s", self.device_id, handled.waits_until
+                )
+                with self._lock:
+                    current = connection == self._connection
+                if current:
+                    self.client.ack(mid, qos)
+                continue
             if report.reason:
                 log.info(
                     "%s: %s %s: %s",

@@ -10,7 +10,9 @@ The state is one SQLite file per device:
   record (a repeated id gets the stored report back and nothing runs again);
 - ``effects``: a journal of every install or rollback carried out (one row each, never
   deduplicated, so it shows whether anything ran twice);
-- ``outbox``: reports not yet acknowledged by the broker.
+- ``outbox``: reports not yet acknowledged by the broker;
+- ``waiting``: authenticated commands that arrived outside the maintenance windows they may
+  start in, each with the opening of its next window (the agent starts them then).
 
 Handling a command is one transaction: inbox entry, effect, installed version, outbox
 report and clock reading commit together or not at all, so a kill -9 at any point
@@ -38,12 +40,13 @@ from fieldgate.commands import (
     DeviceReport,
     Health,
     ReportStatus,
+    WindowState,
 )
 from fieldgate.contract import problems_of
 from fieldgate.edge._artifacts import ArtifactSource, ArtifactUnavailable, digest_of
 from fieldgate.edge._clock import HybridClock, wall_ms
 from fieldgate.edge._wire import MAX_PAYLOAD, Hello, check_segment, encode
-from fieldgate.epoch import to_ms, to_us
+from fieldgate.epoch import at_us, to_ms, to_us
 from fieldgate.errors import DeviceStateInvalid
 from fieldgate.signing import SigningKey, key_id_of, verify
 
@@ -70,6 +73,9 @@ CREATE INDEX IF NOT EXISTS inbox_module ON inbox (module, issued_us);
 CREATE TABLE IF NOT EXISTS effects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL, action TEXT NOT NULL,
     module TEXT NOT NULL, before TEXT, after TEXT, at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS waiting (
+    command_id TEXT PRIMARY KEY, command TEXT NOT NULL, opens_us INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS outbox (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, command_id TEXT NOT NULL, report TEXT NOT NULL,
@@ -286,6 +292,27 @@ class DeviceStore:
             rows = self._db.execute("SELECT seq, report FROM outbox ORDER BY seq").fetchall()
         return [(seq, text.encode()) for seq, text in rows]
 
+    def hold(self, command: DeviceCommand, opens: datetime) -> None:
+        """Keep a command that may not start yet until its next window ``opens``."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO waiting (command_id, command, opens_us) VALUES (?, ?, ?)",
+                (command.command_id, encode(command).decode(), to_us(opens)),
+            )
+
+    def waiting(self) -> list[tuple[datetime, DeviceCommand]]:
+        """Commands waiting for a window, with when it opens, soonest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT opens_us, command FROM waiting ORDER BY opens_us, command_id"
+            ).fetchall()
+        return [(at_us(opens), DeviceCommand.model_validate_json(text)) for opens, text in rows]
+
+    def release(self, command_id: str) -> None:
+        """Drop a waiting command that has been carried out or refused."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM waiting WHERE command_id = ?", (command_id,))
+
     def sent(self, seq: int) -> None:
         """Drop an outbox report the broker acknowledged."""
         with self._transaction() as db:
@@ -383,12 +410,15 @@ class DeviceStore:
 class Handled:
     """What handling one message produced: the report to send and its outbox number."""
 
-    report: DeviceReport
+    report: DeviceReport | None
+    """The report; None while the command waits for its maintenance window."""
     outbox_seq: int | None
     """Its outbox number; None for a stored report sent again (it is in the inbox already,
     and a lost copy is sent again when the command is)."""
     applied_now: bool
     """Whether the command ran now (False for refusals and repeated ids)."""
+    waits_until: datetime | None = None
+    """When the window a waiting command may start in opens."""
 
 
 class FieldDevice:
@@ -476,14 +506,50 @@ class FieldDevice:
             return Handled(stored, None, False)
         return self._carry_out(command)
 
+    def due(self) -> list[Handled]:
+        """Carry out the waiting commands whose window has opened (or report them expired)."""
+        now = self.now()
+        handled = []
+        for opens, command in self.store.waiting():
+            if opens > now:
+                break
+            if self.store.outcome(command.command_id) is None:
+                result = self._carry_out(command)
+                if result.report is None:
+                    continue  # still waiting (the window it waited for is gone: the next)
+                handled.append(result)
+            self.store.release(command.command_id)
+        return handled
+
+    def next_wake(self) -> datetime | None:
+        """When the first waiting command's window opens (None: nothing waits)."""
+        waiting = self.store.waiting()
+        return waiting[0][0] if waiting else None
+
     def _carry_out(self, command: DeviceCommand) -> Handled:
         self.clock.observe(to_ms(command.issued_at))
-        if self.now() > command.deadline:
+        now = self.now()
+        if now > command.deadline:
             return self._final(
                 command,
                 ReportStatus.expired,
                 f"deadline {command.deadline.isoformat()} passed before the device started it",
             )
+        window = command.window_state(now)
+        if window is WindowState.missed:
+            assert command.windows
+            return self._final(
+                command,
+                ReportStatus.expired,
+                f"its last maintenance window closed at {command.windows[-1].closes.isoformat()} "
+                "before the device could start it",
+            )
+        if window is WindowState.waiting:
+            # Not now: outside its windows nothing starts; it waits here for the next one.
+            opens = command.next_opening(now)
+            assert opens is not None
+            self.store.hold(command, opens)
+            return Handled(None, None, False, waits_until=opens)
         latest = self.store.latest_issued(command.module)
         if latest is not None and to_us(command.issued_at) < latest:
             return self._final(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from enum import StrEnum
 
-from fieldgate.commands import Action, DeviceReport, Health, ReportStatus
+from fieldgate.commands import Action, DeviceReport, Health, ReportStatus, StartWindow
 from fieldgate.contract import Contract
 from fieldgate.fleet import Device
 
@@ -101,6 +101,8 @@ class Effect(Contract):
     """Module acted on."""
     version: str
     """Version the command names."""
+    windows: list[StartWindow] | None = None
+    """The maintenance windows the command may start in (None: any time before its deadline)."""
     outcome: DispatchOutcome
     """accepted or queued, as answered at dispatch."""
     phase: EffectPhase

@@ -9,6 +9,9 @@ How the simulation reads:
   command id (install 2-6 min, rollback 1-3 min, validate 10-30 s; five times as
   long when a ``slow`` fault holds the device at the start), then the device
   reports. A command started after its deadline is not run: it reports ``expired``.
+- **Windows.** A command that carries ``windows`` starts only inside one of them: a device
+  that is free (or back online) before or between them waits for the next one to open, and
+  the commands queued after it wait too; once the last one closed it reports ``expired``.
 - **install** sets the module to the command's version and reports healthy, unless
   an ``install_fails`` fault holds the device when the install completes (report
   ``failed``, the old version stays, health not ok) or a ``health_degrades`` fault does
@@ -21,7 +24,13 @@ How the simulation reads:
 - **validate** reports the current health and changes nothing.
 - **offline** makes a device unreachable: commands sent to it are queued and start
   when it returns; a command that completes while its device is offline keeps its
-  report until the device returns.
+  report until the device returns. **flapping** does the same for ``period_minutes``,
+  then lets the device back for as long, and again.
+- **rollback_fails** makes the device's rollbacks fail: the version it has stays, health
+  not ok.
+- **after_minutes** delays a fault until that long after the device applied an install
+  (offline after install; a ``health_degrades`` so delayed turns the device's health bad
+  from then on, as telemetry shows after a soak, until a rollback or a clean install).
 - **Faults** by device list take hold when added; faults by wave take hold when
   that wave is dispatched. ``Fault.wave`` counts from 1 as in scenarios, while
   ``dispatch(..., wave=)`` and ``DeviceCommand.wave`` count from 0: a fault with
@@ -39,9 +48,9 @@ How the simulation reads:
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus
+from fieldgate.commands import Action, DeviceCommand, DeviceReport, ReportStatus, WindowState
 from fieldgate.epoch import at_ms
 from fieldgate.scenario import Fault, FaultKind
 from fieldgate.twin import _draws
@@ -116,6 +125,10 @@ class Simulation:
                     self._events.append((until, _RETURN, device.id, ""))
             if device.queue or device.held:
                 self._schedule_return(device, self.clock_ms)
+            idle = device.queue and device.running is None and device.reachable(self.clock_ms)
+            # A command waiting for its window (or free to start): wake the device then.
+            if idle and not self._wake_at_window(device, self.clock_ms, self._events.append):
+                self._events.append((self.clock_ms, _RETURN, device.id, ""))
         heapq.heapify(self._events)
 
     def add_faults(self, faults: Sequence[Fault], t: int) -> None:
@@ -214,6 +227,10 @@ class Simulation:
                 waiting = device.held or (device.queue and device.running is None)
                 if waiting and device.reachable(t):
                     return t
+                if waiting:  # woken for a window while cut off: wake again when it is back
+                    heapq.heappop(events)
+                    self._schedule_return(device, t)
+                    continue
             heapq.heappop(events)
         return None
 
@@ -249,12 +266,66 @@ class Simulation:
         return effect
 
     def _bind(self, device: SimDevice, entry: FaultEntry, t: int) -> None:
-        minutes = entry.fault.duration_minutes
-        until = None if minutes is None else t + minutes * MINUTE_MS
-        device.bindings += (Binding(entry.seq, entry.fault.kind, t, until),)
+        fault = entry.fault
+        period = None if fault.period_minutes is None else fault.period_minutes * MINUTE_MS
+        if fault.after_minutes is not None:
+            # Holds nothing until the device applies an install (see _start_delayed).
+            binding = Binding(entry.seq, fault.kind, None, None, True, period)
+        else:
+            minutes = fault.duration_minutes
+            until = None if minutes is None else t + minutes * MINUTE_MS
+            binding = Binding(entry.seq, fault.kind, t, until, False, period)
+        device.bindings += (binding,)
         self.changes.devices[device.id] = device
-        if entry.fault.kind is FaultKind.offline and until is not None:
-            heapq.heappush(self._events, (until, _RETURN, device.id, ""))
+        self._push_return(device, binding)
+
+    def _push_return(self, device: SimDevice, binding: Binding) -> None:
+        if binding.kind is FaultKind.offline and binding.until_ms is not None:
+            heapq.heappush(self._events, (binding.until_ms, _RETURN, device.id, ""))
+
+    def _start_delayed(self, device: SimDevice, t: int) -> None:
+        """Start the device's delayed faults: an install was applied at ``t``."""
+        started = []
+        for binding in device.bindings:
+            if binding.delayed and binding.since_ms is None:
+                fault = self.faults[binding.fault_seq].fault
+                binding.since_ms = t + (fault.after_minutes or 0) * MINUTE_MS
+                minutes = fault.duration_minutes
+                binding.until_ms = (
+                    None if minutes is None else binding.since_ms + minutes * MINUTE_MS
+                )
+                started.append(binding)
+        if started:
+            self.changes.devices[device.id] = device
+            for binding in started:
+                self._push_return(device, binding)
+
+    def _cure_delayed(self, device: SimDevice, t: int) -> None:
+        """End delayed degradations: a rollback or a clean install put a working version on."""
+        cured = False
+        for binding in device.bindings:
+            if (
+                binding.delayed
+                and binding.kind is FaultKind.health_degrades
+                and binding.since_ms is not None
+                and (binding.until_ms is None or binding.until_ms > t)
+            ):
+                binding.until_ms = max(t, binding.since_ms)
+                cured = True
+        if cured:
+            self.changes.devices[device.id] = device
+
+    def _wake_at_window(
+        self, device: SimDevice, t: int, push: Callable[[tuple[int, int, str, str]], None]
+    ) -> bool:
+        """Wake the device when the window of its next command opens; tell whether it waits."""
+        effect = self.effects[device.queue[0]]
+        if effect.windows is None or effect.window_state(t) is not WindowState.waiting:
+            return False
+        opening = effect.next_opening_ms(t)
+        assert opening is not None and opening > t
+        push((opening, _RETURN, device.id, ""))
+        return True
 
     def _schedule_return(self, device: SimDevice, t: int) -> None:
         back = device.back_online_ms(t)
@@ -263,6 +334,10 @@ class Simulation:
 
     def _start_next(self, device: SimDevice, t: int) -> None:
         if device.running is not None or not device.queue or not device.reachable(t):
+            return
+        # Outside its windows a command does not start: the device waits for the next one
+        # (and the commands after it wait too, in dispatch order).
+        if self._wake_at_window(device, t, push=self._push_event):
             return
         effect = self.effects[device.queue[0]]
         device.queue = device.queue[1:]
@@ -277,6 +352,9 @@ class Simulation:
         device.running = effect.command_id
         self.changes.changed_effects[effect.command_id] = effect
         heapq.heappush(self._events, (due, _COMPLETE, device.id, effect.command_id))
+
+    def _push_event(self, event: tuple[int, int, str, str]) -> None:
+        heapq.heappush(self._events, event)
 
     def _complete(
         self, device: SimDevice, effect: LedgerEntry, t: int, reports: list[DeviceReport]
@@ -296,15 +374,23 @@ class Simulation:
                 status = ReportStatus.applied
                 device.installed[module] = effect.version
                 device.ok, device.score = False, _draws.degraded_score(seed, effect.command_id)
+            elif effect.action is Action.rollback and FaultKind.rollback_fails in faults:
+                status = ReportStatus.failed
+                device.ok, device.score = False, _draws.failed_score(seed, effect.command_id)
             else:  # a clean install, or a rollback: the device runs a version that works
                 status = ReportStatus.applied
                 device.installed[module] = effect.version
                 device.ok, device.score = True, _draws.healthy_score(seed, effect.command_id)
+                if device.bindings:
+                    self._cure_delayed(device, t)
+            installed = effect.action is Action.install and status is ReportStatus.applied
+            if installed and device.bindings:
+                self._start_delayed(device, t)
         effect.status = status
         effect.completed_ms = t
         effect.version_before = before
         effect.version_after = device.installed.get(module)
-        effect.health_ok, effect.health_score = device.ok, device.score
+        effect.health_ok, effect.health_score = device.health_values(t)
         device.running = None
         self.changes.changed_effects[effect.command_id] = effect
         if device.reachable(t):

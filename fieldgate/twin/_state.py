@@ -13,7 +13,16 @@ from datetime import datetime
 from functools import lru_cache
 from typing import Any, ClassVar
 
-from fieldgate.commands import Action, DeviceCommand, DeviceReport, Health, ReportStatus
+from fieldgate.commands import (
+    Action,
+    DeviceCommand,
+    DeviceReport,
+    Health,
+    ReportStatus,
+    StartWindow,
+    WindowState,
+    window_state,
+)
 from fieldgate.epoch import at_ms, at_us, to_us
 from fieldgate.fleet import Device
 from fieldgate.scenario import Fault, FaultKind
@@ -43,16 +52,62 @@ def shared_health(ok: bool, score: float, note: str) -> Health:
 
 @dataclass(slots=True)
 class Binding:
-    """A fault holding one device over [since_ms, until_ms)."""
+    """A fault holding one device over [since_ms, until_ms).
+
+    A fault with ``after_minutes`` binds ``delayed``: it holds nothing (``since_ms`` None)
+    until the device applies an install, and starts that long after it. A ``flapping``
+    fault alternates ``period_ms`` offline and ``period_ms`` online from ``since_ms``.
+    """
 
     fault_seq: int
     kind: FaultKind
-    since_ms: int
+    since_ms: int | None
     until_ms: int | None
+    delayed: bool = False
+    period_ms: int | None = None
 
     def active(self, t: int) -> bool:
         """Tell whether the fault holds at ``t``."""
-        return self.since_ms <= t and (self.until_ms is None or t < self.until_ms)
+        since = self.since_ms
+        return since is not None and since <= t and (self.until_ms is None or t < self.until_ms)
+
+    def cuts_off(self, t: int) -> bool:
+        """Tell whether the fault makes the device unreachable at ``t``."""
+        if not self.active(t):
+            return False
+        if self.kind is FaultKind.offline:
+            return True
+        if self.kind is FaultKind.flapping and self.period_ms and self.since_ms is not None:
+            return (t - self.since_ms) // self.period_ms % 2 == 0
+        return False
+
+    def back_ms(self, t: int) -> int | None:
+        """When a fault that cuts the device off at ``t`` lets it back (None: never)."""
+        if self.kind is FaultKind.flapping and self.period_ms and self.since_ms is not None:
+            back = self.since_ms + ((t - self.since_ms) // self.period_ms + 1) * self.period_ms
+            return back if self.until_ms is None else min(back, self.until_ms)
+        return self.until_ms
+
+    def encoded(self) -> list[Any]:
+        """The binding as the device's stored state keeps it."""
+        return [
+            self.fault_seq,
+            str(self.kind),
+            self.since_ms,
+            self.until_ms,
+            self.delayed,
+            self.period_ms,
+        ]
+
+    @classmethod
+    def decoded(cls, values: list[Any]) -> Binding:
+        """Rebuild a binding from :meth:`encoded` (older states have four values)."""
+        seq, kind, since, until, *rest = values
+        return cls(seq, FaultKind(kind), since, until, *rest)
+
+
+DEGRADED_SCORE = 0.3
+"""Health score of a device while a delayed ``health_degrades`` fault holds it."""
 
 
 @dataclass(slots=True, eq=False)
@@ -106,19 +161,23 @@ class SimDevice:
 
     def reachable(self, t: int) -> bool:
         """Tell whether the device is online at ``t``."""
-        return not self.bindings or not self.under(FaultKind.offline, t)
+        return not self.bindings or not any(b.cuts_off(t) for b in self.bindings)
 
     def back_online_ms(self, t: int) -> int | None:
         """Return when the device is reachable again from ``t`` (``t`` if it is); None if never."""
         while True:
-            ends = [
-                b.until_ms for b in self.bindings if b.kind is FaultKind.offline and b.active(t)
-            ]
+            ends = [b.back_ms(t) for b in self.bindings if b.cuts_off(t)]
             if not ends:
                 return t
             if None in ends:
                 return None
             t = max(e for e in ends if e is not None)
+
+    def degraded_since_install(self, t: int) -> bool:
+        """Tell whether a delayed ``health_degrades`` fault holds the device at ``t``."""
+        return any(
+            b.delayed and b.kind is FaultKind.health_degrades and b.active(t) for b in self.bindings
+        )
 
     def replay(self, effect: LedgerEntry) -> None:
         """Bring the device to where a completed ``effect`` left it."""
@@ -136,9 +195,7 @@ class SimDevice:
                 "installed_at_start": self.installed_at_start,
                 "labels": self.labels,
                 "note": self.note,
-                "faults": [
-                    [b.fault_seq, str(b.kind), b.since_ms, b.until_ms] for b in self.bindings
-                ],
+                "faults": [b.encoded() for b in self.bindings],
             }
         )
 
@@ -178,12 +235,19 @@ class SimDevice:
             labels=state["labels"],
             installed_at_start=state["installed_at_start"],
             note=state["note"],
-            bindings=tuple(Binding(s, FaultKind(k), a, u) for s, k, a, u in state["faults"]),
+            bindings=tuple(Binding.decoded(values) for values in state["faults"]),
         )
 
-    def health(self) -> Health:
-        """Return the health the device would report now."""
-        return shared_health(self.ok, self.score, self.note)
+    def health(self, t: int | None = None) -> Health:
+        """Return the health the device would report at ``t`` (default: as last assessed)."""
+        ok, score = self.health_values(t)
+        return shared_health(ok, score, self.note)
+
+    def health_values(self, t: int | None) -> tuple[bool, float]:
+        """Return ``(ok, score)`` at ``t``: a delayed degradation shows once it started."""
+        if t is not None and self.bindings and self.degraded_since_install(t):
+            return False, min(self.score, DEGRADED_SCORE)
+        return self.ok, self.score
 
     def view(self, t: int) -> DeviceState:
         """Return the public view of the device at ``t``."""
@@ -195,7 +259,7 @@ class SimDevice:
             memory_mb=self.memory_mb,
             labels=dict(self.labels),
             installed=dict(self.installed),
-            health=self.health(),
+            health=self.health(t),
             online=self.reachable(t),
         )
 
@@ -224,6 +288,8 @@ class LedgerEntry:
     signature: str | None
     outcome: DispatchOutcome
     dispatched_ms: int
+    windows: tuple[tuple[int, int], ...] | None = None
+    """The windows the command may start in, as (opens, closes) µs since the epoch."""
     phase: EffectPhase = EffectPhase.queued
     started_ms: int | None = None
     due_ms: int | None = None
@@ -261,6 +327,7 @@ class LedgerEntry:
         "signature",
         "outcome",
         "dispatched_ms",
+        "windows",
     )
     """``twin_effects`` columns set once, at dispatch (the key first)."""
     MOVING: ClassVar[tuple[str, ...]] = (
@@ -302,6 +369,9 @@ class LedgerEntry:
             signature=command.signature,
             outcome=outcome,
             dispatched_ms=t,
+            windows=None
+            if command.windows is None
+            else tuple((to_us(w.opens), to_us(w.closes)) for w in command.windows),
         )
 
     @classmethod
@@ -323,6 +393,7 @@ class LedgerEntry:
             signature=row.signature,
             outcome=DispatchOutcome(row.outcome),
             dispatched_ms=row.dispatched_ms,
+            windows=None if row.windows is None else tuple(map(tuple, json.loads(row.windows))),
             phase=EffectPhase(row.phase),
             started_ms=row.started_ms,
             due_ms=row.due_ms,
@@ -375,12 +446,35 @@ class LedgerEntry:
             self.signature,
             self.outcome.value,
             self.dispatched_ms,
+            None if self.windows is None else to_json(self.windows),
             *self.moving(),
         )
 
+    def start_windows(self) -> list[StartWindow] | None:
+        """The windows the command may start in, as the command carries them."""
+        if self.windows is None:
+            return None
+        return [StartWindow(opens=at_us(o), closes=at_us(c)) for o, c in self.windows]
+
+    def window_state(self, t: int) -> WindowState:
+        """Whether the command may start at ``t`` (ms), must wait for a window, or missed them."""
+        if self.windows is None:
+            return WindowState.open
+        return window_state(self.start_windows(), at_ms(t))
+
+    def next_opening_ms(self, t: int) -> int | None:
+        """When the next of the command's windows opens after ``t`` (ms), if one does."""
+        later = [o // 1000 for o, _ in self.windows or () if o // 1000 > t]
+        return min(later) if later else None
+
     def expired(self) -> bool:
-        """Tell whether the command started after its deadline."""
-        return self.started_ms is not None and self.started_ms * 1000 > self.deadline_us
+        """Tell whether the command started after its deadline or its last window closed."""
+        if self.started_ms is None:
+            return False
+        return (
+            self.started_ms * 1000 > self.deadline_us
+            or self.window_state(self.started_ms) is WindowState.missed
+        )
 
     def command(self) -> DeviceCommand:
         """Rebuild the command as dispatched."""
@@ -397,6 +491,7 @@ class LedgerEntry:
                 "digest": self.digest,
                 "issued_at": at_us(self.issued_us),
                 "deadline": at_us(self.deadline_us),
+                "windows": self.start_windows(),
                 "signature": self.signature,
             }
         )
@@ -426,12 +521,19 @@ class LedgerEntry:
 
     def reason(self) -> str:
         """Say why the command did not apply (empty when it did)."""
+        if self.status is ReportStatus.expired and self.windows:
+            closed = at_us(self.windows[-1][1]).isoformat()
+            return (
+                f"its last maintenance window closed at {closed} before the device could "
+                "start the command"
+            )
         if self.status is ReportStatus.expired:
             deadline = at_us(self.deadline_us).isoformat()
             return f"deadline {deadline} passed before the device could start the command"
         if self.status is ReportStatus.failed:
             kept = f"{self.module} {self.version_before}" if self.version_before else "nothing"
-            return f"install of {self.module} {self.version} failed; {kept} stays installed"
+            what = f"{self.action.value} of {self.module} {self.version}"
+            return f"{what} failed; {kept} stays installed"
         return ""
 
     def public(self, keys: TwinKeys) -> Effect:
@@ -445,6 +547,7 @@ class LedgerEntry:
             action=self.action,
             module=self.module,
             version=self.version,
+            windows=self.start_windows(),
             outcome=self.outcome,
             phase=self.phase,
             dispatched_at=at_ms(self.dispatched_ms),

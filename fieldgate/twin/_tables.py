@@ -124,6 +124,9 @@ class TwinEffectRow(SQLModel, table=True):
     """accepted (device reachable) or queued (device offline) at dispatch."""
     dispatched_ms: int = Field(sa_type=BigInteger)
     """Virtual time of the dispatch."""
+    windows: str | None = Field(default=None, sa_type=Text)
+    """The windows the command may start in, as JSON ``[[opens_us, closes_us], ...]``
+    (None: any time before its deadline)."""
     phase: str = Field(max_length=16)
     """queued, running, held (done, report waiting for connectivity) or done."""
     started_ms: int | None = Field(default=None, sa_type=BigInteger)

@@ -310,7 +310,7 @@ class FleetTwin:
             "device_id": device.id,
             "site": device.site,
             "online": device.reachable(self._sim.clock_ms),
-            "health": device.health().model_dump(),
+            "health": device.health(self._sim.clock_ms).model_dump(),
             "installed": dict(device.installed),
             "labels": dict(device.labels),
             "at": self.now.isoformat(),
