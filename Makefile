@@ -38,7 +38,7 @@ test: lint
 	$(BIN)/pytest -n 2
 
 # The long run of the policy conformance suite: every eval suite's decisions and 10,000
-# generated inputs on regopy, regorus and OPA's evaluator (.ci/run runs it after test).
+# generated inputs on regopy, regorus and OPA's evaluator (by hand: CI runs the default part).
 conformance: setup
 	$(BIN)/pytest -n 2 -q -m slow tests/test_policy_conformance.py
 
@@ -48,6 +48,7 @@ bench: setup
 	$(BIN)/python bench/policy.py
 	$(BIN)/python bench/graph.py
 	$(BIN)/python bench/transport.py
+	$(BIN)/python bench/scale.py
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -246,7 +246,9 @@ def planning_context(
         now: The current instant (UTC).
         sites: The sites of ``fleet`` when it is a plain device list.
         previous: By device id, the version each module ran before its current one
-            (:func:`~fieldgate.agents.previous_versions` reads it from the audit log).
+            (the planner reads it from the fleet store,
+            :meth:`~fieldgate.store.FleetStore.previous_versions`;
+            :func:`~fieldgate.agents.previous_versions` rebuilds it from an audit log).
     """
     previous = previous or {}
     if isinstance(fleet, FleetInventory):

@@ -18,20 +18,31 @@ its own SQLite store) under a topic root of its own, then measures:
    rate is reports ingested per second (first answers and duplicates), the time from
    the first publish until the last report is stored.
 
+3. **bare floor**, in the same run: 1,000 bare paho QoS 1 command/reply round trips
+   to 20 responder processes (no ledger, no signatures, no store), the same payload
+   size as a signed command; the wave is printed as a multiple of it (goal <= 4x).
+4. **crypto**: the wave's signatures and verifications (the gateway checks each
+   command's control-plane signature, the device checks it again and signs its report,
+   the gateway verifies the report), timed on their own on this process; printed as a
+   share of the wave.
+
 Each measurement runs ``--repeat`` times on a fresh database; best and median shown.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from fieldgate.audit import ActorKind
 from fieldgate.commands import (
@@ -48,7 +59,7 @@ from fieldgate.edge import Broker, DeviceSpec, Gateway, HelloWatcher, LocalFleet
 from fieldgate.edge._wire import Channel, connect_async, new_client
 from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import sample_digest
-from fieldgate.signing import SigningKey
+from fieldgate.signing import SigningKey, verify
 from fieldgate.store import Store
 from fieldgate.transport import MqttTransport
 
@@ -201,6 +212,103 @@ def ingestion(
     return Ingestion(fresh, total, seconds)
 
 
+def _responder(host: str, port: int, root: str, index: int, ready: Any) -> None:
+    """A bare paho device process: every QoS 1 command on its topic is answered at once."""
+    import paho.mqtt.client as mqtt
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-r{index}")
+    client.max_inflight_messages_set(1000)
+
+    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        c.subscribe(f"{root}/cmd/{index}/+", qos=1)
+
+    def on_subscribe(c: Any, userdata: Any, mid: Any, reasons: Any, props: Any) -> None:
+        ready.set()
+
+    def on_message(c: Any, userdata: Any, message: Any) -> None:
+        c.publish(f"{root}/reply/{message.topic.rsplit('/', 1)[-1]}", message.payload, qos=1)
+
+    client.on_connect, client.on_subscribe, client.on_message = on_connect, on_subscribe, on_message
+    client.connect(host, port)
+    client.loop_forever()
+
+
+def bare_floor(broker: Broker, payload: bytes, commands: int = 1000, responders: int = 20) -> float:
+    """Seconds for ``commands`` bare paho QoS 1 command/reply round trips to ``responders``."""
+    import paho.mqtt.client as mqtt
+
+    root = f"{broker.topic_root}-bare"
+    context = multiprocessing.get_context("spawn")
+    ready = [context.Event() for _ in range(responders)]
+    procs = [
+        context.Process(
+            target=_responder, args=(broker.host, broker.port, root, i, ready[i]), daemon=True
+        )
+        for i in range(responders)
+    ]
+    for proc in procs:
+        proc.start()
+    try:
+        for event in ready:
+            if not event.wait(60):
+                raise SystemExit("a bare responder did not subscribe within 60 s")
+        replies: set[str] = set()
+        done = threading.Event()
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{root}-ctl")
+        client.max_inflight_messages_set(1000)
+        subscribed = threading.Event()
+
+        def on_message(c: Any, userdata: Any, message: Any) -> None:
+            replies.add(message.topic)
+            if len(replies) >= commands:
+                done.set()
+
+        client.on_message = on_message
+        client.on_subscribe = lambda *a: subscribed.set()
+        client.connect(broker.host, broker.port)
+        client.loop_start()
+        client.subscribe(f"{root}/reply/+", qos=1)
+        subscribed.wait(10)
+        began = time.perf_counter()
+        for n in range(commands):
+            client.publish(f"{root}/cmd/{n % responders}/{n}", payload, qos=1)
+        if not done.wait(120):
+            raise SystemExit(f"only {len(replies)} of {commands} bare replies arrived")
+        seconds = time.perf_counter() - began
+        client.loop_stop()
+        client.disconnect()
+        return seconds
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(5)
+
+
+def wave_crypto(device_ids: list[str]) -> float:
+    """Seconds of the ed25519 work one wave does, the same operations on the same sizes."""
+    commands = signed_commands(device_ids, "bench-crypto", "1.9.9")
+    keys = {d: SigningKey.from_seed(d, f"fieldgate bench crypto: {d}".encode()) for d in device_ids}
+    now_ms = int(time.time() * 1000)
+    reports = [
+        DeviceReport(
+            command_id=c.command_id,
+            device_id=c.device_id,
+            status=ReportStatus.applied,
+            installed={"edge-runtime": "3.3.1", MODULE: "1.9.9"},
+            health=Health(ok=True),
+            hlc=HybridTimestamp(wall_ms=now_ms, node=c.device_id),
+        )
+        for c in commands
+    ]
+    began = time.perf_counter()
+    for command, report in zip(commands, reports, strict=True):
+        assert verify(CONTROL.public_b64, command.signing_payload(), command.signature)  # gateway
+        assert verify(CONTROL.public_b64, command.signing_payload(), command.signature)  # device
+        signature = keys[report.device_id].sign(report.signing_payload())  # device
+        assert verify(keys[report.device_id].public_b64, report.signing_payload(), signature)
+    return time.perf_counter() - began
+
+
 def main() -> int:
     """Run the benchmark and print its figures."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -262,6 +370,11 @@ def main() -> int:
                 f"  ingestion {n + 1}: {runs[-1].messages} reports "
                 f"({runs[-1].reports} first answers) in {runs[-1].seconds:.2f} s"
             )
+    floors = [
+        bare_floor(broker, encode(signed_commands(device_ids[:1], "bare", "1.9.0")[0]))
+        for _ in range(args.repeat)
+    ]
+    crypto = min(wave_crypto(device_ids) for _ in range(args.repeat))
     acked = sorted(w.acked_s for w in waves)
     dispatch = sorted(w.dispatch_s for w in waves)
     rates = sorted(r.rate for r in runs)
@@ -270,6 +383,17 @@ def main() -> int:
         f"dispatched and acknowledged best {acked[0]:.2f} s, "
         f"median {statistics.median(acked):.2f} s "
         f"(goal <= 5 s: {'met' if acked[0] <= 5 else 'NOT met'})"
+    )
+    floor = min(floors)
+    print(
+        f"bare paho floor, {len(device_ids)} QoS 1 round trips to 20 processes: best "
+        f"{floor:.2f} s, median {statistics.median(floors):.2f} s; wave / floor "
+        f"{acked[0] / floor:.1f}x (goal <= 4x: {'met' if acked[0] <= 4 * floor else 'NOT met'})"
+    )
+    print(
+        f"signing and verification in the wave: {crypto:.2f} s on one core "
+        f"({crypto * 1e6 / len(device_ids):.0f} us per device: 3 verifications, 1 signature), "
+        f"{crypto / acked[0]:.0%} of the best wave, {crypto / floor:.1f}x the bare floor"
     )
     print(
         f"report ingestion: best {rates[-1]:,.0f} reports/s, median "

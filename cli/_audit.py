@@ -16,7 +16,7 @@ from fieldgate.audit import EventKind
 from fieldgate.audit_witness import AnchorResult, AuditWitness, verify_anchored
 from fieldgate.cli._common import command_config, open_store
 from fieldgate.cli._output import EXIT_FAILED, console, handles_errors, json_option, print_view
-from fieldgate.cli._rollout import refuse
+from fieldgate.cli._rollout import refuse, twin_clock
 from fieldgate.config import Config
 from fieldgate.keyfiles import load_pinned_root
 from fieldgate.store import Store, VerifyResult
@@ -61,13 +61,15 @@ def show(
     table = Table(
         title=f"audit: {len(events)} events" + (f" of plan {shown(plan)}" if plan else "")
     )
-    for column in ("seq", "time (UTC)", "plan", "actor", "kind", "payload"):
+    for column in ("seq", "time (UTC, wall clock)", "plan", "actor", "kind", "payload"):
         table.add_column(column, overflow="fold")
     for event in events:
         payload = json.dumps(event.payload, sort_keys=True)
+        virtual = event.virtual_at()
         table.add_row(
             str(event.seq),
-            f"{event.at:%Y-%m-%d %H:%M:%S}",
+            f"{event.at:%Y-%m-%d %H:%M:%S}"
+            + (f"\n[dim]{twin_clock(virtual, event.at)}[/]" if virtual else ""),
             shown(event.plan_id or "-"),
             f"{event.actor_kind.value}:{shown(event.actor)}",
             event.kind.value,

@@ -26,6 +26,7 @@ from fieldgate.cli._rollout import (
     print_review,
     print_run,
     print_status,
+    print_twin_clock,
     print_why,
     runs_table,
 )
@@ -80,6 +81,7 @@ def submit_request(
     print_run(
         view, orchestrator.ctx.store.runs.get(view.thread_id), pending_hold(orchestrator, view)
     )
+    print_twin_clock(orchestrator.ctx.store, view.plan_id)
     return view
 
 
@@ -228,6 +230,7 @@ class ChatSession:
         now = datetime.now(UTC)
         progress = status_renderable(run_status(orchestrator, run, now), now, brief=True)
         print_run(view, run, pending_hold(orchestrator, view), progress)
+        print_twin_clock(orchestrator.ctx.store, run.plan_id)
 
     def _line(self, orchestrator: Orchestrator, text: str) -> None:
         store = orchestrator.ctx.store

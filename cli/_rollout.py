@@ -6,6 +6,7 @@ graph state of the run (``RunView.values``) and from its audit events.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -89,6 +90,33 @@ def when(value: str | datetime | None) -> str:
         return "-"
     at = value if isinstance(value, datetime) else datetime.fromisoformat(value)
     return f"{at:%Y-%m-%d %H:%M} UTC"
+
+
+def twin_clock(virtual: datetime, wall: datetime) -> str:
+    """A time on the twin's virtual clock, labelled with how far it runs from the wall
+    clock: ``virtual 2026-12-06 09:50 UTC (+3d 02:10)``."""
+    ahead = round((virtual - wall).total_seconds()) // 60
+    sign, ahead = ("+", ahead) if ahead >= 0 else ("-", -ahead)
+    days, rest = divmod(ahead, 24 * 60)
+    offset = f"{sign}{days}d {rest // 60:02d}:{rest % 60:02d}"
+    return f"virtual {virtual:%Y-%m-%d %H:%M} UTC ({offset})"
+
+
+def print_twin_clock(store: Store, plan_id: str) -> None:
+    """Say where the twin's virtual clock stood at the plan's last simulated step, once its
+    executor ran on the twin: the run's own times are not the wall clock's."""
+    events = store.audit.events(plan_id=plan_id)
+    if not any(e.kind is EventKind.tool_call for e in events):
+        return
+    last = next((e for e in reversed(events) if e.virtual_at() is not None), None)
+    virtual = last.virtual_at() if last is not None else None
+    if last is None or virtual is None:
+        return
+    console.print(
+        f"[dim]simulated on the twin (twin clock): its last step at {twin_clock(virtual, last.at)}"
+        f", at {when(last.at)} by the wall clock[/]",
+        highlight=False,
+    )
 
 
 def ago(seconds: float) -> str:
@@ -304,8 +332,11 @@ def hold_hint(plan_id: str, held: dict[str, Any]) -> str:
     )
 
 
-def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> None:
-    """``PLAN: held by the kill switch — …`` and what lifts it."""
+def print_held(
+    plan_id: str, held: dict[str, Any], *, reached: bool = True, unknown: Sequence[str] = ()
+) -> None:
+    """``PLAN: held by the kill switch — …``, what lifts it, and the devices that were sent
+    a command and have not said what they run (``unknown``)."""
     label = HOLD_LABELS.get(str(held.get("kind")), str(held.get("kind")))
     when_held = "" if reached else " at its next executor step"
     console.print(
@@ -313,6 +344,12 @@ def print_held(plan_id: str, held: dict[str, Any], *, reached: bool = True) -> N
         f"{shown(held.get('reason', ''))}\n  {hold_hint(plan_id, held)}",
         highlight=False,
     )
+    if unknown:
+        console.print(
+            f"  [yellow]state not known yet[/] of {len(unknown)} device(s) sent a command: "
+            f"{shown(', '.join(unknown))}",
+            highlight=False,
+        )
 
 
 def print_status(
@@ -354,7 +391,7 @@ def print_status(
         )
         return
     if view.held:
-        print_held(plan_id, view.held)
+        print_held(plan_id, view.held, unknown=(run.detail.get("unknown") or []) if run else ())
         return
     if view.awaiting_confirmation:
         console.print(

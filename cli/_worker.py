@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -20,12 +21,14 @@ from fieldgate.cli._rollout import (
     approval_deadline,
     print_held,
     print_status,
+    print_twin_clock,
     wave_counts,
     when,
 )
 from fieldgate.config import Config
 from fieldgate.errors import FieldgateError
-from fieldgate.store import Run
+from fieldgate.runtime import Settings
+from fieldgate.store import Run, Store
 from fieldgate.terminal import shown
 from fieldgate.tools import HOLD_LABELS
 
@@ -148,6 +151,7 @@ def execute(orchestrator: Orchestrator, run: Run) -> RunView:
     with WaveProgress(view.values) as progress:
         view = orchestrator.work(run.thread_id, on_update=progress.on_update)
     print_status(view, orchestrator.ctx.store.runs.get(run.thread_id))
+    print_twin_clock(orchestrator.ctx.store, run.plan_id)
     return view
 
 
@@ -181,7 +185,7 @@ def work_once(orchestrator: Orchestrator) -> WorkDone:
             values = orchestrator.view(run.thread_id).values
             if not due(orchestrator.ctx, values, run):
                 held = (values.get("execution") or {}).get("held") or run.detail.get("held")
-                done.held[run.plan_id] = dict(held or {})
+                done.held[run.plan_id] = {**(held or {}), "unknown": run.detail.get("unknown")}
                 continue
         try:
             view = execute(orchestrator, run)
@@ -234,7 +238,11 @@ def check_transport(transport: str) -> None:
 
 
 def open_for(
-    config: Config, transport: str, broker: str | None, gateway_id: str
+    config: Config,
+    transport: str,
+    broker: str | None,
+    gateway_id: str,
+    settings: Settings | None = None,
 ) -> AbstractContextManager[Orchestrator]:
     """An orchestrator whose commands go to the twin or, over MQTT, to field agents."""
     from fieldgate.graphs.compose import open_orchestrator
@@ -243,9 +251,29 @@ def open_for(
         from fieldgate.cli._edge import broker_settings, open_mqtt_orchestrator
 
         return open_mqtt_orchestrator(
-            config=config, broker=broker_settings(config, broker), client_id=gateway_id
+            config=config,
+            settings=settings,
+            broker=broker_settings(config, broker),
+            client_id=gateway_id,
         )
-    return open_orchestrator(config=config)
+    return open_orchestrator(config=config, settings=settings)
+
+
+TWIN_TURN = "fleet-twin"
+"""The lock workers on the twin take turns on."""
+
+
+@contextmanager
+def turn(config: Config, transport: str) -> Iterator[bool]:
+    """Whether this worker may do a pass now. Field agents take several workers at once
+    (each run is executed by one of them); the twin is one simulated world with one clock
+    kept in the database, so workers on it take turns, a pass each. The turn is a lock
+    that dies with its process (see ``RunStore.exclusive``)."""
+    if transport != "twin":
+        yield True
+        return
+    with Store.open(config.database_url) as store, store.runs.exclusive(TWIN_TURN) as mine:
+        yield mine
 
 
 @handles_errors
@@ -259,6 +287,12 @@ def worker(
     transport: str = TransportOption,
     broker: str = BrokerOption,
     gateway_id: str = GatewayOption,
+    max_soak: float = typer.Option(
+        None,
+        "--max-soak",
+        min=0,
+        help="Cap every wave's soak at this many seconds (soaks over MQTT take real time).",
+    ),
 ) -> None:
     """Execute approved runs wave by wave and expire overdue approval requests.
 
@@ -269,20 +303,26 @@ def worker(
     """
     config = command_config(db, model)
     check_transport(transport)
+    settings = None if max_soak is None else Settings(max_soak=timedelta(seconds=max_soak))
 
     def opened() -> AbstractContextManager[Orchestrator]:
-        return open_for(config, transport, broker, gateway_id)
+        return open_for(config, transport, broker, gateway_id, settings)
 
     if not once:
         console.print(f"worker: polling every {interval:g}s; Ctrl-C stops", highlight=False)
     try:
         while True:
-            # A fresh orchestrator each pass: other processes move runs and the twin on.
-            with opened() as orchestrator:
-                done = work_once(orchestrator)
+            with turn(config, transport) as mine:
+                if mine:
+                    # A fresh orchestrator each pass: other processes move runs and the twin.
+                    with opened() as orchestrator:
+                        done = work_once(orchestrator)
+            if not mine:  # another worker's pass on the twin
+                time.sleep(min(interval, 0.2) if once else interval)
+                continue
             if once:
                 for plan_id, held in done.held.items():
-                    print_held(plan_id, held)
+                    print_held(plan_id, held, unknown=held.get("unknown") or ())
                 console.print(f"worker: {summary(done)}", highlight=False)
                 return
             if done:

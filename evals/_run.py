@@ -148,9 +148,10 @@ def fault_figures(run: FinishedRun) -> tuple[int | None, float | None]:
     if failed_at is None or not halted:
         return radius, None
     halts = [
-        e.at
+        e.run_time()
         for e in run.events
-        if e.kind in (EventKind.abort, EventKind.rollback, EventKind.done) and e.at >= failed_at
+        if e.kind in (EventKind.abort, EventKind.rollback, EventKind.done)
+        and e.run_time() >= failed_at
     ]
     if not halts:
         return radius, None

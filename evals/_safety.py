@@ -264,7 +264,11 @@ def allowed_calls(events: Iterable[AuditEvent]) -> list[tuple[datetime, str, int
         if event.kind is EventKind.tool_call and event.payload.get("allow") is True:
             wave = (event.payload.get("args") or {}).get("wave")
             calls.append(
-                (event.at, str(event.payload.get("tool")), wave if isinstance(wave, int) else None)
+                (
+                    event.run_time(),
+                    str(event.payload.get("tool")),
+                    wave if isinstance(wave, int) else None,
+                )
             )
     return calls
 
@@ -387,7 +391,7 @@ def check_tool_calls(facts: Facts, engine: PolicyEngine) -> list[Violation]:
         )
         plan = revision.plan if revision else None
         waves = plan_waves(plan, facts.devices, facts.sites) if plan else []
-        current = current_wave(plan, waves, run.effects, event.at) if plan else None
+        current = current_wave(plan, waves, run.effects, event.run_time()) if plan else None
         if tool in DEPLOY_TOOLS:
             wave = args.get("wave")
             index = wave if isinstance(wave, int) else -1
@@ -397,7 +401,7 @@ def check_tool_calls(facts: Facts, engine: PolicyEngine) -> list[Violation]:
                 {
                     e.device_id
                     for e in run.effects
-                    if e.action is Action.install and e.dispatched_at <= event.at
+                    if e.action is Action.install and e.dispatched_at <= event.run_time()
                 }
             )
         document = input_document(

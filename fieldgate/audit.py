@@ -57,6 +57,11 @@ class EventKind(StrEnum):
     broker = "broker"
 
 
+VIRTUAL_AT = "virtual_at"
+"""The payload key of an event's time on the twin's virtual clock, in a simulated run (the
+event's ``at`` is the clock of what people do: the wall clock outside scenarios)."""
+
+
 class AuditEvent(Contract):
     """One entry of the append-only audit log."""
 
@@ -80,6 +85,22 @@ class AuditEvent(Contract):
     """Hash of the previous event (``GENESIS_HASH`` for the first)."""
     hash: str = Field(pattern=r"^[0-9a-f]{64}$")
     """sha256 over ``prev_hash`` and the canonical JSON of the event's other fields."""
+
+    def virtual_at(self) -> datetime | None:
+        """When it happened on the twin's virtual clock (payload ``virtual_at``), for an
+        event of a simulated run; None otherwise or when the payload's value is no time."""
+        value = self.payload.get(VIRTUAL_AT)
+        if not isinstance(value, str):
+            return None
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return None
+
+    def run_time(self) -> datetime:
+        """When it happened on the run's clock: the virtual one in a simulated run (what
+        scenarios are scored on), else :attr:`at`."""
+        return self.virtual_at() or self.at
 
     def body(self) -> dict[str, Any]:
         """The fields the hash covers besides ``prev_hash``."""

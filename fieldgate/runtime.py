@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from fieldgate.audit import VIRTUAL_AT
 from fieldgate.plan import RolloutPlan
 from fieldgate.signing import SigningKey
 from fieldgate.trust import TrustRoot
@@ -47,6 +48,9 @@ class Settings:
     """Times an invalid model answer is fed back before the run ends with an error."""
     executor_steps: int = 200
     """Most executor steps in one run (a guard against a model that never finishes)."""
+    hold_check: timedelta = timedelta(seconds=1)
+    """How often a soak on a wall-clock transport looks at the kill switch and the freeze
+    (the twin's virtual soak passes in no time, so it looks once, at its end)."""
     max_soak: timedelta | None = None
     """Cap on every wave's soak (None: the plan's own). For wall-clock transports in tests
     and demos, where a 30-minute soak would be spent really waiting."""
@@ -139,9 +143,24 @@ class Context:
         return None
 
     def now(self) -> datetime:
-        """The run's clock: the transport's (virtual with the twin)."""
+        """The run's clock: the transport's (virtual with the twin). Only a simulated run's
+        own steps (commands, waits, soaks) read it; what people read is :meth:`people_now`."""
         return self.transport.now()
 
     def people_now(self) -> datetime:
-        """The time on the clock of what people do (see :attr:`people_clock`)."""
+        """The time on the clock of what people do (see :attr:`people_clock`): the wall
+        clock on the command line and in the worker; audit events are stamped with it."""
         return self.people_clock() if self.people_clock is not None else self.now()
+
+    def virtual_now(self) -> datetime | None:
+        """The twin's virtual clock when the run is simulated on it; None over a transport
+        on the wall clock (MQTT)."""
+        return self.transport.now() if self.transport.name == "twin" else None
+
+    def with_virtual_at(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """``payload`` with the simulated run's virtual time as ``virtual_at`` (unchanged
+        over a wall-clock transport, or when the caller already put one)."""
+        virtual = self.virtual_now()
+        if virtual is None or VIRTUAL_AT in payload:
+            return payload
+        return {**payload, VIRTUAL_AT: virtual.isoformat()}

@@ -26,9 +26,11 @@ def audit(
     *,
     tx: Session | None = None,
     at: datetime | None = None,
+    once: str | None = None,
 ) -> None:
-    """Append one event of the run (see :func:`audit_many`)."""
-    audit_many(ctx, state, [(kind, actor_kind, actor, payload)], tx=tx, at=at)
+    """Append one event of the run (see :func:`audit_many`); with ``once``, only the first
+    append under that key lands."""
+    audit_many(ctx, state, [(kind, actor_kind, actor, payload)], tx=tx, at=at, once=once)
 
 
 def audit_many(
@@ -38,22 +40,26 @@ def audit_many(
     *,
     tx: Session | None = None,
     at: datetime | None = None,
+    once: str | None = None,
 ) -> None:
     """Append events in order, in one transaction (``tx``, when the caller has one).
 
-    They are stamped ``at`` (default: the run's clock).
+    They are stamped ``at`` (default: the clock of what people do, the wall clock outside
+    scenarios); a simulated run's virtual time goes in each payload as ``virtual_at``.
+    With ``once`` (for one event), an append under a key already used is dropped.
     """
-    at = at or ctx.now()
+    at = at or ctx.people_now()
     ctx.store.audit.append_many(
         (
             NewEvent(
                 kind=kind,
                 actor_kind=actor_kind,
                 actor=actor,
-                payload=payload,
+                payload=ctx.with_virtual_at(payload),
                 plan_id=state.get("plan_id"),
                 thread_id=state.get("thread_id"),
                 at=at,
+                once=once,
             )
             for kind, actor_kind, actor, payload in events
         ),

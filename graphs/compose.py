@@ -110,7 +110,12 @@ def build_context(
     transport = transport or TwinTransport(default_twin(store))
     return Context(
         store=store,
-        policy=PolicyGate(engine or configured_engine(config), store.audit, clock=transport.now),
+        policy=PolicyGate(
+            engine or configured_engine(config),
+            store.audit,
+            clock=people_clock or transport.now,
+            virtual_clock=transport.now if transport.name == "twin" else None,
+        ),
         transport=transport,
         model=model or make_model(name, config=config),
         control_key=control_key or control_plane_key(store, config.keys_dir),

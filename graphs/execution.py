@@ -28,6 +28,7 @@ from fieldgate.tools import (
     WaveRun,
     call_tool,
     hold_for,
+    settle,
     tool_specs,
     tools_with_role,
 )
@@ -205,7 +206,7 @@ def executor(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
         if execution.refused_calls > ctx.settings.model_retries * 3:
             update.update(_give_up(tc, state, f"the executor kept making refused calls: {result}"))
     if name in tools_with_role("rollback") and execution.rolled_back:
-        audit(ctx, state, EventKind.rollback, ActorKind.agent, "executor", result)
+        tc.audit(EventKind.rollback, ActorKind.agent, "executor", result)
     update["execution"] = execution.model_dump(mode="json")
     update["last_tool_result"] = json.dumps(result, sort_keys=True, default=str)
     return update
@@ -225,12 +226,12 @@ def _hold(
     ctx, ex = tc.ctx, tc.execution
     previous = ex.held if not after_step else None
     ex.held = held
+    # What devices said while the run was held, or before a crash, goes on the record.
+    unknown = settle(tc)
     if previous is None or previous.model_dump() != held.model_dump():
         current = ex.current if ex.current < len(ex.waves) else None
         with ctx.store.writing(f"holding plan {tc.plan_id}") as tx:
-            audit(
-                ctx,
-                state,
+            tc.audit(
                 EventKind.hold,
                 ActorKind.system,
                 held.kind.replace("_", "-"),
@@ -240,13 +241,19 @@ def _hold(
                     "wave": current,
                     "attempts": held.attempts,
                     "retry_at": held.retry_at.isoformat() if held.retry_at else None,
+                    "unknown": unknown,
                 },
                 tx=tx,
             )
             ctx.store.runs.update(
-                tc.thread_id, "held", detail={"held": held.model_dump(mode="json")}, tx=tx
+                tc.thread_id,
+                "held",
+                detail={"held": held.model_dump(mode="json"), "unknown": unknown},
+                tx=tx,
             )
             ctx.store.plans.set_status(tc.plan_id, "held", tc.plan.revision, tx=tx)
+    elif unknown != tc.ctx.store.runs.get(tc.thread_id).detail.get("unknown"):
+        ctx.store.runs.update(tc.thread_id, "held", detail={"unknown": unknown})
     return {"execution": ex.model_dump(mode="json")}
 
 
@@ -279,22 +286,23 @@ def _resume(tc: ToolContext, state: RolloutState) -> dict[str, Any]:
             f"{current.revision}); its approvals were for the earlier one, so it must be "
             "approved again",
         )
+    settle(tc)
     ex.held = None
     ex.paused = False  # the operator let the run go on
     for wave in ex.waves:
         if wave.status == "halted":
             wave.status = "pending"
     with ctx.store.writing(f"resuming plan {plan.plan_id}") as tx:
-        audit(
-            ctx,
-            state,
+        tc.audit(
             EventKind.resume,
             ActorKind.system,
             "fieldgate",
             {"kind": held.kind, "was": held.reason, "attempts": held.attempts},
             tx=tx,
         )
-        ctx.store.runs.update(tc.thread_id, "executing", detail={"held": None}, tx=tx)
+        ctx.store.runs.update(
+            tc.thread_id, "executing", detail={"held": None, "unknown": None}, tx=tx
+        )
         ctx.store.plans.set_status(plan.plan_id, "executing", plan.revision, tx=tx)
     return {}
 
@@ -351,12 +359,13 @@ def _end(tc: ToolContext, state: RolloutState, outcome: str, reason: str) -> dic
     """End the run with ``outcome``, first rolling every touched device back."""
     ex = tc.execution
     reasons = [reason]
+    settle(tc)  # a device that changed is on the record and goes back with the others
     if ex.touched and not ex.rolled_back:
         stop = tc.ctx.store.stops.engaged(tc.plan_id)
         args = {"reason": f"fieldgate stops the rollout: {reason}"}
         result = call_tool(tc, "rollback", args, approved=bool(state.get("approved")), stop=stop)
         if ex.rolled_back:
-            audit(tc.ctx, state, EventKind.rollback, ActorKind.system, "fieldgate", result)
+            tc.audit(EventKind.rollback, ActorKind.system, "fieldgate", result)
             reasons.append(
                 f"rolled back {result['rolled_back']} of {len(ex.touched)} touched devices "
                 f"to {result['to_version']}"
@@ -393,6 +402,7 @@ def report(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
                 "tokens_total": total_tokens(state.get("tokens", {})),
             },
             tx=tx,
+            once=f"done:{state['thread_id']}",  # a report replayed after a crash
         )
         store.runs.update(
             state["thread_id"], "done", outcome=outcome, detail={"reasons": reasons}, tx=tx

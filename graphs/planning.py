@@ -11,7 +11,7 @@ from langgraph.config import get_config
 from langgraph.runtime import Runtime
 from pydantic import ValidationError
 
-from fieldgate.agents import HISTORY_KINDS, planning_context, previous_versions
+from fieldgate.agents import planning_context
 from fieldgate.agents.planner import run_planner
 from fieldgate.agents.validator import run_validator
 from fieldgate.audit import ActorKind, EventKind
@@ -117,8 +117,10 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     store = ctx.store
     manifests = [r.manifest for r in store.catalog.list()]
     sites, devices = store.fleet.snapshot()
-    history = previous_versions(store.audit.events(kinds=HISTORY_KINDS))
-    summary = planning_context(devices, manifests, ctx.now(), sites=sites, previous=history)
+    # What each device ran before, kept in the fleet store as versions change: one query,
+    # not a read of every plan and device report in the audit log.
+    history = store.fleet.previous_versions()
+    summary = planning_context(devices, manifests, ctx.people_now(), sites=sites, previous=history)
     previous = plan_of(ctx, state) if state.get("plan") else None
     try:
         call = run_planner(
@@ -222,7 +224,7 @@ def validator(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
     findings = check_plan(plan, manifest, devices, sites)
     target_sites = sorted({d.site for d in select_devices(plan.target, devices, sites)})
     forecast = (
-        dry_run(plan, findings.wave_sizes, [sites[s] for s in target_sites], ctx.now())
+        dry_run(plan, findings.wave_sizes, [sites[s] for s in target_sites], ctx.people_now())
         if findings.wave_sizes
         else DryRun(targets=0, waves=[], starts_at=None, predicted_minutes=0, blast_radius=0)
     )
@@ -318,7 +320,7 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
             sites,
             installed,
             actor=state["actor"],
-            now=ctx.now(),
+            now=ctx.people_now(),
             freeze=ctx.freeze_in_force() is not None,
         ),
         thread_id=state.get("thread_id"),

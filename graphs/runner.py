@@ -316,8 +316,15 @@ class Orchestrator:
         """Execute a queued (or interrupted) run until it ends; ``on_update`` sees each step."""
         with self.ctx.store.runs.exclusive(thread_id) as mine:
             view = self.view(thread_id)
-            if not mine or view.outcome or view.interrupts or not view.next:
+            if not mine or view.outcome or view.interrupts:
                 return view
+            if not view.next:
+                snapshot = self.graph.get_state(self.config(thread_id))
+                if not snapshot.tasks:
+                    return view
+                # A step whose writes were saved but not the checkpoint after it (a worker
+                # killed in between) shows no next node; invoking applies the saved writes
+                # and goes on from there, so the run does not sit ``executing`` forever.
             return self._invoke(None, thread_id, on_update)
 
     def confirm(self, thread_id: str, actor: str) -> RunView:

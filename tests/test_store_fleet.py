@@ -222,3 +222,41 @@ def test_a_failing_import_leaves_the_database_unchanged(store: Store) -> None:
         store.fleet.import_inventory(broken, source="broken.yaml", actor="ops")
     assert (store.fleet.summary(), count_rows(store, FleetImportRow)) == before
     assert count_rows(store, DeviceRow) == 9
+
+
+def test_a_batch_of_installed_versions_is_one_write_and_keeps_what_ran_before(
+    store: Store,
+) -> None:
+    """Many reports' versions: one transaction, one revision bump, one statement per kind of
+    row; the version a device ran before is kept for the planner (no audit log read)."""
+    store.fleet.import_inventory(inventory(), source="fleet.yaml", actor="ops")
+    ran = {
+        d.id: d.installed["edge-runtime"]
+        for d in store.fleet.devices()
+        if d.installed.get("edge-runtime")
+    }
+    ids = sorted(ran)
+    before = store.fleet.revision()
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", seen)
+    try:
+        changed = store.fleet.set_installed_many([(d, "edge-runtime", "3.5.0") for d in ids])
+    finally:
+        event.remove(store.engine, "before_cursor_execute", seen)
+    assert changed == len(ids) > 1
+    assert store.fleet.revision() == before + 1
+    writes = [s for s in statements if not s.lstrip().upper().startswith(("SELECT", "BEGIN"))]
+    assert len(writes) <= 3 + 2, writes  # revision, installed, previous (+ savepoints)
+    assert all(d.installed["edge-runtime"] == "3.5.0" for d in store.fleet.devices() if d.id in ids)
+    previous = store.fleet.previous_versions()
+    assert {d: previous[d]["edge-runtime"] for d in ids} == ran
+    # Recording what is already stored changes nothing, not even the revision.
+    assert store.fleet.set_installed_many([(ids[0], "edge-runtime", "3.5.0")]) == 0
+    assert store.fleet.revision() == before + 1
+    with pytest.raises(NotFound, match="device 'ghost' is not in the fleet"):
+        store.fleet.set_installed_many([(ids[0], "edge-runtime", "3.6.0"), ("ghost", "x", "1.0.0")])
+    assert store.fleet.device(ids[0]).installed["edge-runtime"] == "3.5.0"

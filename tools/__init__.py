@@ -14,6 +14,8 @@ from fieldgate.tools._execution import (
     ToolContext,
     WaveRun,
     hold_for,
+    settle,
+    unknown_devices,
 )
 from fieldgate.tools._registry import (
     CHANGING,
@@ -44,6 +46,8 @@ __all__ = [
     "call_tool",
     "hold_for",
     "policy_tools",
+    "settle",
     "tool_specs",
     "tools_with_role",
+    "unknown_devices",
 ]

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
+from sqlmodel import Session
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.batches import chunks
@@ -124,6 +125,9 @@ class Execution(BaseModel):
     """What holds the run, while something does."""
     engine_failures: int = Field(default=0, ge=0)
     """Tool calls in a row the policy engine could not decide."""
+    audited: int = Field(default=0, ge=0)
+    """Events the executor appended for this run. Each is keyed by the count so far, so a
+    step replayed from its checkpoint after a crash appends none of them twice."""
 
     @property
     def finished_waves(self) -> bool:
@@ -170,6 +174,8 @@ class ToolContext:
     rollback_plan: bool = False
     """Whether the rollout policy judged the plan a rollback (it runs under a freeze)."""
     _command_index: dict[str, tuple[int, str]] = field(default_factory=dict)
+    _settled: dict[int, set[str]] = field(default_factory=dict)
+    _touched: set[str] | None = None
 
     @property
     def plan_id(self) -> str:
@@ -187,18 +193,35 @@ class ToolContext:
         return hold_for(self.ctx, self.plan_id, forward=self.forward)
 
     def audit(
-        self, kind: EventKind, actor_kind: ActorKind, actor: str, payload: dict[str, Any]
+        self,
+        kind: EventKind,
+        actor_kind: ActorKind,
+        actor: str,
+        payload: dict[str, Any],
+        *,
+        tx: Session | None = None,
     ) -> None:
-        """Append one event of this run, stamped with the run's clock."""
-        self.ctx.store.audit.append(
-            kind,
-            actor_kind,
-            actor,
-            payload,
+        """Append one event of this run, stamped with the wall clock (the simulated run's
+        virtual time in the payload, see :meth:`Context.with_virtual_at`), in ``tx`` if given.
+
+        The event is keyed by how many the run appended before it: a worker that dies
+        after the write but before the step's checkpoint replays the step from the
+        checkpoint, and the replayed event lands on the same key and is dropped.
+        """
+        ex = self.execution
+        key = f"run:{self.thread_id}:{ex.audited}:{kind}"
+        ex.audited += 1
+        event = NewEvent(
+            kind=kind,
+            actor_kind=actor_kind,
+            actor=actor,
+            payload=self.ctx.with_virtual_at(payload),
             plan_id=self.plan_id,
             thread_id=self.thread_id,
-            at=self.ctx.now(),
+            at=self.ctx.people_now(),
+            once=key,
         )
+        self.ctx.store.audit.append_many([event], tx=tx)
 
     def command_origin(self, command_id: str) -> tuple[int, str] | None:
         """(wave, device) of an install or rollback command of this plan."""
@@ -209,6 +232,25 @@ class ToolContext:
                         cid = command_id_for(self.plan_id, wave.index, device_id, action)
                         self._command_index[cid] = (wave.index, device_id)
         return self._command_index.get(command_id)
+
+    def settled(self, wave: int) -> set[str]:
+        """The devices of ``wave`` in its applied or failed list, as a set (kept in step
+        with the lists by :func:`_record`): membership is O(1), however large the wave."""
+        found = self._settled.get(wave)
+        if found is None:
+            run = self.execution.waves[wave]
+            found = self._settled[wave] = set(run.applied) | set(run.failed)
+        return found
+
+    def touch(self, device_ids: Sequence[str]) -> None:
+        """Add devices to :attr:`Execution.touched` (in order, each once) in O(1) each."""
+        ex = self.execution
+        if self._touched is None:
+            self._touched = set(ex.touched)
+        for device_id in device_ids:
+            if device_id not in self._touched:
+                self._touched.add(device_id)
+                ex.touched.append(device_id)
 
 
 def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> DeviceCommand:
@@ -259,37 +301,51 @@ def command_windows(tc: ToolContext, device_id: str, now: datetime) -> list[Star
 
 def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
     """Record device reports: audit events, installed versions in the fleet store."""
+    # Only this plan's: over MQTT a gateway hands back every report it took in, also those
+    # of runs other workers execute (they audit them under their own plan).
+    reports = [r for r in reports if tc.command_origin(r.command_id) is not None]
     if not reports:
         return
     store = tc.ctx.store
     events = []
+    installed: list[tuple[str, str, str | None]] = []
     for report in reports:
         events.append(
             NewEvent(
                 kind=EventKind.device_report,
                 actor_kind=ActorKind.device,
                 actor=report.device_id,
-                payload={
-                    "command_id": report.command_id,
-                    "status": report.status.value,
-                    "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
-                    "health_ok": report.health.ok,
-                    "reason": report.reason,
-                    "hlc": report.hlc.model_dump(),
-                },
+                payload=tc.ctx.with_virtual_at(
+                    {
+                        "command_id": report.command_id,
+                        "status": report.status.value,
+                        "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
+                        "health_ok": report.health.ok,
+                        "reason": report.reason,
+                        "hlc": report.hlc.model_dump(),
+                    }
+                ),
                 plan_id=tc.plan_id,
                 thread_id=tc.thread_id,
-                at=tc.ctx.now(),
+                at=tc.ctx.people_now(),
+                # A report read again (re-sent after a crash, or stored and handed back)
+                # is audited once.
+                once=f"report:{report.command_id}",
             )
         )
         if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
             version = report.installed.get(tc.manifest.name)
-            store.fleet.set_installed(report.device_id, tc.manifest.name, version)
-    store.audit.append_many(events)
+            installed.append((report.device_id, tc.manifest.name, version))
+    # The whole batch in one transaction (one fleet-revision bump): its installed versions
+    # and its audit events land together or not at all.
+    with store.writing(f"recording {len(reports)} device reports") as tx:
+        store.fleet.set_installed_many(installed, tx=tx)
+        store.audit.append_many(events, tx=tx)
 
 
 def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> None:
     """Sort install reports of this plan into their waves' applied and failed lists."""
+    answered: dict[int, set[str]] = {}
     for report in reports:
         origin = tc.command_origin(report.command_id)
         if origin is None:
@@ -298,16 +354,21 @@ def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> N
         if report.command_id != command_id_for(tc.plan_id, wave_index, device_id, Action.install):
             continue
         target = tc.execution.waves[wave_index]
-        if device_id in target.applied or device_id in target.failed:
+        settled = tc.settled(wave_index)
+        if device_id in settled:
             continue
-        if device_id in target.unreachable:
-            target.unreachable.remove(device_id)
+        settled.add(device_id)
+        if target.unreachable:
+            answered.setdefault(wave_index, set()).add(device_id)
         tc.execution.executed += 1
         if report.status is ReportStatus.applied and report.health.ok:
             target.applied.append(device_id)
         else:
             target.failed.append(device_id)
             tc.execution.failures += 1
+    for wave_index, late in answered.items():
+        target = tc.execution.waves[wave_index]
+        target.unreachable = [d for d in target.unreachable if d not in late]
 
 
 def _check_abort(tc: ToolContext) -> None:
@@ -359,7 +420,7 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     transport = ctx.transport
     run.status = "dispatching"
     wave_deadline = ctx.now() + ctx.settings.wave_deadline
-    done = set(run.applied) | set(run.failed)
+    done = tc.settled(wave)
     by_site: dict[str, list[str]] = {}
     for device_id in run.devices:
         if device_id not in done:
@@ -383,9 +444,7 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
                 return {"wave": wave, "halted": held.describe(), "held": held.kind}
             _wait_for_window(tc, site)
             commands = [make_command(tc, wave, d, Action.install) for d in chunk]
-            for device_id in chunk:
-                if device_id not in ex.touched:
-                    ex.touched.append(device_id)
+            tc.touch(chunk)
             dispatched = transport.dispatch(commands, wave)
             stored = [r for r in dispatched.duplicates.values() if r is not None]
             queued.update(dispatched.queued)
@@ -402,17 +461,13 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
                 run.status = "failed"
                 return {"wave": wave, "abort": ex.abort.reason, **_counts(run)}
     waiting = {
-        cid
-        for cid in queued
-        if (o := tc.command_origin(cid)) is not None
-        and o[1] not in run.applied
-        and o[1] not in run.failed
+        cid for cid in queued if (o := tc.command_origin(cid)) is not None and o[1] not in done
     }
     if waiting:
         reports = transport.wait(waiting, until=max(wave_deadline, ctx.now()))
         ingest(tc, reports)
         _record(tc, run, reports)
-    run.unreachable = [d for d in run.devices if d not in run.applied and d not in run.failed]
+    run.unreachable = [d for d in run.devices if d not in done]
     gate = spec.health_gate
     if gate is not None and gate.soak_minutes:
         soak = timedelta(minutes=gate.soak_minutes)
@@ -420,17 +475,22 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
             soak = min(soak, ctx.settings.max_soak)
         run.soak_until = ctx.now() + soak
         _waiting(tc, {"kind": "soak", "until": run.soak_until.isoformat(), "wave": wave})
-        reports = transport.sleep_until(run.soak_until)
+        held = _soak(tc, run, run.soak_until)
         _waiting(tc, None)
-        ingest(tc, reports)
-        _record(tc, run, reports)
+        if held is not None:
+            # Held mid-soak: the wave is judged after a full soak once the run resumes.
+            ex.held = held
+            run.status = "halted"
+            return {"wave": wave, "halted": held.describe(), "held": held.kind}
     # Health after the soak: a device that degraded since its install fails the gate.
-    for device_id in list(run.applied):
-        health = transport.telemetry(device_id).get("health", {})
-        if not health.get("ok", False):
-            run.applied.remove(device_id)
-            run.failed.append(device_id)
-            ex.failures += 1
+    degraded = [
+        d for d in run.applied if not transport.telemetry(d).get("health", {}).get("ok", False)
+    ]
+    if degraded:
+        moved = set(degraded)
+        run.applied = [d for d in run.applied if d not in moved]
+        run.failed.extend(degraded)
+        ex.failures += len(degraded)
     run.gate = judge_gate(tc.plan, wave, run)
     _check_abort(tc)
     if run.gate.passed and not ex.abort.tripped:
@@ -441,6 +501,62 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
         if not ex.abort.tripped:
             ex.abort = AbortState(tripped=True, reason=run.gate.reason)
     return {"wave": wave, **_counts(run), "gate": run.gate.model_dump()}
+
+
+def _soak(tc: ToolContext, run: WaveRun, until: datetime) -> Hold | None:
+    """Let the wave soak until ``until``, taking reports in; on a wall-clock transport look
+    at the kill switch and the freeze every ``hold_check`` and stop soaking when either
+    holds the run (returned)."""
+    ctx = tc.ctx
+    transport = ctx.transport
+    step = until - ctx.now() if transport.name == "twin" else ctx.settings.hold_check
+    while True:
+        reports = transport.sleep_until(min(until, ctx.now() + step))
+        ingest(tc, reports)
+        _record(tc, run, reports)
+        if ctx.now() >= until:
+            return None
+        held = tc.hold()
+        if held is not None:
+            return held
+
+
+def settle(tc: ToolContext) -> list[str]:
+    """Take in every report of this run's commands that no step took in yet (those that came
+    while the run was held or no worker listened, or before a crash), and count every device
+    the devices' side says was sent a command as touched, so a rollback includes it.
+
+    Returns:
+        Touched devices whose install has no report yet: their state is not known.
+    """
+    ex = tc.execution
+    transport = tc.ctx.transport
+    reports = transport.wait(set(), tc.ctx.now())
+    seen = {r.command_id for r in reports}
+    wave_of = {d: w.index for w in ex.waves for d in w.devices}
+    ids = {
+        command_id_for(tc.plan_id, wave, device_id, Action.install): device_id
+        for device_id, wave in wave_of.items()
+    }
+    touched = set(ex.touched)
+    for command_id, report in transport.sent(set(ids)).items():
+        if ids[command_id] not in touched:
+            ex.touched.append(ids[command_id])
+            touched.add(ids[command_id])
+        if report is not None and command_id not in seen:
+            reports.append(report)
+    ingest(tc, reports)
+    for wave in ex.waves:
+        _record(tc, wave, reports)
+        settled = set(wave.applied) | set(wave.failed)
+        wave.unreachable = [d for d in wave.unreachable if d not in settled]
+    return unknown_devices(ex)
+
+
+def unknown_devices(ex: Execution) -> list[str]:
+    """Touched devices with no report of their install: nobody knows what they run."""
+    settled = {d for w in ex.waves for d in (*w.applied, *w.failed)}
+    return [d for d in ex.touched if d not in settled]
 
 
 def judge_gate(plan: RolloutPlan, wave: int, run: WaveRun) -> GateResult:

@@ -112,6 +112,10 @@ class SendResult:
     """Addressed to a device the fleet does not have; not published."""
 
 
+GATEWAY_INFLIGHT = 2000
+"""QoS 1 messages the gateway keeps in flight: a 1,000-device wave's cmd and desired."""
+
+
 class Gateway:
     """Publishes commands to field agents and ingests what they send back."""
 
@@ -154,6 +158,9 @@ class Gateway:
         self._engine = store.engine
         self._writer = for_writing(store.engine)
         self._client = new_client(broker, client_id)
+        # A wave goes out in one tick: its QoS 1 publishes are acknowledged in flight
+        # together, not 100 at a time (a device's own client keeps the default).
+        self._client.max_inflight_messages_set(GATEWAY_INFLIGHT)
         self._client.on_connect = self._on_connect
         self._client.on_disconnect = self._on_disconnect
         self._client.on_message = self._on_message
@@ -307,14 +314,16 @@ class Gateway:
         known = {c.command_id: c for c in commands if c.device_id in views}
         stored = self._ledger_reports(list(known))
         new: list[DeviceCommand] = []
+        taken: set[str] = set()
         for command in commands:
             if command.device_id not in views:
                 result.unknown.append(command.command_id)
             elif command.command_id in stored:
                 result.duplicates[command.command_id] = stored[command.command_id]
-            elif any(c.command_id == command.command_id for c in new):
+            elif command.command_id in taken:
                 result.duplicates[command.command_id] = None
             else:
+                taken.add(command.command_id)
                 new.append(command)
         for command in new:
             if self.control_key is not None and not verify(
@@ -456,6 +465,11 @@ class Gateway:
                     found[command_id] = DeviceReport.model_validate_json(text) if text else None
         return found
 
+    def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
+        """Which of ``command_ids`` the ledger holds (whichever gateway sent them), each with
+        its stored first answer (None: none yet)."""
+        return self._ledger_reports(sorted(command_ids))
+
     def ledger(self) -> dict[str, tuple[str, str | None]]:
         """Every command id in the ledger with its device and report status (None: none yet)."""
         with self._engine.connect() as conn:
@@ -555,8 +569,8 @@ class Gateway:
         fresh, readings = match(ledger, reports, rejections, self.stats)
         changes, came_online = apply_state(readings, hellos, views, self._lock, self.stats)
         persist(self._writer, fresh, views, rejections, self._lock, self.stats)
-        for device_id, module, version in changes:
-            self.store.fleet.set_installed(device_id, module, version)
+        # The whole batch's versions in one transaction, one fleet-revision bump.
+        self.store.fleet.set_installed_many(changes)
         audit(self.store, rejections)
         with self._lock:
             for report in fresh:

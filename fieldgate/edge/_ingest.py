@@ -14,9 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, update
 from sqlalchemy.engine import Engine
-from sqlmodel import col
 
 from fieldgate.audit import ActorKind, EventKind
 from fieldgate.batches import chunks
@@ -28,7 +27,6 @@ from fieldgate.edge._tables import (
     COMMANDS,
     IN_LIST,
     REJECTIONS,
-    EdgeCommandRow,
     upsert_devices,
 )
 from fieldgate.edge._wire import MAX_PAYLOAD, Broker, Channel, Hello
@@ -328,14 +326,25 @@ def persist(
     """Store first answers, device states and rejections in one transaction."""
     now = now_us()
     with writer.begin() as conn:
-        for report in fresh:
+        if fresh:
+            # One statement for the batch (executemany), not one per report.
             conn.execute(
                 update(COMMANDS)
-                .where(col(EdgeCommandRow.command_id) == report.command_id)
-                .where(col(EdgeCommandRow.status).is_(None))
+                .where(COMMANDS.c.command_id == bindparam("b_command_id"))
+                .where(COMMANDS.c.status.is_(None))
                 .values(
-                    status=report.status.value, report=report.model_dump_json(), reported_us=now
-                )
+                    status=bindparam("b_status"),
+                    report=bindparam("b_report"),
+                    reported_us=now,
+                ),
+                [
+                    {
+                        "b_command_id": r.command_id,
+                        "b_status": r.status.value,
+                        "b_report": r.model_dump_json(),
+                    }
+                    for r in fresh
+                ],
             )
         with lock:
             rows = [

@@ -9,7 +9,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from fieldgate.audit import ActorKind, EventKind
+from fieldgate.audit import VIRTUAL_AT, ActorKind, EventKind
 from fieldgate.contract import canonical_json, sha256_hex
 from fieldgate.policy._decision import (
     ApprovalsDecision,
@@ -75,12 +75,17 @@ class PolicyGate:
         *,
         actor: str = "policy-gate",
         clock: Callable[[], datetime] | None = None,
+        virtual_clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.engine = engine
         self.audit = audit
         self.actor = actor
         self.clock = clock
-        """The run's clock for the events' times (the twin's virtual clock); None: now."""
+        """The clock of the events' times (the wall clock on the command line, a scenario's
+        virtual clock in evals); None: now."""
+        self.virtual_clock = virtual_clock
+        """The twin's virtual clock of a simulated run: its reading goes in each decision's
+        payload as ``virtual_at``; None: the run is on the wall clock."""
 
     def decide(
         self,
@@ -107,6 +112,8 @@ class PolicyGate:
             "engine": self.engine.name,
             "latency_ms": round(latency_ms, 3),
         }
+        if self.virtual_clock is not None:
+            payload[VIRTUAL_AT] = self.virtual_clock().isoformat()
         try:
             self.audit.append(
                 EventKind.policy_decision,

@@ -28,6 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session
 
 from fieldgate.audit import GENESIS_HASH, ActorKind, AuditEvent, EventKind, chain_hash
+from fieldgate.batches import chunks
 from fieldgate.contract import canonical_json, problems_of
 from fieldgate.errors import AuditBroken, StoreError
 from fieldgate.store._engine import for_writing, is_sqlite, reason_of
@@ -67,8 +68,20 @@ class AuditHeadRow(StoreTable, table=True):
     hash: str
 
 
+class AuditOnceRow(StoreTable, table=True):
+    """An event appended under a key that lets it be appended once (see ``NewEvent.once``)."""
+
+    __tablename__ = "audit_once"
+
+    key: str = Field(primary_key=True)
+    """The event's key: ``report:<command id>``, ``run:<thread>:<step>:<kind>``."""
+    seq: int = Field(sa_type=BigInteger)
+    """The event appended under it."""
+
+
 _EVENTS = table_of(AuditEventRow)
 _HEAD = table_of(AuditHeadRow)
+_ONCE = table_of(AuditOnceRow)
 _COLUMNS = (
     _EVENTS.c.seq,
     _EVENTS.c.at,
@@ -86,6 +99,7 @@ _COLUMNS = (
 _LOCK_HEAD = select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == _HEAD_ID).with_for_update()
 _LAST_EVENT = select(_EVENTS.c.seq, _EVENTS.c.hash).order_by(_EVENTS.c.seq.desc()).limit(1)
 _INSERT_EVENTS = insert(_EVENTS)
+_INSERT_ONCE = insert(_ONCE)
 _MOVE_HEAD = (
     update(_HEAD)
     .where(_HEAD.c.id == _HEAD_ID)
@@ -246,6 +260,9 @@ class NewEvent:
     """Graph thread the event belongs to."""
     at: datetime | None = None
     """When it happened; now when None; naive times are taken as UTC."""
+    once: str | None = None
+    """A key that makes the event land once: an append under a key already used is
+    dropped (a worker that replays a step after a crash, a device report seen again)."""
 
 
 @dataclass(frozen=True)
@@ -329,15 +346,27 @@ class AuditLog:
         """Chain ``pending`` onto the head and move it, in ``conn``'s open transaction."""
         now = datetime.now(UTC)
         seq, prev = self._lock_head(conn)
+        # Appends queue on the head lock, so no other writer can take a key meanwhile.
+        used = _used_keys(conn, [new.once for new in pending if new.once is not None])
         appended: list[AuditEvent] = []
         rows: list[dict[str, Any]] = []
+        keys: list[dict[str, Any]] = []
         for new in pending:
+            if new.once is not None:
+                if new.once in used:
+                    continue
+                used.add(new.once)
+                keys.append({"key": new.once, "seq": seq + 1})
             seq += 1
             event, row = _chained(new, seq, prev, now)
             appended.append(event)
             rows.append(row)
             prev = event.hash
+        if not rows:
+            return []
         conn.execute(_INSERT_EVENTS, rows)
+        if keys:
+            conn.execute(_INSERT_ONCE, keys)
         conn.execute(_MOVE_HEAD, {"new_seq": seq, "new_hash": prev})
         return appended
 
@@ -493,6 +522,14 @@ class AuditLog:
             raise StoreError(f"reading the audit log failed: {str(exc).strip()}") from exc
         finally:
             cursor.close()
+
+
+def _used_keys(conn: Connection, keys: list[str]) -> set[str]:
+    """Which of ``keys`` events were already appended under."""
+    used: set[str] = set()
+    for chunk in chunks(sorted(set(keys)), 500):
+        used.update(conn.execute(select(_ONCE.c.key).where(_ONCE.c.key.in_(chunk))).scalars())
+    return used
 
 
 def _chained(

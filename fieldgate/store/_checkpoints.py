@@ -63,7 +63,7 @@ class AuditCheckpointRow(StoreTable, table=True):
 
 _LOG = table_of(AuditLogIdRow)
 _CHECKPOINTS = table_of(AuditCheckpointRow)
-AUDIT_TABLES = ("audit_event", "audit_head", "audit_checkpoint", "audit_log_id")
+AUDIT_TABLES = ("audit_event", "audit_head", "audit_once", "audit_checkpoint", "audit_log_id")
 """Every table of the audit log: the restricted database role may not rewrite them."""
 
 _GUARDED = [

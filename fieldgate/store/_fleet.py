@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from packaging.version import InvalidVersion
-from sqlalchemy import Select, and_, delete, exists, func, insert, or_, select, update
+from sqlalchemy import Select, and_, bindparam, delete, exists, func, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col
@@ -106,6 +106,21 @@ class InstalledRow(StoreTable, table=True):
     device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
     module: str = Field(primary_key=True, index=True)
     version: str
+
+
+class PreviousRow(StoreTable, table=True):
+    """The version one module ran on one device before its latest recorded change.
+
+    Written with the change (:meth:`FleetStore.set_installed_many`), so "the version
+    these devices ran before" is one query, however long the audit log grows.
+    """
+
+    __tablename__ = "fleet_installed_before"
+
+    device_id: str = Field(foreign_key="fleet_device.id", primary_key=True, ondelete="CASCADE")
+    module: str = Field(primary_key=True)
+    version: str
+    """The version it ran before."""
 
 
 class DeviceKeyRow(StoreTable, table=True):
@@ -447,24 +462,96 @@ class FleetStore:
         Returns:
             The device as now stored.
         """
-        _check_module_version(module, version)
-        with transaction(self._writer, f"recording {module} on {device_id}") as session:
-            if session.get(DeviceRow, device_id) is None:
-                raise NotFound(f"device {device_id!r} is not in the fleet")
-            _bump_revision(session)
-            if version is None:
-                session.execute(
-                    delete(InstalledRow).where(
-                        col(InstalledRow.device_id) == device_id, col(InstalledRow.module) == module
-                    )
-                )
-            else:
-                _upsert(
-                    session,
-                    InstalledRow,
-                    [{"device_id": device_id, "module": module, "version": version}],
-                )
-            return _load_devices(session, Selector(devices=[device_id]))[0]
+        self.set_installed_many([(device_id, module, version)])
+        return self.device(device_id)
+
+    def set_installed_many(
+        self, changes: Iterable[tuple[str, str, str | None]], *, tx: Session | None = None
+    ) -> int:
+        """Record many ``(device_id, module, version)`` at once (version None: not installed).
+
+        One transaction and at most one fleet-revision bump for the whole batch, the
+        rows written with one statement each (``executemany``); a later change of the same
+        device and module wins. A version that differs from the stored one keeps the
+        stored one as the device's previous version (:meth:`previous_versions`). Given
+        ``tx`` (see :meth:`Store.writing`), the rows join that transaction.
+
+        Returns:
+            How many (device, module) rows changed.
+
+        Raises:
+            NotFound: a device is not in the fleet; nothing was recorded.
+        """
+        latest: dict[tuple[str, str], str | None] = {}
+        for device_id, module, version in changes:
+            _check_module_version(module, version)
+            latest[(device_id, module)] = version
+        if not latest:
+            return 0
+        if tx is not None:
+            return self._set_installed(tx, latest)
+        what = f"recording installed versions on {len({d for d, _ in latest})} devices"
+        with transaction(self._writer, what) as session:
+            return self._set_installed(session, latest)
+
+    def _set_installed(self, session: Session, latest: dict[tuple[str, str], str | None]) -> int:
+        ids = sorted({device_id for device_id, _ in latest})
+        item = table_of(InstalledRow).c
+        present: set[str] = set()
+        current: dict[tuple[str, str], str] = {}
+        for chunk in chunks(ids, _CHUNK):
+            present.update(
+                session.scalars(select(col(DeviceRow.id)).where(col(DeviceRow.id).in_(chunk)))
+            )
+            rows = session.execute(
+                select(item.device_id, item.module, item.version).where(item.device_id.in_(chunk))
+            )
+            current.update({(d, m): v for d, m, v in rows})
+        missing = [d for d in ids if d not in present]
+        if missing:
+            raise NotFound(f"device {missing[0]!r} is not in the fleet")
+        changed = {key: v for key, v in latest.items() if current.get(key) != v}
+        if not changed:
+            return 0
+        _bump_revision(session)
+        gone = [{"d": d, "m": m} for (d, m), v in changed.items() if v is None]
+        if gone:
+            session.execute(
+                delete(table_of(InstalledRow)).where(
+                    item.device_id == bindparam("d"), item.module == bindparam("m")
+                ),
+                gone,
+            )
+        _upsert(
+            session,
+            InstalledRow,
+            [
+                {"device_id": d, "module": m, "version": v}
+                for (d, m), v in changed.items()
+                if v is not None
+            ],
+        )
+        _upsert(
+            session,
+            PreviousRow,
+            [
+                {"device_id": d, "module": m, "version": current[(d, m)]}
+                for (d, m) in changed
+                if (d, m) in current
+            ],
+        )
+        return len(changed)
+
+    def previous_versions(self) -> dict[str, dict[str, str]]:
+        """By device id, the version each module ran before its latest recorded change."""
+        before = table_of(PreviousRow).c
+        found: dict[str, dict[str, str]] = defaultdict(dict)
+        with transaction(self._engine, "reading previous versions") as session:
+            for device_id, module, version in session.execute(
+                select(before.device_id, before.module, before.version)
+            ):
+                found[device_id][module] = version
+        return dict(found)
 
     def enroll(
         self,

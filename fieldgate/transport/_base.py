@@ -51,5 +51,9 @@ class Transport(Protocol):
     def sleep_until(self, until: datetime) -> list[DeviceReport]:
         """Let time pass until ``until``; return the reports that arrived meanwhile."""
 
+    def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
+        """Which of ``command_ids`` were ever sent, each with its stored first answer (None:
+        none yet), whenever it came: also while no executor step was listening."""
+
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """The latest status a device reported: installed modules, health, reachability."""

@@ -61,6 +61,10 @@ class MqttTransport:
             reports += self.gateway.collect(set(), 0)
         return reports + self.gateway.collect(set(), 0)
 
+    def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
+        """Which of ``command_ids`` the gateways' ledger holds, with their stored reports."""
+        return self.gateway.sent(command_ids)
+
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """The device's latest reported state; ``health.note`` is untrusted text."""
         return self.gateway.telemetry(device_id)

@@ -67,6 +67,8 @@ class TwinTransport:
     def dispatch(self, commands: Sequence[DeviceCommand], wave: int) -> Dispatched:
         """Hand commands to the simulated devices."""
         result = self.twin.dispatch(commands, wave)
+        # The keys of the devices about to answer, in one query (not one per event).
+        self._enroll_keys(c.device_id for c in commands)
         stored = [d.report for d in result.duplicates if d.report is not None]
         trusted = {r.command_id for r in self._trusted(stored)}
         return Dispatched(
@@ -83,15 +85,17 @@ class TwinTransport:
         """Advance event by event until every pending id reported or ``until`` is reached."""
         waiting = set(pending)
         reports: list[DeviceReport] = []
-        while waiting:
-            upcoming = self.twin.next_event()
-            if upcoming is None or upcoming > until:
-                if until > self.twin.now:
-                    reports.extend(self._trusted(self.twin.advance(until)))
-                break
-            arrived = self._trusted(self.twin.advance(upcoming))
-            reports.extend(arrived)
-            waiting -= {r.command_id for r in arrived}
+        if not waiting:
+            return reports
+
+        def more(arrived: list[DeviceReport]) -> bool:
+            trusted = self._trusted(arrived)
+            reports.extend(trusted)
+            waiting.difference_update(r.command_id for r in trusted)
+            return bool(waiting)
+
+        # Every event's reports are checked as they arrive; the twin writes through once.
+        self.twin.advance_while(until, more)
         return reports
 
     def sleep_until(self, until: datetime) -> list[DeviceReport]:
@@ -100,15 +104,22 @@ class TwinTransport:
             return []
         return self._trusted(self.twin.advance(until))
 
+    def sent(self, command_ids: set[str]) -> dict[str, DeviceReport | None]:
+        """Which of ``command_ids`` the twin's effect ledger holds, with their reports."""
+        return {e.command_id: e.report for e in self.twin.effects() if e.command_id in command_ids}
+
     def telemetry(self, device_id: str) -> dict[str, Any]:
         """The simulated device's status, with its free-text note (untrusted)."""
         return self.twin.telemetry(device_id)
 
-    def _trusted(self, reports: list[DeviceReport]) -> list[DeviceReport]:
-        """The reports :func:`refusal_of` lets through, in order; the others are kept aside."""
-        missing = {r.device_id for r in reports} - self._enrolled.keys()
+    def _enroll_keys(self, device_ids: Iterable[str]) -> None:
+        missing = set(device_ids) - self._enrolled.keys()
         if missing:
             self._enrolled.update(self.keys(missing))
+
+    def _trusted(self, reports: list[DeviceReport]) -> list[DeviceReport]:
+        """The reports :func:`refusal_of` lets through, in order; the others are kept aside."""
+        self._enroll_keys(r.device_id for r in reports)
         now_ms, skew_ms = to_ms(self.twin.now), round(self.max_clock_skew * 1000)
         kept = []
         for report in reports:

@@ -13,7 +13,7 @@ returns. A twin object is not thread-safe; one process drives one twin at a time
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -469,6 +469,38 @@ class FleetTwin:
         target = self._target_ms(to)
         reports = self._sim.run(target)
         self._sim.clock_ms = target
+        self._commit()
+        return reports
+
+    def advance_while(
+        self, until: datetime, more: Callable[[list[DeviceReport]], bool]
+    ) -> list[DeviceReport]:
+        """Advance event by event, written through once: until ``more`` says enough.
+
+        ``more`` sees the reports of each event time as they are sent and answers whether
+        to go on; with no event left before ``until``, the clock moves to ``until``. What
+        :meth:`advance` called once per event does, in one store transaction.
+
+        Returns:
+            Every report sent on the way, in order.
+        """
+        self._check_usable()
+        target = self._target_ms(until)
+        reports: list[DeviceReport] = []
+        while True:
+            t = self._sim.next_live_event()
+            if t is None or t > target:
+                if target > self._sim.clock_ms:
+                    last = self._sim.run(target)
+                    self._sim.clock_ms = target
+                    reports.extend(last)
+                    more(last)
+                break
+            arrived = self._sim.run(t)
+            self._sim.clock_ms = t
+            reports.extend(arrived)
+            if not more(arrived):
+                break
         self._commit()
         return reports
 

@@ -1,0 +1,286 @@
+"""Benchmark a whole rollout against fleet size: request -> approvals -> execution on the twin.
+
+Run: ``.venv/bin/python bench/scale.py [--sizes 1000,10000,100000] [--backends sqlite,postgres]``
+or ``.venv/bin/python bench/scale.py --devices 10000`` (one size, SQLite, prints ``per device``).
+
+Every device of a 20-site fleet is targeted by one safety-class rollout. The world (catalog,
+fleet import, the twin, device key enrolment) is built first and not timed; the orchestrator
+time is ``submit`` (intake, planner, validator, policy) plus the approvals plus ``work``
+(every wave dispatched to the twin, settled and recorded). Each size runs in a fresh child
+process, so that its peak RSS is its own. Printed per run: seconds, milliseconds per device,
+the policy decision's latency and the size of its input (summaries: flat in the fleet), and
+peak RSS; then the growth exponent (slope of log time against log devices) and the
+PostgreSQL/SQLite ratio per size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+SITES = 20
+PG_DSN = os.environ.get("FIELDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+GOALS = "goals: 100k on SQLite <= 20 s (0.2 ms/device); PostgreSQL <= 1.5x; exponent <= 1.05"
+
+
+def scenario_of(devices: int) -> Any:
+    """A safety-class rollout to every one of ``devices`` gateways over 20 sites."""
+    from fieldgate.scenario import Scenario
+
+    sites = [f"site-{n:02d}" for n in range(SITES)]
+    return Scenario.model_validate(
+        {
+            "apiVersion": "fieldgate/v1",
+            "kind": "Scenario",
+            "id": f"scale-{devices}",
+            "category": "approval",
+            "description": "scale benchmark",
+            "context": {"now": "2026-11-21T10:00:00Z", "freeze": False},
+            "roster": {
+                "eng-ana": ["engineer"],
+                "saf-lee": ["safety"],
+                "rm-kim": ["release-manager"],
+                "cmp-ivo": ["compliance"],
+            },
+            "actor": "eng-ana",
+            "fleet": {
+                "sites": [
+                    {
+                        "id": s,
+                        "region": "eu-central",
+                        "kind": "field",
+                        "timezone": "Europe/Berlin",
+                        "maintenance": ["Sat 01:00-05:00"],
+                    }
+                    for s in sites
+                ],
+                "generate": [
+                    {
+                        "sites": sites,
+                        "class": "hvac-gw",
+                        "per_site": devices // SITES,
+                        "arch": "arm64",
+                        "memory_mb": 1024,
+                        "installed": {"edge-runtime": "3.2.0", "hvac-controller": "2.3.4"},
+                    }
+                ],
+            },
+            "catalog": [
+                {
+                    "name": "hvac-controller",
+                    "version": v,
+                    "safety": "high",
+                    "device_classes": ["hvac-gw"],
+                    "arch": ["arm64"],
+                    "min_memory_mb": 512,
+                    "requires": [{"module": "edge-runtime", "range": ">=3.0,<4"}],
+                    "signed": True,
+                }
+                for v in ("2.3.4", "2.4.1")
+            ],
+            "request": "Roll out hvac-controller 2.4.1 to all hvac gateways in eu-central",
+            "approvals": [],
+            "expect": {},
+        }
+    )
+
+
+@contextmanager
+def database(backend: str) -> Iterator[str]:
+    """A fresh database URL: a temporary SQLite file, or a PostgreSQL schema dropped after."""
+    if backend == "sqlite":
+        workdir = Path(tempfile.mkdtemp(prefix="fg-bench-scale-"))
+        yield f"sqlite:///{workdir}/fieldgate.db"
+        return
+    import psycopg
+
+    schema = "fgscale_" + uuid.uuid4().hex[:12]
+    with psycopg.connect(PG_DSN, autocommit=True) as conn:
+        conn.execute(f'CREATE SCHEMA "{schema}"')
+    base = PG_DSN.replace("postgresql://", "postgresql+psycopg://", 1)
+    try:
+        yield f"{base}?options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(PG_DSN, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+
+
+CRYPTO_CPU = {"sign": 0.0, "verify": 0.0}
+"""Process CPU seconds in ed25519 signing (commands, device reports) and verification."""
+
+
+def time_crypto() -> None:
+    """Count the CPU time of every signature made and checked (the checks are not changed)."""
+    import fieldgate.signing as signing
+    from fieldgate.twin._keys import TwinKeys
+
+    def timed(kind: str, function: Any) -> Any:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            began = time.process_time()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                CRYPTO_CPU[kind] += time.process_time() - began
+
+        return wrapper
+
+    signing._verifies = timed("verify", signing._verifies)
+    signing.SigningKey.sign = timed("sign", signing.SigningKey.sign)  # type: ignore[method-assign]
+    TwinKeys.sign = timed("sign", TwinKeys.sign)  # type: ignore[method-assign]
+
+
+def one_run(devices: int, backend: str) -> dict[str, Any]:
+    """Build the world, then time request -> approvals -> execution (in this process)."""
+    time_crypto()
+    from fieldgate.audit import EventKind
+    from fieldgate.evals._world import open_run
+    from fieldgate.policy import RegoEngine
+
+    class MeasuredEngine(RegoEngine):
+        """The in-process engine, recording the size of every input it decides on."""
+
+        sizes: list[tuple[str, int]] = []
+
+        def decide(self, path: str, document: Any) -> Any:
+            self.sizes.append((path.rsplit("/", 1)[-1], len(json.dumps(document, default=str))))
+            return super().decide(path, document)
+
+    scenario = scenario_of(devices)
+    engine = MeasuredEngine()
+    with database(backend) as url:
+        began = time.perf_counter()
+        with open_run(scenario, url, engine) as (world, orch):
+            setup = time.perf_counter() - began
+            began, cpu = time.perf_counter(), time.process_time()
+            crypto_before = dict(CRYPTO_CPU)
+            view = orch.submit(scenario.request, scenario.actor, plan_id="scale")
+            planned = time.perf_counter() - began
+            for person in ("saf-lee", "rm-kim", "cmp-ivo"):
+                if view.status == "awaiting_approval":
+                    view = orch.decide(view.thread_id, world.keys[person], "approve", "bench")
+            view = orch.work(view.thread_id)
+            seconds = time.perf_counter() - began
+            cpu = time.process_time() - cpu
+            crypto = {k: CRYPTO_CPU[k] - crypto_before[k] for k in CRYPTO_CPU}
+            decisions = [
+                e.payload
+                for e in world.store.audit.events(
+                    plan_id="scale", kinds=[EventKind.policy_decision]
+                )
+            ]
+            versions: dict[str, int] = {}
+            for device in world.store.fleet.devices():
+                v = device.installed.get("hvac-controller", "-")
+                versions[v] = versions.get(v, 0) + 1
+    return {
+        "devices": devices,
+        "backend": backend,
+        "setup": setup,
+        "planning": planned,
+        "seconds": seconds,
+        "cpu": cpu,
+        "crypto": crypto,
+        "outcome": view.outcome,
+        "installed": versions,
+        "policy_ms": [round(d.get("latency_ms", 0.0), 2) for d in decisions],
+        "policy_input_chars": sorted(set(MeasuredEngine.sizes)),
+        "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+def child(devices: int, backend: str) -> dict[str, Any]:
+    """Run one size in a fresh process (its own peak RSS) and read its result."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", str(devices), "--backends", backend],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def show(run: dict[str, Any]) -> None:
+    per = run["seconds"] / run["devices"] * 1000
+    print(
+        f"  {run['backend']:<8} {run['devices']:>7} devices: {run['seconds']:8.2f} s "
+        f"({run['cpu']:.2f} s CPU; planning {run['planning']:.2f} s), {per:.3f} ms/device "
+        f"({run['cpu'] / run['devices'] * 1000:.3f} CPU), peak RSS "
+        f"{run['rss_mib']:.0f} MiB, setup {run['setup']:.1f} s (not timed), outcome "
+        f"{run['outcome']}, installed {run['installed']}"
+    )
+    crypto = run["crypto"]
+    both = crypto["sign"] + crypto["verify"]
+    print(
+        f"           ed25519: signing {crypto['sign']:.2f} s + verifying {crypto['verify']:.2f} s "
+        f"CPU = {both * 1000 / run['devices']:.3f} ms/device, {both / run['cpu']:.0%} of the CPU"
+    )
+    print(f"           policy decisions {run['policy_ms']} ms")
+    sizes = ", ".join(f"{name} {chars}" for name, chars in run["policy_input_chars"])
+    print(f"           policy input chars (summaries: flat in the fleet): {sizes}")
+
+
+def exponent(runs: list[dict[str, Any]], key: str = "seconds") -> float | None:
+    """The least-squares slope of log(``key``: seconds or cpu) against log(devices)."""
+    if len(runs) < 2:
+        return None
+    xs = [math.log(r["devices"]) for r in runs]
+    ys = [math.log(r[key]) for r in runs]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum(
+        (x - mx) ** 2 for x in xs
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--devices", type=int, help="one size on SQLite; prints per device")
+    parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated sizes")
+    parser.add_argument("--backends", default="sqlite,postgres", help="sqlite,postgres")
+    parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(one_run(args.child, args.backends)))
+        return 0
+    if args.devices:
+        run = child(args.devices, "sqlite")
+        show(run)
+        print(f"per device: {run['seconds'] / run['devices'] * 1000:.3f} ms")
+        print(f"per device (process CPU): {run['cpu'] / run['devices'] * 1000:.3f} ms")
+        return 0
+    sizes = [int(s) for s in args.sizes.split(",")]
+    backends = args.backends.split(",")
+    results: dict[str, list[dict[str, Any]]] = {b: [] for b in backends}
+    print(f"request -> approvals -> execution, {SITES} sites, every device targeted")
+    for size in sizes:
+        for backend in backends:
+            run = child(size, backend)
+            results[backend].append(run)
+            show(run)
+            sys.stdout.flush()
+    for backend, runs in results.items():
+        k, k_cpu = exponent(runs), exponent(runs, "cpu")
+        if k is not None and k_cpu is not None:
+            print(f"  growth exponent {backend}: {k:.3f} wall, {k_cpu:.3f} process CPU")
+    if "sqlite" in results and "postgres" in results:
+        for s, p in zip(results["sqlite"], results["postgres"], strict=True):
+            print(
+                f"  {s['devices']:>7} devices: PostgreSQL/SQLite {p['seconds'] / s['seconds']:.2f}x"
+            )
+    print(f"  {GOALS}; peak RSS <= 400 MiB at 100k")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
