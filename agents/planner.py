@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import BaseMessage, HumanMessage, SystemMessage
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from pydantic import BaseModel, Field
 
 from fieldgate.agents._prompting import json_section, section, untrusted
@@ -113,20 +113,41 @@ def planner_messages(
     feedback: list[str] | None = None,
     ticket: str | None = None,
     previous: RolloutPlan | None = None,
+    conversation: list[dict[str, str]] | None = None,
+    revising: dict[str, Any] | None = None,
 ) -> list[BaseMessage]:
-    """The messages the planner model is sent."""
+    """The messages the planner model is sent.
+
+    A request that continues a chat comes after the conversation's earlier turns, as chat
+    messages (the engineer's as human, fieldgate's answers as AI messages); when it revises
+    the conversation's last plan, that plan is sent as ``plan_to_revise``.
+    """
     parts = [
         section("request", request),
         json_section("planning_context", context.model_dump(mode="json")),
     ]
     if ticket:
         parts.append(untrusted("request_ticket", ticket))
+    if revising is not None:
+        parts.append(json_section("plan_to_revise", revising))
+        parts.append(CONVERSATION_NOTE)
     if previous is not None:
         parts.append(json_section("previous_plan", PlanDraft.of(previous).model_dump(mode="json")))
     if feedback:
         parts.append(section("validator_feedback", "\n".join(f"- {f}" for f in feedback)))
     parts.append("Answer with one PlannerDecision call.")
-    return [SystemMessage(PLANNER_SYSTEM), HumanMessage("\n\n".join(parts))]
+    earlier: list[BaseMessage] = [
+        HumanMessage(turn["text"]) if turn.get("role") == "user" else AIMessage(turn["text"])
+        for turn in conversation or []
+        if turn.get("text")
+    ]
+    return [SystemMessage(PLANNER_SYSTEM), *earlier, HumanMessage("\n\n".join(parts))]
+
+
+CONVERSATION_NOTE = (
+    "The request follows up on the plan in <plan_to_revise> (the conversation above): change "
+    "only what it asks (canary size, targets, version) and keep the rest."
+)
 
 
 def run_planner(
@@ -137,7 +158,11 @@ def run_planner(
     ticket: str | None = None,
     previous: RolloutPlan | None = None,
     retries: int = 2,
+    conversation: list[dict[str, str]] | None = None,
+    revising: dict[str, Any] | None = None,
 ) -> StructuredCall[PlannerDecision]:
     """Ask the planner model for a decision; invalid output is fed back up to ``retries`` times."""
-    messages = planner_messages(request, context, feedback, ticket, previous)
+    messages = planner_messages(
+        request, context, feedback, ticket, previous, conversation=conversation, revising=revising
+    )
     return call_structured(model, messages, PlannerDecision, retries=retries)

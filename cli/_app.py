@@ -19,6 +19,7 @@ from fieldgate.cli._fleet import fleet_app
 from fieldgate.cli._freeze import freeze
 from fieldgate.cli._init import demo, init
 from fieldgate.cli._keys import keys_app
+from fieldgate.cli._plans import plans_app
 from fieldgate.cli._policy import policy_app
 from fieldgate.cli._runs import runs_app
 from fieldgate.cli._schema import schema
@@ -60,6 +61,7 @@ fleet_app.command("up")(up)
 app.add_typer(fleet_app, name="fleet")
 app.add_typer(approvals_app, name="approvals")
 app.add_typer(runs_app, name="runs")
+app.add_typer(plans_app, name="plans")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
 app.add_typer(db_app, name="db")

@@ -403,3 +403,63 @@ def reject(
 ) -> None:
     """Reject a plan with a signed decision; a counted rejection ends the run."""
     _decide_command(plan, approver, "reject", comment, db)
+
+
+@approvals_app.command("edit")
+@handles_errors
+def edit(
+    plan: str = PlanArgument,
+    approver: str = ApproverOption,
+    canary: int = typer.Option(None, "--canary", min=1, help="Devices in the first wave."),
+    max_parallel: int = typer.Option(
+        None, "--max-parallel", min=1, help="Most devices installing at once, in every wave."
+    ),
+    version: str = typer.Option(None, "--version", help="Another catalog version to install."),
+    comment: str = CommentOption,
+    db: str = DbOption,
+) -> None:
+    """Propose a signed edit of a plan waiting for approval: it becomes a new revision that
+    is validated, gated by policy and needs its own decisions (earlier ones do not carry
+    over)."""
+    from fieldgate.agents.planner import PlanDraft
+    from fieldgate.graphs.compose import open_orchestrator
+
+    if canary is None and max_parallel is None and version is None:
+        raise typer.BadParameter(
+            "say what to change: --canary, --max-parallel or --version", param_hint="edit"
+        )
+    config = command_config(db)
+    with open_orchestrator(config=config) as orchestrator:
+        store = orchestrator.ctx.store
+        run = find_run(store, plan)
+        view = orchestrator.view(run.thread_id)
+        if not view.interrupts or view.awaiting_confirmation:
+            refuse(f"plan {run.plan_id} is not awaiting approval (it is {view.status})")
+        key = load_key(config.keys_dir, approver)
+        not_enrolled = key_not_enrolled(orchestrator, approver, key.key_id)
+        if not_enrolled is not None:
+            refuse(not_enrolled)
+        draft = PlanDraft.of(
+            orchestrator.ctx.plans.plan(view.values["plan"], view.values["plan_hash"])
+        )
+        waves = [wave.model_copy() for wave in draft.waves]
+        if canary is not None:
+            waves[0] = waves[0].model_copy(update={"count": canary, "percent": None})
+        if max_parallel is not None:
+            waves = [w.model_copy(update={"max_parallel": max_parallel}) for w in waves]
+        update: dict[str, Any] = {"waves": waves}
+        if version is not None:
+            update["version"] = version
+        draft = PlanDraft.model_validate(
+            {**draft.model_dump(), **update, "waves": [w.model_dump() for w in waves]}
+        )
+        before = view.values.get("plan_hash")
+        after = orchestrator.edit(run.thread_id, key, draft, comment)
+        if after.values.get("plan_hash") == before:
+            refuse(f"the edit of {run.plan_id} was not taken; `fieldgate audit show {run.plan_id}`")
+        console.print(
+            f"signed edit by [bold]{shown(approver)}[/] ({key.key_id}): plan "
+            f"{shown(run.plan_id)} revision {after.values.get('revisions')}",
+            highlight=False,
+        )
+        print_status(after, store.runs.get(after.thread_id), deciding=True)

@@ -393,6 +393,15 @@ def print_status(
     if view.held:
         print_held(plan_id, view.held, unknown=(run.detail.get("unknown") or []) if run else ())
         return
+    if view.awaiting_confirmation:
+        console.print(
+            f"[bold]{plan_id}:[/] [bold cyan]proposed, not queued[/]: policy needs no approvals; "
+            f"it waits for {shown(values.get('actor', 'the requester'))}'s yes (say yes in the "
+            f"chat, or `fieldgate plans confirm {plan_id}`; withdraw with "
+            f"`fieldgate plans withdraw {plan_id}`)",
+            highlight=False,
+        )
+        return
     if view.status == "awaiting_approval":
         missing = (values.get("approvals") or {}).get("missing") or []
         ask = (

@@ -173,6 +173,9 @@ def _waiting(
     held = view.held or run.detail.get("held")
     if isinstance(held, dict) and held.get("kind"):
         return _held(held)
+    if view.awaiting_confirmation:
+        requester = str(values.get("actor", "the requester"))
+        return [Waiting(kind="confirmation", detail=f"{requester}'s yes", people=True)]
     if view.status == "awaiting_approval":
         missing = (values.get("approvals") or {}).get("missing") or []
         if not missing:
@@ -409,6 +412,8 @@ def _waiting_line(status: RunStatus, waiting: Waiting, now: datetime) -> str:
         hint = f"\n    {hold_hint(status.plan_id, held)}"
     elif waiting.kind == "approvals":
         hint = f"\n    approvers: `fieldgate approvals show {status.plan_id}`"
+    elif waiting.kind == "confirmation":
+        hint = f"\n    `fieldgate plans confirm {status.plan_id}` (or withdraw it)"
     elif waiting.kind == "worker":
         hint = " (`fieldgate worker` executes it)"
     colour = "yellow" if waiting.people else "cyan"

@@ -49,6 +49,7 @@ class EventKind(StrEnum):
     resume = "resume"
     freeze = "freeze"
     retry = "retry"
+    withdraw = "withdraw"
     key = "key"
     catalog = "catalog"
     fleet = "fleet"

@@ -75,6 +75,9 @@ class Config:
     """``FIELDGATE_ROSTER``: roles by person, read from that JSON file; empty: the pack's."""
     freeze: bool = False
     """``FIELDGATE_FREEZE``: ``1`` when a change freeze is in force."""
+    confirm: bool = True
+    """``FIELDGATE_CONFIRM``: ``0`` queues a chat's plan that needs no approvals at once;
+    otherwise it waits for the requester's yes (as ``chat --yes`` does not)."""
     broker_url: str = DEFAULT_BROKER
     """``FIELDGATE_BROKER``: the MQTT broker, ``mqtt://`` or ``mqtts://``."""
     mqtt_password: str | None = None
@@ -129,6 +132,7 @@ class Config:
             openai_api_key=text("OPENAI_API_KEY"),
             roster=_roster(text("FIELDGATE_ROSTER")),
             freeze=env.get("FIELDGATE_FREEZE", "") == "1",
+            confirm=env.get("FIELDGATE_CONFIRM", "") != "0",
             broker_url=text(BROKER_ENV) or DEFAULT_BROKER,
             mqtt_password=text(PASSWORD_ENV),
             mqtt_credentials=Path(creds) if (creds := text(CREDENTIALS_ENV)) else None,

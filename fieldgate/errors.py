@@ -63,6 +63,10 @@ class NotFound(FieldgateError):
     """A named module, version, device, site or plan does not exist."""
 
 
+class WithdrawRefused(FieldgateError):
+    """A plan cannot be withdrawn or confirmed: it ended, it executes, or it is not theirs."""
+
+
 class ApprovalInvalid(FieldgateError):
     """An approval is malformed, unsigned or signed by the wrong key."""
 

@@ -358,6 +358,7 @@ DeviceState = Literal["pending", "applied", "failed", "unreachable", "rolled_bac
 
 WaitKind = Literal[
     "planning",
+    "confirmation",
     "approvals",
     "worker",
     "maintenance_window",

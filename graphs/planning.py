@@ -131,6 +131,8 @@ def planner(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any]:
             ticket=state.get("ticket"),
             previous=previous,
             retries=ctx.settings.model_retries,
+            conversation=state.get("conversation") or None,
+            revising=state.get("revising") or None,
         )
     except ModelFailed as exc:
         return model_failed(ctx, state, "planner", exc)
@@ -338,13 +340,21 @@ def policy_gate(state: RolloutState, runtime: Runtime[Context]) -> dict[str, Any
             "missing": [{"role": a.role, "count": a.count} for a in decision.approvals],
             "rejected_by": [],
         }
+    elif state.get("confirm"):
+        with store.writing(f"marking plan {plan.plan_id} as awaiting confirmation") as tx:
+            store.plans.set_status(plan.plan_id, "awaiting_confirmation", plan.revision, tx=tx)
+            store.runs.update(state["thread_id"], "awaiting_confirmation", tx=tx)
+        update["awaiting_confirmation"] = True
     else:
         update["approved"] = True
     return update
 
 
-def route_after_gate(state: RolloutState) -> Literal["approval", "queue", "report"]:
-    """Deny ends the run; approvals wait; otherwise the run is queued for execution."""
+def route_after_gate(state: RolloutState) -> Literal["approval", "confirm", "queue", "report"]:
+    """Deny ends the run; approvals wait; a plan that needs none waits for the requester's
+    yes when asked to; otherwise the run is queued for execution."""
     if state.get("outcome"):
         return "report"
-    return "queue" if state.get("approved") else "approval"
+    if state.get("approved"):
+        return "queue"
+    return "confirm" if state.get("awaiting_confirmation") else "approval"

@@ -1,9 +1,11 @@
-"""The rollout graph: intake → planner ⇄ validator → policy gate → approval → queue → executor.
+"""The rollout graph: intake → planner ⇄ validator → policy gate → approval (or the
+requester's confirmation) → queue → executor.
 
-The graph pauses in three places: at the approval interrupt (approvers answer),
-after ``queue`` (a worker picks the run up and executes it) and after ``hold`` (the
-kill switch, the change freeze or a policy engine error holds the run; a worker takes
-it up again once the hold lifts).
+The graph pauses in three places: at the approval or confirm interrupt (approvers, or
+the requester of a plan that needs no approvals, answer), after ``queue`` (a worker
+picks the run up and executes it) and after ``hold`` (the kill switch, the change
+freeze or a policy engine error holds the run; a worker takes it up again once the
+hold lifts).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from langgraph.runtime import Runtime
 from langgraph.types import Checkpointer
 
 from fieldgate.graphs.approval import approval, route_after_approval
+from fieldgate.graphs.confirmation import confirm, route_after_confirm
 from fieldgate.graphs.execution import executor, hold, queue, report, route_after_executor
 from fieldgate.graphs.planning import (
     intake,
@@ -44,6 +47,7 @@ NODES: dict[str, Node] = {
     "validator": validator,
     "policy_gate": policy_gate,
     "approval": approval,
+    "confirm": confirm,
     "queue": queue,
     "executor": executor,
     "hold": hold,
@@ -89,6 +93,7 @@ def build_graph(
     builder.add_conditional_edges("validator", route_after_validator)
     builder.add_conditional_edges("policy_gate", route_after_gate)
     builder.add_conditional_edges("approval", route_after_approval)
+    builder.add_conditional_edges("confirm", route_after_confirm)
     builder.add_edge("queue", "executor")
     builder.add_conditional_edges("executor", route_after_executor)
     builder.add_edge("hold", "executor")

@@ -17,8 +17,11 @@ from langgraph.types import Command, RunnableConfig
 
 from fieldgate.agents.planner import PlanDraft
 from fieldgate.approvals import Approval, Decision, PlanEdit, draft_hash
-from fieldgate.errors import ApprovalInvalid, NotFound
+from fieldgate.audit import ActorKind, EventKind
+from fieldgate.errors import ApprovalInvalid, NotFound, WithdrawRefused
+from fieldgate.graphs._record import finish
 from fieldgate.graphs.approval import ApprovalResume, EditedAction, ReviewDecision
+from fieldgate.graphs.confirmation import CONFIRMATION, ConfirmResume
 from fieldgate.graphs.planning import accept_run
 from fieldgate.graphs.rollout import compile_graph
 from fieldgate.runtime import Context
@@ -50,10 +53,20 @@ class RunView:
         return held if isinstance(held, dict) else None
 
     @property
+    def awaiting_confirmation(self) -> bool:
+        """Whether the run waits for its requester's yes (not for approvers)."""
+        return any(
+            isinstance(i.value, dict) and i.value.get("kind") == CONFIRMATION
+            for i in self.interrupts
+        )
+
+    @property
     def status(self) -> str:
-        """done, awaiting_approval, held, queued or running."""
+        """done, awaiting_confirmation, awaiting_approval, held, queued or running."""
         if self.outcome:
             return "done"
+        if self.awaiting_confirmation:
+            return "awaiting_confirmation"
         if self.interrupts:
             return "awaiting_approval"
         if self.held and self.next == ("executor",):
@@ -123,11 +136,17 @@ class Orchestrator:
         plan_id: str | None = None,
         detail: dict[str, Any] | None = None,
         on_update: UpdateHandler | None = None,
+        conversation: list[dict[str, str]] | None = None,
+        revising: dict[str, Any] | None = None,
+        confirm: bool = False,
     ) -> RunView:
         """Record a run, then plan, validate and gate it until it waits or ends.
 
         ``on_update`` sees every node's update as it happens (the planner's rationale,
         the validator's findings, the policy decision), before the run pauses or ends.
+        ``conversation`` (earlier chat turns) and ``revising`` (the conversation's last
+        plan, as a draft) go to the planner; with ``confirm`` a plan policy allows without
+        approvals waits for the requester's yes (:meth:`confirm`) instead of being queued.
         """
         plan_id = plan_id or self._free_plan_id(request, actor)
         thread_id = plan_id
@@ -140,6 +159,12 @@ class Orchestrator:
         }
         if ticket:
             initial["ticket"] = ticket
+        if conversation:
+            initial["conversation"] = conversation
+        if revising:
+            initial["revising"] = revising
+        if confirm:
+            initial["confirm"] = True
         return self._invoke(initial, thread_id, on_update)
 
     @staticmethod
@@ -181,7 +206,7 @@ class Orchestrator:
     def waiting(self, thread_id: str) -> RunView:
         """The run, which must be waiting at the approval interrupt (else ApprovalInvalid)."""
         view = self.view(thread_id)
-        if not view.interrupts:
+        if not view.interrupts or view.awaiting_confirmation:
             raise ApprovalInvalid(f"run {thread_id} is not waiting for approval ({view.status})")
         return view
 
@@ -301,3 +326,62 @@ class Orchestrator:
                 # killed in between) shows no next node; invoking applies the saved writes
                 # and goes on from there, so the run does not sit ``executing`` forever.
             return self._invoke(None, thread_id, on_update)
+
+    def confirm(self, thread_id: str, actor: str) -> RunView:
+        """The requester's yes to the revision the run waits at: it is queued for a worker."""
+        view = self.view(thread_id)
+        if not view.awaiting_confirmation:
+            raise WithdrawRefused(
+                f"plan {view.plan_id} is not waiting for a confirmation ({view.status})"
+            )
+        if actor != view.values.get("actor"):
+            raise WithdrawRefused(
+                f"only the requester {view.values.get('actor')} confirms plan {view.plan_id}"
+            )
+        resume = ConfirmResume(confirmed_by=actor, plan_hash=view.values["plan_hash"])
+        return self._invoke(
+            Command(resume={view.interrupts[0].id: resume.model_dump(mode="json")}), thread_id
+        )
+
+    def withdraw(self, thread_id: str, actor: str, reason: str = "") -> RunView:
+        """The requester takes back a plan that is not yet executing: the run ends as
+        ``withdrawn`` (audited); nothing was or will be sent to devices.
+
+        Raises:
+            WithdrawRefused: the run ended, is planning or executing (a worker holds it or
+                its first wave started), or ``actor`` is not its requester.
+        """
+        with self.ctx.store.runs.exclusive(thread_id) as mine:
+            view = self.view(thread_id)
+            if view.outcome:
+                raise WithdrawRefused(f"plan {view.plan_id} already ended ({view.outcome})")
+            if actor != view.values.get("actor"):
+                raise WithdrawRefused(
+                    f"only the requester {view.values.get('actor')} withdraws plan {view.plan_id}"
+                )
+            if not mine or view.values.get("execution"):
+                raise WithdrawRefused(
+                    f"plan {view.plan_id} is executing; stop it with `fieldgate stop` instead"
+                )
+            if view.awaiting_confirmation:
+                as_node = "confirm"
+            elif view.interrupts:
+                as_node = "approval"
+            elif view.next == ("executor",):
+                as_node = "executor"
+            else:
+                raise WithdrawRefused(f"plan {view.plan_id} is still being planned ({view.status})")
+            why = f"withdrawn by {actor}" + (f": {reason}" if reason else "")
+            self.ctx.store.audit.append(
+                EventKind.withdraw,
+                ActorKind.human,
+                actor,
+                {"reason": reason, "was": view.status, "plan_hash": view.values.get("plan_hash")},
+                plan_id=view.plan_id,
+                thread_id=thread_id,
+                at=self.ctx.people_now(),
+            )
+            self.graph.update_state(
+                self.config(thread_id), finish("withdrawn", why), as_node=as_node
+            )
+            return self._invoke(None, thread_id)

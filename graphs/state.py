@@ -32,6 +32,14 @@ class RolloutState(TypedDict, total=False):
     """The graph thread."""
     ticket: str
     """Ticket text attached to the request (untrusted)."""
+    conversation: list[dict[str, str]]
+    """Earlier turns of the chat this request continues (``role``, ``text``), oldest first."""
+    revising: dict[str, Any]
+    """The conversation's last plan (a draft), when the request revises it."""
+    confirm: bool
+    """Whether a plan policy allows without approvals waits for the requester's yes."""
+    awaiting_confirmation: bool
+    """Whether the run waits for the requester's yes (set by the policy gate)."""
     plan: dict[str, Any]
     """The current plan revision, as JSON."""
     plan_hash: str
@@ -91,5 +99,12 @@ class RolloutInput(BaseModel):
     """Ticket text attached to the request (untrusted)."""
     plan_id: str | None = Field(default=None, max_length=128)
     """The plan's id (fieldgate's commands choose it; an API run takes the thread's)."""
+    conversation: list[dict[str, str]] | None = Field(default=None, max_length=200)
+    """Earlier turns of the conversation this request continues (``role``: user or
+    assistant, ``text``), oldest first."""
+    revising: dict[str, Any] | None = None
+    """The conversation's last plan as a draft, when the request revises it."""
+    confirm: bool | None = None
+    """Wait for the requester's yes before queueing a plan that needs no approvals."""
     thread_id: str | None = Field(default=None, max_length=128)
     """The graph thread (an API run takes the thread's)."""

@@ -56,7 +56,7 @@ def db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
 
 def ask(request: str, actor: str = "eng-ana") -> str:
     """Submit ``request`` through the chat; return the new plan id."""
-    code, out = invoke("chat", "--as", actor, stdin=request + "\n")
+    code, out = invoke("chat", "--as", actor, "--yes", stdin=request + "\n")
     assert code == 0, out
     with Store.open() as store:
         return store.runs.list()[-1].plan_id

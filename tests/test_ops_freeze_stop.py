@@ -54,7 +54,7 @@ def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
 
 def ask(request: str = PUMP, actor: str = "eng-ana") -> str:
     """Submit ``request`` through the chat; return the new plan id (queued for a worker)."""
-    code, out = invoke("chat", "--as", actor, stdin=request + "\n")
+    code, out = invoke("chat", "--as", actor, "--yes", stdin=request + "\n")
     assert code == 0, out
     assert "approved, queued for a worker" in out, out
     with Store.open() as store:

@@ -48,7 +48,7 @@ def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
 
 
 def ask(request: str) -> str:
-    code, out = invoke("chat", "--as", "eng-ana", stdin=request + "\n")
+    code, out = invoke("chat", "--as", "eng-ana", "--yes", stdin=request + "\n")
     assert code == 0, out
     with Store.open() as store:
         return store.runs.list()[-1].plan_id

@@ -40,7 +40,7 @@ def run_cli(*args: str, stdin: str | None = None) -> tuple[int, str, str]:
 
 
 def ask(request: str) -> str:
-    code, out, _ = run_cli("chat", "--as", "eng-ana", stdin=request + "\n")
+    code, out, _ = run_cli("chat", "--as", "eng-ana", "--yes", stdin=request + "\n")
     assert code == 0, out
     with Store.open() as store:
         return store.runs.list()[-1].plan_id

@@ -23,6 +23,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from fieldgate.agents._prompting import first_section, read_sections
 from fieldgate.agents._summary import PlanningContext
+from fieldgate.agents.offline.followup import revise
 from fieldgate.agents.offline.intent import Clarification
 from fieldgate.agents.offline.planning import propose_plan
 from fieldgate.agents.offline.resolving import understand
@@ -44,11 +45,11 @@ def _text(messages: Sequence[BaseMessage]) -> str:
 
 
 def _human_text(messages: Sequence[BaseMessage]) -> str:
-    """The first human message: the task as the node framed it (feedback comes later)."""
-    for message in messages:
-        if message.type == "human" and isinstance(message.content, str):
-            return message.content
-    return ""
+    """The first human message with tagged sections: the task as the node framed it
+    (earlier turns of a conversation come before it, feedback after it)."""
+    humans = [m.content for m in messages if m.type == "human" and isinstance(m.content, str)]
+    framed = [text for text in humans if read_sections(text)]
+    return framed[0] if framed else (humans[0] if humans else "")
 
 
 def plan_decision(prompt: str) -> dict[str, Any]:
@@ -62,7 +63,10 @@ def plan_decision(prompt: str) -> dict[str, Any]:
             "candidates": [],
         }
     context = PlanningContext.model_validate_json(context_json)
-    understood = understand(request, context)
+    revising = first_section(prompt, "plan_to_revise")
+    understood = (
+        revise(request, json.loads(revising), context) if revising else understand(request, context)
+    )
     if isinstance(understood, Clarification):
         return {
             "kind": "clarify",

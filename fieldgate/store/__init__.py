@@ -12,6 +12,7 @@ from fieldgate.store._approvals import ApprovalStore
 from fieldgate.store._audit import AuditLog, NewEvent, VerifyResult
 from fieldgate.store._catalog import CatalogRecord, CatalogStore, HeldMetadata, ImportResult
 from fieldgate.store._checkpoints import AUDIT_TABLES, CheckpointStore, WatchedAuditLog
+from fieldgate.store._conversations import Conversation, ConversationStore
 from fieldgate.store._engine import open_engine
 from fieldgate.store._fleet import Enrollment, FleetStore, FleetSummary, InventoryImport
 from fieldgate.store._freeze import Freeze, FreezeStore
@@ -28,6 +29,8 @@ __all__ = [
     "CatalogRecord",
     "CatalogStore",
     "CheckpointStore",
+    "Conversation",
+    "ConversationStore",
     "Enrollment",
     "FleetStore",
     "FleetSummary",

@@ -33,7 +33,14 @@ from fieldgate.store._table import (
     utc_time_field,
 )
 
-OPEN_STATUSES = ("accepted", "awaiting_approval", "queued", "executing", "held")
+OPEN_STATUSES = (
+    "accepted",
+    "awaiting_confirmation",
+    "awaiting_approval",
+    "queued",
+    "executing",
+    "held",
+)
 """Statuses of runs that have not reached an outcome."""
 
 
@@ -66,8 +73,9 @@ class Run:
     actor: str
     """Who asked."""
     status: str
-    """accepted (and being planned), awaiting_approval, queued, executing, held (by the
-    kill switch, the change freeze or a policy engine error) or done."""
+    """accepted (and being planned), awaiting_confirmation (by the requester),
+    awaiting_approval, queued, executing, held (by the kill switch, the change freeze or a
+    policy engine error) or done."""
     outcome: str | None
     """How it ended (completed, denied, …) once done."""
     detail: dict[str, Any]

@@ -22,6 +22,7 @@ from fieldgate.store._checkpoints import (
     install_checkpoint_guards,
     owns_audit_tables,
 )
+from fieldgate.store._conversations import ConversationStore
 from fieldgate.store._engine import (
     for_writing,
     is_sqlite,
@@ -66,6 +67,8 @@ class Store:
         """Kill switches."""
         self.freeze = FreezeStore(engine)
         """The change freeze."""
+        self.conversations = ConversationStore(engine)
+        """Chat conversations (``fieldgate chat --resume``)."""
 
     @classmethod
     def open(cls, url: str | None = None) -> Store:
