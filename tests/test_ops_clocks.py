@@ -45,7 +45,7 @@ def invoke(*args: str, stdin: str | None = None) -> tuple[int, str]:
 
 def ask(request: str, actor: str = "eng-ana") -> tuple[str, str]:
     """Submit ``request`` through the chat; return the new plan id and what chat said."""
-    code, out = invoke("chat", "--as", actor, stdin=request + "\n")
+    code, out = invoke("chat", "--as", actor, "--yes", stdin=request + "\n")
     assert code == 0, out
     with Store.open() as store:
         return store.runs.list()[-1].plan_id, out
