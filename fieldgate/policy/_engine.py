@@ -40,6 +40,18 @@ class RegoTestResult:
     message: str = ""
     """Why it failed."""
 
+    @classmethod
+    def of_value(
+        cls, name: str, file: str, line: int, value: Any, *, undefined: bool
+    ) -> RegoTestResult:
+        """The result of a test rule that evaluated to ``value`` (``undefined``: to nothing,
+        in the engine's own sense): it passes only when the value is true."""
+        if value is True:
+            return cls(name, file, line, True)
+        if undefined:
+            return cls(name, file, line, False, "undefined: a condition did not hold")
+        return cls(name, file, line, False, f"evaluated to {value!r}")
+
     @property
     def where(self) -> str:
         """``file:line``."""

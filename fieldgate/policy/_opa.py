@@ -194,15 +194,11 @@ class OpaServerEngine:
                         )
                         continue
                     value = response.get("result") if isinstance(response, dict) else None
-                    if value is True:
-                        results.append(RegoTestResult(name, module.name, line, True))
-                    else:
-                        message = (
-                            "undefined: a condition did not hold"
-                            if value is None
-                            else f"evaluated to {value!r}"
+                    results.append(
+                        RegoTestResult.of_value(
+                            name, module.name, line, value, undefined=value is None
                         )
-                        results.append(RegoTestResult(name, module.name, line, False, message))
+                    )
         finally:
             for policy_id in uploaded:
                 # the tests ran; a test module left behind decides nothing

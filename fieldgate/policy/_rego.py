@@ -96,16 +96,6 @@ def run_rego_tests(pack: PolicyPack) -> list[RegoTestResult]:
         except RegoEvaluationError as exc:
             results.append(RegoTestResult(name, module.name, line, False, f"error: {exc}"))
             continue
-        if value is True:
-            results.append(RegoTestResult(name, module.name, line, True))
-        elif _regopy.is_undefined(value):
-            results.append(
-                RegoTestResult(
-                    name, module.name, line, False, "undefined: a condition did not hold"
-                )
-            )
-        else:
-            results.append(
-                RegoTestResult(name, module.name, line, False, f"evaluated to {value!r}")
-            )
+        undefined = _regopy.is_undefined(value)
+        results.append(RegoTestResult.of_value(name, module.name, line, value, undefined=undefined))
     return results

@@ -177,12 +177,9 @@ def run_regorus_tests(pack: PolicyPack) -> list[RegoTestResult]:
             except RegoEvaluationError as exc:
                 results.append(RegoTestResult(name, module.name, line, False, f"error: {exc}"))
                 continue
-            if value is True:
-                results.append(RegoTestResult(name, module.name, line, True))
-            elif value is UNDEFINED:
-                message = "undefined: a condition did not hold"
-                results.append(RegoTestResult(name, module.name, line, False, message))
-            else:
-                message = f"evaluated to {value!r}"
-                results.append(RegoTestResult(name, module.name, line, False, message))
+            results.append(
+                RegoTestResult.of_value(
+                    name, module.name, line, value, undefined=value is UNDEFINED
+                )
+            )
     return results
