@@ -18,7 +18,8 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -31,6 +32,7 @@ from fieldgate.commands import Action, DeviceCommand, DeviceReport, command_id_f
 from fieldgate.devices import enroll_devices
 from fieldgate.edge import Broker
 from fieldgate.edge._wire import Hello, connect_async, new_client
+from fieldgate.fleet import FleetInventory
 from fieldgate.manifest import sample_digest
 from fieldgate.signing import SigningKey
 from fieldgate.store import Store
@@ -389,3 +391,27 @@ def clear_retained(broker: Broker, settle: float = 0.5) -> int:
     client.disconnect()
     client.loop_stop()
     return len(topics)
+
+
+@contextmanager
+def pump_fleet(path: Path, site: str, count: int) -> Iterator[Store]:
+    """A control-plane store (SQLite at ``path``) whose fleet is ``count`` pump controllers
+    at ``site`` on pump-logic 1.8.0."""
+    inventory = FleetInventory.model_validate(
+        {
+            "sites": [{"id": site, "region": "us-east", "timezone": "America/New_York"}],
+            "generate": [
+                {
+                    "sites": [site],
+                    "class": "pump-ctl",
+                    "per_site": count,
+                    "arch": "arm64",
+                    "memory_mb": 512,
+                    "installed": {"edge-runtime": "3.2.0", "pump-logic": "1.8.0"},
+                }
+            ],
+        }
+    )
+    with Store.open(f"sqlite:///{path}") as opened:
+        opened.fleet.import_inventory(inventory, source="test", actor="test")
+        yield opened

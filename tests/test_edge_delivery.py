@@ -25,6 +25,7 @@ from _edge_support import (
     device_key,
     enroll,
     publish,
+    pump_fleet,
     raw_client,
     shared_broker,
     signed,
@@ -46,7 +47,6 @@ from fieldgate.edge import (
     LocalFleet,
     encode,
 )
-from fieldgate.fleet import FleetInventory
 from fieldgate.store import Store
 from fieldgate.transport import open_mqtt_transport
 
@@ -58,23 +58,7 @@ DEVICES = [f"tpa-04-pump-ctl-{n:02d}" for n in range(1, 5)]
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    inventory = FleetInventory.model_validate(
-        {
-            "sites": [{"id": SITE, "region": "us-east", "timezone": "America/New_York"}],
-            "generate": [
-                {
-                    "sites": [SITE],
-                    "class": "pump-ctl",
-                    "per_site": len(DEVICES),
-                    "arch": "arm64",
-                    "memory_mb": 512,
-                    "installed": {"edge-runtime": "3.2.0", "pump-logic": "1.8.0"},
-                }
-            ],
-        }
-    )
-    with Store.open(f"sqlite:///{tmp_path}/control.db") as opened:
-        opened.fleet.import_inventory(inventory, source="test", actor="test")
+    with pump_fleet(tmp_path / "control.db", SITE, len(DEVICES)) as opened:
         yield opened
 
 

@@ -15,11 +15,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _edge_support import CONTROL, Mosquitto, command, wait_until
+from _edge_support import CONTROL, Mosquitto, command, pump_fleet, wait_until
 
 from fieldgate.commands import DeviceCommand, DeviceReport, ReportStatus, StartWindow
 from fieldgate.edge import DeviceSpec, Gateway, LocalFleet
-from fieldgate.fleet import FleetInventory
 from fieldgate.store import Store
 
 pytestmark = pytest.mark.mqtt
@@ -30,23 +29,7 @@ DEVICES = [f"tpa-04-pump-ctl-{n:02d}" for n in range(1, 3)]
 
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
-    inventory = FleetInventory.model_validate(
-        {
-            "sites": [{"id": SITE, "region": "us-east", "timezone": "America/New_York"}],
-            "generate": [
-                {
-                    "sites": [SITE],
-                    "class": "pump-ctl",
-                    "per_site": len(DEVICES),
-                    "arch": "arm64",
-                    "memory_mb": 512,
-                    "installed": {"edge-runtime": "3.2.0", "pump-logic": "1.8.0"},
-                }
-            ],
-        }
-    )
-    with Store.open(f"sqlite:///{tmp_path}/control.db") as opened:
-        opened.fleet.import_inventory(inventory, source="test", actor="test")
+    with pump_fleet(tmp_path / "control.db", SITE, len(DEVICES)) as opened:
         yield opened
 
 
