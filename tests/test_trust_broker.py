@@ -129,6 +129,21 @@ def two_devices(db: str) -> list[tuple[str, str]]:
 # ----------------------------------------------------------------------------- the command
 
 
+def run_over(
+    stack: ExitStack, world: Any, orchestrator: Any, broker: Broker
+) -> tuple[Gateway, Any]:
+    """Submit the world's request and let a worker execute it over ``broker`` through a
+    gateway of its own (closed with ``stack``); the gateway and the run's final view."""
+    gateway = Gateway(
+        world.store, broker, control_key=world.ctx.control_key.public_b64, resend_after=2.0
+    ).start()
+    stack.callback(gateway.close)
+    orchestrator.ctx = replace(world.ctx, transport=MqttTransport(gateway))
+    view = orchestrator.submit(world.scenario.request, world.scenario.actor, plan_id=world.plan_id)
+    assert view.status == "queued", view.values.get("reasons")
+    return gateway, orchestrator.work(view.thread_id)
+
+
 def test_broker_config_writes_a_closed_setup_and_keeps_passwords(
     initialised_db: str, tmp_path: Path
 ) -> None:
@@ -460,19 +475,7 @@ def test_a_rollout_completes_over_tls_with_every_client_authenticated(
         ids = start_agents(stack, world, tmp_path, agents_broker, credentials)
         watcher = stack.enter_context(HelloWatcher(gateway_broker))
         assert watcher.wait(ids, timeout=60), f"offline: {set(ids) - watcher.online()}"
-        gateway = Gateway(
-            world.store,
-            gateway_broker,
-            control_key=world.ctx.control_key.public_b64,
-            resend_after=2.0,
-        ).start()
-        stack.callback(gateway.close)
-        orchestrator.ctx = replace(world.ctx, transport=MqttTransport(gateway))
-        view = orchestrator.submit(
-            world.scenario.request, world.scenario.actor, plan_id=world.plan_id
-        )
-        assert view.status == "queued", view.values.get("reasons")
-        view = orchestrator.work(view.thread_id)
+        _, view = run_over(stack, world, orchestrator, gateway_broker)
         assert view.outcome == "completed", view.values.get("reasons")
         assert world.store.fleet.summary().installed[MODULE] == {NEW: len(ids)}
         log = mosquitto.log.read_text() if mosquitto.log else ""
@@ -556,19 +559,7 @@ def run_spoofed_rollout(tmp_path: Path, secured: bool) -> None:
         for rogue in rogues:
             stack.callback(rogue.close)
         wait_until(rogues[1].connected.is_set, 10, "the rogue with device A's identity")
-        gateway = Gateway(
-            world.store,
-            gateway_broker,
-            control_key=world.ctx.control_key.public_b64,
-            resend_after=2.0,
-        ).start()
-        stack.callback(gateway.close)
-        orchestrator.ctx = replace(world.ctx, transport=MqttTransport(gateway))
-        view = orchestrator.submit(
-            world.scenario.request, world.scenario.actor, plan_id=world.plan_id
-        )
-        assert view.status == "queued", view.values.get("reasons")
-        view = orchestrator.work(view.thread_id)
+        gateway, view = run_over(stack, world, orchestrator, gateway_broker)
         installed = world.store.fleet.summary().installed[MODULE]
         print(
             f"\noutcome {view.outcome}; {MODULE} {installed}; rogues saw "
