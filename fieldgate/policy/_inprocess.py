@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -65,7 +66,7 @@ def _serve(jobs: queue.SimpleQueue[tuple[Callable[[], Any], Future[Any]] | None]
         del job, future, item  # drop the engine the job refers to before waiting again
 
 
-class InProcessEngine:
+class InProcessEngine(ABC):
     """The part of :class:`RegoEngine` and :class:`RegorusEngine` that is not the evaluator.
 
     A subclass compiles the pack in ``_compile`` (filling ``problems``) and evaluates
@@ -127,11 +128,13 @@ class InProcessEngine:
             self._overrun = None
         return None
 
+    @abstractmethod
     def _compile(self) -> None:
-        raise NotImplementedError
+        """Compile the pack into the engine; fill ``problems`` with what does not compile."""
 
+    @abstractmethod
     def _evaluate(self, path: str, input: Mapping[str, Any]) -> Any:
-        raise NotImplementedError
+        """The value of the decision at ``path`` for ``input``, or :data:`UNDEFINED`."""
 
     def decide(self, path: str, input: Mapping[str, Any]) -> dict[str, Any]:
         """Evaluate the decision at ``path``; on any failure a deny with the reason."""
