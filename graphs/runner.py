@@ -316,7 +316,9 @@ class Orchestrator:
         """Execute a queued (or interrupted) run until it ends; ``on_update`` sees each step."""
         with self.ctx.store.runs.exclusive(thread_id) as mine:
             view = self.view(thread_id)
-            if not mine or view.outcome or view.interrupts:
+            # An outcome in the state is not the end: ``report`` may still be next (a worker
+            # killed between the last step's checkpoint and the report) and must run.
+            if not mine or view.interrupts:
                 return view
             if not view.next:
                 snapshot = self.graph.get_state(self.config(thread_id))

@@ -114,6 +114,36 @@ def test_a_step_saved_without_its_checkpoint_is_taken_up_by_the_next_worker(
         assert store.audit.verify().ok
 
 
+def test_a_run_killed_between_its_last_step_and_its_report_is_closed_by_the_next_worker(
+    initialised_db: str,
+) -> None:
+    """The executor's last step was checkpointed with the run's outcome, then the worker died
+    before ``report`` ran: the run kept status ``executing`` while every worker read its
+    outcome from the checkpoint, said "completed" and skipped it (found by the kill soak)."""
+    plan = ask()
+    with open_orchestrator() as orchestrator:
+        config = orchestrator.config(plan)
+        orchestrator.graph.invoke(
+            None,
+            config,
+            context=orchestrator.ctx,
+            durability="sync",
+            interrupt_before=["report"],
+        )
+    with open_orchestrator() as orchestrator, Store.open() as store:
+        view = orchestrator.view(plan)
+        assert view.outcome == "completed" and view.next == ("report",)
+        assert store.runs.for_plan(plan).status == "executing"
+
+    code, out = invoke("worker", "--once")
+    assert code == 0 and "executed 1 run (1 completed)" in out, out
+    with Store.open() as store:
+        run = store.runs.for_plan(plan)
+        assert (run.status, run.outcome) == ("done", "completed")
+        assert duplicated_events(store, plan) == []
+        assert store.audit.verify().ok
+
+
 class _DiesAfterIngest(TwinTransport):
     """Dies at the first telemetry read: the canary's reports are audited by then, the
     checkpoint of the step does not exist yet."""
