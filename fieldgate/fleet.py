@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta
@@ -87,6 +88,12 @@ class MaintenanceWindow:
         raise AssertionError("a weekly window opens within eight days")
 
 
+@functools.lru_cache(maxsize=1024)
+def _parsed_window(text: str) -> MaintenanceWindow:
+    """:meth:`MaintenanceWindow.parse`, once per text (an executor asks for every batch)."""
+    return MaintenanceWindow.parse(text)
+
+
 def _check_window(value: str) -> str:
     MaintenanceWindow.parse(value)
     return value
@@ -139,7 +146,7 @@ class Site(Contract):
 
     def windows(self) -> list[MaintenanceWindow]:
         """The parsed maintenance windows."""
-        return [MaintenanceWindow.parse(w) for w in self.maintenance]
+        return [_parsed_window(w) for w in self.maintenance]
 
     def in_maintenance(self, at: datetime) -> bool:
         """Tell whether the UTC instant ``at`` falls inside a maintenance window of this site."""

@@ -9,6 +9,7 @@ crash re-sends the same ids and no device applies anything twice.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -174,8 +175,13 @@ class ToolContext:
     rollback_plan: bool = False
     """Whether the rollout policy judged the plan a rollback (it runs under a freeze)."""
     _command_index: dict[str, tuple[int, str]] = field(default_factory=dict)
+    _indexed_all: bool = False
+    _waves_of: dict[str, int] | None = None
     _settled: dict[int, set[str]] = field(default_factory=dict)
     _touched: set[str] | None = None
+    _unrecorded: list[DeviceReport] = field(default_factory=list)
+    """Reports taken in (sorted into their waves) but not yet written: see :func:`ingest`."""
+    _recorded_at: float = field(default_factory=time.monotonic)
 
     @property
     def plan_id(self) -> str:
@@ -208,6 +214,7 @@ class ToolContext:
         after the write but before the step's checkpoint replays the step from the
         checkpoint, and the replayed event lands on the same key and is dropped.
         """
+        flush(self)  # the reports taken in before this event are written before it
         ex = self.execution
         key = f"run:{self.thread_id}:{ex.audited}:{kind}"
         ex.audited += 1
@@ -223,15 +230,38 @@ class ToolContext:
         )
         self.ctx.store.audit.append_many([event], tx=tx)
 
-    def command_origin(self, command_id: str) -> tuple[int, str] | None:
-        """(wave, device) of an install or rollback command of this plan."""
-        if not self._command_index:
-            for wave in self.execution.waves:
-                for device_id in wave.devices:
-                    for action in (Action.install, Action.rollback):
-                        cid = command_id_for(self.plan_id, wave.index, device_id, action)
-                        self._command_index[cid] = (wave.index, device_id)
+    def command_origin(
+        self, command_id: str, device_id: str | None = None
+    ) -> tuple[int, str] | None:
+        """(wave, device) of an install or rollback command of this plan.
+
+        Given the device the command is said to be for (a report names it), two hashes
+        tell; without it, the first call indexes every command the plan may send.
+        """
+        found = self._command_index.get(command_id)
+        if found is not None or self._indexed_all:
+            return found
+        if device_id is not None:
+            wave = self._device_waves().get(device_id)
+            if wave is None:
+                return None
+            for action in (Action.install, Action.rollback):
+                if command_id_for(self.plan_id, wave, device_id, action) == command_id:
+                    found = self._command_index[command_id] = (wave, device_id)
+                    return found
+            return None
+        for run in self.execution.waves:
+            for device in run.devices:
+                for action in (Action.install, Action.rollback):
+                    cid = command_id_for(self.plan_id, run.index, device, action)
+                    self._command_index[cid] = (run.index, device)
+        self._indexed_all = True
         return self._command_index.get(command_id)
+
+    def _device_waves(self) -> dict[str, int]:
+        if self._waves_of is None:
+            self._waves_of = {d: w.index for w in self.execution.waves for d in w.devices}
+        return self._waves_of
 
     def settled(self, wave: int) -> set[str]:
         """The devices of ``wave`` in its applied or failed list, as a set (kept in step
@@ -253,35 +283,44 @@ class ToolContext:
                 ex.touched.append(device_id)
 
 
-def make_command(tc: ToolContext, wave: int, device_id: str, action: Action) -> DeviceCommand:
-    """A signed command of this plan for one device."""
+def make_commands(
+    tc: ToolContext, waves: Sequence[int], device_ids: Sequence[str], action: Action
+) -> list[DeviceCommand]:
+    """Signed commands of this plan, one per device (``waves[i]`` is the wave of
+    ``device_ids[i]``), all issued now; the windows of each site are read once."""
     now = tc.ctx.now()
     if action is Action.rollback:
         assert tc.rollback_manifest is not None
         version, digest = tc.rollback_manifest.version, tc.rollback_manifest.artifact.digest
     else:
         version, digest = tc.manifest.version, tc.manifest.artifact.digest
-    deadline = now + tc.ctx.settings.wave_deadline * 12
-    windows = command_windows(tc, device_id, now) if action is Action.install else None
-    if windows:
-        deadline = windows[-1].closes
-    unsigned = DeviceCommand(
-        command_id=command_id_for(tc.plan_id, wave, device_id, action),
-        plan_id=tc.plan_id,
-        plan_hash=tc.plan_hash,
-        wave=wave,
-        device_id=device_id,
-        action=action,
-        module=tc.manifest.name,
-        version=version,
-        digest=digest,
-        issued_at=now,
-        deadline=deadline,
-        windows=windows,
-    )
-    return unsigned.model_copy(
-        update={"signature": tc.ctx.control_key.sign(unsigned.signing_payload())}
-    )
+    default_deadline = now + tc.ctx.settings.wave_deadline * 12
+    by_site: dict[str, list[StartWindow] | None] = {}
+    commands = []
+    for wave, device_id in zip(waves, device_ids, strict=True):
+        windows = None
+        if action is Action.install:
+            site = tc.execution.device_sites.get(device_id, "")
+            if site not in by_site:
+                by_site[site] = command_windows(tc, device_id, now)
+            windows = by_site[site]
+        unsigned = DeviceCommand(
+            command_id=command_id_for(tc.plan_id, wave, device_id, action),
+            plan_id=tc.plan_id,
+            plan_hash=tc.plan_hash,
+            wave=wave,
+            device_id=device_id,
+            action=action,
+            module=tc.manifest.name,
+            version=version,
+            digest=digest,
+            issued_at=now,
+            deadline=windows[-1].closes if windows else default_deadline,
+            windows=windows,
+        )
+        signature = tc.ctx.control_key.sign(unsigned.signing_payload())
+        commands.append(unsigned.model_copy(update={"signature": signature}))
+    return commands
 
 
 def command_windows(tc: ToolContext, device_id: str, now: datetime) -> list[StartWindow] | None:
@@ -299,14 +338,44 @@ def command_windows(tc: ToolContext, device_id: str, now: datetime) -> list[Star
     return [StartWindow(opens=opens, closes=closes) for opens, closes in spans]
 
 
-def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
-    """Record device reports: audit events, installed versions in the fleet store."""
+INGEST_BATCH = 2_000
+"""Most device reports a running wave keeps unwritten before it writes them in one go."""
+INGEST_EVERY_S = 1.0
+"""Longest (wall clock) a running wave keeps device reports unwritten."""
+
+
+def ingest(tc: ToolContext, reports: Sequence[DeviceReport], *, later: bool = False) -> None:
+    """Record device reports: audit events, installed versions in the fleet store.
+
+    With ``later`` the reports are written together with the ones before them once
+    :data:`INGEST_BATCH` are waiting or :data:`INGEST_EVERY_S` passed, so a large wave
+    writes a few large transactions instead of one per batch of devices; any other
+    call, an audit event of the run (:meth:`ToolContext.audit`) and every way out of a
+    wave write what waits first. A worker that dies before the write loses only what
+    the devices' side still holds: the replayed step is sent the same command ids and
+    takes their reports in again (audited once by their keys).
+    """
     # Only this plan's: over MQTT a gateway hands back every report it took in, also those
     # of runs other workers execute (they audit them under their own plan).
-    reports = [r for r in reports if tc.command_origin(r.command_id) is not None]
+    tc._unrecorded.extend(
+        r for r in reports if tc.command_origin(r.command_id, r.device_id) is not None
+    )
+    if later and (
+        len(tc._unrecorded) < INGEST_BATCH and time.monotonic() - tc._recorded_at < INGEST_EVERY_S
+    ):
+        return
+    flush(tc)
+
+
+def flush(tc: ToolContext) -> None:
+    """Write every report :func:`ingest` keeps: one transaction, one fleet-revision bump."""
+    reports, tc._unrecorded = tc._unrecorded, []
+    tc._recorded_at = time.monotonic()
     if not reports:
         return
     store = tc.ctx.store
+    module = tc.manifest.name
+    records_installed = tc.ctx.transport.records_installed
     events = []
     installed: list[tuple[str, str, str | None]] = []
     for report in reports:
@@ -319,7 +388,7 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
                     {
                         "command_id": report.command_id,
                         "status": report.status.value,
-                        "installed": {tc.manifest.name: report.installed.get(tc.manifest.name)},
+                        "installed": {module: report.installed.get(module)},
                         "health_ok": report.health.ok,
                         "reason": report.reason,
                         "hlc": report.hlc.model_dump(),
@@ -333,11 +402,12 @@ def ingest(tc: ToolContext, reports: Sequence[DeviceReport]) -> None:
                 once=f"report:{report.command_id}",
             )
         )
-        if report.status is ReportStatus.applied and not tc.ctx.transport.records_installed:
-            version = report.installed.get(tc.manifest.name)
-            installed.append((report.device_id, tc.manifest.name, version))
+        if report.status is ReportStatus.applied and not records_installed:
+            installed.append((report.device_id, module, report.installed.get(module)))
     # The whole batch in one transaction (one fleet-revision bump): its installed versions
     # and its audit events land together or not at all.
+    # A failed write drops them here as a crash would: the step fails, and its replay
+    # takes them in again from the devices' side.
     with store.writing(f"recording {len(reports)} device reports") as tx:
         store.fleet.set_installed_many(installed, tx=tx)
         store.audit.append_many(events, tx=tx)
@@ -347,7 +417,7 @@ def _record(tc: ToolContext, run: WaveRun, reports: Sequence[DeviceReport]) -> N
     """Sort install reports of this plan into their waves' applied and failed lists."""
     answered: dict[int, set[str]] = {}
     for report in reports:
-        origin = tc.command_origin(report.command_id)
+        origin = tc.command_origin(report.command_id, report.device_id)
         if origin is None:
             continue
         wave_index, device_id = origin
@@ -412,7 +482,18 @@ def _waiting(tc: ToolContext, waiting: dict[str, Any] | None) -> None:
 
 
 def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
-    """Dispatch one wave, wait, soak, judge its gate; return a summary for the model."""
+    """Dispatch one wave, wait, soak, judge its gate; return a summary for the model.
+
+    The reports of its batches are written in a few large transactions (see
+    :func:`ingest`), all of them before it returns, whichever way it does.
+    """
+    try:
+        return _deploy_wave(tc, wave)
+    finally:
+        flush(tc)
+
+
+def _deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
     ex = tc.execution
     run = ex.waves[wave]
     spec = tc.plan.waves[wave]
@@ -432,7 +513,8 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
             return ctx.now()
         return site.next_maintenance(ctx.now()) or ctx.now()
 
-    queued: set[str] = set()
+    queued: dict[str, str] = {}
+    """Command ids sent but not answered (device offline, or sent before a crash): device."""
     for site_id in sorted(by_site, key=lambda s: (opening(s), s)):
         site = tc.sites[site_id]
         for chunk in chunks(by_site[site_id], spec.max_parallel):
@@ -443,26 +525,29 @@ def deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
                 run.status = "halted"
                 return {"wave": wave, "halted": held.describe(), "held": held.kind}
             _wait_for_window(tc, site)
-            commands = [make_command(tc, wave, d, Action.install) for d in chunk]
+            commands = make_commands(tc, [wave] * len(chunk), chunk, Action.install)
             tc.touch(chunk)
             dispatched = transport.dispatch(commands, wave)
             stored = [r for r in dispatched.duplicates.values() if r is not None]
-            queued.update(dispatched.queued)
+            device_of = {c.command_id: c.device_id for c in commands}
+            queued.update((cid, device_of[cid]) for cid in dispatched.queued)
             # Sent before a crash and not reported yet: wait for them like queued ones, or the
             # gate would judge the wave without them.
-            queued.update(cid for cid, report in dispatched.duplicates.items() if report is None)
+            queued.update(
+                (cid, device_of[cid])
+                for cid, report in dispatched.duplicates.items()
+                if report is None
+            )
             reports = stored + transport.wait(
                 set(dispatched.accepted), until=ctx.now() + ctx.settings.wave_deadline
             )
-            ingest(tc, reports)
+            ingest(tc, reports, later=True)
             _record(tc, run, reports)
             _check_abort(tc)
             if ex.abort.tripped:
                 run.status = "failed"
                 return {"wave": wave, "abort": ex.abort.reason, **_counts(run)}
-    waiting = {
-        cid for cid in queued if (o := tc.command_origin(cid)) is not None and o[1] not in done
-    }
+    waiting = {cid for cid, device_id in queued.items() if device_id not in done}
     if waiting:
         reports = transport.wait(waiting, until=max(wave_deadline, ctx.now()))
         ingest(tc, reports)
@@ -614,7 +699,7 @@ def rollback(tc: ToolContext, reason: str) -> dict[str, Any]:
         ex.paused = True
         return {"rolled_back": 0, "error": "the plan has no rollback version in the catalog"}
     wave_of = {d: w.index for w in ex.waves for d in w.devices}
-    commands = [make_command(tc, wave_of[d], d, Action.rollback) for d in ex.touched]
+    commands = make_commands(tc, [wave_of[d] for d in ex.touched], ex.touched, Action.rollback)
     ids = {c.command_id for c in commands}
     pending: set[str] = set()
     stored: list[DeviceReport] = []

@@ -74,13 +74,24 @@ def _gate(size: int, first: bool, careful: bool, rollback: bool = False) -> Heal
     )
 
 
+MAX_BATCHES = 50
+"""Most batches a wave is cut into: a wave of thousands of devices installs more of them at
+once (5 at a time, a 50,000-device wave would take a month), at least 5 or 10 per batch."""
+
+
+def parallel_for(size: int, careful: bool) -> int:
+    """Devices a wave of ``size`` installs at once: 5 (high, critical) or 10, more when the
+    wave would take more than :data:`MAX_BATCHES` batches."""
+    cap = 5 if careful else 10
+    return max(1, min(size, max(cap, math.ceil(size / MAX_BATCHES))))
+
+
 def _gated(draft: Sequence[Wave], n: int, careful: bool, rollback: bool) -> list[Wave]:
     """Give each drafted wave its health gate and parallelism, sized for ``n`` targets."""
-    parallel_cap = 5 if careful else 10
     return [
         wave.model_copy(
             update={
-                "max_parallel": max(1, min(size, parallel_cap)),
+                "max_parallel": parallel_for(size, careful),
                 "health_gate": _gate(size, index == 0, careful, rollback),
             }
         )

@@ -300,6 +300,7 @@ class FleetStore:
         self._writer = for_writing(engine)
         # (revision, sites, devices, sites by id): the whole fleet as of a revision
         self._cached: tuple[int, list[Site], list[Device], dict[str, Site]] | None = None
+        self._sites_cached: tuple[int, list[Site], dict[str, Site]] | None = None
 
     def revision(self) -> int:
         """How many times the fleet was written (0 for a fleet never written)."""
@@ -309,11 +310,19 @@ class FleetStore:
     def _whole_fleet(self) -> tuple[int, list[Site], list[Device], dict[str, Site]]:
         revision = self.revision()
         if self._cached is None or self._cached[0] != revision:
-            sites = self._read_sites()
+            _, sites, by_id = self._all_sites(revision)
             with transaction(self._engine, "reading devices") as session:
                 devices = _load_devices(session, Selector())
-            self._cached = (revision, sites, devices, {site.id: site for site in sites})
+            self._cached = (revision, sites, devices, by_id)
         return self._cached
+
+    def _all_sites(self, revision: int) -> tuple[int, list[Site], dict[str, Site]]:
+        """Every site (and by id) as of ``revision``: read again only when it moved, and
+        without the devices (a running rollout moves the revision with every batch)."""
+        if self._sites_cached is None or self._sites_cached[0] != revision:
+            sites = self._read_sites()
+            self._sites_cached = (revision, sites, {site.id: site for site in sites})
+        return self._sites_cached
 
     def import_inventory(
         self, inventory: FleetInventory, source: str, actor: str
@@ -402,11 +411,11 @@ class FleetStore:
 
     def sites(self) -> list[Site]:
         """List every site, by id."""
-        return list(self._whole_fleet()[1])
+        return list(self._all_sites(self.revision())[1])
 
     def site_map(self) -> dict[str, Site]:
         """Every site by its id, built once per fleet revision (do not change it)."""
-        return self._whole_fleet()[3]
+        return self._all_sites(self.revision())[2]
 
     def snapshot(self) -> tuple[list[Site], list[Device]]:
         """Every site and every device, by id, as of one fleet revision (one check for both)."""

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.engine import Engine
-from sqlmodel import Field, Session
+from sqlmodel import Field, Session, col, select
 
-from fieldgate.store._engine import for_writing, joined, transaction
+from fieldgate.store._engine import for_writing, joined, read_rows
 from fieldgate.store._table import StoreTable, as_utc, utc_now, utc_time_field
 
 _SCOPE = "*"
@@ -65,9 +65,15 @@ class FreezeStore:
             session.add(row)
 
     def current(self) -> Freeze | None:
-        """The freeze in force, or None when there is none."""
-        with transaction(self._engine, "reading the change freeze") as session:
-            row = session.get(FreezeRow, _SCOPE)
-            if row is None or not row.on:
-                return None
-            return Freeze(row.by, row.reason, as_utc(row.at))
+        """The freeze in force, or None when there is none (one plain read: the executor
+        asks before every batch it dispatches)."""
+        rows = read_rows(self._engine, _IN_FORCE, "reading the change freeze")
+        if not rows:
+            return None
+        by, reason, at = rows[0]
+        return Freeze(by, reason, as_utc(at))
+
+
+_IN_FORCE = select(col(FreezeRow.by), col(FreezeRow.reason), col(FreezeRow.at)).where(
+    col(FreezeRow.scope) == _SCOPE, col(FreezeRow.on)
+)

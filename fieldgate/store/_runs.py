@@ -278,6 +278,10 @@ class StopRow(StoreTable, table=True):
 
 ALL_PLANS = "*"
 
+_ENGAGED = select(col(StopRow.scope), col(StopRow.by), col(StopRow.reason)).where(
+    col(StopRow.scope).in_([bindparam("every"), bindparam("plan")]), col(StopRow.engaged)
+)
+
 
 class StopStore:
     """Kill switches: engaged ones hold dispatch within one step and refuse device changes."""
@@ -315,11 +319,13 @@ class StopStore:
             session.add(row)
 
     def engaged(self, plan_id: str) -> str | None:
-        """Why dispatch for ``plan_id`` is stopped, or None when it is not."""
-        with transaction(self._engine, "reading kill switches") as session:
-            for scope in (ALL_PLANS, plan_id):
-                row = session.get(StopRow, scope)
-                if row is not None and row.engaged:
-                    target = "every plan" if scope == ALL_PLANS else f"plan {scope}"
-                    return f"kill switch for {target} pulled by {row.by}: {row.reason}"
-        return None
+        """Why dispatch for ``plan_id`` is stopped, or None when it is not (one plain read:
+        the executor asks before every batch it dispatches)."""
+        rows = read_rows(
+            self._engine, _ENGAGED, "reading kill switches", {"every": ALL_PLANS, "plan": plan_id}
+        )
+        if not rows:
+            return None
+        scope, by, reason = min(rows, key=lambda row: row[0] != ALL_PLANS)  # every plan first
+        target = "every plan" if scope == ALL_PLANS else f"plan {scope}"
+        return f"kill switch for {target} pulled by {by}: {reason}"

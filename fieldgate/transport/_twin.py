@@ -47,6 +47,7 @@ class TwinTransport:
         self.rejections: list[tuple[DeviceReport, Refused]] = []
         """Every refused report and why."""
         self._enrolled: dict[str, str] = {}
+        self._read_all = False
         self._newest: dict[str, tuple[int, int]] = {}
         self._answers: dict[str, str | None] = {}
 
@@ -113,9 +114,15 @@ class TwinTransport:
         return self.twin.telemetry(device_id)
 
     def _enroll_keys(self, device_ids: Iterable[str]) -> None:
-        missing = set(device_ids) - self._enrolled.keys()
-        if missing:
-            self._enrolled.update(self.keys(missing))
+        """Know the enrolled keys of ``device_ids``: the first time any is missing, every
+        simulated device's, in one read (a large wave asks in batches of a few devices)."""
+        missing = {d for d in device_ids if d not in self._enrolled}
+        if not missing:
+            return
+        if not self._read_all:
+            self._read_all = True
+            missing.update(self.twin.device_ids())
+        self._enrolled.update(self.keys(missing))
 
     def _trusted(self, reports: list[DeviceReport]) -> list[DeviceReport]:
         """The reports :func:`refusal_of` lets through, in order; the others are kept aside."""

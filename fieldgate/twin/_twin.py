@@ -285,6 +285,10 @@ class FleetTwin:
         """Return every device as it is now, sorted by id."""
         return [self._sim.devices[d].view(self._sim.clock_ms) for d in sorted(self._sim.devices)]
 
+    def device_ids(self) -> list[str]:
+        """Return the id of every simulated device, sorted."""
+        return sorted(self._sim.devices)
+
     def reachable(self, device_id: str) -> bool:
         """Tell whether ``device_id`` is online now."""
         return self._device(device_id).reachable(self._sim.clock_ms)
