@@ -4,13 +4,14 @@ Run: ``.venv/bin/python bench/scale.py [--sizes 1000,10000,100000] [--backends s
 or ``.venv/bin/python bench/scale.py --devices 10000`` (one size, SQLite, prints ``per device``).
 
 Every device of a 20-site fleet is targeted by one safety-class rollout. The world (catalog,
-fleet import, the twin, device key enrolment) is built first and not timed; the orchestrator
+fleet import, the twin, device key enrolment) is built first, in a process of its own, and
+not timed; the orchestrator
 time is ``submit`` (intake, planner, validator, policy) plus the approvals plus ``work``
 (every wave dispatched to the twin, settled and recorded), less the time spent inside the
 twin simulating the devices (running each command, signing each report, the twin's own
 store): that is the devices' work, and is printed beside it. The control plane's checks
 of every report (signature, addressee, clock) are the orchestrator's, wherever called.
-Each size runs in a fresh child process, so that its peak RSS is its own. Printed per run:
+Each size runs in a fresh process, so that its peak RSS is the rollout's. Printed per run:
 seconds, milliseconds per device, the policy decision's latency and the size of its input
 (summaries: flat in the fleet), and peak RSS; then the growth exponent (slope of log time
 against log devices) and the PostgreSQL/SQLite ratio per size, for the orchestrator and
@@ -35,6 +36,8 @@ from pathlib import Path
 from typing import Any
 
 SITES = 20
+SEED = 0
+APPROVERS = ("saf-lee", "rm-kim", "cmp-ivo")
 PG_DSN = os.environ.get("FIELDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
 GOALS = "goals: 100k on SQLite <= 20 s (0.2 ms/device); PostgreSQL <= 1.5x; exponent <= 1.05"
 
@@ -187,13 +190,33 @@ def time_crypto() -> None:
     TwinKeys.sign = timed("device_sign", TwinKeys.sign)  # type: ignore[method-assign]
 
 
-def one_run(devices: int, backend: str) -> dict[str, Any]:
-    """Build the world, then time request -> approvals -> execution (in this process)."""
+def build(devices: int, url: str) -> float:
+    """Build the world of ``devices`` on ``url`` (catalog, fleet, twin, keys); seconds taken."""
+    from fieldgate.agents.offline import OfflineChatModel
+    from fieldgate.evals._world import build_world
+    from fieldgate.policy import RegoEngine
+
+    began = time.perf_counter()
+    world = build_world(scenario_of(devices), url, SEED, OfflineChatModel(), RegoEngine())
+    world.store.close()
+    return time.perf_counter() - began
+
+
+def one_run(devices: int, url: str) -> dict[str, Any]:
+    """Reopen the world ``build`` made on ``url`` (in another process, so this process's
+    peak RSS is the rollout's), then time request -> approvals -> execution."""
     time_crypto()
     time_device_side()
+    from fieldgate.agents.offline import OfflineChatModel
     from fieldgate.audit import EventKind
-    from fieldgate.evals._world import open_run
+    from fieldgate.evals._world import scenario_context, twin_id_of
+    from fieldgate.graphs.checkpoint import open_checkpointer
+    from fieldgate.graphs.runner import Orchestrator
     from fieldgate.policy import RegoEngine
+    from fieldgate.signing import SigningKey
+    from fieldgate.store import Store
+    from fieldgate.transport import TwinTransport
+    from fieldgate.twin import FleetTwin
 
     class MeasuredEngine(RegoEngine):
         """The in-process engine, recording the size of every input it decides on."""
@@ -206,35 +229,41 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
 
     scenario = scenario_of(devices)
     engine = MeasuredEngine()
-    with database(backend) as url:
-        began = time.perf_counter()
-        with open_run(scenario, url, engine) as (world, orch):
-            setup = time.perf_counter() - began
-            began, cpu = time.perf_counter(), time.process_time()
-            crypto_before, devices_before = dict(CRYPTO_CPU), dict(DEVICE_SIDE)
-            view = orch.submit(scenario.request, scenario.actor, plan_id="scale")
-            planned = time.perf_counter() - began
-            for person in ("saf-lee", "rm-kim", "cmp-ivo"):
-                if view.status == "awaiting_approval":
-                    view = orch.decide(view.thread_id, world.keys[person], "approve", "bench")
-            view = orch.work(view.thread_id)
-            seconds = time.perf_counter() - began
-            cpu = time.process_time() - cpu
-            crypto = {k: CRYPTO_CPU[k] - crypto_before[k] for k in CRYPTO_CPU}
-            device_side = {k: DEVICE_SIDE[k] - devices_before[k] for k in DEVICE_SIDE}
-            decisions = [
-                e.payload
-                for e in world.store.audit.events(
-                    plan_id="scale", kinds=[EventKind.policy_decision]
-                )
-            ]
-            versions: dict[str, int] = {}
-            for device in world.store.fleet.devices():
-                v = device.installed.get("hvac-controller", "-")
-                versions[v] = versions.get(v, 0) + 1
+    began = time.perf_counter()
+    store = Store.open(url)
+    twin = FleetTwin.load(store.engine, twin_id_of(scenario, SEED))
+    ctx = scenario_context(scenario, SEED, store, TwinTransport(twin), OfflineChatModel(), engine)
+    # The approvers' keys build_world enrolled (derived from the scenario and the seed).
+    keys = {
+        person: SigningKey.from_seed(person, f"{scenario.id}:{SEED}:{person}".encode())
+        for person in APPROVERS
+    }
+    with store, open_checkpointer(url) as checkpointer:
+        orch = Orchestrator(ctx, checkpointer)
+        setup = time.perf_counter() - began
+        began, cpu = time.perf_counter(), time.process_time()
+        crypto_before, devices_before = dict(CRYPTO_CPU), dict(DEVICE_SIDE)
+        view = orch.submit(scenario.request, scenario.actor, plan_id="scale")
+        planned = time.perf_counter() - began
+        for person in APPROVERS:
+            if view.status == "awaiting_approval":
+                view = orch.decide(view.thread_id, keys[person], "approve", "bench")
+        view = orch.work(view.thread_id)
+        seconds = time.perf_counter() - began
+        cpu = time.process_time() - cpu
+        crypto = {k: CRYPTO_CPU[k] - crypto_before[k] for k in CRYPTO_CPU}
+        device_side = {k: DEVICE_SIDE[k] - devices_before[k] for k in DEVICE_SIDE}
+        decisions = [
+            e.payload
+            for e in store.audit.events(plan_id="scale", kinds=[EventKind.policy_decision])
+        ]
+        versions: dict[str, int] = {}
+        for device in store.fleet.devices():
+            v = device.installed.get("hvac-controller", "-")
+            versions[v] = versions.get(v, 0) + 1
     return {
         "devices": devices,
-        "backend": backend,
+        "backend": "postgres" if url.startswith("postgresql") else "sqlite",
         "setup": setup,
         "planning": planned,
         "seconds": seconds,
@@ -252,14 +281,17 @@ def one_run(devices: int, backend: str) -> dict[str, Any]:
 
 
 def child(devices: int, backend: str) -> dict[str, Any]:
-    """Run one size in a fresh process (its own peak RSS) and read its result."""
-    out = subprocess.run(
-        [sys.executable, __file__, "--child", str(devices), "--backends", backend],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Build one size's world in a process, then run it in a fresh one (its own peak RSS)."""
+    with database(backend) as url:
+        for argv in (["--build", str(devices)], ["--child", str(devices)]):
+            out = subprocess.run(
+                [sys.executable, __file__, *argv, "--url", url],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+        run: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+        return run
 
 
 def show(run: dict[str, Any]) -> None:
@@ -269,7 +301,7 @@ def show(run: dict[str, Any]) -> None:
         f"  {run['backend']:<8} {n:>7} devices: {run['seconds']:8.2f} s "
         f"({run['cpu']:.2f} s CPU; planning {run['planning']:.2f} s), {per:.3f} ms/device "
         f"({run['cpu'] / n * 1000:.3f} CPU), peak RSS "
-        f"{run['rss_mib']:.0f} MiB, setup {run['setup']:.1f} s (not timed), outcome "
+        f"{run['rss_mib']:.0f} MiB, reopening the world {run['setup']:.1f} s (not timed), outcome "
         f"{run['outcome']}, installed {run['installed']}"
     )
     side = run["device_side"]
@@ -309,9 +341,14 @@ def main() -> int:
     parser.add_argument("--sizes", default="1000,10000,100000", help="comma-separated sizes")
     parser.add_argument("--backends", default="sqlite,postgres", help="sqlite,postgres")
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--build", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build:
+        print(json.dumps({"built": build(args.build, args.url)}))
+        return 0
     if args.child:
-        print(json.dumps(one_run(args.child, args.backends)))
+        print(json.dumps(one_run(args.child, args.url)))
         return 0
     if args.devices:
         run = child(args.devices, "sqlite")

@@ -35,7 +35,11 @@ def largest_inputs(run: dict[str, Any]) -> dict[str, int]:
 
 def check(small: int, large: int) -> None:
     scale = bench()
-    runs = [scale.one_run(n, "sqlite") for n in (small, large)]
+    runs = []
+    for n in (small, large):
+        with scale.database("sqlite") as url:
+            scale.build(n, url)
+            runs.append(scale.one_run(n, url))
     for run in runs:
         assert run["outcome"] == "completed", run
         assert run["installed"] == {"2.4.1": run["devices"]}
