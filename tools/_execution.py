@@ -150,13 +150,16 @@ class Execution(BaseModel):
 def hold_for(ctx: Context, plan_id: str, *, forward: bool) -> Hold | None:
     """What holds a run of ``plan_id`` now: the kill switch (whatever the run does), else
     the change freeze (only a forward rollout); None when nothing does."""
-    stop = ctx.store.stops.engaged(plan_id)
+    stop, freeze = ctx.store.stops.holding(plan_id)  # one read, before every batch
     if stop is not None:
         return Hold(kind="kill_switch", reason=stop)
     if forward:
-        freeze = ctx.freeze_in_force()
         if freeze is not None:
-            return Hold(kind="freeze", reason=freeze)
+            frozen: str | None = freeze.describe()
+        else:  # only a freeze this command forces (FIELDGATE_FREEZE=1) is left to ask about
+            frozen = ctx.freeze_in_force() if ctx.freeze else None
+        if frozen is not None:
+            return Hold(kind="freeze", reason=frozen)
     return None
 
 
@@ -467,6 +470,7 @@ def _wait_for_window(tc: ToolContext, site: Site) -> None:
     if opens is None:
         return
     window = {"kind": "maintenance_window", "until": opens.isoformat(), "site": site.id}
+    flush(tc)  # what came in is on record before the wait (status reads it meanwhile)
     _waiting(tc, {**window, "wave": tc.execution.current})
     reports = tc.ctx.transport.sleep_until(opens)
     _waiting(tc, None)
@@ -559,6 +563,7 @@ def _deploy_wave(tc: ToolContext, wave: int) -> dict[str, Any]:
         if ctx.settings.max_soak is not None:
             soak = min(soak, ctx.settings.max_soak)
         run.soak_until = ctx.now() + soak
+        flush(tc)  # what came in is on record before the soak (status reads it meanwhile)
         _waiting(tc, {"kind": "soak", "until": run.soak_until.isoformat(), "wave": wave})
         held = _soak(tc, run, run.soak_until)
         _waiting(tc, None)

@@ -11,24 +11,27 @@ import builtins
 import fcntl
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import bindparam, insert, text, update
+from sqlalchemy import bindparam, insert, literal, text, union_all, update
+from sqlalchemy import select as sql_select
 from sqlalchemy.engine import Engine
 from sqlmodel import Field, Session, col, select
 
 from fieldgate.errors import NotFound
 from fieldgate.store._engine import for_writing, joined, read_rows, read_scalar, transaction
+from fieldgate.store._freeze import Freeze, FreezeRow
 from fieldgate.store._table import (
     StoreTable,
     as_utc,
     from_json_text,
     json_text,
+    table_of,
     utc_now,
     utc_time_field,
 )
@@ -225,7 +228,10 @@ class RunStore:
         digest = hashlib.sha256(thread_id.encode()).digest()
         if self._engine.dialect.name == "postgresql":
             key = int.from_bytes(digest[:8], "big", signed=True)
-            with self._engine.connect() as conn:
+            # Autocommit: a session's advisory lock needs no transaction, and a transaction
+            # left open for the whole run would make every CREATE INDEX CONCURRENTLY in the
+            # database (the checkpointer's setup in another worker) wait for it to end.
+            with self._engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
                 got = bool(
                     conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
                 )
@@ -281,6 +287,16 @@ ALL_PLANS = "*"
 _ENGAGED = select(col(StopRow.scope), col(StopRow.by), col(StopRow.reason)).where(
     col(StopRow.scope).in_([bindparam("every"), bindparam("plan")]), col(StopRow.engaged)
 )
+_STOPS, _FREEZE = table_of(StopRow).c, table_of(FreezeRow).c
+_HOLDING = union_all(
+    sql_select(literal("stop"), _STOPS.scope, _STOPS.by, _STOPS.reason, _STOPS.at).where(
+        col(StopRow.scope).in_([bindparam("every"), bindparam("plan")]), col(StopRow.engaged)
+    ),
+    sql_select(literal("freeze"), _FREEZE.scope, _FREEZE.by, _FREEZE.reason, _FREEZE.at).where(
+        col(FreezeRow.on)
+    ),
+)
+"""Engaged kill switches for a plan (or every plan) and the change freeze, in one read."""
 
 
 class StopStore:
@@ -324,8 +340,26 @@ class StopStore:
         rows = read_rows(
             self._engine, _ENGAGED, "reading kill switches", {"every": ALL_PLANS, "plan": plan_id}
         )
-        if not rows:
-            return None
-        scope, by, reason = min(rows, key=lambda row: row[0] != ALL_PLANS)  # every plan first
-        target = "every plan" if scope == ALL_PLANS else f"plan {scope}"
-        return f"kill switch for {target} pulled by {by}: {reason}"
+        return _stop_reason(rows)
+
+    def holding(self, plan_id: str) -> tuple[str | None, Freeze | None]:
+        """What holds ``plan_id`` now: why its kill switch is pulled (None: it is not) and
+        the change freeze in force (None: none), in one read for a running wave's batches."""
+        rows = read_rows(
+            self._engine, _HOLDING, "reading kill switches", {"every": ALL_PLANS, "plan": plan_id}
+        )
+        stops = [(scope, by, reason) for kind, scope, by, reason, _ in rows if kind == "stop"]
+        freezes = [
+            Freeze(by, reason, as_utc(at)) for kind, _, by, reason, at in rows if kind == "freeze"
+        ]
+        return _stop_reason(stops), (freezes[0] if freezes else None)
+
+
+def _stop_reason(rows: Sequence[Sequence[Any]]) -> str | None:
+    """Why the engaged switches in ``rows`` (scope, by, reason) stop dispatch (every plan's
+    switch first)."""
+    if not rows:
+        return None
+    scope, by, reason = min(rows, key=lambda row: row[0] != ALL_PLANS)
+    target = "every plan" if scope == ALL_PLANS else f"plan {scope}"
+    return f"kill switch for {target} pulled by {by}: {reason}"
