@@ -253,12 +253,12 @@ def test_opening_the_store_neither_waits_for_nor_deadlocks_an_append(pg_url: str
     """Every worker and command opens the store. Opening once re-created the log's
     triggers, locking audit_event, then audit_head, while an append locks the head, then
     reads audit_event: a worker starting while the chat appended deadlocked one of them."""
-    failed: list[BaseException] = []
+    failed: list[Exception] = []
 
     def open_store() -> None:
         try:
             Store.open(pg_url).close()
-        except BaseException as exc:
+        except Exception as exc:
             failed.append(exc)
 
     with Store.open(pg_url) as store:

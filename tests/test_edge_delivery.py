@@ -367,7 +367,7 @@ def test_two_gateways_starting_at_once_on_a_new_database_both_start(pg_url: str)
     """Two workers starting together on a new PostgreSQL database both create the
     gateway's tables: one of them failed on a duplicate catalog row until they took turns."""
     broker = shared_broker()
-    failed: list[BaseException] = []
+    failed: list[Exception] = []
 
     def start(store: Store, client_id: str, together: threading.Barrier) -> None:
         together.wait()
