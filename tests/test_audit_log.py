@@ -238,6 +238,42 @@ def test_init_restores_dropped_triggers(store: Store) -> None:
         sql(store, "DELETE FROM audit_event")
 
 
+@pytest.mark.postgres
+def test_init_restores_disabled_triggers(pg_url: str) -> None:
+    with Store.open(pg_url) as store:
+        fill(store, 2)
+        sql(store, "ALTER TABLE audit_event DISABLE TRIGGER audit_event_append_only")
+        store.init()
+        with pytest.raises(SQLAlchemyError, match="append-only"):
+            sql(store, "DELETE FROM audit_event")
+
+
+@pytest.mark.postgres
+def test_opening_the_store_neither_waits_for_nor_deadlocks_an_append(pg_url: str) -> None:
+    """Every worker and command opens the store. Opening once re-created the log's
+    triggers, locking audit_event, then audit_head, while an append locks the head, then
+    reads audit_event: a worker starting while the chat appended deadlocked one of them."""
+    failed: list[Exception] = []
+
+    def open_store() -> None:
+        try:
+            Store.open(pg_url).close()
+        except Exception as exc:
+            failed.append(exc)
+
+    with Store.open(pg_url) as store:
+        fill(store, 1)
+        with store.engine.connect() as conn, conn.begin():
+            conn.execute(text("SELECT seq FROM audit_head FOR UPDATE"))  # an append's first step
+            opening = threading.Thread(target=open_store)
+            opening.start()
+            opening.join(timeout=10)
+            waited = opening.is_alive()
+            conn.execute(text("SELECT seq, hash FROM audit_event ORDER BY seq DESC LIMIT 1"))
+        opening.join(timeout=30)
+    assert not waited and not failed, failed
+
+
 def _forged(seq: int, prev_hash: str) -> str:
     event = AuditEvent(
         seq=seq,

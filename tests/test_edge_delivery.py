@@ -11,6 +11,7 @@ import datetime as dt
 import ipaddress
 import sqlite3
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +48,7 @@ from fieldgate.edge import (
     LocalFleet,
     encode,
 )
+from fieldgate.edge._tables import EdgeTable
 from fieldgate.store import Store
 from fieldgate.transport import open_mqtt_transport
 
@@ -358,3 +360,35 @@ def test_agents_and_gateway_talk_over_tls_with_passwords(
             assert answer(gw, cmd.command_id).status is ReportStatus.applied
     finally:
         secure.stop()
+
+
+@pytest.mark.postgres
+def test_two_gateways_starting_at_once_on_a_new_database_both_start(pg_url: str) -> None:
+    """Two workers starting together on a new PostgreSQL database both create the
+    gateway's tables: one of them failed on a duplicate catalog row until they took turns."""
+    broker = shared_broker()
+    failed: list[Exception] = []
+
+    def start(store: Store, client_id: str, together: threading.Barrier) -> None:
+        together.wait()
+        try:
+            with Gateway(store, broker, client_id=client_id):
+                pass
+        except Exception as exc:
+            failed.append(exc)
+
+    with Store.open(pg_url) as store:
+        for attempt in range(4):
+            EdgeTable.metadata.drop_all(store.engine)
+            together = threading.Barrier(2)
+            starting = [
+                threading.Thread(
+                    target=start, args=(store, f"{broker.topic_root}-{attempt}-{n}", together)
+                )
+                for n in range(2)
+            ]
+            for thread in starting:
+                thread.start()
+            for thread in starting:
+                thread.join(timeout=60)
+    assert failed == []

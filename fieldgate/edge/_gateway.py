@@ -77,7 +77,7 @@ from fieldgate.errors import BrokerUnreachable, CommandUnsigned
 from fieldgate.plan import Selector
 from fieldgate.signing import verify
 from fieldgate.store import Store
-from fieldgate.store._engine import for_writing
+from fieldgate.store._engine import creating_tables, for_writing
 
 log = logging.getLogger("fieldgate.edge.gateway")
 
@@ -186,7 +186,7 @@ class Gateway:
         Raises:
             BrokerUnreachable: no connection within ``connect_timeout``.
         """
-        with for_writing(self._engine).begin() as conn:
+        with creating_tables(self._engine) as conn:
             EdgeTable.metadata.create_all(conn)
         self._load()
         connect_async(self._client, self.broker)

@@ -118,30 +118,63 @@ _SQLITE_TRIGGERS = [
         ("audit_head", "DELETE"),
     )
 ]
-_POSTGRES_GUARDS = (
-    # (trigger, table, when, level); DROP + CREATE rather than CREATE OR REPLACE TRIGGER,
-    # which needs PostgreSQL 14.
+PostgresGuard = tuple[str, str, str, str]
+"""A trigger refusing changes: (name, table, the operations it refuses, ROW or STATEMENT)."""
+
+_POSTGRES_GUARDS: tuple[PostgresGuard, ...] = (
     ("audit_event_append_only", "audit_event", "UPDATE OR DELETE", "ROW"),
     ("audit_event_no_truncate", "audit_event", "TRUNCATE", "STATEMENT"),
     ("audit_head_no_delete", "audit_head", "DELETE", "ROW"),
     ("audit_head_no_truncate", "audit_head", "TRUNCATE", "STATEMENT"),
 )
-_POSTGRES_TRIGGERS = [
-    """CREATE OR REPLACE FUNCTION fieldgate_audit_append_only() RETURNS trigger
+_POSTGRES_GUARD_FUNCTION = "fieldgate_audit_append_only"
+_POSTGRES_FUNCTION = f"""CREATE OR REPLACE FUNCTION {_POSTGRES_GUARD_FUNCTION}() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION 'the audit log is append-only: % on % is refused', TG_OP, TG_TABLE_NAME;
-    END $$""",
-    *(
-        statement
-        for name, table, when, level in _POSTGRES_GUARDS
-        for statement in (
-            f"DROP TRIGGER IF EXISTS {name} ON {table}",
-            f"CREATE TRIGGER {name} BEFORE {when} ON {table} "
-            f"FOR EACH {level} EXECUTE FUNCTION fieldgate_audit_append_only()",
+    END $$"""
+# pg_trigger.tgtype bits (PostgreSQL's include/catalog/pg_trigger.h).
+_TG_ROW, _TG_BEFORE = 1, 2
+_TG_OPERATIONS = {"INSERT": 4, "DELETE": 8, "UPDATE": 16, "TRUNCATE": 32}
+_TRIGGERS_ON = text(
+    "SELECT t.tgname, t.tgtype, t.tgenabled, p.proname FROM pg_trigger t "
+    "JOIN pg_proc p ON p.oid = t.tgfoid "
+    "WHERE t.tgrelid = to_regclass(:table) AND NOT t.tgisinternal"
+)
+
+
+def _tgtype(operations: str, level: str) -> int:
+    bits = _TG_BEFORE | (_TG_ROW if level == "ROW" else 0)
+    for operation in operations.split(" OR "):
+        bits |= _TG_OPERATIONS[operation]
+    return bits
+
+
+def install_postgres_guards(conn: Connection, guards: Iterable[PostgresGuard]) -> None:
+    """Create each guard trigger that is missing, disabled or not the one fieldgate makes.
+
+    Every process that opens the store comes here. Dropping and creating a trigger locks
+    its table exclusively, and done on every open it deadlocked with appends (which lock
+    ``audit_head``, then read ``audit_event``: the other order), so the catalog, which
+    takes no lock on the tables, is read first and only what is wrong is rebuilt.
+    """
+    conn.execute(text(_POSTGRES_FUNCTION))
+    found: dict[str, set[tuple[str, int, str, str]]] = {}
+    for name, table, operations, level in guards:
+        if table not in found:
+            rows = conn.execute(_TRIGGERS_ON, {"table": table})
+            found[table] = {(r[0], int(r[1]), str(r[2]), r[3]) for r in rows}
+        wanted = (name, _tgtype(operations, level), "O", _POSTGRES_GUARD_FUNCTION)
+        if wanted in found[table]:
+            continue
+        # DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs PostgreSQL 14.
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE {operations} ON {table} "
+                f"FOR EACH {level} EXECUTE FUNCTION {_POSTGRES_GUARD_FUNCTION}()"
+            )
         )
-    ),
-]
 
 
 def install_audit_guards(conn: Connection) -> None:
@@ -150,8 +183,11 @@ def install_audit_guards(conn: Connection) -> None:
     A log with events but no head row is left so: verification reports it and
     appends refuse, instead of a new head quietly accepting a truncated log.
     """
-    for statement in _SQLITE_TRIGGERS if is_sqlite(conn) else _POSTGRES_TRIGGERS:
-        conn.execute(text(statement))
+    if is_sqlite(conn):
+        for statement in _SQLITE_TRIGGERS:
+            conn.execute(text(statement))
+    else:
+        install_postgres_guards(conn, _POSTGRES_GUARDS)
     empty = conn.execute(select(_EVENTS.c.seq).limit(1)).first() is None
     if empty and conn.execute(select(_HEAD.c.id)).first() is None:
         conn.execute(insert(_HEAD).values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH))

@@ -7,7 +7,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Executable, event
+from sqlalchemy import Executable, event, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlmodel import Session, create_engine
@@ -82,6 +82,26 @@ def for_writing(engine: Engine) -> Engine:
     PostgreSQL ignores the option.
     """
     return engine.execution_options(**{_SQLITE_BEGIN: "BEGIN IMMEDIATE"})
+
+
+CREATING_TABLES_LOCK = 0x6669656C64676174  # "fieldgat"
+"""The PostgreSQL advisory lock that processes creating tables take in turn."""
+
+
+@contextmanager
+def creating_tables(engine: Engine) -> Iterator[Connection]:
+    """A write transaction for creating missing tables, one process at a time.
+
+    PostgreSQL does not make a CREATE TABLE wait for another process creating the same
+    table: the second fails on a duplicate catalog row (``pg_type``) once the first one
+    commits, as when two workers start on a new database. Creators therefore queue on a
+    transaction-scoped advisory lock, and the second finds the tables made. SQLite's
+    write lock (``BEGIN IMMEDIATE``) queues them already.
+    """
+    with for_writing(engine).begin() as conn:
+        if not is_sqlite(conn):
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CREATING_TABLES_LOCK})
+        yield conn
 
 
 def reason_of(exc: SQLAlchemyError) -> str:

@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from types import TracebackType
 
-from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
@@ -24,8 +23,8 @@ from fieldgate.store._checkpoints import (
 )
 from fieldgate.store._conversations import ConversationStore
 from fieldgate.store._engine import (
+    creating_tables,
     for_writing,
-    is_sqlite,
     open_engine,
     reason_of,
     transaction,
@@ -36,8 +35,6 @@ from fieldgate.store._keys import KeyStore
 from fieldgate.store._plans import PlanStore
 from fieldgate.store._runs import RunStore, StopStore
 from fieldgate.store._table import StoreTable
-
-_INIT_LOCK = 0x6669656C64676174  # "fieldgat": serialises concurrent ``init`` on PostgreSQL
 
 
 class Store:
@@ -84,9 +81,7 @@ class Store:
     def init(self) -> None:
         """Create the tables, the audit triggers, head and log id if missing (idempotent)."""
         try:
-            with for_writing(self.engine).begin() as conn:
-                if not is_sqlite(conn):
-                    conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _INIT_LOCK})
+            with creating_tables(self.engine) as conn:
                 StoreTable.metadata.create_all(conn)
                 # A restricted role (``fieldgate db roles``) finds the guards its owner made.
                 if owns_audit_tables(conn):
