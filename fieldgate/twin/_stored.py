@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
@@ -20,7 +21,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Site
 from fieldgate.store._engine import for_writing, reason_of
-from fieldgate.twin._state import FaultEntry, LedgerEntry, SimDevice
+from fieldgate.twin._state import FaultEntry, LedgerEntry, SimDevice, changed_columns
 from fieldgate.twin._tables import DEVICES as _DEVICES
 from fieldgate.twin._tables import EFFECTS as _EFFECTS
 from fieldgate.twin._tables import FAULTS as _FAULTS
@@ -45,6 +46,9 @@ class Changes:
 
     def clear(self) -> None:
         """Forget every change, once they are stored."""
+        for effects in (self.new_effects, self.changed_effects):
+            for effect in effects.values():
+                effect.dirty = 0
         self.devices.clear()
         self.new_effects.clear()
         self.changed_effects.clear()
@@ -195,13 +199,14 @@ def write_changes(
             LedgerEntry.FIXED + LedgerEntry.MOVING,
             [e.row(twin_id) for e in changes.new_effects.values()],
         )
-    changed_effects = [
-        (*e.moving(), twin_id, cid)
-        for cid, e in changes.changed_effects.items()
-        if cid not in changes.new_effects
-    ]
-    if changed_effects:
-        bulk_update(conn, _EFFECTS, LedgerEntry.MOVING, ("twin_id", "command_id"), changed_effects)
+    # Each entry writes only the columns that moved: entries that moved alike (started,
+    # completed and reported, held, ...) go together in one statement.
+    alike: dict[int, list[tuple[Any, ...]]] = {}
+    for cid, e in changes.changed_effects.items():
+        if cid not in changes.new_effects:
+            alike.setdefault(e.dirty, []).append((*e.changed(), twin_id, cid))
+    for dirty, rows in alike.items():
+        bulk_update(conn, _EFFECTS, changed_columns(dirty), ("twin_id", "command_id"), rows)
     if changes.devices:
         bulk_update(
             conn,

@@ -8,6 +8,8 @@ round-trip them exactly; documents (sites, device state, faults) are JSON text.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from itertools import compress, repeat
+from operator import is_not
 from typing import Any
 
 from sqlalchemy import BigInteger, Table, Text
@@ -157,6 +159,8 @@ class TwinEffectRow(SQLModel, table=True):
     """Counter part of the report's hybrid logical clock reading."""
 
 
+_NONE = repeat(None)
+
 FLEETS: Table = SQLModel.metadata.tables["twin_fleets"]
 DEVICES: Table = SQLModel.metadata.tables["twin_devices"]
 FAULTS: Table = SQLModel.metadata.tables["twin_faults"]
@@ -186,17 +190,29 @@ def _statement_parts(conn: Connection, table: Table) -> tuple[str, Callable[[str
 def bulk_insert(
     conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """Insert ``rows`` (values in ``columns`` order) with one driver-level executemany.
+    """Insert ``rows`` (values in ``columns`` order) with one driver-level executemany each.
 
     The twin writes thousands of rows per call; going to the driver directly skips
-    SQLAlchemy's per-row parameter processing, which costs more than the write.
+    SQLAlchemy's per-row parameter processing, which costs more than the write. A None
+    is not sent: the column is left out and takes its default, NULL (the twin's tables
+    declare no other), since binding a NULL costs the sqlite3 driver four times an
+    integer and a fresh ledger entry is half NULLs. Rows with NULLs in the same columns
+    go in one statement.
     """
     if not rows:
         return
     name, quote, mark = _statement_parts(conn, table)
-    names = ", ".join(quote(c) for c in columns)
-    marks = ", ".join(mark for _ in columns)
-    conn.exec_driver_sql(f"INSERT INTO {name} ({names}) VALUES ({marks})", list(rows))
+    shapes: dict[tuple[bool, ...], list[Sequence[Any]]] = {}
+    for row in rows:
+        present = tuple(map(is_not, row, _NONE))
+        shape = shapes.get(present)
+        if shape is None:
+            shape = shapes[present] = []
+        shape.append(row if all(present) else tuple(compress(row, present)))
+    for present, shaped in shapes.items():
+        names = ", ".join(quote(c) for c in compress(columns, present))
+        marks = ", ".join(mark for _ in compress(columns, present))
+        conn.exec_driver_sql(f"INSERT INTO {name} ({names}) VALUES ({marks})", shaped)
 
 
 def bulk_update(
