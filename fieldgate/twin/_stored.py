@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Connection, Engine
@@ -201,12 +200,14 @@ def write_changes(
         )
     # Each entry writes only the columns that moved: entries that moved alike (started,
     # completed and reported, held, ...) go together in one statement.
-    alike: dict[int, list[tuple[Any, ...]]] = {}
+    alike: dict[int, list[LedgerEntry]] = {}
     for cid, e in changes.changed_effects.items():
         if cid not in changes.new_effects:
-            alike.setdefault(e.dirty, []).append((*e.changed(), twin_id, cid))
-    for dirty, rows in alike.items():
-        bulk_update(conn, _EFFECTS, changed_columns(dirty), ("twin_id", "command_id"), rows)
+            alike.setdefault(e.dirty, []).append(e)
+    for dirty, entries in alike.items():
+        columns, values = changed_columns(dirty)
+        rows = [(*values(e), twin_id, e.command_id) for e in entries]
+        bulk_update(conn, _EFFECTS, columns, ("twin_id", "command_id"), rows)
     if changes.devices:
         bulk_update(
             conn,
