@@ -71,6 +71,22 @@ def test_the_ledger_refuses_a_second_row_for_a_command(db_url: str) -> None:
         conn.execute(EFFECTS.insert(), {**row._asdict(), "seq": 99})
 
 
+def test_a_write_the_database_refuses_retires_the_twin(db_url: str) -> None:
+    engine = open_engine(db_url)
+    twin = new_twin(engine)
+    first, taken = command("ber-03-pump-01"), command("ber-03-pump-02")
+    twin.dispatch([first], wave=0)
+    with engine.connect() as conn:
+        row = conn.execute(select(EFFECTS).where(EFFECTS.c.command_id == first.command_id)).one()
+    with engine.begin() as conn:  # a row for the next command is there already
+        conn.execute(EFFECTS.insert(), {**row._asdict(), "command_id": taken.command_id})
+    with pytest.raises(StoreError, match="load the twin again"):
+        twin.dispatch([taken], wave=0)
+    with pytest.raises(StoreError, match="load the twin again"):
+        twin.settle()
+    assert FleetTwin.load(engine, "twin").now == START  # the refused write left nothing
+
+
 def last_reporter(twin: FleetTwin) -> str:
     return max(twin.effects(), key=lambda e: e.reported_at or START).device_id
 

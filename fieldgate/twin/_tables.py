@@ -14,6 +14,7 @@ from typing import Any
 
 from sqlalchemy import BigInteger, Table, Text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlmodel import Field, SQLModel
 
 from fieldgate.errors import StoreError
@@ -187,21 +188,42 @@ def _statement_parts(conn: Connection, table: Table) -> tuple[str, Callable[[str
     return preparer.format_table(table), preparer.quote, mark
 
 
+def _copy_in(conn: Connection, name: str, names: str, rows: Sequence[Sequence[Any]]) -> None:
+    """PostgreSQL: stream ``rows`` in with ``COPY``, in the connection's transaction.
+
+    A driver error comes out as SQLAlchemy's, as from any other statement.
+    """
+    statement = f"COPY {name} ({names}) FROM STDIN"
+    dbapi = conn.dialect.loaded_dbapi
+    cursor: Any = conn.connection.cursor()
+    try:
+        with cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=conn.dialect) from exc
+
+
 def bulk_insert(
     conn: Connection, table: Table, columns: Sequence[str], rows: Sequence[Sequence[Any]]
 ) -> None:
-    """Insert ``rows`` (values in ``columns`` order) with one driver-level executemany each.
+    """Insert ``rows`` (values in ``columns`` order) in bulk, at the driver.
 
     The twin writes thousands of rows per call; going to the driver directly skips
-    SQLAlchemy's per-row parameter processing, which costs more than the write. A None
-    is not sent: the column is left out and takes its default, NULL (the twin's tables
-    declare no other), since binding a NULL costs the sqlite3 driver four times an
-    integer and a fresh ledger entry is half NULLs. Rows with NULLs in the same columns
-    go in one statement.
+    SQLAlchemy's per-row parameter processing, which costs more than the write.
+
+    PostgreSQL gets the rows with ``COPY``: half the cost of a pipelined executemany.
+    SQLite gets one executemany per shape of row, in which a None is not sent: the
+    column is left out and takes its default, NULL (the twin's tables declare no
+    other), since binding a NULL costs the sqlite3 driver four times an integer and a
+    fresh ledger entry is half NULLs.
     """
     if not rows:
         return
     name, quote, mark = _statement_parts(conn, table)
+    if conn.dialect.name == "postgresql":
+        _copy_in(conn, name, ", ".join(quote(c) for c in columns), rows)
+        return
     shapes: dict[tuple[bool, ...], list[Sequence[Any]]] = {}
     for row in rows:
         present = tuple(map(is_not, row, _NONE))
@@ -225,6 +247,7 @@ def bulk_update(
     """Update rows by key with one driver-level executemany.
 
     Each row holds the new values of ``columns`` followed by the values of ``keys``.
+    (On PostgreSQL a pipelined executemany beat one ``UPDATE ... FROM unnest(...)``.)
     """
     if not rows:
         return
