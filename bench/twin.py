@@ -26,6 +26,7 @@ write per device-step, as an executor grouping its calls does).
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import sys
@@ -63,6 +64,23 @@ def _timed_sign(self: TwinKeys, device_id: str, payload: object) -> str:
 
 
 TwinKeys.sign = _timed_sign  # type: ignore[method-assign]
+
+COLLECTING_S = [0.0]
+"""Seconds the cyclic garbage collector ran while the twin was at work (``IN_TWIN``)."""
+IN_TWIN = [False]
+_collection_began = [0.0]
+
+
+def _time_collection(phase: str, _info: dict[str, int]) -> None:
+    if not IN_TWIN[0]:
+        return
+    if phase == "start":
+        _collection_began[0] = time.perf_counter()
+    else:
+        COLLECTING_S[0] += time.perf_counter() - _collection_began[0]
+
+
+gc.callbacks.append(_time_collection)
 
 TIME_ZONES = [
     "Europe/Berlin",
@@ -141,6 +159,8 @@ class Run:
     twin_cpu_s: float = 0.0
     sign_s: float = 0.0
     """Seconds of twin time in the reports' signatures (canonical JSON + ed25519)."""
+    gc_s: float = 0.0
+    """Seconds of twin time in the cyclic garbage collector."""
     total_s: float = 0.0
 
     @property
@@ -190,12 +210,15 @@ def rollout(url: str, inventory: FleetInventory, seed: int, verbose: bool, defer
             commands = commands_for(plan, index, wave_devices, action, twin.now)
             run.build_s += time.perf_counter() - mark
             mark, cpu_mark, signed = time.perf_counter(), time.process_time(), SIGNING_S[0]
+            collected, IN_TWIN[0] = COLLECTING_S[0], True
             with twin.deferred() if deferred else nullcontext():
                 result = twin.dispatch(commands, wave=index)
                 reports = twin.settle()
             run.twin_s += time.perf_counter() - mark
             run.twin_cpu_s += time.process_time() - cpu_mark
+            IN_TWIN[0] = False
             run.sign_s += SIGNING_S[0] - signed
+            run.gc_s += COLLECTING_S[0] - collected
             assert len(result.accepted) == len(wave_devices), "every device is reachable"
             assert len(reports) == len(wave_devices), "every command reports"
             run.steps += len(reports)
@@ -317,6 +340,14 @@ def main() -> int:
             pairs(lambda r: f"{best(r).sign_s / best(r).twin_s:.0%}"),
             f"{signing_us:.0f} us per report signature; alone it caps the twin at "
             f"{first.steps / first.sign_s:,.0f} steps/s",
+        ),
+        (
+            "of which GC",
+            pairs(
+                lambda r: f"{best(r).gc_s / best(r).twin_s:.0%}",
+                lambda r: f"{best_own(r).gc_s / (best_own(r).twin_s - best_own(r).sign_s):.0%}",
+            ),
+            "the interpreter's cycle collector walking the heap as the twin allocates",
         ),
         ("command building", [f"{first.build_s:.3f} s"], "DeviceCommand models, caller side"),
         ("total wall time", [f"{first.total_s:.3f} s"], "create + build + twin"),
