@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import nullcontext
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,7 @@ from fieldgate.errors import InputInvalid, StoreError
 from fieldgate.scenario import Fault
 from fieldgate.store import open_engine
 from fieldgate.twin import EffectPhase, FleetTwin
-from fieldgate.twin._tables import EFFECTS
+from fieldgate.twin._tables import EFFECTS, TWIN_TABLES
 
 
 def ledger_rows(engine: Engine, twin_id: str, command_id: str) -> int:
@@ -70,14 +71,31 @@ def test_the_ledger_refuses_a_second_row_for_a_command(db_url: str) -> None:
         conn.execute(EFFECTS.insert(), {**row._asdict(), "seq": 99})
 
 
+def test_a_write_the_database_refuses_retires_the_twin(db_url: str) -> None:
+    engine = open_engine(db_url)
+    twin = new_twin(engine)
+    first, taken = command("ber-03-pump-01"), command("ber-03-pump-02")
+    twin.dispatch([first], wave=0)
+    with engine.connect() as conn:
+        row = conn.execute(select(EFFECTS).where(EFFECTS.c.command_id == first.command_id)).one()
+    with engine.begin() as conn:  # a row for the next command is there already
+        conn.execute(EFFECTS.insert(), {**row._asdict(), "command_id": taken.command_id})
+    with pytest.raises(StoreError, match="load the twin again"):
+        twin.dispatch([taken], wave=0)
+    with pytest.raises(StoreError, match="load the twin again"):
+        twin.settle()
+    assert FleetTwin.load(engine, "twin").now == START  # the refused write left nothing
+
+
 def last_reporter(twin: FleetTwin) -> str:
     return max(twin.effects(), key=lambda e: e.reported_at or START).device_id
 
 
 def run_history(
-    engine: Engine, twin_id: str, seed: int, reload: bool
+    engine: Engine, twin_id: str, seed: int, reload: bool, deferred: bool = False
 ) -> tuple[list[Any], list[dict[str, Any]], list[dict[str, Any]]]:
-    """Drive one twin through a history with faults; optionally reload it before every step."""
+    """Drive one twin through a history with faults; optionally reload it before every step,
+    or make every step after the faults inside one ``deferred`` block."""
     fleet = devices(8)
     ids = [d.id for d in fleet]
     twin = FleetTwin.create(engine, twin_id, [site()], fleet, seed, START)
@@ -109,15 +127,16 @@ def run_history(
         lambda t: t.settle(),
     ]
     outputs: list[Any] = []
-    for step in steps:
-        if reload:
-            twin = FleetTwin.load(engine, twin_id)
-        result = step(twin)
-        if isinstance(result, list):
-            outputs.append([r.model_dump() for r in result])
-        elif result is not None:
-            outputs.append(result.model_dump())
-        outputs.append((twin.now, [p.model_dump() for p in twin.pending()]))
+    with twin.deferred() if deferred else nullcontext():
+        for step in steps:
+            if reload:
+                twin = FleetTwin.load(engine, twin_id)
+            result = step(twin)
+            if isinstance(result, list):
+                outputs.append([r.model_dump() for r in result])
+            elif result is not None:
+                outputs.append(result.model_dump())
+            outputs.append((twin.now, [p.model_dump() for p in twin.pending()]))
     effects = [e.model_dump() for e in twin.effects()]
     states = [d.model_dump() for d in twin.devices()]
     return outputs, effects, states
@@ -165,6 +184,111 @@ def test_create_or_load_continues_a_stored_twin(engine: Engine) -> None:
         FleetTwin.create_or_load(engine, "t", [site()], devices(3), 5, START)
     with pytest.raises(InputInvalid, match="other devices"):
         FleetTwin.create_or_load(engine, "t", [site()], devices(4), 4, START)
+
+
+def stored_rows(engine: Engine, twin_id: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row the twin ``twin_id`` has in the store, table by table, without its id."""
+    tables = {}
+    with engine.connect() as conn:
+        for table in TWIN_TABLES:
+            key = table.c.id if table.name == "twin_fleets" else table.c.twin_id
+            rows = conn.execute(select(table).where(key == twin_id)).mappings()
+            tables[table.name] = sorted(
+                ({k: v for k, v in row.items() if k not in ("id", "twin_id")} for row in rows),
+                key=repr,
+            )
+    return tables
+
+
+def test_a_deferred_history_stores_what_calls_one_by_one_store(db_url: str) -> None:
+    engine = open_engine(db_url)
+    call_by_call = run_history(engine, "a", seed=11, reload=False)
+    deferred = run_history(engine, "b", seed=11, reload=False, deferred=True)
+    assert deferred == call_by_call
+    one_by_one, together = stored_rows(engine, "a"), stored_rows(engine, "b")
+    # One write for the block instead of one per call: only the generation tells them apart.
+    assert one_by_one["twin_fleets"][0].pop("generation") == 15
+    assert together["twin_fleets"][0].pop("generation") == 2
+    assert together == one_by_one
+    assert len(together["twin_effects"]) == 18
+
+
+def test_nothing_is_written_until_the_deferred_block_ends(engine: Engine) -> None:
+    twin = new_twin(engine)
+    before = stored_rows(engine, "twin")
+    with twin.deferred():
+        twin.dispatch([command("ber-03-pump-01"), command("ber-03-pump-02")], wave=0)
+        with twin.deferred():  # an inner block writes nothing when it ends
+            reports = twin.settle()
+        # The twin's own reads answer from memory: current inside the block.
+        assert twin.versions("pump-logic") == {"1.8.0": 4, "1.9.0": 2}
+        assert twin.now > START and not twin.pending()
+        assert {e.command_id: e.report for e in twin.effects()} == {
+            r.command_id: r for r in reports
+        }
+        # The store still holds the twin as it was before the block.
+        assert stored_rows(engine, "twin") == before
+        assert FleetTwin.load(engine, "twin").now == START
+    assert stored_rows(engine, "twin") != before
+    loaded = FleetTwin.load(engine, "twin")
+    assert loaded.now == twin.now and loaded.effects() == twin.effects()
+
+
+def generation(engine: Engine) -> int:
+    generation: int = stored_rows(engine, "twin")["twin_fleets"][0]["generation"]
+    return generation
+
+
+def test_flush_writes_a_deferred_block_so_far(engine: Engine) -> None:
+    twin = new_twin(engine)
+    twin.flush()  # nothing unwritten: nothing happens
+    assert generation(engine) == 0
+    with twin.deferred():
+        twin.dispatch([command("ber-03-pump-01")], wave=0)
+        twin.flush()
+        assert [e.phase for e in FleetTwin.load(engine, "twin").effects()] == ["running"]
+        twin.settle()
+        assert [e.phase for e in FleetTwin.load(engine, "twin").effects()] == ["running"]
+    assert [e.phase for e in FleetTwin.load(engine, "twin").effects()] == ["done"]
+    assert generation(engine) == 2
+
+
+def test_a_deferred_block_that_raises_still_writes_what_it_did(engine: Engine) -> None:
+    twin = new_twin(engine)
+    with pytest.raises(InputInvalid, match="before the twin's clock"), twin.deferred():
+        twin.dispatch([command("ber-03-pump-01")], wave=0)
+        twin.settle()
+        twin.advance(START)  # refused: the clock has moved on
+    loaded = FleetTwin.load(engine, "twin")
+    assert loaded.now == twin.now and loaded.effects() == twin.effects()
+    twin.advance(1)  # the object still matches the store and goes on
+    assert FleetTwin.load(engine, "twin").now == twin.now
+
+
+def test_a_failed_deferred_write_retires_the_twin(engine: Engine) -> None:
+    twin = new_twin(engine)
+    with pytest.raises(StoreError, match="another writer"), twin.deferred():
+        twin.dispatch([command("ber-03-pump-01")], wave=0)
+        twin.settle()
+        FleetTwin.load(engine, "twin").advance(1)  # a second writer, meanwhile
+    with pytest.raises(StoreError, match="load the twin again"):
+        twin.settle()
+    with pytest.raises(StoreError, match="load the twin again"), twin.deferred():
+        pass
+    stored = FleetTwin.load(engine, "twin")  # the block's changes are lost together
+    assert stored.now == START + timedelta(minutes=1) and stored.effects() == []
+
+
+def test_a_failed_flush_retires_the_twin_and_the_block_writes_no_more(engine: Engine) -> None:
+    twin = new_twin(engine)
+    with pytest.raises(StoreError, match="another writer"), twin.deferred():
+        twin.dispatch([command("ber-03-pump-01")], wave=0)
+        FleetTwin.load(engine, "twin").advance(1)
+        twin.flush()
+        pytest.fail("the failed flush raises")
+    with pytest.raises(StoreError, match="load the twin again"):
+        twin.flush()
+    assert FleetTwin.load(engine, "twin").effects() == []
 
 
 @pytest.fixture

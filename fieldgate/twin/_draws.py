@@ -24,8 +24,8 @@ SLOW_FACTOR = 5
 
 def unit(seed: int, *parts: str) -> float:
     """Return a number in [0, 1) fixed by ``seed`` and ``parts``."""
-    digest = blake2b("\x1f".join((str(seed), *parts)).encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "big") / 2**64
+    key = f"{seed}\x1f" + "\x1f".join(parts)
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") / 2**64
 
 
 def duration_ms(seed: int, command_id: str, action: Action, slow: bool) -> int:

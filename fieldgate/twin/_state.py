@@ -8,9 +8,11 @@ ledger on load rather than stored twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, ClassVar
 
 from fieldgate.commands import (
@@ -35,6 +37,9 @@ def at_or_none(ms: int | None) -> datetime | None:
     return None if ms is None else at_ms(ms)
 
 
+_validate_report = DeviceReport.__pydantic_validator__.validate_python
+"""``DeviceReport.model_validate`` without its wrapper, which costs a fifth of the call."""
+
 to_json = json.JSONEncoder(separators=(",", ":")).encode
 """Encode a document as compact JSON (one encoder for all: ``json.dumps`` with options
 builds a new one per call, which shows at ten thousand devices)."""
@@ -48,6 +53,19 @@ def shared_health(ok: bool, score: float, note: str) -> Health:
     sharing them spares the cycle collector two objects per report.
     """
     return Health(ok=ok, score=score, note=note)
+
+
+@lru_cache(maxsize=4096)
+def _installed_json(items: tuple[tuple[str, str], ...]) -> str:
+    return to_json(dict(items))
+
+
+def installed_json(installed: dict[str, str]) -> str:
+    """Encode a device's installed modules as the ledger stores them (compact, in order).
+
+    A fleet runs a handful of distinct module sets, so each is encoded once.
+    """
+    return _installed_json(tuple(installed.items()))
 
 
 @dataclass(slots=True)
@@ -309,6 +327,10 @@ class LedgerEntry:
     report_signature: str | None = None
     """The device's signature of the report once made; not stored (ed25519 signatures are
     deterministic, so a loaded twin makes the same one again)."""
+    dirty: int = 0
+    """The :attr:`MOVING` columns changed since the entry was last written, one bit each
+    in their order (see :func:`moving_bits`); not stored. Write-through updates only those
+    (:func:`changed_columns`)."""
 
     FIXED: ClassVar[tuple[str, ...]] = (
         "twin_id",
@@ -410,14 +432,18 @@ class LedgerEntry:
         )
 
     def moving(self) -> tuple[Any, ...]:
-        """Return the values of :attr:`MOVING`, in order."""
+        """Return the values of :attr:`MOVING`, in order.
+
+        Enums are written with ``str()``, their value: ``.value`` is a property lookup that
+        costs Python 3.11 several times as much, and the twin reads it per row.
+        """
         return (
-            self.phase.value,
+            str(self.phase),
             self.started_ms,
             self.due_ms,
             self.completed_ms,
             self.reported_ms,
-            None if self.status is None else self.status.value,
+            None if self.status is None else str(self.status),
             self.version_before,
             self.version_after,
             self.health_ok,
@@ -437,14 +463,14 @@ class LedgerEntry:
             self.plan_id,
             self.plan_hash,
             self.wave,
-            self.action.value,
+            str(self.action),
             self.module,
             self.version,
             self.digest,
             self.issued_us,
             self.deadline_us,
             self.signature,
-            self.outcome.value,
+            str(self.outcome),
             self.dispatched_ms,
             None if self.windows is None else to_json(self.windows),
             *self.moving(),
@@ -469,12 +495,12 @@ class LedgerEntry:
 
     def expired(self) -> bool:
         """Tell whether the command started after its deadline or its last window closed."""
-        if self.started_ms is None:
+        started = self.started_ms
+        if started is None:
             return False
-        return (
-            self.started_ms * 1000 > self.deadline_us
-            or self.window_state(self.started_ms) is WindowState.missed
-        )
+        if started * 1000 > self.deadline_us:
+            return True
+        return self.windows is not None and self.window_state(started) is WindowState.missed
 
     def command(self) -> DeviceCommand:
         """Rebuild the command as dispatched."""
@@ -500,27 +526,38 @@ class LedgerEntry:
         """Rebuild the report the device sent, signed with its key (None before it was sent)."""
         if self.hlc is None or self.status is None or self.installed_json is None:
             return None
+        return self.signed_report(keys, json.loads(self.installed_json))
+
+    def signed_report(self, keys: TwinKeys, installed: dict[str, str]) -> DeviceReport:
+        """Build the entry's report with ``installed``, signed once with the device's key.
+
+        One dict serves both: it is the signed payload, field for field as
+        :meth:`DeviceReport.signing_payload` dumps it (a dump per report would cost as much
+        as the rest of the step), then, with the shared health and the signature put in,
+        what the report is validated from.
+        """
+        assert self.hlc is not None and self.status is not None
         assert self.health_ok is not None and self.health_score is not None
         health = shared_health(self.health_ok, self.health_score, self.note or "")
-        # The signed payload is built here, field for field as DeviceReport.signing_payload
-        # dumps it: a dump per report would cost as much as the rest of the step.
-        payload: dict[str, Any] = {
+        values: dict[str, Any] = {
             "command_id": self.command_id,
             "device_id": self.device_id,
             "status": str(self.status),
-            "installed": json.loads(self.installed_json),
+            "installed": installed,
             "health": {"ok": health.ok, "score": health.score, "note": health.note},
             "reason": self.reason(),
             "hlc": {"wall_ms": self.hlc[0], "counter": self.hlc[1], "node": self.device_id},
         }
         if self.report_signature is None:
-            self.report_signature = keys.sign(self.device_id, payload)
-        return DeviceReport.model_validate(
-            payload | {"health": health, "signature": self.report_signature}
-        )
+            self.report_signature = keys.sign(self.device_id, values)
+        values["health"] = health
+        values["signature"] = self.report_signature
+        return _validate_report(values)
 
     def reason(self) -> str:
         """Say why the command did not apply (empty when it did)."""
+        if self.status is ReportStatus.applied:
+            return ""
         if self.status is ReportStatus.expired and self.windows:
             closed = at_us(self.windows[-1][1]).isoformat()
             return (
@@ -559,6 +596,43 @@ class LedgerEntry:
             version_after=self.version_after,
             report=self.report(keys),
         )
+
+
+def moving_bits(*columns: str) -> int:
+    """Return the bits of :attr:`LedgerEntry.dirty` that stand for ``columns`` of MOVING."""
+    return sum(1 << LedgerEntry.MOVING.index(c) for c in columns)
+
+
+STARTED = moving_bits("phase", "started_ms", "due_ms")
+"""What a device starting a command changes."""
+COMPLETED = moving_bits(
+    "completed_ms", "status", "version_before", "version_after", "health_ok", "health_score"
+)
+"""What a command completing changes (its phase moves when it is reported, or held)."""
+HELD = moving_bits("phase")
+"""What a completed command held for an offline device changes."""
+REPORTED = moving_bits("phase", "reported_ms", "installed", "note", "hlc_ms", "hlc_counter")
+"""What a report going out changes."""
+
+
+@lru_cache(maxsize=256)
+def changed_columns(
+    dirty: int,
+) -> tuple[tuple[str, ...], Callable[[LedgerEntry], tuple[Any, ...]]]:
+    """Return the MOVING columns an entry with ``dirty`` bits writes, and what reads their values.
+
+    No bit set writes them all: an entry noted as changed without saying what moved is
+    written whole rather than not at all.
+    """
+    count = len(LedgerEntry.MOVING)
+    indexes = [i for i in range(count) if dirty >> i & 1] or list(range(count))
+    columns = tuple(LedgerEntry.MOVING[i] for i in indexes)
+    if len(indexes) == count:
+        return columns, LedgerEntry.moving
+    pick = itemgetter(*indexes)
+    if len(indexes) == 1:
+        return columns, lambda entry: (pick(entry.moving()),)
+    return columns, lambda entry: pick(entry.moving())
 
 
 @dataclass(slots=True)

@@ -20,7 +20,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from fieldgate.errors import NotFound, StoreError
 from fieldgate.fleet import Site
 from fieldgate.store._engine import for_writing, reason_of
-from fieldgate.twin._state import FaultEntry, LedgerEntry, SimDevice
+from fieldgate.twin._state import FaultEntry, LedgerEntry, SimDevice, changed_columns
 from fieldgate.twin._tables import DEVICES as _DEVICES
 from fieldgate.twin._tables import EFFECTS as _EFFECTS
 from fieldgate.twin._tables import FAULTS as _FAULTS
@@ -45,6 +45,9 @@ class Changes:
 
     def clear(self) -> None:
         """Forget every change, once they are stored."""
+        for effects in (self.new_effects, self.changed_effects):
+            for effect in effects.values():
+                effect.dirty = 0
         self.devices.clear()
         self.new_effects.clear()
         self.changed_effects.clear()
@@ -195,13 +198,16 @@ def write_changes(
             LedgerEntry.FIXED + LedgerEntry.MOVING,
             [e.row(twin_id) for e in changes.new_effects.values()],
         )
-    changed_effects = [
-        (*e.moving(), twin_id, cid)
-        for cid, e in changes.changed_effects.items()
-        if cid not in changes.new_effects
-    ]
-    if changed_effects:
-        bulk_update(conn, _EFFECTS, LedgerEntry.MOVING, ("twin_id", "command_id"), changed_effects)
+    # Each entry writes only the columns that moved: entries that moved alike (started,
+    # completed and reported, held, ...) go together in one statement.
+    alike: dict[int, list[LedgerEntry]] = {}
+    for cid, e in changes.changed_effects.items():
+        if cid not in changes.new_effects:
+            alike.setdefault(e.dirty, []).append(e)
+    for dirty, entries in alike.items():
+        columns, values = changed_columns(dirty)
+        rows = [(*values(e), twin_id, e.command_id) for e in entries]
+        bulk_update(conn, _EFFECTS, columns, ("twin_id", "command_id"), rows)
     if changes.devices:
         bulk_update(
             conn,

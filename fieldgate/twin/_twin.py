@@ -4,16 +4,19 @@
 the :class:`~fieldgate.twin._simulation.Simulation` (see ``_simulation`` for how devices
 behave and faults take hold) and writes each call's changes through with ``_stored``.
 
-Every mutating call (``create``, ``add_faults``, ``dispatch``, ``advance``, ``settle``,
-``set_note``, ``set_label``) writes its changes through in one transaction before it
-returns. A twin object is not thread-safe; one process drives one twin at a time
-(a second writer is refused through the fleet row's generation).
+Every mutating call (``create``, ``add_faults``, ``dispatch``, ``advance``,
+``advance_while``, ``settle``, ``set_note``, ``set_label``) writes its changes through in
+one transaction before it returns, unless the caller groups calls with
+:meth:`FleetTwin.deferred`: then they are written together when the block ends. A twin
+object is not thread-safe; one process drives one twin at a time (a second writer is
+refused through the fleet row's generation).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -84,6 +87,10 @@ class FleetTwin:
             keys=TwinKeys(seed),
         )
         self._broken: str | None = None
+        self._deferring = 0
+        """How many :meth:`deferred` blocks are open."""
+        self._unwritten = False
+        """Whether calls made in a :meth:`deferred` block changed what is not written yet."""
 
     # ------------------------------------------------------------------ building
 
@@ -560,8 +567,65 @@ class FleetTwin:
 
     # ------------------------------------------------------------------ writing through
 
+    @contextmanager
+    def deferred(self) -> Iterator[None]:
+        """Group the calls made in the block into one write-through, made when it ends.
+
+        Inside ``with twin.deferred():`` the mutating calls (``dispatch``, ``advance``,
+        ``advance_while``, ``settle``, ``add_faults``, ``set_note``, ``set_label``) change
+        the twin in memory only; what they changed is merged and written in one
+        transaction when the outermost block ends, or earlier at :meth:`flush`. Blocks
+        nest; only the outermost one writes.
+
+        The in-memory twin is the truth meanwhile: the twin's own reads (``now``,
+        ``devices``, ``effects``, ``pending``, ``versions``, ...) answer from it and are
+        current. The store lags until the write: :meth:`load`, or anyone reading the
+        twin's tables, sees the twin as it was at the last write.
+
+        Crash semantics: if the process dies inside the block, everything the block's
+        calls did is lost together, as if those simulated events never happened; the
+        store keeps the consistent twin of before the block, and a restarted worker
+        continues from there (commands dispatched in the block are new to it). Reports
+        handed out inside the block belong to that lost history: a caller that records
+        them durably should do so after the write, not before.
+
+        Failure: a write that fails retires the object exactly as a failed call does
+        (:class:`StoreError` now and from every later call; load the twin again), and
+        the block's changes are lost with it. When the block raises, what its calls
+        changed is still written before the exception goes on, so that the object keeps
+        matching the store.
+
+        Raises:
+            StoreError: the write at the end failed, or the twin was already retired.
+        """
+        self._check_usable()
+        self._deferring += 1
+        try:
+            yield
+        finally:
+            self._deferring -= 1
+            if not self._deferring and self._unwritten and self._broken is None:
+                self._write()
+
+    def flush(self) -> None:
+        """Write now what calls inside :meth:`deferred` changed (nothing unwritten: no-op).
+
+        Raises:
+            StoreError: the write failed (the object is retired), or it was retired before.
+        """
+        self._check_usable()
+        if self._unwritten:
+            self._write()
+
     def _commit(self) -> None:
-        """Write this call's changes in one transaction; on failure the object is retired."""
+        """Write this call's changes through, or keep them for the end of a deferred block."""
+        if self._deferring:
+            self._unwritten = True
+            return
+        self._write()
+
+    def _write(self) -> None:
+        """Write the changes noted so far in one transaction; on failure the object is retired."""
         try:
             with for_writing(self._engine).begin() as conn:
                 write_changes(
@@ -580,4 +644,5 @@ class FleetTwin:
             )
             raise StoreError(self._broken) from exc
         self._generation += 1
+        self._unwritten = False
         self._sim.changes.clear()
