@@ -47,9 +47,11 @@ if TYPE_CHECKING:
 
 HELP = """\
 Type a rollout request, e.g. [bold]roll out pump-logic 1.9.0 to rtm-05[/]. Follow-ups revise
-the last plan ([bold]make the canary smaller[/], [bold]only the Munich site[/],
-[bold]use 1.9.1 instead[/]); [bold]yes[/] confirms a plan that needs no approvals;
-[bold]withdraw[/] takes the last plan back; fleet questions
+the last plan and only ever narrow it ([bold]only muc-01[/], [bold]leave out ber-03[/],
+[bold]a canary of 2[/], [bold]waves of 10[/], [bold]use 2.0.0 instead[/], [bold]in the
+maintenance window[/]); an answer to a question continues it ([bold]yes[/] takes the only
+candidate); [bold]yes[/] confirms a plan that needs no approvals; [bold]withdraw[/] takes the
+last plan back; [bold]why?[/], [bold]status?[/], [bold]how many devices?[/] and fleet questions
 ([bold]which version of edge-runtime runs in eu-west?[/]) create no plan. Commands:
   [bold]/status [PLAN][/]    where a plan stands (default: the last plan)
   [bold]/why [PLAN][/]       why: rationale, validator, policy decision and reasons (audit log)

@@ -45,8 +45,8 @@ _BIGGER = frozenset(
 )
 _CHANGES = (
     "I can narrow its targets ('only muc-01', 'leave out ber-03', 'only the cameras'), change "
-    "the canary or wave sizes ('a canary of 2', 'waves of 10'), the version ('use 1.9.1 "
-    "instead') or the schedule ('now', 'in the maintenance window')."
+    "the canary or wave sizes ('a canary of 2', 'waves of 10'), the version (another of "
+    "its versions) or the schedule ('now', 'in the maintenance window')."
 )
 
 
