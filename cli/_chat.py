@@ -345,12 +345,12 @@ class ChatSession:
         elif talk.last_plan_id:
             revised = talk.last_plan_id
         revising = self._draft(orchestrator, revised) if revised else None
-        if revising and not self._new_request(store, request, str(revising.get("module", ""))):
+        revising_module = str((revising or {}).get("module", ""))
+        if revising and not self._new_request(store, request, revising_module):
             given["revising"] = revising
             given["detail"] = {"supersedes": revised}
         else:
             revised = None
-        revising_module = revising.get("module") if revising and revised else None
         given.setdefault("detail", {})["conversation"] = talk.conversation_id
         view = submit_request(orchestrator, request, self.requester, chatting=True, **given)
         self._say(store, "user", text, view.plan_id)

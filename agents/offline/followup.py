@@ -50,8 +50,8 @@ _CHANGES = (
 )
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+def _sizes_text(sizes: list[int]) -> str:
+    return ", ".join(str(s) for s in sizes)
 
 
 def _wave_shape(waves: list[Wave]) -> list[tuple[str, int | None, float | None]]:
@@ -521,7 +521,7 @@ class FollowUp:
                 question=(
                     f"The canary of the last plan is already 1 device, the smallest a first "
                     f"wave can be, so it stays as it is ({self.module} {self.last.item.version} "
-                    f"on {self.last.where}, waves {self.sizes_text(self.last.sizes)}). What "
+                    f"on {self.last.where}, waves {_sizes_text(self.last.sizes)}). What "
                     f"else should change? {_CHANGES}"
                 ),
                 candidates=[],
@@ -530,9 +530,6 @@ class FollowUp:
         return max(1, first // 2) if smaller else first * 2
 
     # --- what changed ------------------------------------------------------------------------
-
-    def sizes_text(self, sizes: list[int]) -> str:
-        return ", ".join(str(s) for s in sizes)
 
     def changes(self, plan: RolloutPlan, intent: Intent) -> list[str]:
         """What the revision changes of the last plan, for the rationale; empty: nothing."""
@@ -544,7 +541,7 @@ class FollowUp:
             changes.append(f"version {plan.version} (was {last.item.version})")
         sizes = wave_sizes(plan.waves, count_targets(intent, self.ctx))
         if sizes != last.sizes or [w.name for w in plan.waves] != [w.name for w in last.waves]:
-            changes.append(f"waves {self.sizes_text(sizes)} (were {self.sizes_text(last.sizes)})")
+            changes.append(f"waves {_sizes_text(sizes)} (were {_sizes_text(last.sizes)})")
         if plan.schedule.mode is not last.schedule:
             changes.append(f"schedule {plan.schedule.mode.value} (was {last.schedule.value})")
         return changes
@@ -581,7 +578,7 @@ class FollowUp:
             question=(
                 f"That leaves the last plan as it is ({said}): "
                 f"{self.module} {last.item.version} on {last.where}, waves "
-                f"{self.sizes_text(last.sizes)}, schedule {last.schedule.value}. "
+                f"{_sizes_text(last.sizes)}, schedule {last.schedule.value}. "
                 f"What should change? {_CHANGES}"
             ),
             candidates=[],
