@@ -1,7 +1,9 @@
 """Conversations in ``fieldgate chat`` end to end, through the real graph, on SQLite and
 PostgreSQL: follow-ups revise the last plan, answers continue a question, ``why?`` and
 fleet questions create no plan, ``--resume``, the requester's yes, withdraw, and an
-approver's signed edit."""
+approver's signed edit. In the middle, the offline model's follow-up reader on the sample
+fleet: follow-ups narrow, never widen, ask naming a word that resolves to nothing, and say
+why when they would leave the plan as it is."""
 
 from __future__ import annotations
 
