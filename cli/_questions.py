@@ -2,7 +2,9 @@
 
 "which version of edge-runtime runs in eu-west?", "what versions of pump-logic are
 there?": a line that asks (a question word or a question mark) about a module the
-catalog holds is answered from the catalog and the fleet; no plan is created.
+catalog holds is answered from the catalog and the fleet; "how many devices?" about the
+conversation's last plan is counted on the fleet; another question says what the chat
+answers. None of them creates a plan.
 """
 
 from __future__ import annotations
