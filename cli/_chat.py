@@ -15,7 +15,13 @@ import typer
 
 from fieldgate.cli._common import command_config
 from fieldgate.cli._output import console, errors, exit_code_for
-from fieldgate.cli._questions import answer_question
+from fieldgate.cli._questions import (
+    QUESTIONS_ANSWERED,
+    answer_plan_question,
+    answer_question,
+    asks_for_action,
+    unanswerable_question,
+)
 from fieldgate.cli._rollout import (
     DbOption,
     ModelOption,
@@ -41,9 +47,11 @@ if TYPE_CHECKING:
 
 HELP = """\
 Type a rollout request, e.g. [bold]roll out pump-logic 1.9.0 to rtm-05[/]. Follow-ups revise
-the last plan ([bold]make the canary smaller[/], [bold]only the Munich site[/],
-[bold]use 1.9.1 instead[/]); [bold]yes[/] confirms a plan that needs no approvals;
-[bold]withdraw[/] takes the last plan back; fleet questions
+the last plan and only ever narrow it ([bold]only muc-01[/], [bold]leave out ber-03[/],
+[bold]a canary of 2[/], [bold]waves of 10[/], [bold]use 2.0.0 instead[/], [bold]in the
+maintenance window[/]); an answer to a question continues it ([bold]yes[/] takes the only
+candidate); [bold]yes[/] confirms a plan that needs no approvals; [bold]withdraw[/] takes the
+last plan back; [bold]why?[/], [bold]status?[/], [bold]how many devices?[/] and fleet questions
 ([bold]which version of edge-runtime runs in eu-west?[/]) create no plan. Commands:
   [bold]/status [PLAN][/]    where a plan stands (default: the last plan)
   [bold]/why [PLAN][/]       why: rationale, validator, policy decision and reasons (audit log)
@@ -52,21 +60,39 @@ the last plan ([bold]make the canary smaller[/], [bold]only the Munich site[/],
   [bold]/help[/]             this text
   [bold]/quit[/]             leave (so does Ctrl-D)"""
 
-_WHY = re.compile(r"^\s*(why|why\s+(is\s+)?that|how come)\s*\??\s*$", re.I)
-_STATUS = re.compile(
-    r"^\s*(status|what'?s the status|where does it stand|how is it going)\s*\??\s*$", re.I
+_WHY = re.compile(
+    r"^\s*(?:(?:and|so|but|ok|okay|hm+),?\s+)?(?:why(?:\s+(?:is\s+|was\s+)?(?:that|this|so))?"
+    r"(?:\s+this\s+plan)?|how come|explain(?:\s+(?:it|that|this|the plan))?"
+    # "why is the canary 1?" asks about the plan; "why is edge-runtime 3.2.0 on ber-03?" does not
+    r"|why\b(?!\s+not\b)(?=[^?]*\b(?:canary|waves?|plan|that|this|it|schedule|window|approvals?"
+    r"|policy)\b)[^?]*\?)\s*\??\s*$",
+    re.I,
 )
-_YES = re.compile(r"^\s*(yes|y|yep|confirm|go ahead|ok|okay|do it)\s*[.!]?\s*$", re.I)
+_STATUS = re.compile(
+    r"^\s*(?:(?:and|so|ok|okay|well),?\s+)?(?:(?:what(?:'?s|\s+is)\s+)?(?:the\s+)?status"
+    r"(?:\s+(?:of|on)\s+(?:it|that|this|the plan|my plan|the rollout|my rollout))?"
+    r"(?:\s+(?:please|now))?|where\s+(?:does|do|is)\s+(?:it|that|this|the plan|the rollout)"
+    r"(?:\s+stand)?|how(?:'?s|\s+is)\s+it\s+going|how\s+is\s+(?:the plan|the rollout)"
+    r"(?:\s+going)?|where are we|is it done(?:\s+yet)?|any news)\s*[?.!]*\s*$",
+    re.I,
+)
+_YES = re.compile(r"^\s*(yes|y|yep|yeah|confirm|go ahead|ok|okay|do it)\s*[.!]?\s*$", re.I)
 _WITHDRAW = re.compile(r"^\s*/?(withdraw|cancel)\b\s*(?P<plan>pl-[\w-]+)?\s*(?P<reason>.*)$", re.I)
 _QUOTED = re.compile(r"'([^']+)'")
 
 
 def submit_request(
-    orchestrator: Orchestrator, request: str, requester: str, **given: Any
+    orchestrator: Orchestrator,
+    request: str,
+    requester: str,
+    *,
+    chatting: bool = False,
+    **given: Any,
 ) -> RunView:
     """Plan, validate and gate ``request``; show the rationale as it arrives, then the result.
 
-    ``given`` goes to :meth:`Orchestrator.submit` (conversation, revising, confirm).
+    ``given`` goes to :meth:`Orchestrator.submit` (conversation, revising, confirm); with
+    ``chatting`` a question back says to answer it on the next line.
     """
 
     def on_update(node: str, update: dict[str, Any]) -> None:
@@ -79,7 +105,10 @@ def submit_request(
 
     view = orchestrator.submit(request, requester, on_update=on_update, **given)
     print_run(
-        view, orchestrator.ctx.store.runs.get(view.thread_id), pending_hold(orchestrator, view)
+        view,
+        orchestrator.ctx.store.runs.get(view.thread_id),
+        pending_hold(orchestrator, view),
+        chatting=chatting,
     )
     print_twin_clock(orchestrator.ctx.store, view.plan_id)
     return view
@@ -87,15 +116,19 @@ def submit_request(
 
 def continued_request(pending: dict[str, Any], answer: str) -> str | None:
     """The open request with the clarification's answer put in, or None when ``answer``
-    picks none of the candidates ("yes, pump-logic" and "the lyon one" pick one)."""
+    picks none of the candidates ("yes, pump-logic" and "the lyon one" pick one; a bare
+    "yes" picks the only one)."""
     request = str(pending.get("request", ""))
     words = set(re.findall(r"[a-z0-9][a-z0-9._-]*", answer.lower()))
+    candidates = list(pending.get("candidates") or [])
     picked = [
         c
-        for c in pending.get("candidates") or []
+        for c in candidates
         if c.lower() in words
         or any(w in c.lower().split("-") or c.lower().startswith(w) for w in words if len(w) > 2)
     ]
+    if not picked and len(candidates) == 1 and _YES.match(answer):
+        picked = candidates
     if len(picked) != 1:
         return None
     choice = picked[0]
@@ -236,30 +269,65 @@ class ChatSession:
         store = orchestrator.ctx.store
         talk = self._talk
         if _WHY.match(text):
-            print_why(store, self._last_plan([], "/why"))
+            plan = self._last_plan([], "/why")
+            print_why(store, plan)
+            self._say(store, "user", text, plan)
+            self._say(store, "assistant", f"why {plan}: shown from the audit log", plan)
             return
         if _STATUS.match(text):
-            self._status(orchestrator, self._last_plan([], "/status"))
+            plan = self._last_plan([], "/status")
+            self._status(orchestrator, plan)
+            self._say(store, "user", text, plan)
+            self._say(store, "assistant", f"{plan}: {find_run(store, plan).status}", plan)
             return
         withdraw = _WITHDRAW.match(text)
         if withdraw:
             plan = self._last_plan([withdraw["plan"]] if withdraw["plan"] else [], "withdraw")
             self._withdraw(orchestrator, plan, withdraw["reason"].strip())
             return
-        if _YES.match(text) and not talk.pending.get("question"):
-            plan = self._last_plan([], "yes: confirm")
-            run = find_run(store, plan)
-            view = orchestrator.confirm(run.thread_id, self.requester)
-            self._say(store, "user", text, plan)
-            print_run(view, store.runs.get(view.thread_id), pending_hold(orchestrator, view))
-            return
-        answer = answer_question(store, text)
+        if _YES.match(text):
+            candidates = list(talk.pending.get("candidates") or [])
+            if talk.pending.get("question") and len(candidates) > 1:
+                raise FieldgateError(
+                    f"which one? The open question has several answers: {', '.join(candidates)}"
+                )
+            if not talk.pending.get("question") or not candidates:
+                self._confirm(orchestrator, text)
+                return
+            # "yes" to "did you mean muc-01?": the one candidate is the answer
+        answer = answer_question(store, text) or self._plan_answer(orchestrator, text)
+        if answer is None and unanswerable_question(text):
+            answer = QUESTIONS_ANSWERED
         if answer is not None:
             console.print(shown(answer), highlight=False)
             self._say(store, "user", text)
             self._say(store, "assistant", answer)
             return
         self._request(orchestrator, text)
+
+    def _confirm(self, orchestrator: Orchestrator, text: str) -> None:
+        store = orchestrator.ctx.store
+        plan = self._last_plan([], "yes: confirm")
+        run = find_run(store, plan)
+        view = orchestrator.confirm(run.thread_id, self.requester)
+        self._talk.pending = {"request": self._talk.pending.get("request", "")}
+        self._say(store, "user", text, plan)
+        print_run(view, store.runs.get(view.thread_id), pending_hold(orchestrator, view))
+        self._say(store, "assistant", f"{plan}: {view.status}", plan)
+
+    def _plan_answer(self, orchestrator: Orchestrator, text: str) -> str | None:
+        plan_id = self._talk.last_plan_id
+        if plan_id is None:
+            return None
+        plan = self._draft(orchestrator, plan_id)
+        return answer_plan_question(orchestrator.ctx.store, plan_id, plan, text) if plan else None
+
+    @staticmethod
+    def _draft(orchestrator: Orchestrator, plan_id: str) -> dict[str, Any] | None:
+        """The plan ``plan_id`` as it stands in its run (its latest revision), if it has one."""
+        run = find_run(orchestrator.ctx.store, plan_id)
+        plan = orchestrator.view(run.thread_id).values.get("plan")
+        return dict(plan) if plan else None
 
     def _request(self, orchestrator: Orchestrator, text: str) -> None:
         store = orchestrator.ctx.store
@@ -270,24 +338,31 @@ class ChatSession:
         revised: str | None = None
         continued = continued_request(talk.pending, text) if talk.pending.get("question") else None
         if continued is not None:
+            # an answer continues the open request: a follow-up's question revises the plan
+            # it was asked about, with the follow-up's words
             request = continued
-        elif talk.last_plan_id and not self._names_module(store, text):
-            last = find_run(store, talk.last_plan_id)
-            plan = orchestrator.view(last.thread_id).values.get("plan")
-            if plan:
-                given["revising"] = plan
-                given["detail"] = {"supersedes": last.plan_id}
-                revised = last.plan_id
+            revised = talk.pending.get("revising")
+        elif talk.last_plan_id:
+            revised = talk.last_plan_id
+        revising = self._draft(orchestrator, revised) if revised else None
+        revising_module = str((revising or {}).get("module", ""))
+        if revising and not self._new_request(store, request, revising_module):
+            given["revising"] = revising
+            given["detail"] = {"supersedes": revised}
+        else:
+            revised = None
         given.setdefault("detail", {})["conversation"] = talk.conversation_id
-        view = submit_request(orchestrator, request, self.requester, **given)
+        view = submit_request(orchestrator, request, self.requester, chatting=True, **given)
         self._say(store, "user", text, view.plan_id)
         clarification = view.values.get("clarification") or {}
         if view.outcome == "needs_clarification":
             talk.pending = {
-                "request": request if not revised else talk.pending.get("request", request),
+                "request": request,
                 "question": clarification.get("question", ""),
                 "candidates": clarification.get("candidates", []),
             }
+            if revised:
+                talk.pending["revising"] = revised
             self._say(store, "assistant", clarification.get("question", ""), view.plan_id)
             return
         talk.last_plan_id = view.plan_id
@@ -298,13 +373,17 @@ class ChatSession:
             f"{plan.get('version')}, {view.status if not view.outcome else view.outcome}"
         )
         self._say(store, "assistant", summary, view.plan_id)
-        if revised and not view.outcome:
+        # a model may answer a follow-up with a plan for another module: a plan of its own
+        if revised and not view.outcome and plan.get("module") == revising_module:
             self._supersede(orchestrator, revised, view.plan_id)
 
     @staticmethod
-    def _names_module(store: Store, text: str) -> bool:
+    def _new_request(store: Store, text: str, module: str) -> bool:
+        """Whether ``text`` is a request of its own rather than a follow-up on a plan of
+        ``module``: it names another module, or names the module and asks for an action."""
         words = set(re.findall(r"[a-z0-9][a-z0-9._-]*", text.lower()))
-        return bool({r.manifest.name for r in store.catalog.list()} & words)
+        named = {r.manifest.name for r in store.catalog.list()} & words
+        return bool(named - {module}) or bool(named and asks_for_action(text))
 
     def _supersede(self, orchestrator: Orchestrator, old: str, new: str) -> None:
         run = find_run(orchestrator.ctx.store, old)

@@ -358,12 +358,14 @@ def print_status(
     pending: dict[str, Any] | None = None,
     *,
     deciding: bool = False,
+    chatting: bool = False,
 ) -> None:
     """Where the run stands, in one or a few lines, with what to do next.
 
     ``pending`` is what holds the run at its next executor step (the kill switch or the
     freeze in the store), when the run has not reached that step yet; for an approver
-    reading the plan (``deciding``), the commands that decide it.
+    reading the plan (``deciding``), the commands that decide it; in a chat
+    (``chatting``), a question is answered on the next line.
     """
     values = view.values
     plan_id = view.plan_id
@@ -380,7 +382,16 @@ def print_status(
             console.print(
                 f"  candidates: {shown(', '.join(clarification['candidates']))}", highlight=False
             )
-        console.print("  say it again with the details; nothing was planned", highlight=False)
+        candidates = clarification.get("candidates") or []
+        if not chatting:
+            console.print("  say it again with the details; nothing was planned", highlight=False)
+        elif len(candidates) == 1:
+            console.print(
+                f"  nothing was planned; answer here (yes takes {shown(candidates[0])})",
+                highlight=False,
+            )
+        else:
+            console.print("  nothing was planned; answer here", highlight=False)
         return
     if outcome:
         colour = "green" if outcome == "completed" else "red"
@@ -439,11 +450,14 @@ def print_run(
     run: Run | None = None,
     pending: dict[str, Any] | None = None,
     progress: RenderableType | None = None,
+    *,
+    chatting: bool = False,
 ) -> None:
     """Everything about a run: plan, dry run, verdict, approvals, execution and status.
 
     ``progress`` shows the execution in place of the table of waves (``fieldgate status``'s
-    view of waves, devices per state, soak left and the last events).
+    view of waves, devices per state, soak left and the last events); ``chatting`` as for
+    :func:`print_status`.
     """
     values = view.values
     if values.get("plan"):
@@ -455,7 +469,7 @@ def print_run(
         console.print(progress)
     elif values.get("execution"):
         console.print(execution_table(values["execution"]))
-    print_status(view, run, pending)
+    print_status(view, run, pending, chatting=chatting)
 
 
 def pending_hold(orchestrator: Orchestrator, view: RunView) -> dict[str, Any] | None:

@@ -1,22 +1,43 @@
 """Conversations in ``fieldgate chat`` end to end, through the real graph, on SQLite and
 PostgreSQL: follow-ups revise the last plan, answers continue a question, ``why?`` and
 fleet questions create no plan, ``--resume``, the requester's yes, withdraw, and an
-approver's signed edit."""
+approver's signed edit. In the middle, the offline model's follow-up reader on the sample
+fleet: follow-ups narrow, never widen, ask naming a word that resolves to nothing, and say
+why when they would leave the plan as it is."""
 
 from __future__ import annotations
 
 import getpass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
+from fieldgate.agents import PlanningContext, planning_context
+from fieldgate.agents.offline import (
+    Clarification,
+    Intent,
+    count_targets,
+    propose_plan,
+    select_groups,
+    understand,
+    wave_sizes,
+)
+from fieldgate.agents.offline.followup import revise
+from fieldgate.agents.planner import PlanDraft
 from fieldgate.audit import EventKind
 from fieldgate.cli import app
+from fieldgate.contract import load_yaml
+from fieldgate.fleet import FleetInventory
 from fieldgate.graphs.compose import open_orchestrator
+from fieldgate.manifest import CatalogFile
+from fieldgate.plan import RolloutPlan, Selector
 from fieldgate.store import Store
 
 runner = CliRunner()
+DATA = Path(__file__).resolve().parents[1] / "fieldgate" / "data"
 PUMP = "roll out pump-logic 1.9.0 to rtm-05"
 HVAC = "Roll out hvac-controller 2.4.1 to muc-01"
 
@@ -243,3 +264,304 @@ def test_only_one_site_narrows_the_last_plan_and_an_unknown_name_asks(initialise
     assert values["plan"]["target"]["sites"] == ["muc-01"]
     assert narrowed.detail.get("supersedes") == first.plan_id
     assert f"superseded by {narrowed.plan_id}" in out
+
+
+# --- the follow-up reader of the offline model, on the sample fleet ----------------------------
+
+NOW = datetime(2026, 11, 21, 10, 0, tzinfo=UTC)
+VISION = "roll out vision-inspect 1.1.0 to eu-central"
+HVAC_TWO = "roll out hvac-controller 2.4.1 to muc-01 and ber-03"
+RUNTIME = "roll out edge-runtime 3.4.0 to eu-central"
+
+
+@pytest.fixture(scope="module")
+def sample() -> PlanningContext:
+    fleet = load_yaml(DATA / "fleet.yaml", FleetInventory)
+    catalog = load_yaml(DATA / "catalog.yaml", CatalogFile)
+    return planning_context(fleet, catalog.modules, NOW)
+
+
+def draft_of(intent: Intent, ctx: PlanningContext) -> dict[str, Any]:
+    """The plan as the planner node hands it back to a follow-up (``plan_to_revise``)."""
+    plan = propose_plan(intent, ctx, plan_id="draft", requested_by="draft")
+    return plan.model_dump(mode="json", include=set(PlanDraft.model_fields))
+
+
+def followed(ctx: PlanningContext, request: str, *follow_ups: str) -> Intent | Clarification:
+    """``request``, then each follow-up revising the plan the one before gave."""
+    understood: Intent | Clarification = understand(request, ctx)
+    for line in follow_ups:
+        assert isinstance(understood, Intent), f"before {line!r}: {understood}"
+        understood = revise(line, draft_of(understood, ctx), ctx)
+    return understood
+
+
+def revised(ctx: PlanningContext, request: str, *follow_ups: str) -> tuple[RolloutPlan, list[int]]:
+    intent = followed(ctx, request, *follow_ups)
+    assert isinstance(intent, Intent), f"{follow_ups[-1]!r} -> {intent}"
+    plan = propose_plan(intent, ctx, plan_id="draft", requested_by="draft")
+    return plan, wave_sizes(plan.waves, count_targets(intent, ctx))
+
+
+def asked(ctx: PlanningContext, request: str, *follow_ups: str) -> Clarification:
+    question = followed(ctx, request, *follow_ups)
+    assert isinstance(question, Clarification), f"{follow_ups[-1]!r} -> {question}"
+    return question
+
+
+def groups(ctx: PlanningContext, selector: Selector) -> dict[tuple[str, str], int]:
+    return {
+        (g.site, g.device_class): g.count
+        for g in select_groups(ctx, selector.model_copy(update={"limit": None})).groups
+    }
+
+
+@pytest.mark.parametrize(
+    ("request_text", "follow_up", "sites", "classes", "limit"),
+    [
+        (VISION, "only muc-01", ["muc-01"], ["camera-node"], None),
+        (VISION, "just the muc-01 site please", ["muc-01"], ["camera-node"], None),
+        (HVAC_TWO, "leave out ber-03", ["muc-01"], ["hvac-gw"], None),
+        (HVAC_TWO, "not ber-03", ["muc-01"], ["hvac-gw"], None),
+        (HVAC_TWO, "except the regulated sites", ["muc-01"], ["hvac-gw"], None),
+        (HVAC_TWO, "only 10 of them", ["muc-01", "ber-03"], ["hvac-gw"], 10),
+        (RUNTIME, "only the gateways", [], ["hvac-gw", "plc-gw"], None),
+        (RUNTIME, "leave out ber-03", ["fab-01", "muc-01"], None, None),
+    ],
+)
+def test_a_narrowing_follow_up_narrows_the_last_plan_and_keeps_the_rest(
+    sample: PlanningContext,
+    request_text: str,
+    follow_up: str,
+    sites: list[str],
+    classes: list[str] | None,
+    limit: int | None,
+) -> None:
+    before, _ = revised(sample, request_text)
+    after, _ = revised(sample, request_text, follow_up)
+    assert after.target.sites == sites
+    if classes is not None:
+        assert after.target.classes == classes
+    assert after.target.limit == limit
+    assert (after.module, after.version) == (before.module, before.version)
+    # never wider: every device group of the revision was a target of the last plan
+    old, new = groups(sample, before.target), groups(sample, after.target)
+    assert new and all(key in old and count <= old[key] for key, count in new.items())
+    assert "Read from the request:\n  - targets: " in after.rationale
+
+
+@pytest.mark.parametrize(
+    ("request_text", "follow_up", "word", "candidates"),
+    [
+        (VISION, "only the Munich site", "'Munich'", ["muc-01"]),
+        (VISION, "just Munich", "'Munich'", ["muc-01"]),
+        (HVAC_TWO, "only the Atlantis site", "'Atlantis'", None),
+        (RUNTIME, "only the weather stations", "'weather'", None),
+    ],
+)
+def test_a_follow_up_place_that_names_nothing_asks_naming_the_word(
+    sample: PlanningContext,
+    request_text: str,
+    follow_up: str,
+    word: str,
+    candidates: list[str] | None,
+) -> None:
+    question = asked(sample, request_text, follow_up)
+    assert question.reason == "unknown_site"
+    assert word in question.question
+    if candidates is not None:
+        assert question.candidates == candidates
+
+
+@pytest.mark.parametrize(
+    ("request_text", "follow_up", "said"),
+    [
+        (VISION, "only tpa-04", "tpa-04 is not among the targets of the last plan"),
+        (VISION, "leave out ber-03", "so there is nothing to leave out"),
+        (PUMP, "only the bms controllers", "bms-ctl is not among the targets"),
+        (VISION, "everywhere", "never widens it to every device"),
+        (HVAC_TWO, "only 10 of them\nonly 20 of them", "takes at most 10 devices"),
+    ],
+)
+def test_a_follow_up_never_widens_the_last_plan(
+    sample: PlanningContext, request_text: str, follow_up: str, said: str
+) -> None:
+    question = asked(sample, request_text, *follow_up.split("\n"))
+    assert question.reason == "widens"
+    assert said in question.question
+
+
+@pytest.mark.parametrize(
+    ("request_text", "follow_up", "sizes", "said"),
+    [
+        (PUMP, "canary of 2", [2, 12, 46], "first wave of 2 devices, as asked"),
+        (PUMP, "two first", [2, 12, 46], "first wave of 2 devices, as asked"),
+        (PUMP, "make the canary smaller", [1, 12, 47], "first wave of 1 device, as asked"),
+        (PUMP, "a smaller first wave", [1, 12, 47], "first wave of 1 device, as asked"),
+        (PUMP, "in 4 waves", [3, 19, 19, 19], "4 waves, as asked"),
+        (PUMP, "waves of 20%", [3, 12, 12, 12, 12, 9], "waves of 20% after the first"),
+        (VISION, "make waves of 10", [1, 10, 5], "waves of 10 after the first, as asked"),
+    ],
+)
+def test_canary_and_wave_sizes_asked_in_a_follow_up_are_honoured(
+    sample: PlanningContext, request_text: str, follow_up: str, sizes: list[int], said: str
+) -> None:
+    before, _ = revised(sample, request_text)
+    plan, planned = revised(sample, request_text, follow_up)
+    assert planned == sizes
+    assert said in plan.rationale
+    assert plan.target == before.target
+
+
+def test_a_canary_already_at_one_device_cannot_be_smaller(sample: PlanningContext) -> None:
+    question = asked(sample, VISION, "make the canary smaller")
+    assert question.reason == "nothing_to_change"
+    assert "already 1 device, the smallest a first wave can be" in question.question
+    assert "as asked" not in question.question
+    question = asked(sample, PUMP, "make the canary smaller", "make the canary smaller")
+    assert "already 1 device" in question.question
+
+
+@pytest.mark.parametrize(
+    ("request_text", "follow_up", "said"),
+    [
+        (VISION, "canary of 3", "with 16 targets it may take at most 1"),
+        (VISION, "make the canary bigger", "with 16 targets it may take at most 1"),
+        (HVAC, "right away", "policy lets safety class high and critical change devices only"),
+        (VISION, "only the cameras", "the last plan already is what you asked"),
+        (VISION, "tonight", "'tonight': a plan starts now or in each site's maintenance window"),
+        (VISION, "make it faster", "I could not tell what 'faster' should change"),
+        (VISION, "thanks", "I could not tell what to change"),
+    ],
+)
+def test_a_follow_up_that_changes_nothing_says_why_and_plans_nothing(
+    sample: PlanningContext, request_text: str, follow_up: str, said: str
+) -> None:
+    question = asked(sample, request_text.lower(), follow_up)
+    assert question.reason == "nothing_to_change"
+    assert said in question.question
+
+
+def test_version_and_schedule_follow_ups_keep_the_targets(sample: PlanningContext) -> None:
+    before, _ = revised(sample, PUMP)
+    plan, _ = revised(sample, PUMP, "actually 2.0.0")
+    assert plan.version == "2.0.0" and plan.target == before.target
+    assert "version 2.0.0 (was 1.9.0)" in plan.rationale
+    question = asked(sample, VISION, "actually 1.1.1")
+    assert question.reason == "unknown_version" and "no version 1.1.1" in question.question
+    assert question.candidates == ["0.9.0", "1.0.0", "1.1.0"]
+    plan, _ = revised(sample, VISION, "tonight in the window")
+    assert plan.schedule.mode == "maintenance"
+
+
+def test_what_was_asked_before_survives_a_later_follow_up(sample: PlanningContext) -> None:
+    plan, sizes = revised(sample, HVAC_TWO, "canary of 1", "only muc-01")
+    assert plan.target.sites == ["muc-01"] and sizes[0] == 1
+    plan, _ = revised(sample, PUMP, "in the maintenance window", "only 30 of them")
+    assert plan.schedule.mode == "maintenance" and plan.target.limit == 30
+
+
+def test_a_follow_up_that_holds_back_changes_nothing(sample: PlanningContext) -> None:
+    question = asked(sample, PUMP, "hold off")
+    assert question.reason == "unclear_action" and "'hold off'" in question.question
+
+
+# --- the same follow-ups through the real chat -------------------------------------------------
+
+
+def test_the_munich_conversation_narrows_asks_and_confirms(initialised_db: str) -> None:
+    out = chat(
+        VISION,
+        "only the Munich site",
+        "yes",  # the one candidate: muc-01
+        "make the canary smaller",
+        "why?",
+        "what is the status",
+        "how many devices?",
+        "yes",  # no candidates to the open question: confirms the last plan
+    )
+    first, munich, narrowed, smaller = runs(initialised_db)
+    assert munich.outcome == "needs_clarification"
+    assert "I do not know a site or region called 'Munich'. Nearest known: muc-01." in out
+    assert "answer here (yes takes muc-01)" in out
+    values = plan_of(initialised_db, narrowed.plan_id)
+    assert values["plan"]["target"]["sites"] == ["muc-01"]
+    assert narrowed.detail.get("supersedes") == first.plan_id and first.outcome == "withdrawn"
+    assert smaller.outcome == "needs_clarification"
+    assert "already 1 device, the smallest a first wave can be" in out
+    assert "1 devices, as asked" not in out and "1 device, as asked" not in out
+    # why?, the status and how many devices mean the narrowed plan and create no plan
+    assert f"why {narrowed.plan_id}" in out
+    assert out.count(f"{narrowed.plan_id}: proposed, not queued") >= 2
+    assert f"{narrowed.plan_id} targets 16 devices: muc-01 16 camera-node." in out
+    assert runs(initialised_db)[2].status == "queued"
+
+
+def test_an_answer_during_a_revision_revises_the_latest_revision(initialised_db: str) -> None:
+    chat(HVAC_TWO, "canary of 1", "only the Atlantis site", "muc-01")
+    first, second, asked_back, answered = runs(initialised_db)
+    assert asked_back.outcome == "needs_clarification"
+    assert answered.detail.get("supersedes") == second.plan_id
+    values = plan_of(initialised_db, answered.plan_id)
+    assert values["plan"]["target"]["sites"] == ["muc-01"]
+    # the canary of 1 asked in the revision before stays
+    assert values["findings"]["wave_sizes"][0] == 1
+    assert values["plan"]["version"] == "2.4.1"
+    assert [r.outcome for r in (first, second)] == ["withdrawn", "withdrawn"]
+
+
+def test_questions_about_the_plan_and_the_fleet_create_no_plan(initialised_db: str) -> None:
+    out = chat(PUMP, "status of it?", "how many devices?", "what runs at muc-01?", "/why")
+    (run,) = runs(initialised_db)
+    assert f"{run.plan_id} targets 60 devices: rtm-05 60 pump-ctl." in out
+    assert "I answer questions about the last plan" in out
+    assert f"why {run.plan_id}" in out
+
+
+def test_the_same_module_named_again_revises_another_module_is_its_own_plan(
+    initialised_db: str,
+) -> None:
+    chat(PUMP, "pump-logic 2.0.0 instead", HVAC, "roll out pumplogic 1.9.0 to rtm-05", "yes")
+    first, second, hvac, asked_back = runs(initialised_db)
+    assert second.detail.get("supersedes") == first.plan_id
+    assert plan_of(initialised_db, second.plan_id)["plan"]["version"] == "2.0.0"
+    assert asked_back.outcome == "needs_clarification"
+    # "yes" to a question with two candidates picks neither and supersedes nothing
+    assert hvac.outcome is None and hvac.status == "awaiting_approval"
+    chat("yes, pump-logic", args=("--resume",))
+    *_, pump = runs(initialised_db)
+    values = plan_of(initialised_db, pump.plan_id)
+    assert (values["plan"]["module"], values["plan"]["target"]["sites"]) == (
+        "pump-logic",
+        ["rtm-05"],
+    )
+    assert "supersedes" not in pump.detail
+    assert runs(initialised_db)[2].outcome is None  # the hvac plan still waits
+
+
+def test_the_openai_path_gets_a_revisions_answer_with_the_plan_to_revise(
+    initialised_db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fieldgate.agents.offline.server import Recording, ReplayBackend, model_server
+
+    backend = ReplayBackend(Recording(replies=[]))
+    with model_server(backend) as base_url:
+        monkeypatch.setenv("OPENAI_BASE_URL", base_url)
+        monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+        chat(VISION, "only the Munich site", "yes", args=("--model", "openai:offline"))
+    first, _, narrowed = runs(initialised_db)
+    messages = backend.requests("planner")[-1]["messages"]
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert messages[1]["content"] == VISION and messages[3]["content"] == "only the Munich site"
+    assert "'Munich'" in messages[4]["content"]
+    assert "<plan_to_revise" in messages[5]["content"]
+    assert "only the muc-01 site" in messages[5]["content"]
+    assert plan_of(initialised_db, narrowed.plan_id)["plan"]["target"]["sites"] == ["muc-01"]
+    assert narrowed.detail.get("supersedes") == first.plan_id

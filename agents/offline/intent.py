@@ -24,7 +24,11 @@ ClarificationReason = Literal[
     "no_targets",
     "unsupported_scope",
     "unclear_action",
+    "widens",
+    "nothing_to_change",
 ]
+"""``widens``: a follow-up would take the conversation's last plan wider than it is;
+``nothing_to_change``: a follow-up would leave that plan as it stands."""
 
 
 class Scope(Contract):

@@ -41,6 +41,26 @@ CANARY_PERCENT = 5
 CANARY_MIN_TARGETS = 10
 """Up to this many targets no canary is required."""
 _CAREFUL = frozenset({SafetyClass.high, SafetyClass.critical})
+DECLINED_HEADING = "Asked for but not done:"
+"""Heads the rationale's list of what the engineer asked for and policy or safety refused."""
+
+
+def is_careful(item: CatalogItem) -> bool:
+    """Whether ``item`` is safety class high or critical: longer soaks, maintenance windows."""
+    return item.safety in _CAREFUL
+
+
+def declined_in(rationale: str) -> list[str]:
+    """The lines of a rationale's :data:`DECLINED_HEADING` list: what was asked and refused."""
+    lines = rationale.splitlines()
+    if DECLINED_HEADING not in lines:
+        return []
+    found = []
+    for line in lines[lines.index(DECLINED_HEADING) + 1 :]:
+        if not line.startswith("  - "):
+            break
+        found.append(line.removeprefix("  - "))
+    return found
 
 
 def canary_limit(targets: int) -> int:
@@ -156,7 +176,11 @@ def asked_waves(
         size = (
             ask.canary if ask.canary is not None else max(1, math.floor(n * (percent or 0) / 100))
         )
-        typed = f"{size} devices" if percent is None else f"{percent:g}% ({size} devices)"
+        typed = (
+            _plural(size, "device")
+            if percent is None
+            else f"{percent:g}% ({_plural(size, 'device')})"
+        )
         if n > CANARY_MIN_TARGETS and size > canary_limit(n):
             declined.append(f"a first wave of {typed}: {_canary_rule(size, n)}")
         elif size >= n:
@@ -607,7 +631,7 @@ def _rationale(
 
     declined = [*declined, *_declined(intent, n, careful, len(waves), rollback, exempt)]
     if declined:
-        lines.append("Asked for but not done:")
+        lines.append(DECLINED_HEADING)
         lines.extend(f"  - {line}" for line in declined)
     readings = [*intent.notes, *notes]
     if readings:

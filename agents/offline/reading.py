@@ -141,6 +141,11 @@ class Reading:
     """How words naming a kind of site were read (``'field' read as the field sites``)."""
     rest: bool = False
     """``the rest``, ``the others``, ``those still on 1.8.0``: devices not yet on the target."""
+    times: list[str] = field(default_factory=list)
+    """Times of day and dates as typed (``tonight``, ``monday``): plans start now or in
+    maintenance windows, so these change nothing (they are among ``ignored`` too)."""
+    canary_named: bool = False
+    """Whether the request speaks of the first wave (``the canary``, ``the first wave``)."""
     flags: dict[str, bool] = field(default_factory=dict)
     ignored: list[str] = field(default_factory=list)
 
@@ -245,11 +250,15 @@ class Reader(Phrases):
             every = any(b.role is Role.everywhere or b.value in ("all", "every") for b in earlier)
             self.flag("all_at_once" if every else "now")
         elif role is Role.canary:
+            found.canary_named = True
             if self.negated(index):
                 self.flag("skip_canary")
         elif role is Role.no_canary:
             self.flag("skip_canary")
         elif role is Role.staging:
+            before = self.neighbour(index, -1, frozenset({Role.article}))
+            if before is not None and before.role is Role.limiter and before.value == "first":
+                found.canary_named = True
             if self.negated(index):
                 self.flag("all_at_once")
         elif role is Role.health:
@@ -271,6 +280,7 @@ class Reader(Phrases):
             self.read_number(index, m)
         elif role is Role.time:
             found.ignored.append(self.text(m))
+            found.times.append(self.text(m))
         elif role is Role.rest:
             found.rest = True
 

@@ -278,6 +278,15 @@ class Resolver:
         return list(dict.fromkeys(regions))
 
     def resolve_scope(self, module: str) -> Scope | Clarification:
+        """The devices the request names, with what it leaves out taken away; or a question."""
+        named = self.named_scope(module)
+        if isinstance(named, Clarification):
+            return named
+        return self.leave_out(module, named, _module_classes(self.ctx, module))
+
+    def named_scope(self, module: str) -> Scope | Clarification:
+        """The sites, regions, classes, devices and labels the request names (exclusions
+        aside), or a question for a word that names none of them."""
         r = self.r
         ctx = self.ctx
         # a place dimension that says nothing known is not narrowed, whatever the classes say
@@ -352,14 +361,13 @@ class Resolver:
                 candidates=[],
                 module=module,
             )
-        scope = Scope(
+        return Scope(
             sites=list(dict.fromkeys(r.sites)),
             regions=self.regions(),
             classes=list(dict.fromkeys(classes)),
             devices=list(dict.fromkeys(r.devices)),
             labels=dict(r.labels),
         )
-        return self.leave_out(module, scope, module_classes)
 
     def leave_out(
         self, module: str, scope: Scope, module_classes: set[str]
@@ -677,9 +685,14 @@ def understand(request: str, ctx: PlanningContext) -> Intent | Clarification:
     Returns:
         The intent, or a question when the module, version, site, class or action is unclear.
     """
+    return Resolver(read_request(request, ctx), ctx).resolve()
+
+
+def read_request(request: str, ctx: PlanningContext) -> Reading:
+    """What ``request`` names, read against the lexicon of ``ctx`` (nothing resolved yet)."""
     context = read_context(request)
     tokens = tokenize(context.text, [s.id for s in ctx.sites])
     matches = match(tokens, build_lexicon(ctx))
     reading = Reader(tokens, matches, ctx, tickets=context.tickets).read()
     reading.context = [*context.notes, *reading.context]
-    return Resolver(reading, ctx).resolve()
+    return reading
