@@ -8,8 +8,10 @@ sample: HVAC controllers at muc-01 roll out in its Saturday 01:00-05:00 window (
 from __future__ import annotations
 
 import getpass
+import json
 from datetime import timedelta
 from itertools import pairwise
+from zoneinfo import ZoneInfo
 
 import pytest
 from test_ops_freeze_stop import invoke
@@ -20,6 +22,7 @@ from fieldgate.cli._output import console
 from fieldgate.commands import Action
 from fieldgate.config import Config
 from fieldgate.graphs.compose import build_context, default_twin
+from fieldgate.scenario import Fault, FaultKind
 from fieldgate.store import Store
 
 HVAC = "Roll out hvac-controller 2.4.1 to muc-01"
@@ -88,3 +91,47 @@ def test_a_bad_count_of_windows_is_one_line_naming_the_variable_and_the_rule(
     (line,) = result.stderr.strip().splitlines()
     assert f"FIELDGATE_COMMAND_WINDOWS={value!r}" in line
     assert "expected a count of windows from 1 to 12" in line
+
+
+# --------------------------------------------------------------------------- the status
+
+
+def test_status_names_the_devices_whose_install_waits_for_their_next_window(
+    initialised_db: str,
+) -> None:
+    """A controller offline through the whole window is back after it closed: its install
+    waits for next Saturday's window. The run completed without it; status says so, by
+    the device and its site's local time, not as plain pending or unreachable."""
+    plan = approved_hvac()
+    with Store.open() as store:
+        twin = default_twin(store)
+        (site,) = [s for s in store.fleet.sites() if s.id == SITE]
+        opens = site.next_maintenance(twin.now)
+        assert opens is not None
+        late = sorted(d.id for d in store.fleet.devices() if d.site == SITE)[-1]
+        back = opens + timedelta(hours=5)  # an hour after the window closed
+        minutes = int((back - twin.now).total_seconds() // 60)
+        twin.add_faults([Fault(kind=FaultKind.offline, devices=[late], duration_minutes=minutes)])
+    code, out = invoke("worker", "--once")
+    assert code == 0 and f"{plan}: completed" in out, out
+
+    next_week = opens + timedelta(days=7)
+    code, out = invoke("status", plan)
+    assert code == 0, out
+    said = " ".join(out.split())
+    local = f"{next_week.astimezone(ZoneInfo(ZONE)):%a %Y-%m-%d} 01:00 CET, {ZONE}"
+    assert f"{late}: waiting for its window (opens {local})" in said, out
+    assert "1 waiting for a window" in said and "23 applied" in said, out
+
+    code, out = invoke("status", plan, "--json")
+    assert code == 0, out
+    run = json.loads(out)["runs"][0]
+    assert run["states"]["waiting_window"] == 1 and run["states"]["pending"] == 0
+    assert run["states"]["unreachable"] == 0
+    (wait,) = run["window_waits"]
+    assert wait["devices"] == [late] and wait["site"] == SITE and wait["timezone"] == ZONE
+    assert wait["opens"].startswith(next_week.strftime("%Y-%m-%dT%H:%M"))
+    assert wait["opens_local"].endswith("01:00 CET")
+    with Store.open() as store:
+        (effect,) = [e for e in default_twin(store).effects() if e.device_id == late]
+        assert effect.started_at is None  # the twin's device holds it, as an agent would
