@@ -119,29 +119,48 @@ _SQLITE_TRIGGERS = [
     )
 ]
 _POSTGRES_GUARDS = (
-    # (trigger, table, when, level); DROP + CREATE rather than CREATE OR REPLACE TRIGGER,
-    # which needs PostgreSQL 14.
+    # (trigger, table, when, level)
     ("audit_event_append_only", "audit_event", "UPDATE OR DELETE", "ROW"),
     ("audit_event_no_truncate", "audit_event", "TRUNCATE", "STATEMENT"),
     ("audit_head_no_delete", "audit_head", "DELETE", "ROW"),
     ("audit_head_no_truncate", "audit_head", "TRUNCATE", "STATEMENT"),
 )
-_POSTGRES_TRIGGERS = [
-    """CREATE OR REPLACE FUNCTION fieldgate_audit_append_only() RETURNS trigger
+_POSTGRES_FUNCTION = """CREATE OR REPLACE FUNCTION fieldgate_audit_append_only() RETURNS trigger
     LANGUAGE plpgsql AS $$
     BEGIN
         RAISE EXCEPTION 'the audit log is append-only: % on % is refused', TG_OP, TG_TABLE_NAME;
-    END $$""",
-    *(
-        statement
-        for name, table, when, level in _POSTGRES_GUARDS
-        for statement in (
-            f"DROP TRIGGER IF EXISTS {name} ON {table}",
-            f"CREATE TRIGGER {name} BEFORE {when} ON {table} "
-            f"FOR EACH {level} EXECUTE FUNCTION fieldgate_audit_append_only()",
+    END $$"""
+_TRIGGER_BITS = {"ROW": 1, "BEFORE": 2, "INSERT": 4, "DELETE": 8, "UPDATE": 16, "TRUNCATE": 32}
+"""``pg_trigger.tgtype``'s bits."""
+_GUARD_IN_PLACE = text(
+    "SELECT count(*) FROM pg_trigger t WHERE t.tgname = :name "
+    "AND t.tgrelid = to_regclass(:table) AND t.tgtype = :bits AND t.tgenabled = 'O' "
+    "AND t.tgfoid = to_regproc('fieldgate_audit_append_only')"
+)
+
+
+def install_postgres_guards(conn: Connection, guards: Iterable[tuple[str, str, str, str]]) -> None:
+    """Create each append-only trigger of ``guards`` (trigger, table, when, level) that is
+    missing, disabled, on other events or calling another function (idempotent).
+
+    One in place is left alone: every command opens the store, also while a worker appends
+    to the log, and DROP TRIGGER takes an ACCESS EXCLUSIVE lock on its table (reinstalling
+    them at every open deadlocked concurrent appends).
+    """
+    for name, table, when, level in guards:
+        events = [part.strip() for part in when.split(" OR ")]
+        bits = _TRIGGER_BITS["BEFORE"] + (_TRIGGER_BITS["ROW"] if level == "ROW" else 0)
+        bits += sum(_TRIGGER_BITS[e] for e in events)
+        if conn.execute(_GUARD_IN_PLACE, {"name": name, "table": table, "bits": bits}).scalar():
+            continue
+        # DROP + CREATE rather than CREATE OR REPLACE TRIGGER, which needs PostgreSQL 14.
+        conn.execute(text(f"DROP TRIGGER IF EXISTS {name} ON {table}"))
+        conn.execute(
+            text(
+                f"CREATE TRIGGER {name} BEFORE {when} ON {table} "
+                f"FOR EACH {level} EXECUTE FUNCTION fieldgate_audit_append_only()"
+            )
         )
-    ),
-]
 
 
 def install_audit_guards(conn: Connection) -> None:
@@ -150,8 +169,12 @@ def install_audit_guards(conn: Connection) -> None:
     A log with events but no head row is left so: verification reports it and
     appends refuse, instead of a new head quietly accepting a truncated log.
     """
-    for statement in _SQLITE_TRIGGERS if is_sqlite(conn) else _POSTGRES_TRIGGERS:
-        conn.execute(text(statement))
+    if is_sqlite(conn):
+        for statement in _SQLITE_TRIGGERS:
+            conn.execute(text(statement))
+    else:
+        conn.execute(text(_POSTGRES_FUNCTION))
+        install_postgres_guards(conn, _POSTGRES_GUARDS)
     empty = conn.execute(select(_EVENTS.c.seq).limit(1)).first() is None
     if empty and conn.execute(select(_HEAD.c.id)).first() is None:
         conn.execute(insert(_HEAD).values(id=_HEAD_ID, seq=0, hash=GENESIS_HASH))

@@ -27,7 +27,15 @@ from sqlmodel import Field, Session
 from fieldgate.audit import AuditCheckpoint, AuditEvent
 from fieldgate.batches import chunks
 from fieldgate.errors import AuditBroken, StoreError
-from fieldgate.store._audit import _COLUMNS, _EVENTS, _HEAD, AuditLog, NewEvent, body_json
+from fieldgate.store._audit import (
+    _COLUMNS,
+    _EVENTS,
+    _HEAD,
+    AuditLog,
+    NewEvent,
+    body_json,
+    install_postgres_guards,
+)
 from fieldgate.store._audit import stored_at as stored_time
 from fieldgate.store._engine import for_writing, is_sqlite, reason_of
 from fieldgate.store._table import StoreTable, table_of
@@ -76,17 +84,12 @@ _SQLITE_TRIGGERS = [
     END"""
     for table, op in _GUARDED
 ]
-_POSTGRES_TRIGGERS = [
-    statement
+_POSTGRES_GUARDS = [
+    guard
     for table in ("audit_checkpoint", "audit_log_id")
-    for name, when, level in (
-        (f"{table}_append_only", "UPDATE OR DELETE", "ROW"),
-        (f"{table}_no_truncate", "TRUNCATE", "STATEMENT"),
-    )
-    for statement in (
-        f"DROP TRIGGER IF EXISTS {name} ON {table}",
-        f"CREATE TRIGGER {name} BEFORE {when} ON {table} "
-        f"FOR EACH {level} EXECUTE FUNCTION fieldgate_audit_append_only()",
+    for guard in (
+        (f"{table}_append_only", table, "UPDATE OR DELETE", "ROW"),
+        (f"{table}_no_truncate", table, "TRUNCATE", "STATEMENT"),
     )
 ]
 
@@ -113,8 +116,11 @@ def install_checkpoint_guards(conn: Connection) -> None:
 
     Runs after ``install_audit_guards``, whose trigger function PostgreSQL reuses.
     """
-    for statement in _SQLITE_TRIGGERS if is_sqlite(conn) else _POSTGRES_TRIGGERS:
-        conn.execute(text(statement))
+    if is_sqlite(conn):
+        for statement in _SQLITE_TRIGGERS:
+            conn.execute(text(statement))
+    else:
+        install_postgres_guards(conn, _POSTGRES_GUARDS)
     if conn.execute(select(_LOG.c.id)).first() is None:
         conn.execute(
             insert(_LOG).values(
