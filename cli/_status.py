@@ -296,11 +296,12 @@ def run_status(orchestrator: Orchestrator, run: Run, now: datetime | None = None
     reported = _reported(run.plan_id, len(plan.get("waves") or []), reports)
     states = _device_states(execution, reported)
     # Devices sent an install that has not answered: some may hold it for a later window.
+    touched = set(execution.get("touched") or [])
     unanswered = {
         device: index
         for index, wave in enumerate(states)
         for device, state in (wave or {}).items()
-        if state in ("pending", "unreachable") and device in set(execution.get("touched") or [])
+        if state in ("pending", "unreachable") and device in touched
     }
     waits = window_waits(orchestrator, run.plan_id, unanswered, now)
     if waits:

@@ -12,17 +12,18 @@ to a couple of seconds with ``--max-soak``, and an operator acts during the pilo
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from _edge_support import Mosquitto, wait_until
+from _edge_support import Mosquitto
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from sqlalchemy import inspect, text
 from test_edge_rollout import own_effects
@@ -88,12 +89,25 @@ class Field:
     def worker(self, *args: str, name: str = "worker") -> subprocess.Popen[str]:
         """Start ``fieldgate worker ARGS`` as a process of its own (output to a log)."""
         log = (self.logs / f"{name}.log").open("w")
+        wide = dict(os.environ, COLUMNS="240")  # one line per message
         return subprocess.Popen(
-            [FIELDGATE, "worker", *args], stdout=log, stderr=subprocess.STDOUT, text=True
+            [FIELDGATE, "worker", *args], stdout=log, stderr=subprocess.STDOUT, text=True, env=wide
         )
 
     def output(self, name: str = "worker") -> str:
+        """What the worker process printed, on one line."""
         return " ".join((self.logs / f"{name}.log").read_text().split())
+
+    def await_worker(
+        self, worker: subprocess.Popen[str], condition: Callable[[], bool], what: str
+    ) -> None:
+        """Wait until ``condition`` holds while ``worker`` is at work; fail with its output
+        when it ended first or 40 s passed."""
+        end = time.monotonic() + 40
+        while not condition():
+            if worker.poll() is not None or time.monotonic() > end:
+                pytest.fail(f"no {what} (worker exit {worker.poll()}): {self.output()}")
+            time.sleep(0.05)
 
 
 @contextmanager
@@ -142,9 +156,9 @@ def field(initialised_db: str, tmp_path: Path) -> Iterator[Field]:
         yield agents
 
 
-def pilot_applied(field: Field) -> str:
+def pilot_applied(field: Field, worker: subprocess.Popen[str]) -> str:
     """Wait until one device ran its install (the pilot); return it."""
-    wait_until(lambda: field.ran() == 1, 30, "the pilot's install")
+    field.await_worker(worker, lambda: field.ran() == 1, "install of the pilot")
     (pilot,) = [d for d, j in field.journals().items() if j]
     return pilot
 
@@ -158,12 +172,18 @@ def dispatched(plan: str) -> bool:
 # --------------------------------------------------------------------------- freeze
 
 
+SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+"""Over MQTT most tests run on SQLite only: the twin tests cover both databases, and the
+kill switch's tests here run on PostgreSQL too."""
+
+
+@SQLITE_ONLY
 def test_a_freeze_over_mqtt_holds_the_rollout_and_lifting_it_resumes_the_same_run(
     field: Field,
 ) -> None:
     plan = ask(FORWARD)
     worker = field.worker("--once", *field.worker_args(max_soak=20))
-    pilot = pilot_applied(field)
+    pilot = pilot_applied(field, worker)
     code, out = invoke("freeze", "on", "--reason", "storm season", "--as", "saf-lee")
     assert code == 0, out
     assert worker.wait(timeout=15) == 0, field.output()
@@ -192,6 +212,7 @@ def test_a_freeze_over_mqtt_holds_the_rollout_and_lifting_it_resumes_the_same_ru
         assert store.audit.verify().ok
 
 
+@SQLITE_ONLY
 def test_a_failed_pilot_over_mqtt_is_rolled_back_under_a_freeze_set_while_it_installs(
     initialised_db: str, tmp_path: Path
 ) -> None:
@@ -199,7 +220,7 @@ def test_a_failed_pilot_over_mqtt_is_rolled_back_under_a_freeze_set_while_it_ins
     with site_agents(tmp_path, failing=[f"{MODULE}@{NEW}"], apply_seconds=2.0) as field:
         plan = ask(FORWARD)
         worker = field.worker("--once", *field.worker_args(max_soak=20))
-        wait_until(lambda: dispatched(plan), 30, "the pilot's command sent")
+        field.await_worker(worker, lambda: dispatched(plan), "command sent to the pilot")
         code, out = invoke("freeze", "on", "--reason", "storm season", "--as", "saf-lee")
         assert code == 0, out
         assert field.ran() == 0  # frozen before the pilot's install ended (and failed)
@@ -229,7 +250,7 @@ def test_a_stop_over_mqtt_holds_mid_soak_and_release_resumes_where_it_stopped(
 ) -> None:
     plan = ask(FORWARD)
     worker = field.worker("--once", *field.worker_args(max_soak=20))
-    pilot = pilot_applied(field)
+    pilot = pilot_applied(field, worker)
     code, out = invoke("stop", plan, "--reason", "smoke at the pump house", "--as", "op-ola")
     assert code == 0, out
     assert worker.wait(timeout=15) == 0, field.output()  # not after the 20 s soak
@@ -275,7 +296,7 @@ def test_stop_abort_over_mqtt_ends_the_run_and_the_agents_go_back(
         plan = ask(FORWARD)
         worker = field.worker("--once", *field.worker_args(max_soak=2))
         # The pilot passed its gate and the rest were sent their installs: then the stop.
-        wait_until(lambda: sent_in_wave(plan, 1) == 5, 40, "the second wave sent")
+        field.await_worker(worker, lambda: sent_in_wave(plan, 1) == 5, "second wave sent")
         code, out = invoke("stop", plan, "--reason", "wrong build", "--as", "op-ola")
         assert code == 0, out
         assert worker.wait(timeout=20) == 0, field.output()
@@ -316,6 +337,7 @@ def broken_engine_over_mqtt(
         yield Orchestrator(replace(ctx, policy=gate), checkpointer)
 
 
+@SQLITE_ONLY
 def test_a_run_held_by_a_policy_engine_error_over_mqtt_resumes_with_runs_retry(
     field: Field, tmp_path: Path
 ) -> None:
@@ -342,6 +364,7 @@ def test_a_run_held_by_a_policy_engine_error_over_mqtt_resumes_with_runs_retry(
         assert store.audit.verify().ok
 
 
+@SQLITE_ONLY
 def test_the_worker_over_mqtt_retries_a_policy_engine_error_after_its_backoff(
     field: Field, tmp_path: Path
 ) -> None:

@@ -21,12 +21,13 @@ import pytest
 from _edge_support import Mosquitto, wait_until
 from _scenario_driver import open_run
 from rich.console import Console
+from rich.text import Text
 from test_ops_freeze_stop import invoke
 from typer.testing import CliRunner
 
 from fieldgate.cli import app
 from fieldgate.cli._output import console
-from fieldgate.cli._status import run_status, status_renderable
+from fieldgate.cli._status import run_status, status_renderable, window_line
 from fieldgate.commands import Action
 from fieldgate.config import Config
 from fieldgate.edge import DeviceSpec, Gateway, HelloWatcher, LocalFleet
@@ -35,6 +36,7 @@ from fieldgate.runtime import Settings
 from fieldgate.scenario import Fault, FaultKind, Scenario
 from fieldgate.store import Store
 from fieldgate.transport import MqttTransport
+from fieldgate.views import WindowWait
 
 HVAC = "Roll out hvac-controller 2.4.1 to muc-01"
 """24 HVAC controllers at muc-01 in three waves; one safety approval; in maintenance windows."""
@@ -278,4 +280,20 @@ def windowed_sensors(window: str) -> Scenario:
             "request": "Update air-quality-model to 1.2.0 on lyon-02 during the maintenance window",
             "expect": {"outcome": "completed"},
         }
+    )
+
+
+def test_many_devices_waiting_for_one_window_make_one_line() -> None:
+    wait = WindowWait(
+        site=SITE,
+        timezone=ZONE,
+        opens=datetime(2026, 12, 12, 0, 0, tzinfo=UTC),
+        opens_local="Sat 2026-12-12 01:00 CET",
+        devices=[f"muc-01-hvac-gw-{n:02d}" for n in range(1, 8)],
+    )
+    line = Text.from_markup(window_line(wait)).plain
+    assert line == (
+        "  7 devices at muc-01 (muc-01-hvac-gw-01, muc-01-hvac-gw-02, muc-01-hvac-gw-03, "
+        "muc-01-hvac-gw-04, muc-01-hvac-gw-05 and 2 more): each waiting for its window "
+        "(opens Sat 2026-12-12 01:00 CET, Europe/Berlin)"
     )
