@@ -209,9 +209,10 @@ def _retries(raw: str) -> int:
     raw = raw.strip()
     if not raw:
         return DEFAULT_MODEL_RETRIES
-    if _count(raw) is None:
+    count = _count(raw)
+    if count is None:
         raise ModelUnavailable(f"FIELDGATE_MODEL_RETRIES={raw!r}: expected a count of 0 or more")
-    return int(raw)
+    return count
 
 
 def _clock_skew(raw: str) -> float:
