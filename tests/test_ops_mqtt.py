@@ -173,8 +173,8 @@ def dispatched(plan: str) -> bool:
 
 
 SQLITE_ONLY = pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-"""Over MQTT most tests run on SQLite only: the twin tests cover both databases, and the
-kill switch's tests here run on PostgreSQL too."""
+"""Over MQTT most tests run on SQLite only: the twin tests cover both databases, and
+``stop --abort`` here runs on PostgreSQL too (operators' commands beside a worker there)."""
 
 
 @SQLITE_ONLY
@@ -245,6 +245,7 @@ def test_a_failed_pilot_over_mqtt_is_rolled_back_under_a_freeze_set_while_it_ins
 # --------------------------------------------------------------------------- kill switch
 
 
+@SQLITE_ONLY
 def test_a_stop_over_mqtt_holds_mid_soak_and_release_resumes_where_it_stopped(
     field: Field,
 ) -> None:
