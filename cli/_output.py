@@ -11,7 +11,13 @@ import typer
 from pydantic import BaseModel
 from rich.console import Console
 
-from fieldgate.errors import FieldgateError, InputInvalid, NotFound, OperationDenied
+from fieldgate.errors import (
+    ConfigInvalid,
+    FieldgateError,
+    InputInvalid,
+    NotFound,
+    OperationDenied,
+)
 from fieldgate.terminal import shown
 
 console = Console(soft_wrap=True)
@@ -30,9 +36,9 @@ EXIT_FAILED = 1
 
 def exit_code_for(error: FieldgateError) -> int:
     """The process exit code an error maps to."""
-    return (
-        EXIT_INPUT if isinstance(error, InputInvalid | NotFound | OperationDenied) else EXIT_FAILED
-    )
+    # A variable of the environment that holds a value fieldgate cannot use is bad input too.
+    bad_input = InputInvalid | ConfigInvalid | NotFound | OperationDenied
+    return EXIT_INPUT if isinstance(error, bad_input) else EXIT_FAILED
 
 
 def handles_errors(command: Callable[P, R]) -> Callable[P, R]:

@@ -102,13 +102,17 @@ def twin_clock(virtual: datetime, wall: datetime) -> str:
     return f"virtual {virtual:%Y-%m-%d %H:%M} UTC ({offset})"
 
 
+EXECUTION_EVENTS = (EventKind.tool_call, EventKind.tool_result, EventKind.device_report)
+"""What the executor records of a run's steps (with ``virtual_at`` when simulated on the twin)."""
+
+
 def print_twin_clock(store: Store, plan_id: str) -> None:
     """Say where the twin's virtual clock stood at the plan's last simulated step, once its
     executor ran on the twin: the run's own times are not the wall clock's."""
-    events = store.audit.events(plan_id=plan_id)
-    if not any(e.kind is EventKind.tool_call for e in events):
-        return
-    last = next((e for e in reversed(events) if e.virtual_at() is not None), None)
+    steps = store.audit.events(plan_id=plan_id, kinds=list(EXECUTION_EVENTS))
+    # The last step says where the run executed: a plan made in chat on the twin carries the
+    # twin's time in its planning events, and may then run over MQTT on the wall clock.
+    last = steps[-1] if steps else None
     virtual = last.virtual_at() if last is not None else None
     if last is None or virtual is None:
         return

@@ -16,10 +16,12 @@ from fieldgate.cli._rollout import DbOption, ModelOption, find_run, refuse, runs
 from fieldgate.cli._worker import (
     BrokerOption,
     GatewayOption,
+    MaxSoakOption,
     TransportOption,
     check_transport,
     execute,
     open_for,
+    soak_settings,
 )
 from fieldgate.terminal import shown
 from fieldgate.views import RunItem, RunsList
@@ -71,6 +73,7 @@ def retry(
     transport: str = TransportOption,
     broker: str = BrokerOption,
     gateway_id: str = GatewayOption,
+    max_soak: float = MaxSoakOption,
 ) -> None:
     """Retry a run held by a policy engine error now, where it stopped (no new approvals).
 
@@ -79,7 +82,7 @@ def retry(
     config = command_config(db, model)
     check_transport(transport)
     who = actor or config.actor()
-    with open_for(config, transport, broker, gateway_id) as orchestrator:
+    with open_for(config, transport, broker, gateway_id, soak_settings(max_soak)) as orchestrator:
         store = orchestrator.ctx.store
         run = find_run(store, plan)
         if run.outcome:

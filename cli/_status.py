@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, get_args
+from zoneinfo import ZoneInfo
 
 import typer
 from rich import box
@@ -32,10 +33,13 @@ from fieldgate.cli._rollout import (
     percent,
     when,
 )
-from fieldgate.commands import Action, command_id_for
+from fieldgate.commands import Action, WindowState, command_id_for, next_opening, window_state
+from fieldgate.edge._tables import unanswered_commands
 from fieldgate.store import Run
 from fieldgate.terminal import shown
 from fieldgate.tools import HOLD_LABELS
+from fieldgate.transport import TwinTransport
+from fieldgate.twin import EffectPhase
 from fieldgate.views import (
     DeviceState,
     RunStatus,
@@ -43,6 +47,7 @@ from fieldgate.views import (
     StatusReport,
     Waiting,
     WaveProgress,
+    WindowWait,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +59,7 @@ LAST_EVENTS = 6
 """How many of a run's last audit events status shows."""
 _STATE_COLOURS = {
     "pending": "dim",
+    "waiting_window": "cyan",
     "applied": "green",
     "failed": "red",
     "unreachable": "yellow",
@@ -80,10 +86,14 @@ def _reported(plan_id: str, waves: int, reports: list[AuditEvent]) -> list[dict[
 
 
 def _device_states(
-    execution: dict[str, Any], reported: list[dict[str, bool]]
+    execution: dict[str, Any],
+    reported: list[dict[str, bool]],
+    windows: dict[str, datetime] | None = None,
 ) -> list[dict[str, DeviceState] | None]:
-    """Each wave's devices by state: the checkpoint's, then reports that came in since
-    (None for a wave whose devices the checkpoint does not list yet)."""
+    """Each wave's devices by state: the checkpoint's, then reports that came in since,
+    then the installs that wait for a later window (``windows``, see :func:`window_waits`);
+    None for a wave whose devices the checkpoint does not list yet."""
+    windows = windows or {}
     rolled_back = set()
     if execution.get("rolled_back"):
         rolled_back = set(execution.get("touched") or []) - set(
@@ -108,6 +118,8 @@ def _device_states(
                 states[device] = "failed"
             elif device in since:  # reported since the last checkpoint
                 states[device] = "applied" if since[device] else "failed"
+            elif device in windows:
+                states[device] = "waiting_window"
             elif device in unreachable:
                 states[device] = "unreachable"
             else:
@@ -126,6 +138,64 @@ def _counts(
     counts: dict[DeviceState, int] = {state: counted.get(state, 0) for state in STATES}
     counts["pending"] += max(0, total - sum(counts.values()))
     return counts
+
+
+def window_waits(
+    orchestrator: Orchestrator, plan_id: str, devices: dict[str, int], now: datetime
+) -> dict[str, datetime]:
+    """Which of ``devices`` (device → wave) hold an install that may not start before a
+    later maintenance window, and when that window opens.
+
+    The commands themselves say it: each install carries the windows it may start in, and
+    one outside all of them waits for the next (a field agent keeps it in its own store
+    and reports nothing yet). They are read where they were sent: the MQTT gateway's ledger,
+    judged at ``now`` (the wall clock), and the fleet twin's effect ledger, judged on the
+    twin's clock, which its simulated devices live on.
+    """
+    if not devices:
+        return {}
+    ids = {command_id_for(plan_id, w, d, Action.install): d for d, w in devices.items()}
+    found: dict[str, datetime] = {}
+    for command in unanswered_commands(orchestrator.ctx.store.engine, ids):
+        if command.window_state(now) is WindowState.waiting:
+            opens = command.next_opening(now)
+            if opens is not None:
+                found[command.device_id] = opens
+    transport = orchestrator.ctx.transport
+    if isinstance(transport, TwinTransport):
+        twin_now = transport.now()
+        for effect in transport.twin.effects():
+            if effect.command_id not in ids or effect.phase is EffectPhase.done:
+                continue
+            if window_state(effect.windows, twin_now) is WindowState.waiting:
+                opens = next_opening(effect.windows, twin_now)
+                if opens is not None:
+                    found[effect.device_id] = opens
+    return found
+
+
+def _window_groups(
+    orchestrator: Orchestrator, waits: dict[str, datetime], sites: dict[str, str]
+) -> list[WindowWait]:
+    """The waiting devices by site and window opening, read in the site's time zone."""
+    zones = {s.id: s.timezone for s in orchestrator.ctx.store.fleet.sites()}
+    groups: dict[tuple[str, datetime], list[str]] = {}
+    for device, opens in waits.items():
+        groups.setdefault((sites.get(device, "?"), opens), []).append(device)
+    found = []
+    for (site, opens), members in sorted(groups.items(), key=lambda g: (g[0][1], g[0][0])):
+        zone = zones.get(site, "UTC")
+        local = opens.astimezone(ZoneInfo(zone))
+        found.append(
+            WindowWait(
+                site=site,
+                timezone=zone,
+                opens=opens.astimezone(UTC),
+                opens_local=f"{local:%a %Y-%m-%d %H:%M} {local.tzname()}",
+                devices=sorted(members),
+            )
+        )
+    return found
 
 
 def _event_summary(event: AuditEvent) -> str:
@@ -225,6 +295,17 @@ def run_status(orchestrator: Orchestrator, run: Run, now: datetime | None = None
     reports = [e for e in events if e.kind is EventKind.device_report]
     reported = _reported(run.plan_id, len(plan.get("waves") or []), reports)
     states = _device_states(execution, reported)
+    # Devices sent an install that has not answered: some may hold it for a later window.
+    touched = set(execution.get("touched") or [])
+    unanswered = {
+        device: index
+        for index, wave in enumerate(states)
+        for device, state in (wave or {}).items()
+        if state in ("pending", "unreachable") and device in touched
+    }
+    waits = window_waits(orchestrator, run.plan_id, unanswered, now)
+    if waits:
+        states = _device_states(execution, reported, waits)
     sizes = (values.get("findings") or {}).get("wave_sizes") or []
     ran = execution.get("waves") or []
     sleeping = run.detail.get("waiting") if run.status == "executing" else None
@@ -292,6 +373,7 @@ def run_status(orchestrator: Orchestrator, run: Run, now: datetime | None = None
         waves=waves,
         states=overall,
         waiting=waiting,
+        window_waits=_window_groups(orchestrator, waits, execution.get("device_sites") or {}),
         settled=bool(view.outcome or run.outcome) or any(w.people for w in waiting),
         events=[
             StatusEvent(
@@ -332,14 +414,35 @@ def _remaining(seconds: float) -> str:
     )
 
 
+_STATE_NAMES = {"waiting_window": "waiting for a window", "rolled_back": "rolled back"}
+
+
 def states_text(states: dict[DeviceState, int]) -> str:
     """``2 applied, 1 pending``: the states that have devices, in order."""
     parts = [
-        f"[{_STATE_COLOURS[state]}]{count} {state.replace('_', ' ')}[/]"
+        f"[{_STATE_COLOURS[state]}]{count} {_STATE_NAMES.get(state, state)}[/]"
         for state, count in states.items()
         if count
     ]
     return ", ".join(parts) or "-"
+
+
+WINDOW_NAMES_SHOWN = 5
+"""Devices named in a line of those waiting for a window; the rest are counted."""
+
+
+def window_line(wait: WindowWait) -> str:
+    """``osl-01-env-07: waiting for its window (opens Sat 2026-12-12 01:00 CET, Europe/Oslo)``."""
+    opens = f"(opens {wait.opens_local}, {shown(wait.timezone)})"
+    if len(wait.devices) == 1:
+        return f"  [cyan]{shown(wait.devices[0])}[/]: waiting for its window {opens}"
+    names = ", ".join(wait.devices[:WINDOW_NAMES_SHOWN])
+    more = len(wait.devices) - WINDOW_NAMES_SHOWN
+    names += f" and {more} more" if more > 0 else ""
+    return (
+        f"  [cyan]{len(wait.devices)} devices at {shown(wait.site)}[/] ({shown(names)}): "
+        f"each waiting for its window {opens}"
+    )
 
 
 def waves_table(status: RunStatus) -> Table:
@@ -431,6 +534,8 @@ def status_renderable(status: RunStatus, now: datetime, *, brief: bool = False) 
         parts.append(waves_table(status))
     for waiting in [] if brief else status.waiting:
         parts.append(Text.from_markup(_waiting_line(status, waiting, now)))
+    for wait in status.window_waits:
+        parts.append(Text.from_markup(window_line(wait)))
     if status.events:
         events = Table(
             title="last events", title_justify="left", box=None, show_header=False, pad_edge=False

@@ -231,6 +231,19 @@ GatewayOption = typer.Option(
 )
 
 
+MaxSoakOption = typer.Option(
+    None,
+    "--max-soak",
+    min=0,
+    help="Cap every wave's soak at this many seconds (soaks over MQTT take real time).",
+)
+
+
+def soak_settings(max_soak: float | None) -> Settings | None:
+    """Run limits with every soak capped at ``max_soak`` seconds (None: the defaults)."""
+    return None if max_soak is None else Settings(max_soak=timedelta(seconds=max_soak))
+
+
 def check_transport(transport: str) -> None:
     """Refuse a transport fieldgate does not have."""
     if transport not in ("twin", "mqtt"):
@@ -287,12 +300,7 @@ def worker(
     transport: str = TransportOption,
     broker: str = BrokerOption,
     gateway_id: str = GatewayOption,
-    max_soak: float = typer.Option(
-        None,
-        "--max-soak",
-        min=0,
-        help="Cap every wave's soak at this many seconds (soaks over MQTT take real time).",
-    ),
+    max_soak: float = MaxSoakOption,
 ) -> None:
     """Execute approved runs wave by wave and expire overdue approval requests.
 
@@ -303,7 +311,7 @@ def worker(
     """
     config = command_config(db, model)
     check_transport(transport)
-    settings = None if max_soak is None else Settings(max_soak=timedelta(seconds=max_soak))
+    settings = soak_settings(max_soak)
 
     def opened() -> AbstractContextManager[Orchestrator]:
         return open_for(config, transport, broker, gateway_id, settings)

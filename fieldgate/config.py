@@ -45,6 +45,14 @@ PASSWORD_ENV = "FIELDGATE_MQTT_PASSWORD"
 """The broker password, when ``--password`` is not given (and how agent processes get it)."""
 CREDENTIALS_ENV = "FIELDGATE_MQTT_CREDENTIALS"
 """The directory of broker credentials files written by ``fieldgate broker config``."""
+COMMAND_WINDOWS_ENV = "FIELDGATE_COMMAND_WINDOWS"
+"""Maintenance windows an install may start in (see ``Settings.command_windows``)."""
+DEFAULT_COMMAND_WINDOWS = 2
+"""The window an install is sent in and the next one: a device offline through the first
+picks it up in the second."""
+MOST_COMMAND_WINDOWS = 12
+"""The most windows one command may wait through (a quarter of weekly windows): a signed
+install stays valid until its last window closes."""
 
 
 def _default_home() -> Path:
@@ -105,6 +113,10 @@ class Config:
     policy_crosscheck: bool = False
     """``FIELDGATE_POLICY_CROSSCHECK``: ``1`` also evaluates the decisions on plans of safety
     class critical on a second in-process engine, and denies when the two disagree."""
+    command_windows: int = DEFAULT_COMMAND_WINDOWS
+    """``FIELDGATE_COMMAND_WINDOWS``: maintenance windows an install of a ``schedule:
+    maintenance`` plan may start in, from 1 to :data:`MOST_COMMAND_WINDOWS` (the run
+    setting ``Settings.command_windows`` of every run the command line executes)."""
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Config:
@@ -143,6 +155,7 @@ class Config:
             policy_engine=_policy_engine(env.get("FIELDGATE_POLICY_ENGINE", ""), text("OPA_URL")),
             opa_url=text("OPA_URL"),
             policy_crosscheck=env.get("FIELDGATE_POLICY_CROSSCHECK", "") == "1",
+            command_windows=_command_windows(env.get(COMMAND_WINDOWS_ENV, "")),
         )
 
     @property
@@ -187,13 +200,19 @@ def _timeout(raw: str) -> float:
     return seconds
 
 
+def _count(raw: str) -> int | None:
+    """``raw`` as a count (ASCII digits only: ``"²".isdigit()`` holds, ``int("²")`` fails)."""
+    return int(raw) if raw.isascii() and raw.isdigit() else None
+
+
 def _retries(raw: str) -> int:
     raw = raw.strip()
     if not raw:
         return DEFAULT_MODEL_RETRIES
-    if not raw.isdigit():
+    count = _count(raw)
+    if count is None:
         raise ModelUnavailable(f"FIELDGATE_MODEL_RETRIES={raw!r}: expected a count of 0 or more")
-    return int(raw)
+    return count
 
 
 def _clock_skew(raw: str) -> float:
@@ -213,11 +232,25 @@ def _checkpoint_every(raw: str) -> int:
     raw = raw.strip()
     if not raw:
         return DEFAULT_CHECKPOINT_EVERY
-    if not raw.isdigit() or int(raw) == 0:
+    count = _count(raw)
+    if not count:
         raise ConfigInvalid(
             f"FIELDGATE_AUDIT_CHECKPOINT_EVERY={raw!r}: expected a count of events above 0"
         )
-    return int(raw)
+    return count
+
+
+def _command_windows(raw: str) -> int:
+    raw = raw.strip()
+    if not raw:
+        return DEFAULT_COMMAND_WINDOWS
+    count = _count(raw)
+    if count is None or not 1 <= count <= MOST_COMMAND_WINDOWS:
+        raise ConfigInvalid(
+            f"{COMMAND_WINDOWS_ENV}={raw!r}: expected a count of windows from 1 to "
+            f"{MOST_COMMAND_WINDOWS}"
+        )
+    return count
 
 
 def _policy_engine(raw: str, opa_url: str | None) -> str:

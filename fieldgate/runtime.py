@@ -14,6 +14,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from fieldgate.audit import VIRTUAL_AT
+from fieldgate.config import DEFAULT_COMMAND_WINDOWS
 from fieldgate.plan import RolloutPlan
 from fieldgate.signing import SigningKey
 from fieldgate.trust import TrustRoot
@@ -40,10 +41,11 @@ class Settings:
     arrives; a decision signed further off (back-dated or ahead) does not count."""
     wave_deadline: timedelta = timedelta(hours=2)
     """How long a wave waits for unreachable devices before its gate is judged."""
-    command_windows: int = 2
+    command_windows: int = DEFAULT_COMMAND_WINDOWS
     """Maintenance windows an install of a ``schedule: maintenance`` plan may start in: the
     one it is sent in and the ones after it. With 2, a device offline through its window
-    picks the install up in its site's next window; with 1 it reports it expired."""
+    picks the install up in its site's next window; with 1 it reports it expired. The
+    command line sets it from ``FIELDGATE_COMMAND_WINDOWS``."""
     model_retries: int = 2
     """Times an invalid model answer is fed back before the run ends with an error."""
     executor_steps: int = 200

@@ -353,8 +353,11 @@ class RunsList(Contract):
 
 # --------------------------------------------------------------------------- status
 
-DeviceState = Literal["pending", "applied", "failed", "unreachable", "rolled_back"]
-"""Where one target device stands in its run."""
+DeviceState = Literal[
+    "pending", "waiting_window", "applied", "failed", "unreachable", "rolled_back"
+]
+"""Where one target device stands in its run (``waiting_window``: its install went out, and
+the device may not start it before a later maintenance window of its site opens)."""
 
 WaitKind = Literal[
     "planning",
@@ -413,6 +416,23 @@ class Waiting(Contract):
     """Whether a person must act for the run to move on."""
 
 
+class WindowWait(Contract):
+    """Devices of a run whose install waits for their site's next maintenance window: sent
+    and not answered, and outside every window it may start in (a field agent keeps it in
+    its own store, a device that is offline gets it then), so it starts when that one opens."""
+
+    site: str
+    """The devices' site."""
+    timezone: str
+    """The site's time zone, in which its windows are read."""
+    opens: datetime
+    """When the window opens (UTC)."""
+    opens_local: str
+    """The same time in the site's time zone, e.g. ``Sat 2026-12-12 01:00 CET``."""
+    devices: list[str]
+    """The devices, by id."""
+
+
 class StatusEvent(Contract):
     """One recent audit event of the run."""
 
@@ -453,6 +473,9 @@ class RunStatus(Contract):
     """Target devices per state, over every wave."""
     waiting: list[Waiting]
     """What the run waits for now (empty while it moves or once it ended)."""
+    window_waits: list[WindowWait] = []
+    """Devices whose install waits for a later maintenance window, by site and opening (also
+    once the run ended: the install is still to come)."""
     settled: bool
     """Whether it ended or waits for people (``--watch`` stops then)."""
     events: list[StatusEvent]

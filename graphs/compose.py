@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import replace
 from datetime import UTC, datetime
 from functools import cache
 
@@ -98,7 +99,8 @@ def build_context(
             first use under ``config.keys_dir``).
         roster: Roles by person (default: ``config.roster``).
         freeze: Whether a change freeze is in force (default: ``config.freeze``).
-        settings: Run limits (default: :class:`Settings`).
+        settings: Run limits (default: :class:`Settings` with ``config``'s count of
+            maintenance windows).
         people_clock: The clock of requests and approvals (default: the wall clock;
             None: the run's clock, as in scenarios).
         root: The root of trust (default: the one pinned under ``config.home``).
@@ -122,7 +124,7 @@ def build_context(
         roster=config.roster if roster is None else roster,
         freeze=config.freeze if freeze is None else freeze,
         model_name=name,
-        settings=settings or Settings(),
+        settings=settings or Settings(command_windows=config.command_windows),
         people_clock=people_clock,
         root=root or load_pinned_root(config.trust_root_file),
         witness=witness,
@@ -166,10 +168,13 @@ def open_orchestrator(
         db_url: The database URL in place of ``config``'s.
         model: The model name in place of ``config``'s.
         config: The settings (default: :meth:`Config.from_env`).
-        settings: Run limits.
+        settings: Run limits; what ``config`` sets of them (the count of maintenance
+            windows, ``FIELDGATE_COMMAND_WINDOWS``) replaces theirs.
         open_transport: Opens the transport (default: the stored fleet's twin).
     """
     config = (config or Config.from_env()).choosing(db=db_url, model=model)
+    if settings is not None:
+        settings = replace(settings, command_windows=config.command_windows)
     url = config.database_url
     with Store.open(url) as store:
         key = control_plane_key(store, config.keys_dir)

@@ -235,9 +235,10 @@ def test_status_json_says_what_each_run_waits_for(runs: dict[str, str]) -> None:
     assert queued["states"]["pending"] == sum(w["devices"] for w in queued["waves"]) > 0
 
     completed = run("completed")
-    assert completed["waiting"] == [] and completed["settled"]
+    assert completed["waiting"] == [] and completed["window_waits"] == [] and completed["settled"]
     assert completed["states"] == {
         "pending": 0,
+        "waiting_window": 0,
         "applied": 60,
         "failed": 0,
         "unreachable": 0,

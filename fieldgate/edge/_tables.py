@@ -6,6 +6,7 @@ They have their own metadata, so that the gateway creates exactly these.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection
 from typing import Any
 
 from sqlalchemy import BigInteger, Text, inspect, select
@@ -14,6 +15,8 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import registry
 from sqlmodel import Field, SQLModel
 
+from fieldgate.batches import chunks
+from fieldgate.commands import DeviceCommand
 from fieldgate.store._engine import is_sqlite
 
 IN_LIST = 500
@@ -137,3 +140,20 @@ def device_seen(engine: Engine, device_id: str) -> dict[str, Any] | None:
         return None
     health = json.loads(found["health"]) if found["health"] else None
     return {"online": bool(found["online"]), "seen_us": found["seen_us"], "health": health}
+
+
+def unanswered_commands(engine: Engine, command_ids: Collection[str]) -> list[DeviceCommand]:
+    """The commands among ``command_ids`` a gateway published that no report answered yet,
+    as they were signed (none before a gateway ever ran)."""
+    if not command_ids or not inspect(engine).has_table(COMMANDS.name):
+        return []
+    found = []
+    with engine.connect() as conn:
+        for chunk in chunks(sorted(command_ids), IN_LIST):
+            rows = conn.execute(
+                select(COMMANDS.c.command).where(
+                    COMMANDS.c.command_id.in_(chunk), COMMANDS.c.status.is_(None)
+                )
+            )
+            found += [DeviceCommand.model_validate_json(text) for (text,) in rows]
+    return found
