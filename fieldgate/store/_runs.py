@@ -284,9 +284,6 @@ class StopRow(StoreTable, table=True):
 
 ALL_PLANS = "*"
 
-_ENGAGED = select(col(StopRow.scope), col(StopRow.by), col(StopRow.reason)).where(
-    col(StopRow.scope).in_([bindparam("every"), bindparam("plan")]), col(StopRow.engaged)
-)
 _STOPS, _FREEZE = table_of(StopRow).c, table_of(FreezeRow).c
 _HOLDING = union_all(
     sql_select(literal("stop"), _STOPS.scope, _STOPS.by, _STOPS.reason, _STOPS.at).where(
@@ -335,12 +332,8 @@ class StopStore:
             session.add(row)
 
     def engaged(self, plan_id: str) -> str | None:
-        """Why dispatch for ``plan_id`` is stopped, or None when it is not (one plain read:
-        the executor asks before every batch it dispatches)."""
-        rows = read_rows(
-            self._engine, _ENGAGED, "reading kill switches", {"every": ALL_PLANS, "plan": plan_id}
-        )
-        return _stop_reason(rows)
+        """Why dispatch for ``plan_id`` is stopped, or None when it is not."""
+        return self.holding(plan_id)[0]
 
     def holding(self, plan_id: str) -> tuple[str | None, Freeze | None]:
         """What holds ``plan_id`` now: why its kill switch is pulled (None: it is not) and
